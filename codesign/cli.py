@@ -1,0 +1,169 @@
+"""The ``codesign`` command line (contract: ../shared/CLI.md).
+
+Exit codes: 0 success; 2 bad input (one line on stderr naming the problem, no traceback);
+1 a failure while running (message + the path of a log holding the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from codesign.userinput import BadInput, parse_positive_int, parse_shape
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2 (argparse's own code for them)."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        raise BadInput(f"{self.prog}: {message}")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="codesign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("predict", help="price a PyTorch model on a device",
+                       description="Lower a model (MODULE:FACTORY returning a torch.nn.Module) to "
+                                   "the op list and price it on DEVICE.")
+    p.add_argument("--device", required=True, help="catalog name (codesign devices) or YAML path")
+    p.add_argument("--model", required=True, help="MODULE:FACTORY returning a torch.nn.Module")
+    p.add_argument("--input-shape", required=True, help="e.g. 1,3,224,224")
+    p.add_argument("--dtype", default="fp32", help="fp32, fp16 or int8 (default fp32)")
+    p.add_argument("--threads", default=None, help="threads (default: the device's)")
+    p.add_argument("--backend", default=None, help="one of the device's back-ends")
+    p.add_argument("--cost-model", default="analytic", help="analytic")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    d = sub.add_parser("devices", help="list the device catalog or show one spec",
+                       description="`codesign devices` lists the catalog; "
+                                   "`codesign devices show NAME` prints one spec with sources.")
+    d.add_argument("action", nargs="?", choices=["show"], help="show one device")
+    d.add_argument("name", nargs="?", help="device name or YAML path (with show)")
+    d.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="microbenchmarks", description="Kernel microbenchmarks "
+                       "against baselines measured in the same run.")
+    b.add_argument("suite", choices=["kernels"])
+    b.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    b.add_argument("--json", action="store_true")
+    return parser
+
+
+def _cmd_predict(args) -> int:
+    from codesign.pricing import COST_MODELS, price_module
+    from codesign.report_tables import format_prediction
+    from codesign.userinput import build_user_model
+    from cost_models.devices import load_device
+
+    if args.dtype not in ("fp32", "fp16", "int8"):
+        raise BadInput(f"unknown --dtype {args.dtype!r}; valid: fp32, fp16, int8")
+    if args.cost_model not in COST_MODELS:
+        raise BadInput(f"unknown --cost-model {args.cost_model!r}; valid: {', '.join(COST_MODELS)}")
+    shape = parse_shape(args.input_shape)
+    threads = None if args.threads is None else parse_positive_int(args.threads, "--threads")
+    device = load_device(args.device)
+    model = build_user_model(args.model)
+    priced = price_module(model, shape, device, backend=args.backend, dtype=args.dtype,
+                          threads=threads, cost_model=args.cost_model)
+    if args.json:
+        print(json.dumps(priced.to_json(), indent=2))
+    else:
+        print(format_prediction(priced, model_name=args.model, input_shape=shape, dtype=args.dtype))
+    return EXIT_OK
+
+
+def _cmd_devices(args) -> int:
+    from codesign.report_tables import device_json, format_device, format_device_list
+    from cost_models.devices import catalog_names, load_device
+
+    if args.action == "show":
+        if not args.name:
+            raise BadInput("codesign devices show: give a device name; valid: "
+                           + ", ".join(catalog_names()))
+        spec = load_device(args.name)
+        print(json.dumps(device_json(spec), indent=2) if args.json else format_device(spec))
+        return EXIT_OK
+    if args.name:
+        raise BadInput(f"codesign devices: unexpected argument {args.name!r} (did you mean "
+                       f"'codesign devices show {args.name}'?)")
+    specs = [load_device(n) for n in catalog_names()]
+    if args.json:
+        print(json.dumps([device_json(s, brief=True) for s in specs], indent=2))
+    else:
+        print(format_device_list(specs))
+    return EXIT_OK
+
+
+def _cmd_bench(args) -> int:
+    from kernels.bench import run_kernel_benchmarks
+
+    result = run_kernel_benchmarks(quick=args.quick)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            if not isinstance(value, dict):
+                print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
+    return EXIT_OK
+
+
+COMMANDS = {"predict": _cmd_predict, "devices": _cmd_devices, "bench": _cmd_bench}
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exception types that mean bad input (exit 2); anything else is a failure (exit 1)."""
+    from cost_models.base import UnpriceableOp
+    from cost_models.devices import SpecError
+    from cost_models.lowering import LoweringError
+
+    return (BadInput, SpecError, LoweringError, UnpriceableOp)
+
+
+def _log_failure(command: str) -> Path:
+    log_dir = Path(os.environ.get("CODESIGN_LOG_DIR", Path(tempfile.gettempdir()) / "codesign-logs"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = log_dir / f"{command}-{stamp}-{os.getpid()}.log"
+    path.write_text(traceback.format_exc())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "codesign"
+    try:
+        args = _build_parser().parse_args(argv)
+        command = args.command
+        return COMMANDS[command](args)
+    except _user_errors() as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the source wrote
+        if not message.startswith("codesign"):
+            message = f"codesign {command}: error: {message}"
+        print(message, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into head/less that closed early: not a failure
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"codesign {command}: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:
+        path = _log_failure(command)
+        print(f"codesign {command}: failed: {type(exc).__name__}: {exc} (log: {path})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

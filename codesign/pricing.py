@@ -1,0 +1,68 @@
+"""Pricing a user's model on a device: the engine behind ``codesign predict``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from codesign.userinput import BadInput
+from cost_models.analytic import AnalyticCostModel
+from cost_models.backends import backend_for
+from cost_models.base import BOUNDS, Prediction
+from cost_models.devices import DeviceSpec
+from cost_models.ir import OpBatch, Op
+from cost_models.lowering import apply_precision, lower_module
+
+COST_MODELS = ("analytic",)
+DTYPES = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class PricedModel:
+    device: DeviceSpec
+    backend: str
+    ops: tuple[Op, ...]
+    batch: OpBatch
+    prediction: Prediction
+
+    @property
+    def latency_s(self) -> float:
+        return float(self.prediction.latency_s[0])
+
+    def bound_shares(self) -> dict[str, float]:
+        shares = np.bincount(self.prediction.op_bound, weights=self.prediction.op_latency_s,
+                             minlength=len(BOUNDS)) / max(self.latency_s, 1e-30)
+        return {b: float(s) for b, s in zip(BOUNDS, shares)}
+
+    def to_json(self) -> dict[str, Any]:
+        layers = [{k: row[k] for k in ("name", "kind", "latency_s", "bound", "flops", "bytes",
+                                        "weight_bits", "act_bits", "sparsity", "fused")}
+                  for row in self.prediction.layers(self.batch, 0)]
+        return {"device": self.device.name, "backend": self.backend, "latency_s": self.latency_s,
+                "assumptions": self.prediction.assumptions, "bound_shares": self.bound_shares(),
+                "layers": layers}
+
+
+def price_module(module, input_shape, device: DeviceSpec, *, backend: str | None = None,
+                 dtype: str = "fp32", threads: int | None = None,
+                 cost_model: str = "analytic") -> PricedModel:
+    """Lower ``module`` at ``input_shape`` and price it on ``device``.
+
+    Raises:
+        BadInput, SpecError, LoweringError, UnpriceableOp: bad choices, an unknown back-end, a
+            model that cannot be lowered, or an op the back-end cannot run.
+    """
+    if cost_model not in COST_MODELS:
+        raise BadInput(f"unknown cost model {cost_model!r}; valid: {', '.join(COST_MODELS)}")
+    if dtype not in DTYPES:
+        raise BadInput(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    spec = backend_for(device, backend)
+    if threads is not None and not spec.threads_choosable and threads != device.default_threads:
+        raise BadInput(f"back-end {spec.name} does not let the thread count be chosen")
+    if threads is not None and not 1 <= threads <= device.cpu.n_cores:
+        raise BadInput(f"--threads {threads}: {device.name} has {device.cpu.n_cores} cores")
+    model = AnalyticCostModel(device, spec, threads=threads)
+    ops = apply_precision(lower_module(module, input_shape), spec, dtype)
+    batch = OpBatch.from_oplists([ops])
+    return PricedModel(device, spec.name, tuple(ops), batch, model.predict(batch))

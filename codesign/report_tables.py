@@ -1,0 +1,123 @@
+"""Plain-text tables for the terminal (predict, devices)."""
+from __future__ import annotations
+
+from typing import Any
+
+from cost_models.devices import DeviceSpec, Sourced
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def format_prediction(priced, *, model_name: str, input_shape, dtype: str) -> str:
+    pred, batch = priced.prediction, priced.batch
+    total = priced.latency_s
+    rows = []
+    for layer in pred.layers(batch, 0):
+        if layer["kind"] == "free":
+            continue
+        rows.append([layer["name"], layer["kind"], f"w{layer['weight_bits']}a{layer['act_bits']}",
+                     "+".join(layer["fused"]) or "-", _si(layer["flops"], "FLOP"),
+                     _si(layer["bytes"], "B"), f"{layer['latency_s'] * 1e3:.4f}",
+                     f"{layer['latency_s'] / total:.1%}", layer["bound"]])
+    a = pred.assumptions
+    cores = ", ".join(f"{c['count']}x {c['core']}" for c in a["cores"])
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in priced.bound_shares().items())
+    head = (f"{model_name} {list(input_shape)} {dtype} on {priced.device.display_name} "
+            f"[{priced.device.name}], back-end {priced.backend}, {a['threads']} thread(s): {cores} "
+            f"@ {a['clock']} clock")
+    body = _table(["layer", "kind", "bits", "fused", "flops", "bytes", "ms", "share", "bound"],
+                  rows, right={4, 5, 6, 7})
+    n_free = sum(1 for op in priced.ops if op.kind.value == "free")
+    foot = (f"predicted latency: {total * 1e3:.3f} ms  ({len(rows)} kernels, {n_free} free ops "
+            f"priced at zero)\ntime by bound: {shares}")
+    return f"{head}\n{body}\n{foot}"
+
+
+def _src(s: Sourced, unit: str = "", scale: float = 1.0) -> str:
+    ref = f" — {s.ref}" if s.ref else ""
+    return f"{s.value / scale:g}{unit} [{s.source}{ref}]"
+
+
+def format_device(spec: DeviceSpec) -> str:
+    lines = [f"{spec.name}: {spec.display_name} ({spec.soc})",
+             f"  file: {spec.path}  sha256: {spec.sha256[:16]}",
+             f"  back-ends: {', '.join(spec.backends)}  default threads: {spec.default_threads}",
+             f"  threads fill clusters in order: {' -> '.join(spec.cpu.thread_order)}",
+             f"  L3: {_src(spec.cpu.l3_bytes, ' KiB', 1024)}"]
+    for c in spec.cpu.clusters:
+        lines.append(f"  cluster {c.name}: {c.count}x {c.core}")
+        lines.append(f"    sustained clock: {_src(c.sustained_hz, ' GHz', 1e9)}")
+        lines.append(f"    burst clock:     {_src(c.burst_hz, ' GHz', 1e9)}")
+        for dtype, v in c.flops_per_cycle.items():
+            lines.append(f"    {dtype} ops/cycle/core: {_src(v)}")
+        lines.append(f"    int8 dot product: {'yes' if c.int8_dot_product else 'no'}")
+        for label, value, unit, scale in (("L1D", c.l1d_bytes, " KiB", 1024),
+                                          ("L2" + (" (shared)" if c.l2_shared else ""),
+                                           c.l2_bytes, " KiB", 1024),
+                                          ("SIMD width", c.simd_bits, " bit", 1),
+                                          ("vector registers", c.vector_registers, "", 1),
+                                          ("FMA latency", c.fma_latency_cycles, " cycles", 1),
+                                          ("load ports", c.load_ports, "", 1)):
+            lines.append(f"    {label}: {_src(value, unit, scale)}")
+    m = spec.memory
+    lines += [f"  DRAM bandwidth: {_src(m.dram_bytes_per_s, ' GB/s', 1e9)}",
+              f"  RAM: {_src(m.ram_bytes, ' GB', 1e9)}",
+              f"  app RAM share: {_src(m.app_ram_fraction)}"]
+    for label, acc in (("GPU", spec.gpu), ("NPU", spec.npu)):
+        if acc is not None:
+            peaks = "; ".join(f"{k}: {_src(v, ' TOPS', 1e12)}" for k, v in acc.peak_ops_per_s.items())
+            lines.append(f"  {label}: {acc.name} {acc.description} {peaks or '(no peak published)'}")
+    if spec.notes:
+        lines.append(f"  notes: {spec.notes}")
+    return "\n".join(lines)
+
+
+def _peak_default(spec: DeviceSpec, dtype: str = "fp32") -> float:
+    return sum(c.peak_flops_per_s(dtype) for c in spec.cpu.cores_for_threads(spec.default_threads))
+
+
+def format_device_list(specs: list[DeviceSpec]) -> str:
+    rows = []
+    for s in specs:
+        cores = " + ".join(f"{c.count}x {c.core}" for c in s.cpu.clusters)
+        rows.append([s.name, s.display_name, cores, str(s.default_threads),
+                     f"{_peak_default(s) / 1e9:.0f}", f"{s.memory.dram_bytes_per_s.value / 1e9:.1f}",
+                     ",".join(s.backends)])
+    return _table(["device", "name", "CPU", "threads", "fp32 GFLOP/s", "DRAM GB/s", "back-ends"],
+                  rows, right={3, 4, 5})
+
+
+def _sourced_json(value: Any) -> Any:
+    if isinstance(value, Sourced):
+        return {"value": value.value, "source": value.source, "ref": value.ref}
+    if isinstance(value, dict):
+        return {k: _sourced_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sourced_json(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _sourced_json(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value
+
+
+def device_json(spec: DeviceSpec, *, brief: bool = False) -> dict[str, Any]:
+    if brief:
+        return {"name": spec.name, "display_name": spec.display_name, "soc": spec.soc,
+                "backends": list(spec.backends), "default_threads": spec.default_threads,
+                "fp32_peak_flops_per_s": _peak_default(spec),
+                "dram_bytes_per_s": spec.memory.dram_bytes_per_s.value}
+    return _sourced_json(spec)

@@ -1,0 +1,245 @@
+"""The analytic roofline model: per op, compute vs memory vs dispatch, from the device spec.
+
+For each op (vectorised over an ``OpBatch``):
+- **compute**: FLOPs / (peak of the cores the op can keep busy x back-end efficiency x register
+  micro-kernel efficiency x edge-tile utilisation x sparse-kernel efficiency). Peak is summed over
+  the cores the thread count uses (``CpuSpec.cores_for_threads``), so spilling onto little cores
+  adds only their small peak, and an op with fewer parallel work units than threads uses fewer.
+  The micro-kernel efficiency follows from the tile and the core: FMA issue vs load ports vs FMA
+  latency, and register spills.
+- **memory**: bytes / bandwidth, with the traffic of a GotoBLAS-style blocked GEMM (A re-read
+  once per nc panel, C once per kc block) when its operands exceed the caches, and cache
+  bandwidth when the working set fits.
+- **overhead**: the back-end's dispatch cost per op, plus a fork-join barrier when it runs on
+  more than one thread.
+latency = max(compute, memory) + overhead; the bound is the largest of the three terms.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cost_models.backends import BackendSpec, backend_for
+from cost_models.base import CostModel, Prediction, UnpriceableOp
+from cost_models.devices import DeviceSpec, load_device
+from cost_models.ir import (DTYPE_CODES, GEMM_KINDS, KIND_CODES, KINDS_BY_CODE, PATTERN_CODES,
+                            PRICED_FREE_KINDS, OpBatch, OpKind)
+from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
+
+FORMAT_VERSION = 1
+_DTYPES = list(DTYPE_CODES)
+_TILED = np.array([k in GEMM_KINDS and k is not OpKind.DEPTHWISE_CONV2D for k in OpKind])
+_FREE = np.array([k in PRICED_FREE_KINDS for k in OpKind])
+
+
+@dataclass(frozen=True)
+class CacheTerms:
+    """Memory-hierarchy terms not on a spec sheet. Estimates, calibrated on measured kernels.
+
+    Attributes:
+        cache_bytes_per_cycle: bytes per cycle per core the L2/L3 deliver to a streaming kernel.
+        dram_share_per_core: fraction of a core's load-port bandwidth it can draw from DRAM
+            (outstanding-miss limits), capping one core's DRAM bandwidth.
+        l1_spill_efficiency: micro-kernel efficiency when its A and B slivers overflow L1.
+        l2_spill_efficiency: efficiency when the packed A block (mc x kc) overflows L2.
+        work_unit_elems: elements one thread takes per parallel work unit (non-GEMM ops).
+    """
+
+    cache_bytes_per_cycle: float = 32.0
+    dram_share_per_core: float = 0.25
+    l1_spill_efficiency: float = 0.75
+    l2_spill_efficiency: float = 0.85
+    work_unit_elems: float = 4096.0
+
+
+class AnalyticCostModel(CostModel):
+    """Roofline pricing on ``device`` through ``backend`` with ``threads`` threads."""
+
+    name = "analytic"
+
+    def __init__(self, device: DeviceSpec, backend: BackendSpec | str | None = None, *,
+                 threads: int | None = None, burst: bool = False,
+                 terms: CacheTerms = CacheTerms()) -> None:
+        self.device = device
+        self.backend = backend if isinstance(backend, BackendSpec) else backend_for(device, backend)
+        if self.backend.name not in device.backends:
+            raise ValueError(f"device {device.name} has no back-end {self.backend.name!r}; "
+                             f"valid: {', '.join(device.backends)}")
+        self.threads = device.default_threads if threads is None else threads
+        self.cores = device.cpu.cores_for_threads(self.threads)
+        self.burst, self.terms = burst, terms
+        self._prepare()
+
+    # ------------------------------------------------------------------ precomputed tables
+    def _prepare(self) -> None:
+        hz = np.array([(c.burst_hz if self.burst else c.sustained_hz).value for c in self.cores])
+        self._cum_peak = np.stack([
+            np.cumsum([c.flops_per_cycle[d].value for c in self.cores] * hz) for d in _DTYPES])
+        self._cum_cache_bw = np.cumsum(hz * self.terms.cache_bytes_per_cycle)
+        port_bw = np.array([c.load_ports.value * c.simd_bits.value / 8 for c in self.cores]) * hz
+        self._cum_dram_bw = np.minimum(np.cumsum(port_bw * self.terms.dram_share_per_core),
+                                       self.device.memory.dram_bytes_per_s.value)
+        lead = self.cores[0]
+        self._l1 = lead.l1d_bytes.value
+        self._l2 = lead.l2_bytes.value
+        self._llc = self._l2 + self.device.cpu.l3_bytes.value
+        self._simd_bits = lead.simd_bits.value
+        self._regs = lead.vector_registers.value
+        self._fma_pipes = lead.fma_pipes
+        self._fma_latency = lead.fma_latency_cycles.value
+        self._load_ports = lead.load_ports.value
+        n_kinds, n_patterns = len(OpKind), len(SparsityPattern)
+        self._eff = np.full((n_kinds, len(_DTYPES)), np.nan)
+        for kind, per_dtype in self.backend.efficiency.items():
+            for dtype, value in per_dtype.items():
+                self._eff[KIND_CODES[kind], DTYPE_CODES[dtype]] = value.value
+        self._sparse_eff = np.zeros((n_kinds, n_patterns))
+        for kind, cap in self.backend.ops.items():
+            for pattern, eff in cap.sparsity.items():
+                self._sparse_eff[KIND_CODES[kind], PATTERN_CODES[SparsityPattern(pattern)]] = eff
+        t = self.backend.default_tile
+        self._default_tile = np.array([t.mc, t.nc, t.kc, t.mr, t.nr], dtype=np.float64)
+        self._checked: set[tuple] = set()
+
+    @property
+    def assumptions(self) -> dict:
+        clusters: dict[str, int] = {}
+        for c in self.cores:
+            clusters[c.name] = clusters.get(c.name, 0) + 1
+        return {
+            "device": self.device.name, "backend": self.backend.name, "threads": self.threads,
+            "cores": [{"cluster": n, "core": next(c.core for c in self.cores if c.name == n),
+                       "count": k} for n, k in clusters.items()],
+            "clock": "burst" if self.burst else "sustained",
+            "clock_hz": sorted({(c.burst_hz if self.burst else c.sustained_hz).value
+                                for c in self.cores}, reverse=True),
+            "peak_flops_per_s": {d: float(self._cum_peak[i, -1]) for i, d in enumerate(_DTYPES)},
+            "dram_bytes_per_s": float(self._cum_dram_bw[-1]),
+            "llc_bytes": self._llc,
+            "cache_terms": asdict(self.terms),
+        }
+
+    # ------------------------------------------------------------------ capability check
+    def _check(self, batch: OpBatch) -> None:
+        keys = np.stack([batch.kind, batch.weight_bits, batch.act_bits, batch.group_size,
+                         batch.dynamic_act], axis=1).astype(np.int64)
+        uniq, first = np.unique(keys, axis=0, return_index=True)
+        for key, i in zip(map(tuple, uniq), first):
+            if key in self._checked:
+                continue
+            kind = KINDS_BY_CODE[key[0]]
+            quant = QuantSpec(int(key[1]), int(key[2]), int(key[3]), bool(key[4]))
+            reason = self.backend.why_not(kind, quant, SparsitySpec())
+            if reason is None and kind not in PRICED_FREE_KINDS and np.isnan(
+                    self._eff[key[0], DTYPE_CODES[quant.compute_dtype]]):
+                reason = (f"back-end {self.backend.name} has no efficiency term for "
+                          f"{kind.value} at {quant.compute_dtype}")
+            if reason is not None:
+                name = batch.ops[i].name if batch.ops else f"op #{i}"
+                raise UnpriceableOp(f"cannot price op {name!r}: {reason}")
+            self._checked.add(key)
+
+    # ------------------------------------------------------------------ pricing
+    def micro_kernel_efficiency(self, mr: np.ndarray, nr: np.ndarray,
+                                dtype: np.ndarray) -> np.ndarray:
+        """Fraction of FMA peak an mr x nr register tile sustains on the lead core.
+
+        Per k step the tile issues mr*ceil(nr/lanes) FMAs and loads ceil(nr/lanes) B vectors and
+        mr broadcast A values; it is limited by FMA issue, load ports, and FMA latency (each
+        accumulator carries a dependency chain). Tiles needing more registers than exist spill.
+        """
+        lanes = self._simd_bits / np.where(dtype == DTYPE_CODES["fp16"], 16, 32)
+        b_vectors = np.ceil(nr / lanes)
+        accumulators = mr * b_vectors
+        fma_cycles = accumulators / self._fma_pipes
+        load_cycles = (b_vectors + mr) / self._load_ports
+        eff = fma_cycles / np.maximum.reduce([fma_cycles, load_cycles,
+                                              np.full_like(fma_cycles, self._fma_latency)])
+        needed = accumulators + b_vectors + 1
+        return np.where(needed > self._regs, eff * self._regs / needed * 0.5, eff)
+
+    def predict(self, batch: OpBatch) -> Prediction:
+        self._check(batch)
+        kind, dtype = batch.kind, batch.dtype
+        free = _FREE[kind]
+        tiled = _TILED[kind]
+        tile = np.where(batch.tile[:, :1] > 0, batch.tile, self._default_tile)
+        if not self.backend.tiles_choosable:
+            tile = np.broadcast_to(self._default_tile, batch.tile.shape)
+        mc, nc, kc, mr, nr = tile.T
+        m, n, k, groups = batch.m, batch.n, batch.k, batch.groups
+
+        # Parallelism: GEMM work splits into mr x nr tiles, other ops into fixed element chunks.
+        gemm_units = np.ceil(m / mr) * np.ceil(n / nr) * groups
+        elem_units = np.ceil(batch.out_elems / self.terms.work_unit_elems)
+        units = np.where(tiled | (kind == KIND_CODES[OpKind.DEPTHWISE_CONV2D]),
+                         np.maximum(gemm_units, elem_units), elem_units)
+        used = np.clip(units, 1, self.threads).astype(np.int64) - 1
+        peak = self._cum_peak[dtype, used]
+
+        # Sparsity counts only where the back-end has a kernel for the pattern.
+        sparse_eff = self._sparse_eff[kind, batch.pattern]
+        accelerated = sparse_eff > 0
+        useful_flops = np.where(accelerated, batch.flops * batch.density, batch.flops)
+        eff = np.nan_to_num(self._eff[kind, dtype], nan=1.0) * np.where(accelerated, sparse_eff, 1.0)
+
+        micro = np.where(tiled, self.micro_kernel_efficiency(mr, nr, dtype), 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            util = np.where(tiled, (m * n) / (np.ceil(m / mr) * mr * np.ceil(n / nr) * nr), 1.0)
+        w_bytes = np.where(accelerated, batch.weight_bytes, batch.dense_weight_bytes)
+        act_elem_bytes = batch.act_bits / 8
+        w_elem_bytes = np.maximum(batch.weight_bits, 8) / 8
+        # Cache fit of the blocked GEMM's working sets (BLIS: B sliver in L1, A block in L2).
+        l1_set = np.minimum(kc, k) * (np.minimum(nr, n) * w_elem_bytes + mr * act_elem_bytes)
+        l2_set = np.minimum(mc, m) * np.minimum(kc, k) * act_elem_bytes
+        spill = np.where(tiled & (l1_set > self._l1), self.terms.l1_spill_efficiency, 1.0)
+        spill *= np.where(tiled & (l2_set > self._l2), self.terms.l2_spill_efficiency, 1.0)
+        compute_s = useful_flops / (peak * eff * micro * np.maximum(util, 1e-9) * spill)
+
+        # Traffic: compulsory, plus the blocked GEMM's re-reads once the operands exceed the LLC.
+        a_bytes, c_bytes = batch.act_in_bytes, batch.act_out_bytes
+        compulsory = a_bytes + w_bytes + c_bytes
+        big = compulsory > self._llc
+        a_rereads = np.where(tiled & big, np.ceil(n * groups / nc), 1.0)
+        c_passes = np.where(tiled & big, 2 * np.ceil(k / kc) - 1, 1.0)
+        traffic = a_bytes * a_rereads + w_bytes + c_bytes * c_passes
+        # Weights stay cache-resident across inferences when the whole model fits in the LLC.
+        model_w = np.bincount(batch.candidate, weights=w_bytes, minlength=batch.n_candidates)
+        resident = model_w[batch.candidate] <= self._llc
+        dram_s = np.where(big, traffic, np.where(resident, 0.0, w_bytes)) / self._cum_dram_bw[used]
+        cache_s = traffic / self._cum_cache_bw[used]
+        memory_s = np.maximum(dram_s, cache_s)
+
+        overhead_s = np.full(len(kind), self.backend.dispatch_overhead_s.value)
+        overhead_s += np.where(used > 0, self.backend.thread_sync_overhead_s.value, 0.0)
+
+        compute_s = np.where(free, 0.0, compute_s)
+        memory_s = np.where(free, 0.0, memory_s)
+        overhead_s = np.where(free, 0.0, overhead_s)
+        op_latency = np.maximum(compute_s, memory_s) + overhead_s
+        bound = np.argmax(np.stack([compute_s, memory_s, overhead_s]), axis=0)
+        bound = np.where(free, 2, bound)
+        totals = np.bincount(batch.candidate, weights=op_latency, minlength=batch.n_candidates)
+        return Prediction(latency_s=totals, op_latency_s=op_latency, op_bound=bound,
+                          candidate=batch.candidate, assumptions=self.assumptions,
+                          op_compute_s=compute_s, op_memory_s=memory_s)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        payload = {"format": "codesign.analytic", "version": FORMAT_VERSION,
+                   "device": self.device.path or self.device.name,
+                   "device_sha256": self.device.sha256, "backend": self.backend.name,
+                   "threads": self.threads, "burst": self.burst, "terms": asdict(self.terms)}
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "AnalyticCostModel":
+        payload = json.loads(Path(path).read_text())
+        if payload.get("format") != "codesign.analytic" or payload.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: not a codesign analytic model of version {FORMAT_VERSION}")
+        device = load_device(payload["device"])
+        return cls(device, payload["backend"], threads=payload["threads"],
+                   burst=payload["burst"], terms=CacheTerms(**payload["terms"]))

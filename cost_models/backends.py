@@ -1,0 +1,184 @@
+"""Back-ends: what a runtime can execute, and the terms that price how well it does it.
+
+A back-end file (``configs/backends/NAME.yaml``) holds a capability table — per op kind the
+(weight bits, activation bits) pairs it runs, the weight group sizes it accepts, the sparsity
+patterns that accelerate it — plus whether tiles and threads are choosable and the efficiency /
+overhead terms the analytic model needs. Only what the table declares may be priced.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from cost_models.devices import CONFIG_DIR, DTYPES, SpecError, Sourced, _Reader, load_yaml
+from cost_models.ir import OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
+from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec, TileSpec
+
+_PRECISION = re.compile(r"^w(2|4|8|16|32)a(8|16|32)(-dyn)?$")
+
+
+@dataclass(frozen=True)
+class Precision:
+    weight_bits: int
+    act_bits: int
+    dynamic_act: bool = False
+
+    @classmethod
+    def parse(cls, token: str) -> "Precision":
+        match = _PRECISION.match(token)
+        if not match:
+            raise ValueError(f"precision {token!r} is not of the form w<bits>a<bits>[-dyn]")
+        return cls(int(match[1]), int(match[2]), bool(match[3]))
+
+    @property
+    def label(self) -> str:
+        return f"w{self.weight_bits}a{self.act_bits}{'-dyn' if self.dynamic_act else ''}"
+
+
+@dataclass(frozen=True)
+class OpCapability:
+    """What a back-end runs for one op kind."""
+
+    precisions: frozenset[Precision]
+    group_sizes: tuple[int, ...]  # accepted weight group sizes for sub-8-bit weights; () = none
+    sparsity: Mapping[str, float]  # accelerated pattern -> efficiency vs dense per useful FLOP
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    display_name: str
+    tiles_choosable: bool
+    threads_choosable: bool
+    ops: Mapping[OpKind, OpCapability]
+    default_tile: TileSpec
+    efficiency: Mapping[OpKind, Mapping[str, Sourced]]  # op kind -> dtype -> fraction of peak
+    dispatch_overhead_s: Sourced
+    thread_sync_overhead_s: Sourced
+    requant_bytes_per_elem: float  # extra traffic of a quantize/dequantize at a boundary
+    path: str = ""
+
+    def capability(self, kind: OpKind) -> OpCapability | None:
+        return self.ops.get(kind)
+
+    def why_not(self, kind: OpKind, quant: QuantSpec, sparsity: SparsitySpec) -> str | None:
+        """None if the back-end runs this op as given, else the reason it cannot.
+
+        Sparsity the back-end does not accelerate is not a reason: the pruned weights are then
+        stored and run densely, which every back-end can do.
+        """
+        if kind in PRICED_FREE_KINDS:
+            return None
+        cap = self.ops.get(kind)
+        if cap is None:
+            return f"back-end {self.name} has no kernel for op kind {kind.value}"
+        want = Precision(quant.weight_bits, quant.act_bits, quant.dynamic_act)
+        if kind not in WEIGHTED_KINDS:
+            # a weightless op only has activations: any declared activation precision will do
+            if quant.act_bits not in {p.act_bits for p in cap.precisions}:
+                ok = sorted({p.act_bits for p in cap.precisions})
+                return (f"back-end {self.name} does not run {kind.value} on {quant.act_bits}-bit "
+                        f"activations; it runs {ok}")
+            return None
+        if want not in cap.precisions:
+            ok = ", ".join(sorted(p.label for p in cap.precisions))
+            return (f"back-end {self.name} does not run {kind.value} at {want.label}; "
+                    f"it runs {ok}")
+        if quant.weight_bits < 8 and quant.group_size and quant.group_size not in cap.group_sizes:
+            return (f"back-end {self.name} does not accept group size {quant.group_size} for "
+                    f"{kind.value}; valid: {list(cap.group_sizes)}")
+        return None
+
+    def accelerates(self, kind: OpKind, sparsity: SparsitySpec) -> bool:
+        cap = self.ops.get(kind)
+        return (sparsity.pattern is not SparsityPattern.DENSE and cap is not None
+                and sparsity.pattern.value in cap.sparsity)
+
+
+def _parse_tile(r: _Reader) -> TileSpec:
+    try:
+        return TileSpec(**{k: r.int(k) for k in ("mc", "nc", "kc", "mr", "nr")})
+    except ValueError as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise r.error(str(exc)) from None
+
+
+def parse_backend(data, path: str) -> BackendSpec:
+    r = _Reader(path, data)
+    kinds = {k.value: k for k in OpKind}
+    ops: dict[OpKind, OpCapability] = {}
+    ops_r = r.sub("ops")
+    for kind_name in ops_r.data:
+        if kind_name not in kinds:
+            raise ops_r.error(f"unknown op kind; valid: {', '.join(kinds)}", kind_name)
+        entry = ops_r.sub(kind_name)
+        try:
+            precisions = frozenset(Precision.parse(t) for t in entry.list("precisions"))
+        except ValueError as exc:
+            raise entry.error(str(exc), "precisions") from None
+        groups = entry.data.get("group_sizes", []) or []
+        if not all(isinstance(g, int) and g > 0 for g in groups):
+            raise entry.error(f"expected positive integers, got {groups!r}", "group_sizes")
+        sparse = entry.data.get("sparsity", {}) or {}
+        patterns = [p.value for p in SparsityPattern if p is not SparsityPattern.DENSE]
+        for pattern, eff in sparse.items():
+            if pattern not in patterns:
+                raise entry.error(f"unknown pattern {pattern!r}; valid: {', '.join(patterns)}",
+                                  "sparsity")
+            if not isinstance(eff, (int, float)) or not 0 < eff <= 1:
+                raise entry.error(f"efficiency of {pattern} must be in (0, 1]", "sparsity")
+        ops[kinds[kind_name]] = OpCapability(precisions, tuple(groups),
+                                             {k: float(v) for k, v in sparse.items()})
+    eff_r = r.sub("efficiency")
+    efficiency: dict[OpKind, dict[str, Sourced]] = {}
+    for kind_name in eff_r.data:
+        if kind_name not in kinds:
+            raise eff_r.error(f"unknown op kind; valid: {', '.join(kinds)}", kind_name)
+        per_dtype = eff_r.sub(kind_name)
+        for d in per_dtype.data:
+            if d not in DTYPES:
+                raise per_dtype.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
+        efficiency[kinds[kind_name]] = {d: per_dtype.sourced(d, maximum=1.0)
+                                        for d in per_dtype.data}
+    for kind in ops:
+        if kind not in efficiency:
+            raise eff_r.error(f"op kind {kind.value} is runnable but has no efficiency")
+    return BackendSpec(
+        name=r.str("name"), display_name=r.str("display_name"),
+        tiles_choosable=r.bool("tiles_choosable"), threads_choosable=r.bool("threads_choosable"),
+        ops=ops, default_tile=_parse_tile(r.sub("default_tile")), efficiency=efficiency,
+        dispatch_overhead_s=r.sourced("dispatch_overhead_s"),
+        thread_sync_overhead_s=r.sourced("thread_sync_overhead_s"),
+        requant_bytes_per_elem=float(r.sourced("requant_bytes_per_elem").value),
+        path=path,
+    )
+
+
+def backend_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "backends").glob("*.yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def load_backend(name: str) -> BackendSpec:
+    path = CONFIG_DIR / "backends" / f"{name}.yaml"
+    if not path.is_file():
+        raise SpecError(f"unknown back-end {name!r}; valid: {', '.join(backend_names())}")
+    data, _ = load_yaml(path)
+    return parse_backend(data, str(path))
+
+
+def backend_for(device, name: str | None) -> BackendSpec:
+    """The device's back-end called ``name`` (the device's first back-end when None)."""
+    chosen = name or device.backends[0]
+    if chosen not in device.backends:
+        raise SpecError(f"device {device.name} has no back-end {chosen!r}; "
+                        f"valid: {', '.join(device.backends)}")
+    return load_backend(chosen)
+
+
+def config_path(kind: str, name: str) -> Path:
+    return CONFIG_DIR / kind / f"{name}.yaml"

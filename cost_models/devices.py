@@ -1,0 +1,347 @@
+"""Device specs: typed, frozen, every number with its source.
+
+A device YAML (``configs/devices/NAME.yaml`` or a user's own file) is parsed here into a
+``DeviceSpec``. Numbers are written either as ``{value: X, source: KIND, ref: "..."}`` or, for
+the few that need no citation (counts that follow from a name), as plain values. ``KIND`` is one
+of ``SOURCE_KINDS``: ``published`` (vendor; ``ref`` says where), ``reported`` (reviews, leaks,
+third-party databases; ``ref`` says which), ``estimated`` (``ref`` gives the formula),
+``detected`` (read off this machine at run time) or ``measured`` (a benchmark on the device).
+
+Malformed files raise ``SpecError`` naming the file and the field.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+SOURCE_KINDS = ("published", "reported", "estimated", "detected", "measured")
+DTYPES = ("fp32", "fp16", "int8")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class SpecError(ValueError):
+    """A device or back-end file that cannot be used; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """A number and where it comes from."""
+
+    value: float
+    source: str
+    ref: str = ""
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+@dataclass(frozen=True)
+class CoreCluster:
+    """Identical cores sharing a clock domain (one tier of a big.LITTLE CPU).
+
+    ``flops_per_cycle`` is per core: FMA lanes x 2 for float dtypes; for int8 the multiply-add
+    operations per cycle the core's best int8 instruction reaches (SDOT/UDOT, i8mm, VNNI or
+    AVX2 ``vpmaddwd``).
+    """
+
+    name: str
+    core: str
+    count: int
+    sustained_hz: Sourced
+    burst_hz: Sourced
+    flops_per_cycle: Mapping[str, Sourced]
+    int8_dot_product: bool
+    l1d_bytes: Sourced
+    l2_bytes: Sourced
+    simd_bits: Sourced
+    vector_registers: Sourced
+    fma_latency_cycles: Sourced
+    load_ports: Sourced
+    l2_shared: bool = False
+
+    @property
+    def fp32_lanes(self) -> int:
+        return int(self.simd_bits.value) // 32
+
+    @property
+    def fma_pipes(self) -> float:
+        """FMA instructions issued per cycle, derived from the fp32 peak and the vector width."""
+        return self.flops_per_cycle["fp32"].value / (2 * self.fp32_lanes)
+
+    def peak_flops_per_s(self, dtype: str, *, burst: bool = False) -> float:
+        hz = (self.burst_hz if burst else self.sustained_hz).value
+        return self.flops_per_cycle[dtype].value * hz
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    clusters: tuple[CoreCluster, ...]
+    l3_bytes: Sourced
+    thread_order: tuple[str, ...]  # clusters filled by threads, in order (fastest first)
+
+    @property
+    def n_cores(self) -> int:
+        return sum(c.count for c in self.clusters)
+
+    def cores_for_threads(self, threads: int) -> tuple[CoreCluster, ...]:
+        """The cluster of each thread, filling clusters in ``thread_order``.
+
+        Runtimes pin nothing, but Android's and Linux's schedulers place the busy threads of a
+        foreground app on the fastest free cores, which is what this order models.
+        """
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads > self.n_cores:
+            raise ValueError(f"threads={threads} exceeds the {self.n_cores} cores of this CPU")
+        by_name = {c.name: c for c in self.clusters}
+        placed: list[CoreCluster] = []
+        for name in self.thread_order:
+            cluster = by_name[name]
+            placed.extend([cluster] * min(cluster.count, threads - len(placed)))
+            if len(placed) == threads:
+                break
+        return tuple(placed)
+
+
+@dataclass(frozen=True)
+class AcceleratorSpec:
+    """A GPU or NPU: enough to state what it is; the CPU back-ends do not price it."""
+
+    name: str
+    peak_ops_per_s: Mapping[str, Sourced]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    dram_bytes_per_s: Sourced
+    ram_bytes: Sourced
+    app_ram_fraction: Sourced
+
+    @property
+    def app_ram_bytes(self) -> float:
+        return self.ram_bytes.value * self.app_ram_fraction.value
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    display_name: str
+    soc: str
+    cpu: CpuSpec
+    memory: MemorySpec
+    backends: tuple[str, ...]
+    default_threads: int
+    gpu: AcceleratorSpec | None = None
+    npu: AcceleratorSpec | None = None
+    notes: str = ""
+    path: str = ""
+    sha256: str = field(default="", compare=False)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+class _Reader:
+    """Reads fields of one YAML mapping, raising SpecError with file and dotted field path."""
+
+    def __init__(self, path: str, data: Any, where: str = "") -> None:
+        self.path, self.where = path, where
+        if not isinstance(data, Mapping):
+            raise self.error(f"expected a mapping, got {type(data).__name__}")
+        self.data = data
+
+    def error(self, message: str, key: str | None = None) -> SpecError:
+        at = ".".join(p for p in (self.where, key) if p) or "<top>"
+        return SpecError(f"{self.path}: field '{at}': {message}")
+
+    def sub(self, key: str, *, optional: bool = False) -> "_Reader | None":
+        if key not in self.data or self.data[key] is None:
+            if optional:
+                return None
+            raise self.error("missing", key)
+        return _Reader(self.path, self.data[key], ".".join(p for p in (self.where, key) if p))
+
+    def str(self, key: str, default: str | None = None) -> str:
+        if key not in self.data:
+            if default is not None:
+                return default
+            raise self.error("missing", key)
+        value = self.data[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"expected a non-empty string, got {value!r}", key)
+        return value
+
+    def int(self, key: str, *, minimum: int = 1) -> int:
+        if key not in self.data:
+            raise self.error("missing", key)
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(f"expected an integer >= {minimum}, got {value!r}", key)
+        return value
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        if key not in self.data:
+            if default is not None:
+                return default
+            raise self.error("missing", key)
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.error(f"expected true or false, got {value!r}", key)
+        return value
+
+    def list(self, key: str) -> list:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not value:
+            raise self.error("expected a non-empty list", key)
+        return value
+
+    def sourced(self, key: str, *, positive: bool = True, maximum: float | None = None) -> Sourced:
+        if key not in self.data:
+            raise self.error("missing", key)
+        raw = self.data[key]
+        if not isinstance(raw, Mapping):
+            raise self.error("expected {value: NUMBER, source: KIND, ref: TEXT}", key)
+        sub = _Reader(self.path, raw, ".".join(p for p in (self.where, key) if p))
+        value = raw.get("value")
+        if isinstance(value, str):
+            # YAML 1.1 reads "6.8e10" (no sign in the exponent) as text; accept it as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise sub.error(f"expected a number, got {value!r}", "value")
+        if positive and value <= 0:
+            raise sub.error(f"must be positive, got {value!r}", "value")
+        if maximum is not None and value > maximum:
+            raise sub.error(f"must be <= {maximum}, got {value!r}", "value")
+        source = raw.get("source")
+        if source not in SOURCE_KINDS:
+            raise sub.error(f"must be one of {', '.join(SOURCE_KINDS)}, got {source!r}", "source")
+        ref = raw.get("ref", "")
+        if not isinstance(ref, str):
+            raise sub.error(f"expected text, got {ref!r}", "ref")
+        if source in ("published", "reported", "estimated") and not ref.strip():
+            raise sub.error(f"a {source} number must say where or how in 'ref'", "ref")
+        return Sourced(float(value), source, ref)
+
+
+def _parse_cluster(r: _Reader) -> CoreCluster:
+    fpc = r.sub("flops_per_cycle")
+    missing = [d for d in DTYPES if d not in fpc.data]
+    if missing:
+        raise fpc.error(f"needs every dtype of {DTYPES}; missing {missing}")
+    unknown = sorted(set(fpc.data) - set(DTYPES))
+    if unknown:
+        raise fpc.error(f"unknown dtype(s) {unknown}; valid: {', '.join(DTYPES)}")
+    sustained, burst = r.sourced("sustained_hz"), r.sourced("burst_hz")
+    if burst.value < sustained.value:
+        raise r.error("burst_hz must be >= sustained_hz", "burst_hz")
+    return CoreCluster(
+        name=r.str("name"), core=r.str("core"), count=r.int("count"),
+        sustained_hz=sustained, burst_hz=burst,
+        flops_per_cycle={d: fpc.sourced(d) for d in DTYPES},
+        int8_dot_product=r.bool("int8_dot_product"),
+        l1d_bytes=r.sourced("l1d_bytes"), l2_bytes=r.sourced("l2_bytes"),
+        simd_bits=r.sourced("simd_bits"), vector_registers=r.sourced("vector_registers"),
+        fma_latency_cycles=r.sourced("fma_latency_cycles"), load_ports=r.sourced("load_ports"),
+        l2_shared=r.bool("l2_shared", default=False),
+    )
+
+
+def _parse_cpu(r: _Reader) -> CpuSpec:
+    clusters = []
+    for i, raw in enumerate(r.list("clusters")):
+        clusters.append(_parse_cluster(_Reader(r.path, raw, f"{r.where}.clusters[{i}]")))
+    names = [c.name for c in clusters]
+    if len(set(names)) != len(names):
+        raise r.error(f"cluster names must be unique, got {names}", "clusters")
+    order = r.list("thread_order")
+    if sorted(order) != sorted(names):
+        raise r.error(f"must list every cluster once ({', '.join(names)}), got {order}",
+                      "thread_order")
+    return CpuSpec(tuple(clusters), r.sourced("l3_bytes", positive=False), tuple(order))
+
+
+def _parse_accelerator(r: _Reader | None) -> AcceleratorSpec | None:
+    if r is None:
+        return None
+    peaks = r.sub("peak_ops_per_s")
+    return AcceleratorSpec(
+        name=r.str("name"),
+        peak_ops_per_s={k: peaks.sourced(k) for k in peaks.data},
+        description=r.data.get("description", "") or "",
+    )
+
+
+def parse_device(data: Any, path: str) -> DeviceSpec:
+    """Build a DeviceSpec from parsed YAML; ``path`` is only used in messages and provenance."""
+    from cost_models.backends import backend_names  # local: backends import this module
+
+    r = _Reader(path, data)
+    mem = r.sub("memory")
+    memory = MemorySpec(mem.sourced("dram_bytes_per_s"), mem.sourced("ram_bytes"),
+                        mem.sourced("app_ram_fraction", maximum=1.0))
+    backends = tuple(r.list("backends"))
+    known = backend_names()
+    for b in backends:
+        if b not in known:
+            raise r.error(f"unknown back-end {b!r}; valid: {', '.join(known)}", "backends")
+    cpu = _parse_cpu(r.sub("cpu"))
+    threads = r.int("default_threads")
+    if threads > cpu.n_cores:
+        raise r.error(f"{threads} exceeds the {cpu.n_cores} cores", "default_threads")
+    return DeviceSpec(
+        name=r.str("name"), display_name=r.str("display_name"), soc=r.str("soc"),
+        cpu=cpu, memory=memory, backends=backends, default_threads=threads,
+        gpu=_parse_accelerator(r.sub("gpu", optional=True)),
+        npu=_parse_accelerator(r.sub("npu", optional=True)),
+        notes=str(r.data.get("notes", "") or ""), path=path,
+    )
+
+
+def load_yaml(path: Path) -> tuple[Any, str]:
+    """Read a YAML file; returns (data, sha256 of the bytes). Errors name the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return data, hashlib.sha256(raw).hexdigest()
+
+
+def catalog_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "devices").glob("*.yaml"))
+
+
+def load_device(name_or_path: str) -> DeviceSpec:
+    """A catalog device by name, or a user's YAML file by path.
+
+    ``host`` is this machine: its catalog file declares what to detect and the rest is read off
+    /proc and /sys at run time (see ``cost_models.host``).
+    """
+    candidate = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or candidate.is_file():
+        if not candidate.is_file():
+            raise SpecError(f"{name_or_path}: no such device file")
+        path = candidate
+    else:
+        path = CONFIG_DIR / "devices" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise SpecError(f"unknown device {name_or_path!r}; valid: "
+                            f"{', '.join(catalog_names())} (or a path to a device YAML file)")
+    data, digest = load_yaml(path)
+    if isinstance(data, Mapping) and data.get("detect") == "host":
+        from cost_models.host import detect_host_fields
+        data = detect_host_fields(data, path=str(path))
+    spec = parse_device(data, str(path))
+    object.__setattr__(spec, "sha256", digest)
+    return spec

@@ -1,0 +1,140 @@
+"""Detect this machine's CPU and memory so it can be priced like any catalog device.
+
+What /proc and /sys state (model, cores, caches, clock, RAM, ISA flags) is ``detected``; what
+follows from the ISA by formula (FLOPs per cycle, registers) is ``estimated`` with the formula;
+memory bandwidth is ``measured`` when a host characterisation (``kernels.host_probe``) has been
+cached for this machine, else ``estimated``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+_CACHE_INDEX = {"1Data": "l1d", "2Unified": "l2", "3Unified": "l3"}
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, value = (p.strip() for p in line.split(":", 1))
+                info.setdefault(key, value)
+    except OSError:
+        pass
+    return info
+
+
+def _cache_sizes() -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        name = _CACHE_INDEX.get(level + kind)
+        if name and size.endswith("K"):
+            sizes[name] = int(size[:-1]) * 1024
+        elif name and size.endswith("M"):
+            sizes[name] = int(size[:-1]) * 1024 * 1024
+    return sizes
+
+
+def _ram_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _num(value: float, source: str, ref: str) -> dict[str, Any]:
+    return {"value": value, "source": source, "ref": ref}
+
+
+def host_fingerprint() -> str:
+    info = _cpuinfo()
+    flags = " ".join(sorted(info.get("flags", "").split()))
+    return f"{info.get('model name', 'unknown')}|{os.cpu_count()}|{hash(flags) & 0xffffffff:08x}"
+
+
+def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]:
+    """Complete the host template with what this machine reports."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    caches = _cache_sizes()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mhz = float(info.get("cpu MHz", "0") or 0) or 2000.0
+    where = "/proc/cpuinfo"
+    if "avx512f" in flags:
+        simd, regs = 512, 32
+    elif "avx2" in flags:
+        simd, regs = 256, 16
+    else:
+        simd, regs = 128, 16
+    lanes = simd // 32
+    pipes = 2 if "fma" in flags else 1
+    vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
+    # int8: VNNI does 4 MACs per 32-bit lane; AVX2's vpmaddwd does 2 (on int16-widened bytes).
+    int8_macs_per_lane = 4 if vnni else 2
+    hz = mhz * 1e6
+    cluster = {
+        "name": "cores", "core": info.get("model name", "unknown x86-64"), "count": cores,
+        "sustained_hz": _num(hz, "detected", f"{where} 'cpu MHz'"),
+        "burst_hz": _num(hz, "detected", f"{where} 'cpu MHz' (no boost clock exposed)"),
+        "flops_per_cycle": {
+            "fp32": _num(2 * pipes * lanes, "estimated",
+                         f"{pipes} FMA pipes x {lanes} fp32 lanes ({simd}-bit) x 2"),
+            "fp16": _num(2 * pipes * lanes, "estimated",
+                         "no native fp16 arithmetic: converted to fp32 (F16C)"),
+            "int8": _num(2 * pipes * lanes * int8_macs_per_lane, "estimated",
+                         f"{'VNNI' if vnni else 'vpmaddwd'}: {int8_macs_per_lane} MACs per "
+                         f"32-bit lane x {lanes} lanes x {pipes} pipes x 2"),
+        },
+        "int8_dot_product": vnni,
+        "l1d_bytes": _num(caches.get("l1d", 32768), "detected", "/sys/devices/system/cpu/cpu0/cache"),
+        "l2_bytes": _num(caches.get("l2", 524288), "detected", "/sys/devices/system/cpu/cpu0/cache"),
+        "simd_bits": _num(simd, "detected", f"{where} flags"),
+        "vector_registers": _num(regs, "detected", f"{where} flags (ymm0-15 / zmm0-31)"),
+        "fma_latency_cycles": _num(4, "estimated", "FMA latency of current x86 cores (Agner Fog tables)"),
+        "load_ports": _num(2, "estimated", "two vector loads per cycle on current x86 cores"),
+    }
+    ram = _ram_bytes() or 8 * 2**30
+    bandwidth = _num(10e9 * cores, "estimated",
+                     "10 GB/s per core, a conservative server-DRAM share; run "
+                     "'codesign bench kernels' to measure it")
+    measured = _measured_bandwidth()
+    if measured:
+        bandwidth = _num(measured, "measured", "kernels.host_probe STREAM triad, all threads")
+    data = dict(template)
+    data.pop("detect", None)
+    data.update({
+        "display_name": f"This machine: {info.get('model name', 'unknown CPU')}, {cores} cores",
+        "soc": info.get("model name", "unknown"),
+        "default_threads": cores,
+        "cpu": {"thread_order": ["cores"],
+                "l3_bytes": _num(caches.get("l3", 0), "detected", "/sys/devices/system/cpu/cpu0/cache"),
+                "clusters": [cluster]},
+        "memory": {
+            "dram_bytes_per_s": bandwidth,
+            "ram_bytes": _num(ram, "detected", "/proc/meminfo MemTotal"),
+            "app_ram_fraction": _num(0.5, "estimated", "half of RAM for one process"),
+        },
+    })
+    return data
+
+
+def _measured_bandwidth() -> float | None:
+    """All-thread STREAM bandwidth from a cached host characterisation, if one exists."""
+    try:
+        from kernels import host_probe  # optional until the kernels package has measured it
+    except ImportError:
+        return None
+    loader = getattr(host_probe, "cached_bandwidth_bytes_per_s", None)
+    return loader() if loader else None
