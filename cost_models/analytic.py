@@ -124,10 +124,13 @@ class AnalyticCostModel(CostModel):
 
     # ------------------------------------------------------------------ capability check
     def _check(self, batch: OpBatch) -> None:
-        keys = np.stack([batch.kind, batch.weight_bits, batch.act_bits, batch.group_size,
-                         batch.dynamic_act], axis=1).astype(np.int64)
-        uniq, first = np.unique(keys, axis=0, return_index=True)
-        for key, i in zip(map(tuple, uniq), first):
+        # One integer per (kind, weight bits, act bits, group, dynamic): a 1-D unique is fast.
+        packed = (((batch.kind * 64 + batch.weight_bits) * 64 + batch.act_bits) * 1024
+                  + batch.group_size) * 2 + batch.dynamic_act
+        uniq, first = np.unique(packed.astype(np.int64), return_index=True)
+        for i in first:
+            key = (int(batch.kind[i]), int(batch.weight_bits[i]), int(batch.act_bits[i]),
+                   int(batch.group_size[i]), int(batch.dynamic_act[i]))
             if key in self._checked:
                 continue
             kind = KINDS_BY_CODE[key[0]]

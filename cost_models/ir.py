@@ -107,6 +107,10 @@ class Op:
         bias = 4 * self.out_channels
         return values + indices + group_scales + channel_scales + bias
 
+    def quant_for_activation(self) -> QuantSpec:
+        """The precision of a weightless op that consumes this op's output as it is."""
+        return QuantSpec(self.quant.act_bits, self.quant.act_bits)
+
     def activation_bytes(self) -> float:
         return (self.act_in_elems + self.act_out_elems) * self.quant.act_bits / 8
 

@@ -349,7 +349,8 @@ def insert_precision_boundaries(ops: Sequence[Op], input_bits: int = 32) -> list
         if op.kind in PRICED_FREE_KINDS:
             src = op.inputs[0] if op.inputs else ""
             bits = bits_of.get(src, input_bits)
-            result.append(replace(op, quant=QuantSpec(32, bits) if bits != 32 else op.quant))
+            same = op.quant.act_bits == bits and op.quant.weight_bits == bits
+            result.append(op if same else replace(op, quant=QuantSpec(bits, bits)))
             bits_of[op.name], shape_of[op.name] = bits, op.out_shape
             continue
         want = op.quant.act_bits
@@ -365,11 +366,12 @@ def insert_precision_boundaries(ops: Sequence[Op], input_bits: int = 32) -> list
                 kind = OpKind.QUANTIZE if want < have else OpKind.DEQUANTIZE
                 name = f"{src or 'input'}:{kind.value}{want}"
                 result.append(Op(name, kind, shape, (shape,), flops=float(math.prod(shape)),
-                                 quant=QuantSpec(32, max(want, have)), inputs=(src,)))
+                                 quant=QuantSpec(max(want, have), max(want, have)), inputs=(src,)))
                 converted[key] = name
                 bits_of[name], shape_of[name] = want, shape
             new_inputs.append(converted[key])
-        result.append(replace(op, inputs=tuple(new_inputs)))
+        new_inputs = tuple(new_inputs)
+        result.append(op if new_inputs == op.inputs else replace(op, inputs=new_inputs))
         bits_of[op.name], shape_of[op.name] = want, op.out_shape
     last = result[-1]
     if bits_of.get(last.name, 32) != 32:  # the caller gets float outputs back

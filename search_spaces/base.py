@@ -1,0 +1,86 @@
+"""The search-space protocol: the one mapping point between Optuna and the domain.
+
+A space exposes, for a back-end, the ordered Optuna distributions that are *active* given the
+choices made so far (define-by-run: a block's knobs exist only if the stage is that deep), and
+``decode(params) -> Candidate`` / ``encode(candidate) -> params`` which round-trip. It lowers a
+candidate to the op-list IR for pricing. Every space passes ``tests/test_space_conformance.py``.
+
+The back-end's capability table decides which choices exist: a configuration the back-end cannot
+run is never offered, so it is never priced.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterator, Mapping, Sequence
+
+import optuna
+
+from cost_models.backends import BackendSpec
+from cost_models.ir import Op
+
+
+class SearchSpace(abc.ABC):
+    """A family of candidates for one back-end.
+
+    Attributes:
+        name: the space's name (``mbconv``, or ``MODULE:FACTORY`` for a user's space).
+        backend: the back-end whose capabilities bound the choices.
+        deploy_input_shape: the input the priced (deployed) network sees.
+        eval_input_shape: the input the accuracy evaluation uses (same layers and strides).
+    """
+
+    name: str
+    backend: BackendSpec
+    deploy_input_shape: tuple[int, ...]
+    eval_input_shape: tuple[int, ...]
+
+    @abc.abstractmethod
+    def iter_distributions(self, params: Mapping[str, Any]
+                           ) -> Iterator[tuple[str, optuna.distributions.BaseDistribution]]:
+        """Yield (name, distribution) of every active parameter, in order.
+
+        ``params`` holds the values chosen so far; the generator may read it to decide which
+        later parameters are active. Callers fill ``params`` as they go.
+        """
+
+    @abc.abstractmethod
+    def decode(self, params: Mapping[str, Any]) -> Any:
+        """The candidate the params describe. Raises ValueError naming a bad or missing param."""
+
+    @abc.abstractmethod
+    def encode(self, candidate: Any) -> dict[str, Any]:
+        """The params of a candidate; ``decode(encode(c)) == c``."""
+
+    @abc.abstractmethod
+    def to_ops(self, candidate: Any) -> Sequence[Op]:
+        """Lower a candidate at ``deploy_input_shape`` to the op list (precisions applied)."""
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
+        """Ask ``trial`` for every active parameter and decode the result."""
+        params: dict[str, Any] = {}
+        for name, dist in self.iter_distributions(params):
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                params[name] = trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step)
+            else:
+                params[name] = trial.suggest_float(name, dist.low, dist.high)
+        return self.decode(params)
+
+    def sample(self, rng) -> dict[str, Any]:
+        """Uniformly random params (for checks and calibration sets, not for the search)."""
+        params: dict[str, Any] = {}
+        for name, dist in self.iter_distributions(params):
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                params[name] = dist.choices[int(rng.integers(len(dist.choices)))]
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                params[name] = int(rng.integers(dist.low, dist.high + 1))
+            else:
+                params[name] = float(rng.uniform(dist.low, dist.high))
+        return params
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the space in provenance and resume checks."""
+        return {"name": self.name, "backend": self.backend.name,
+                "deploy_input_shape": list(self.deploy_input_shape),
+                "eval_input_shape": list(self.eval_input_shape)}
