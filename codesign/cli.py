@@ -44,6 +44,25 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-model", default="analytic", help="analytic")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
+    s = sub.add_parser("search", help="search model x kernel co-designs under a latency budget",
+                       description="Optuna search over architecture x per-layer precision x "
+                                   "sparsity x tile, priced on DEVICE, accuracy measured.")
+    s.add_argument("--device", required=True, help="catalog name (codesign devices) or YAML path")
+    s.add_argument("--budget", required=True, help="latency budget with unit: 10ms, 500us, 0.01s")
+    s.add_argument("--backend", default=None, help="codesign (default) or xnnpack")
+    s.add_argument("--space", default="mbconv", help="mbconv or MODULE:FACTORY")
+    s.add_argument("--trials", default="100", help="total trials (default 100)")
+    s.add_argument("--timeout", default=None, help="stop after this many seconds")
+    s.add_argument("--seed", default="0", help="random seed (default 0)")
+    s.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
+    s.add_argument("--cost-model", default="analytic", help="analytic")
+    s.add_argument("--evaluator", default=None, help="MODULE:FUNC(candidate, split) -> accuracy")
+    s.add_argument("--baseline", default=None, help="PARAMS.json of your production model")
+    s.add_argument("--out", default=None, help="run directory (default runs/<time>-<device>-<budget>)")
+    s.add_argument("--resume", default=None, help="continue the study in this run directory")
+    s.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     d = sub.add_parser("devices", help="list the device catalog or show one spec",
                        description="`codesign devices` lists the catalog; "
                                    "`codesign devices show NAME` prints one spec with sources.")
@@ -53,7 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="microbenchmarks", description="Kernel microbenchmarks "
                        "against baselines measured in the same run.")
-    b.add_argument("suite", choices=["kernels"])
+    b.add_argument("suite", choices=["kernels", "scoring"],
+                   help="kernels: numba kernels vs baselines; scoring: cost-model throughput")
     b.add_argument("--quick", action="store_true", help="small sizes (CI)")
     b.add_argument("--json", action="store_true")
     return parser
@@ -82,6 +102,44 @@ def _cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def _cmd_search(args) -> int:
+    from codesign.report_tables import format_pareto
+    from codesign.search import SAMPLERS, SearchConfig, run_search
+    from codesign.userinput import parse_budget
+
+    budget = parse_budget(args.budget)
+    if args.sampler not in SAMPLERS:
+        raise BadInput(f"unknown --sampler {args.sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if args.resume and args.out:
+        raise BadInput("give either --out (a new run) or --resume (an existing one), not both")
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise BadInput(f"--seed must be an integer, got {args.seed!r}") from None
+    timeout = None
+    if args.timeout is not None:
+        try:
+            timeout = float(args.timeout)
+        except ValueError:
+            raise BadInput(f"--timeout must be seconds, got {args.timeout!r}") from None
+        if not timeout > 0:
+            raise BadInput(f"--timeout must be positive seconds, got {args.timeout!r}")
+    config = SearchConfig(
+        device=args.device, budget_s=budget, budget_text=args.budget, backend=args.backend,
+        space=args.space, trials=parse_positive_int(args.trials, "--trials"), timeout_s=timeout,
+        seed=seed, sampler=args.sampler, cost_model=args.cost_model, evaluator=args.evaluator,
+        baseline=Path(args.baseline) if args.baseline else None,
+        out=Path(args.out) if args.out else None,
+        resume=Path(args.resume) if args.resume else None,
+        progress=not (args.no_progress or args.json) and sys.stderr.isatty())
+    result = run_search(config)
+    if args.json:
+        print(json.dumps(result.pareto, indent=2))
+    else:
+        print(format_pareto(result.pareto, run_dir=result.run_dir, elapsed_s=result.elapsed_s))
+    return EXIT_OK
+
+
 def _cmd_devices(args) -> int:
     from codesign.report_tables import device_json, format_device, format_device_list
     from cost_models.devices import catalog_names, load_device
@@ -105,9 +163,14 @@ def _cmd_devices(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from kernels.bench import run_kernel_benchmarks
+    if args.suite == "scoring":
+        from codesign.bench_scoring import run_scoring_benchmark
 
-    result = run_kernel_benchmarks(quick=args.quick)
+        result = run_scoring_benchmark(1000 if args.quick else 10_000)
+    else:
+        from kernels.bench import run_kernel_benchmarks
+
+        result = run_kernel_benchmarks(quick=args.quick)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -117,7 +180,7 @@ def _cmd_bench(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"predict": _cmd_predict, "devices": _cmd_devices, "bench": _cmd_bench}
+COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "devices": _cmd_devices, "bench": _cmd_bench}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -121,3 +121,38 @@ def device_json(spec: DeviceSpec, *, brief: bool = False) -> dict[str, Any]:
                 "fp32_peak_flops_per_s": _peak_default(spec),
                 "dram_bytes_per_s": spec.memory.dram_bytes_per_s.value}
     return _sourced_json(spec)
+
+
+def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | None = None) -> str:
+    """The end-of-run table: one row per front member, the baseline marked."""
+    rows = []
+    members = list(pareto["members"])
+    for m in members:
+        lo, hi = m["accuracy_interval"]
+        tlo, thi = m["latency_band_s"]
+        bits = sorted({f"w{layer['weight_bits']}a{layer['act_bits']}" for layer in m["layers"]
+                       if layer["kind"] in ("conv2d", "linear", "depthwise_conv2d")})
+        sparse = sorted({layer["sparsity"] for layer in m["layers"]} - {"dense"})
+        rows.append([str(m["trial"]) + (" (baseline)" if m.get("baseline") else ""),
+                     f"{m['accuracy']:.3f} [{lo:.3f},{hi:.3f}]",
+                     f"{m.get('test_accuracy', float('nan')):.3f}",
+                     f"{m['latency_s'] * 1e3:.2f} [{tlo * 1e3:.2f},{thi * 1e3:.2f}]",
+                     f"{m['model_bytes'] / 1e6:.2f}", f"{m['peak_activation_bytes'] / 1e6:.2f}",
+                     str(m["threads"]), ",".join(bits), ",".join(sparse) or "dense"])
+    head = (f"Pareto front: {pareto['device']} / {pareto['backend']}, budget "
+            f"{pareto['budget_s'] * 1e3:g} ms, space {pareto['space']}, cost model "
+            f"{pareto['cost_model']}")
+    table = _table(["trial", "val acc [95% CI]", "test acc", "latency ms [band]", "MB",
+                    "peak act MB", "threads", "precisions", "sparsity"], rows, right={4, 5, 6})
+    counts = (f"{pareto['trials']} trials: {pareto['n_complete']} complete "
+              f"({pareto['n_feasible']} within budget), {pareto['n_failed']} failed; "
+              f"{len(members)} on the front")
+    base = pareto.get("baseline")
+    lines = [head, table, counts]
+    if base is not None:
+        lines.append(f"baseline (trial {base['trial']}): val acc {base['accuracy']:.3f}, "
+                     f"{base['latency_s'] * 1e3:.2f} ms, {base['model_bytes'] / 1e6:.2f} MB"
+                     + ("" if base["latency_s"] <= pareto["budget_s"] else " — over budget"))
+    if run_dir is not None:
+        lines.append(f"run directory: {run_dir}" + (f"  ({elapsed_s:.0f} s)" if elapsed_s else ""))
+    return "\n".join(lines)

@@ -100,7 +100,10 @@ class AnalyticCostModel(CostModel):
         for kind, cap in self.backend.ops.items():
             for pattern, eff in cap.sparsity.items():
                 self._sparse_eff[KIND_CODES[kind], PATTERN_CODES[SparsityPattern(pattern)]] = eff
-        t = self.backend.default_tile
+        t = self.backend.default_tile(self.device.cpu.isa)
+        # AArch64 FMAs take A by vector lane (FMLA by element): mr values cost ceil(mr/lanes)
+        # loads; x86 broadcasts each A value separately.
+        self._by_element = self.device.cpu.isa == "aarch64"
         self._default_tile = np.array([t.mc, t.nc, t.kc, t.mr, t.nr], dtype=np.float64)
         self._checked: set[tuple] = set()
 
@@ -158,7 +161,8 @@ class AnalyticCostModel(CostModel):
         b_vectors = np.ceil(nr / lanes)
         accumulators = mr * b_vectors
         fma_cycles = accumulators / self._fma_pipes
-        load_cycles = (b_vectors + mr) / self._load_ports
+        a_loads = np.ceil(mr / lanes) if self._by_element else mr
+        load_cycles = (b_vectors + a_loads) / self._load_ports
         eff = fma_cycles / np.maximum.reduce([fma_cycles, load_cycles,
                                               np.full_like(fma_cycles, self._fma_latency)])
         needed = accumulators + b_vectors + 1
@@ -173,6 +177,9 @@ class AnalyticCostModel(CostModel):
         if not self.backend.tiles_choosable:
             tile = np.broadcast_to(self._default_tile, batch.tile.shape)
         mc, nc, kc, mr, nr = tile.T
+        if not self.backend.tiles_choosable:
+            # a library picking its own kernels has 1..mr-row variants (GEMV for one row)
+            mr = np.minimum(mr, np.maximum(batch.m, 1))
         m, n, k, groups = batch.m, batch.n, batch.k, batch.groups
 
         # Parallelism: GEMM work splits into mr x nr tiles, other ops into fixed element chunks.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cost_models.devices import CONFIG_DIR, DTYPES, SpecError, Sourced, _Reader, load_yaml
+from cost_models.devices import CONFIG_DIR, DTYPES, ISAS, SpecError, Sourced, _Reader, load_yaml
 from cost_models.ir import OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
 from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec, TileSpec
 
@@ -54,12 +54,19 @@ class BackendSpec:
     tiles_choosable: bool
     threads_choosable: bool
     ops: Mapping[OpKind, OpCapability]
-    default_tile: TileSpec
+    default_tiles: Mapping[str, TileSpec]  # ISA -> the tile the back-end's kernels use there
     efficiency: Mapping[OpKind, Mapping[str, Sourced]]  # op kind -> dtype -> fraction of peak
     dispatch_overhead_s: Sourced
     thread_sync_overhead_s: Sourced
     requant_bytes_per_elem: float  # extra traffic of a quantize/dequantize at a boundary
+    analytic_error: Sourced | None = None  # the analytic model's known relative error here
     path: str = ""
+
+    def default_tile(self, isa: str) -> TileSpec:
+        if isa not in self.default_tiles:
+            raise SpecError(f"{self.path}: field 'default_tile': no tile for ISA {isa!r}; "
+                            f"has {', '.join(self.default_tiles)}")
+        return self.default_tiles[isa]
 
     def capability(self, kind: OpKind) -> OpCapability | None:
         return self.ops.get(kind)
@@ -144,16 +151,23 @@ def parse_backend(data, path: str) -> BackendSpec:
                 raise per_dtype.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
         efficiency[kinds[kind_name]] = {d: per_dtype.sourced(d, maximum=1.0)
                                         for d in per_dtype.data}
+    tiles = r.sub("default_tile")
+    unknown_isa = sorted(set(tiles.data) - set(ISAS))
+    if unknown_isa:
+        raise tiles.error(f"unknown ISA(s) {unknown_isa}; valid: {', '.join(ISAS)}")
     for kind in ops:
         if kind not in efficiency:
             raise eff_r.error(f"op kind {kind.value} is runnable but has no efficiency")
     return BackendSpec(
         name=r.str("name"), display_name=r.str("display_name"),
         tiles_choosable=r.bool("tiles_choosable"), threads_choosable=r.bool("threads_choosable"),
-        ops=ops, default_tile=_parse_tile(r.sub("default_tile")), efficiency=efficiency,
+        ops=ops, efficiency=efficiency,
+        default_tiles={isa: _parse_tile(tiles.sub(isa)) for isa in tiles.data},
         dispatch_overhead_s=r.sourced("dispatch_overhead_s"),
         thread_sync_overhead_s=r.sourced("thread_sync_overhead_s"),
         requant_bytes_per_elem=float(r.sourced("requant_bytes_per_elem").value),
+        analytic_error=(r.sourced("analytic_error", maximum=1.0)
+                        if "analytic_error" in r.data else None),
         path=path,
     )
 

@@ -20,6 +20,7 @@ import yaml
 
 SOURCE_KINDS = ("published", "reported", "estimated", "detected", "measured")
 DTYPES = ("fp32", "fp16", "int8")
+ISAS = ("aarch64", "x86-64")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -82,6 +83,7 @@ class CpuSpec:
     clusters: tuple[CoreCluster, ...]
     l3_bytes: Sourced
     thread_order: tuple[str, ...]  # clusters filled by threads, in order (fastest first)
+    isa: str = "aarch64"  # decides the kernels a back-end picks and how operands are loaded
 
     @property
     def n_cores(self) -> int:
@@ -263,7 +265,10 @@ def _parse_cpu(r: _Reader) -> CpuSpec:
     if sorted(order) != sorted(names):
         raise r.error(f"must list every cluster once ({', '.join(names)}), got {order}",
                       "thread_order")
-    return CpuSpec(tuple(clusters), r.sourced("l3_bytes", positive=False), tuple(order))
+    isa = r.str("isa", default="aarch64")
+    if isa not in ISAS:
+        raise r.error(f"unknown ISA {isa!r}; valid: {', '.join(ISAS)}", "isa")
+    return CpuSpec(tuple(clusters), r.sourced("l3_bytes", positive=False), tuple(order), isa)
 
 
 def _parse_accelerator(r: _Reader | None) -> AcceleratorSpec | None:

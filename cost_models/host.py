@@ -54,6 +54,13 @@ def _ram_bytes() -> int:
     return 0
 
 
+def _isa() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    return "aarch64" if machine in ("aarch64", "arm64") else "x86-64"
+
+
 def _num(value: float, source: str, ref: str) -> dict[str, Any]:
     return {"value": value, "source": source, "ref": ref}
 
@@ -118,7 +125,7 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
         "display_name": f"This machine: {info.get('model name', 'unknown CPU')}, {cores} cores",
         "soc": info.get("model name", "unknown"),
         "default_threads": cores,
-        "cpu": {"thread_order": ["cores"],
+        "cpu": {"thread_order": ["cores"], "isa": _isa(),
                 "l3_bytes": _num(caches.get("l3", 0), "detected", "/sys/devices/system/cpu/cpu0/cache"),
                 "clusters": [cluster]},
         "memory": {

@@ -1,0 +1,197 @@
+"""Everything a trial needs, built once per search: device, back-end, space, cost models, evaluator.
+
+The driver asks Optuna for params and decodes them (``suggest``); ``evaluate`` prices and scores
+a candidate and can run anywhere the context can be rebuilt (a Ray worker included).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codesign.userinput import BadInput, load_reference
+from cost_models.analytic import AnalyticCostModel
+from cost_models.backends import BackendSpec, backend_for
+from cost_models.devices import DeviceSpec, load_device
+from cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
+from search_spaces.base import SearchSpace
+
+BUILTIN_SPACES = ("mbconv",)
+
+
+@dataclass
+class TrialOutcome:
+    """What one evaluated trial produced (or why it failed)."""
+
+    accuracy: float = float("nan")
+    accuracy_interval: tuple[float, float] = (float("nan"), float("nan"))
+    n_eval: int = 0
+    latency_s: float = float("nan")
+    latency_band_s: tuple[float, float] = (float("nan"), float("nan"))
+    model_bytes: int = 0
+    peak_activation_bytes: int = 0
+    candidate_key: str = ""
+    eval_seconds: float = 0.0
+    pid: int = 0
+    error: str | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        return {"accuracy_interval": list(self.accuracy_interval), "n_eval": self.n_eval,
+                "latency_s": self.latency_s, "latency_band_s": list(self.latency_band_s),
+                "model_bytes": self.model_bytes,
+                "peak_activation_bytes": self.peak_activation_bytes,
+                "candidate": self.candidate_key, "eval_seconds": self.eval_seconds,
+                "pid": self.pid}
+
+
+def threads_choices(device: DeviceSpec, backend: BackendSpec) -> tuple[int, ...]:
+    """Thread counts worth searching: 1, half and all of the device's default threads."""
+    top = device.default_threads
+    if not backend.threads_choosable:
+        return (top,)
+    return tuple(sorted({1, max(1, top // 2), top}))
+
+
+def load_space(ref: str, backend: BackendSpec, device: DeviceSpec) -> SearchSpace:
+    if ref == "mbconv":
+        from search_spaces.mbconv import MBConvSpace
+
+        return MBConvSpace(backend, threads_choices=threads_choices(device, backend))
+    if ":" not in ref:
+        raise BadInput(f"unknown --space {ref!r}; valid: {', '.join(BUILTIN_SPACES)} "
+                       "or MODULE:FACTORY")
+    factory = load_reference(ref, "--space")
+    try:
+        space = factory(backend)
+    except Exception as exc:
+        raise BadInput(f"--space {ref!r}: the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(space, SearchSpace):
+        raise BadInput(f"--space {ref!r} returned {type(space).__name__}, not a "
+                       "search_spaces.base.SearchSpace")
+    space.name = ref
+    return space
+
+
+def load_evaluator(ref: str | None, space: SearchSpace, seed: int):
+    from codesign.evaluation.base import FunctionEvaluator
+
+    if ref is not None:
+        return FunctionEvaluator(load_reference(ref, "--evaluator"), name=ref)
+    from search_spaces.mbconv import MBConvSpace
+
+    if isinstance(space, MBConvSpace):
+        from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+
+        return SupernetEvaluator(space, seed=seed)
+    raise BadInput(f"space {space.name!r} has no built-in evaluator; pass --evaluator MODULE:FUNC")
+
+
+def load_baseline(path: Path, space: SearchSpace) -> dict[str, Any]:
+    try:
+        params = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise BadInput(f"--baseline {path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"--baseline {path}: not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise BadInput(f"--baseline {path}: expected a JSON object of params")
+    try:
+        space.decode(params)
+    except ValueError as exc:
+        raise BadInput(f"--baseline {path}: not a point of space {space.name}: {exc}") from None
+    return params
+
+
+@dataclass
+class SearchContext:
+    device: DeviceSpec
+    backend: BackendSpec
+    space: SearchSpace
+    evaluator: Any
+    budget_s: float
+    cost_model_name: str
+    baseline_params: dict[str, Any] | None = None
+    _models: dict[int, AnalyticCostModel] = field(default_factory=dict, repr=False)
+
+    def cost_model(self, threads: int) -> AnalyticCostModel:
+        if threads not in self._models:
+            self._models[threads] = AnalyticCostModel(self.device, self.backend, threads=threads)
+        return self._models[threads]
+
+    @property
+    def error_fraction(self) -> float:
+        err = self.backend.analytic_error
+        return err.value if err is not None else 0.0
+
+    def identity(self, config) -> dict[str, Any]:
+        space_sha = getattr(getattr(self.space, "config", None), "sha256", "") or self.space.name
+        return {"device": self.device.name, "device_sha256": self.device.sha256,
+                "backend": self.backend.name, "budget_s": self.budget_s,
+                "space": self.space.name, "space_sha256": space_sha,
+                "cost_model": self.cost_model_name, "seed": config.seed,
+                "sampler": config.sampler,
+                "deploy_input_shape": list(self.space.deploy_input_shape),
+                "eval_input_shape": list(self.space.eval_input_shape)}
+
+    def price(self, candidate) -> dict[str, Any]:
+        ops = self.space.to_ops(candidate)
+        threads = getattr(candidate, "threads", self.device.default_threads)
+        batch = OpBatch.from_oplists([ops])
+        pred = self.cost_model(threads).predict(batch)
+        latency = float(pred.latency_s[0])
+        e = self.error_fraction
+        return {"ops": ops, "batch": batch, "prediction": pred, "latency_s": latency,
+                "latency_band_s": (latency * (1 - e), latency * (1 + e)),
+                "model_bytes": model_bytes(ops), "peak_activation_bytes": peak_activation_bytes(ops)}
+
+    def evaluate(self, candidate, *, split: str = "val") -> TrialOutcome:
+        start = time.perf_counter()
+        try:
+            priced = self.price(candidate)
+            result = self.evaluator.evaluate(candidate, split=split)
+            if not np.isfinite(result.accuracy):
+                raise ValueError(f"the evaluator returned accuracy {result.accuracy}")
+        except Exception as exc:  # a trial that fails is recorded as FAIL, the search goes on
+            return TrialOutcome(error=f"{type(exc).__name__}: {exc}", pid=os.getpid(),
+                                eval_seconds=time.perf_counter() - start,
+                                candidate_key=_key(candidate))
+        return TrialOutcome(
+            accuracy=float(result.accuracy), accuracy_interval=tuple(result.interval),
+            n_eval=result.n, latency_s=priced["latency_s"],
+            latency_band_s=priced["latency_band_s"], model_bytes=priced["model_bytes"],
+            peak_activation_bytes=priced["peak_activation_bytes"], candidate_key=_key(candidate),
+            eval_seconds=time.perf_counter() - start, pid=os.getpid())
+
+    def evaluate_params(self, trial) -> TrialOutcome:
+        try:
+            candidate = self.space.suggest(trial)
+        except Exception as exc:
+            return TrialOutcome(error=f"cannot build candidate: {type(exc).__name__}: {exc}",
+                                pid=os.getpid())
+        return self.evaluate(candidate)
+
+
+def _key(candidate) -> str:
+    key = getattr(candidate, "key", None)
+    return key() if callable(key) else str(hash(candidate))
+
+
+def build_context(config) -> SearchContext:
+    from codesign.pricing import COST_MODELS
+
+    if config.cost_model not in COST_MODELS:
+        raise BadInput(f"unknown --cost-model {config.cost_model!r}; "
+                       f"valid: {', '.join(COST_MODELS)}")
+    device = load_device(config.device)
+    backend = backend_for(device, config.backend or "codesign")
+    space = load_space(config.space, backend, device)
+    evaluator = load_evaluator(config.evaluator, space, config.seed)
+    baseline = load_baseline(config.baseline, space) if config.baseline else None
+    return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
+                         baseline)
+

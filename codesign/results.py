@@ -1,0 +1,112 @@
+"""Turn a finished study into pareto.json / pareto.csv (contract: ../shared/CLI.md)."""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+from importlib import metadata
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from codesign.run_dir import RunDir, atomic_write_json, atomic_write_text
+
+_VERSIONED = ("codesign", "torch", "numpy", "optuna", "numba", "executorch", "torchao", "ray")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dict[str, Any]:
+    """Everything pareto.json says about one trial: metrics, test accuracy, per-layer breakdown."""
+    candidate = context.space.decode(trial.params)
+    priced = context.price(candidate)
+    layers = [row for row in priced["prediction"].layers(priced["batch"], 0)
+              if row["kind"] != "free"]
+    record = {
+        "trial": trial.number, "params": dict(trial.params),
+        "latency_s": priced["latency_s"], "latency_band_s": list(priced["latency_band_s"]),
+        "accuracy": trial.values[0], "accuracy_interval": trial.user_attrs["accuracy_interval"],
+        "model_bytes": priced["model_bytes"],
+        "peak_activation_bytes": priced["peak_activation_bytes"],
+        "threads": getattr(candidate, "threads", context.device.default_threads),
+        "baseline": bool(trial.user_attrs.get("baseline", False)),
+        "layers": [{"name": r["name"], "kind": r["kind"], "latency_s": r["latency_s"],
+                    "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"],
+                    "weight_bits": r["weight_bits"], "act_bits": r["act_bits"],
+                    "sparsity": r["sparsity"], "tile": r["tile"]} for r in layers],
+    }
+    if with_test:
+        test = context.evaluator.evaluate(candidate, split="test")
+        record["test_accuracy"] = float(test.accuracy)
+        record["test_accuracy_interval"] = list(test.interval)
+    return record
+
+
+def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    members = [member_record(t, context) for t in front]
+    for m in members:  # the constraint guarantees it; a violated invariant must not ship
+        if m["latency_s"] > context.budget_s:
+            raise RuntimeError(f"trial {m['trial']} on the front exceeds the budget")
+    baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
+    n_eval = max((t.user_attrs.get("n_eval", 0) for t in complete), default=0)
+    identity = context.identity(config)
+    return {
+        "device": context.device.name, "backend": context.backend.name,
+        "budget_s": context.budget_s, "space": context.space.name,
+        "cost_model": context.cost_model_name, "trials": len(trials),
+        "eval_input_shape": list(context.space.eval_input_shape),
+        "deploy_input_shape": list(context.space.deploy_input_shape),
+        "accuracy_split": "val", "n_eval": int(n_eval),
+        "n_complete": len(complete),
+        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "n_feasible": sum(_feasible(t) for t in complete),
+        "provenance": {
+            "spec_sha256": context.device.sha256, "space_sha256": identity["space_sha256"],
+            "backend": context.backend.name, "cost_model": context.cost_model_name,
+            "versions": versions(), "seed": config.seed, "sampler": config.sampler,
+            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "baseline": member_record(baseline, context) if baseline is not None else None,
+        "members": members,
+    }
+
+
+CSV_COLUMNS = ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "test_accuracy", "latency_ms",
+               "latency_lo_ms", "latency_hi_ms", "model_bytes", "peak_activation_bytes",
+               "threads", "baseline", "params"]
+
+
+def pareto_csv(pareto: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for m in pareto["members"]:
+        writer.writerow([m["trial"], m["accuracy"], *m["accuracy_interval"], m["test_accuracy"],
+                         m["latency_s"] * 1e3, *(x * 1e3 for x in m["latency_band_s"]),
+                         m["model_bytes"], m["peak_activation_bytes"], m["threads"],
+                         int(m["baseline"]), json.dumps(m["params"], sort_keys=True)])
+    return buf.getvalue()
+
+
+def write_results(run: RunDir, study: optuna.Study, context, config) -> dict[str, Any]:
+    pareto = build_pareto(study, context, config)
+    atomic_write_json(run.path / "pareto.json", pareto)
+    atomic_write_text(run.path / "pareto.csv", pareto_csv(pareto))
+    return pareto

@@ -1,0 +1,201 @@
+"""The search driver: Optuna over a joint space, priced by a cost model, scored by an evaluator.
+
+Objectives: maximise accuracy (validation split), minimise predicted latency, minimise model
+bytes (scales, zero points and sparse indices included). The latency budget is a constraint set
+with ``trial.set_constraint`` (feasible when <= 0), so infeasible trials never reach the front.
+Trials run through ask/tell, so the same loop serves sequential and parallel evaluation.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from codesign.context import SearchContext, TrialOutcome, build_context
+from codesign.results import write_results
+from codesign.run_dir import STUDY_NAME, RunDir, default_run_dir
+from codesign.userinput import BadInput
+
+SAMPLERS = ("tpe", "nsga2", "random")
+DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_s, model_bytes
+log = logging.getLogger("codesign.search")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    device: str
+    budget_s: float
+    budget_text: str
+    backend: str | None = None
+    space: str = "mbconv"
+    trials: int = 100
+    timeout_s: float | None = None
+    seed: int = 0
+    sampler: str = "tpe"
+    cost_model: str = "analytic"
+    workers: int = 1
+    ray_address: str | None = None
+    evaluator: str | None = None
+    baseline: Path | None = None
+    out: Path | None = None
+    resume: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    pareto: dict[str, Any]
+    n_trials: int
+    n_failed: int
+    elapsed_s: float
+    trials_per_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # constant liar (on by default in Optuna 5) keeps parallel workers from piling onto the
+        # region of a trial still running
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        population = int(min(50, max(4, trials // 4)))
+        if trials < 2 * population:
+            warnings.warn(f"nsga2 with {trials} trials evolves fewer than two generations of "
+                          f"{population}; use more trials or --sampler tpe", stacklevel=2)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    raise BadInput(f"unknown --sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: bool) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(run.journal)))
+    if create:
+        return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+                                   directions=list(DIRECTIONS))
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+
+
+def fail_stale_running(study: optuna.Study) -> int:
+    """Mark trials a dead process left RUNNING as FAIL (the journal has no heartbeat)."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                           "left RUNNING by a process that died; failed on resume")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome,
+                   budget_s: float) -> None:
+    """Attach an evaluated outcome to its trial and tell the study."""
+    if outcome.error is not None:
+        trial.set_user_attr("fail_reason", outcome.error)
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    for key, value in outcome.attrs().items():
+        trial.set_user_attr(key, value)
+    trial.set_constraint("latency_over_budget_s", outcome.latency_s - budget_s)
+    study.tell(trial, [outcome.accuracy, outcome.latency_s, float(outcome.model_bytes)])
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="trial", desc="search", leave=False,
+                dynamic_ncols=True)
+
+
+def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None = None
+               ) -> SearchResult:
+    """Run (or resume) a search and write the run directory. See ../shared/CLI.md."""
+    if config.trials < 1:
+        raise BadInput(f"--trials must be >= 1, got {config.trials}")
+    if config.timeout_s is not None and not config.timeout_s > 0:
+        raise BadInput(f"--timeout must be positive seconds, got {config.timeout_s}")
+    if config.workers < 1:
+        raise BadInput(f"--workers must be >= 1, got {config.workers}")
+    sampler = make_sampler(config.sampler, config.seed, config.trials)
+    context = build_context(config)
+    identity = context.identity(config)
+    if config.resume is not None:
+        run = RunDir(Path(config.resume))
+        run.check_resume(identity)
+        study = open_study(run, sampler, create=False)
+        n_stale = fail_stale_running(study)
+    else:
+        run = RunDir(Path(config.out) if config.out else default_run_dir(config.device,
+                                                                          config.budget_text))
+        run.create(identity)
+        study = open_study(run, sampler, create=True)
+        n_stale = 0
+        if config.baseline is not None:
+            study.enqueue_trial(context.baseline_params, user_attrs={"baseline": True})
+    handler = logging.FileHandler(run.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("codesign").addHandler(handler)
+    logging.getLogger("codesign").setLevel(logging.INFO)
+    try:
+        log.info("search %s", identity)
+        if n_stale:
+            log.warning("%d trial(s) left RUNNING by a dead process marked FAIL", n_stale)
+        start = time.monotonic()
+        done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        evaluated = _optimize(study, context, config, done_before, start, on_trial)
+        elapsed = time.monotonic() - start
+        pareto = write_results(run, study, context, config)
+        trials = study.get_trials(deepcopy=False)
+        n_failed = sum(t.state == TrialState.FAIL for t in trials)
+        log.info("done: %d trials (%d failed), %d on the front, %.1f s", len(trials), n_failed,
+                 len(pareto["members"]), elapsed)
+        return SearchResult(run.path, pareto, len(trials), n_failed, elapsed,
+                            evaluated / elapsed if elapsed > 0 else math.nan)
+    finally:
+        logging.getLogger("codesign").removeHandler(handler)
+        handler.close()
+
+
+def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,
+              done_before: int, start: float, on_trial) -> int:
+    remaining = config.trials - done_before
+    if remaining <= 0:
+        return 0
+    bar = _progress(config.trials, done_before, config.progress)
+    evaluated = 0
+    try:
+        if config.workers > 1 or config.ray_address:
+            from codesign.parallel import optimize_parallel
+
+            return optimize_parallel(study, context, config, remaining, start, bar, on_trial)
+        for _ in range(remaining):
+            if config.timeout_s is not None and time.monotonic() - start > config.timeout_s:
+                log.info("timeout after %.1f s", time.monotonic() - start)
+                break
+            trial = study.ask()
+            outcome = context.evaluate_params(trial)
+            record_outcome(study, trial, outcome, context.budget_s)
+            evaluated += 1
+            if bar is not None:
+                bar.update(1)
+            if on_trial is not None:
+                on_trial(trial.number)
+    finally:
+        if bar is not None:
+            bar.close()
+    return evaluated
+
+
+def feasible_share(latencies: np.ndarray, budget_s: float) -> float:
+    return float(np.mean(latencies <= budget_s)) if len(latencies) else math.nan
