@@ -56,6 +56,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", default="0", help="random seed (default 0)")
     s.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
     s.add_argument("--cost-model", default="analytic", help="analytic")
+    s.add_argument("--workers", default="1", help="trials evaluated in parallel on Ray (default 1: "
+                   "no Ray)")
+    s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: a local Ray)")
     s.add_argument("--evaluator", default=None, help="MODULE:FUNC(candidate, split) -> accuracy")
     s.add_argument("--baseline", default=None, help="PARAMS.json of your production model")
     s.add_argument("--out", default=None, help="run directory (default runs/<time>-<device>-<budget>)")
@@ -128,6 +131,7 @@ def _cmd_search(args) -> int:
         device=args.device, budget_s=budget, budget_text=args.budget, backend=args.backend,
         space=args.space, trials=parse_positive_int(args.trials, "--trials"), timeout_s=timeout,
         seed=seed, sampler=args.sampler, cost_model=args.cost_model, evaluator=args.evaluator,
+        workers=parse_positive_int(args.workers, "--workers"), ray_address=args.ray_address,
         baseline=Path(args.baseline) if args.baseline else None,
         out=Path(args.out) if args.out else None,
         resume=Path(args.resume) if args.resume else None,

@@ -43,6 +43,7 @@ class SearchConfig:
     sampler: str = "tpe"
     cost_model: str = "analytic"
     workers: int = 1
+    threads_per_worker: int = 1
     ray_address: str | None = None
     evaluator: str | None = None
     baseline: Path | None = None

@@ -1,0 +1,36 @@
+"""A user-supplied evaluator and space for tests of the plug-in points (``--evaluator``,
+``--space``). The proxy accuracy is a deterministic function of the candidate, so driver tests
+run in seconds; the real evaluator is exercised by tests/test_search_e2e.py."""
+from __future__ import annotations
+
+import math
+
+from cost_models.backends import Precision
+from search_spaces.mbconv import MBConvSpace
+
+
+def proxy_accuracy(candidate, split: str) -> float:
+    """Bigger nets score higher, low bits and sparsity cost accuracy; test split is 1% lower."""
+    arch = candidate.arch
+    size = sum(s.width * sum(s.expands) * sum(k * k for k in s.kernels) for s in arch.stages)
+    acc = 0.6 + 0.35 * (1 - math.exp(-size / 40_000))
+    for _, choice in candidate.layers:
+        bits = Precision.parse(choice.precision).weight_bits
+        acc -= {2: 0.02, 4: 0.005}.get(bits, 0.0)
+        acc -= {"dense": 0.0, "2:4": 0.002, "block4x4": 0.006}.get(choice.sparsity, 0.004)
+    return max(0.0, acc - (0.01 if split == "test" else 0.0))
+
+
+def broken_evaluator(candidate, split: str) -> float:
+    if candidate.arch.stages[0].depth == 3:
+        raise RuntimeError("cannot build this one")
+    return float("nan") if candidate.arch.stages[0].depth == 4 else 0.5
+
+
+def small_space(backend):
+    """A user's own space through --space MODULE:FACTORY (the MBConv family, one thread)."""
+    return MBConvSpace(backend, threads_choices=(1,))
+
+
+def not_a_space(backend):
+    return 42

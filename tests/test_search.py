@@ -1,0 +1,176 @@
+"""The search driver with a fast user evaluator: storage, constraints, front, resume, CLI."""
+import json
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from codesign.cli import main
+from codesign.search import SearchConfig, run_search
+from codesign.userinput import BadInput
+from cost_models.backends import Precision, load_backend
+
+PROXY = "tests.search_helpers:proxy_accuracy"
+
+
+def config(tmp_path, **kw):
+    base = dict(device="pixel8", budget_s=0.01, budget_text="10ms", trials=24, seed=3,
+                evaluator=PROXY, out=tmp_path / "run", progress=False)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def load_trials(run_dir):
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
+    return optuna.load_study(study_name="codesign", storage=storage).get_trials()
+
+
+def test_search_writes_valid_front_and_keeps_every_trial(tmp_path):
+    result = run_search(config(tmp_path))
+    pareto = json.loads((result.run_dir / "pareto.json").read_text())
+    for key in ("device", "backend", "budget_s", "space", "cost_model", "trials",
+                "eval_input_shape", "deploy_input_shape", "accuracy_split", "n_eval",
+                "provenance", "members"):
+        assert key in pareto
+    assert pareto["trials"] == 24 and len(load_trials(result.run_dir)) == 24
+    assert pareto["backend"] == "codesign" and pareto["deploy_input_shape"] == [1, 3, 224, 224]
+    assert set(pareto["provenance"]) >= {"spec_sha256", "versions", "seed"}
+    assert pareto["members"], "a 10 ms budget on pixel8 has feasible candidates"
+    for m in pareto["members"]:
+        assert m["latency_s"] <= pareto["budget_s"]
+        lo, hi = m["latency_band_s"]
+        assert lo <= m["latency_s"] <= hi
+        assert m["test_accuracy"] == pytest.approx(m["accuracy"] - 0.01)
+        assert m["model_bytes"] > 0 and m["peak_activation_bytes"] > 0
+        assert {layer["bound"] for layer in m["layers"]} <= {"compute", "memory", "overhead"}
+        assert sum(layer["latency_s"] for layer in m["layers"]) == pytest.approx(m["latency_s"])
+    # members are mutually non-dominated
+    ms = pareto["members"]
+    for a in ms:
+        for b in ms:
+            if a is not b:
+                assert not (a["accuracy"] >= b["accuracy"] and a["latency_s"] <= b["latency_s"]
+                            and a["model_bytes"] <= b["model_bytes"] and
+                            (a["accuracy"], a["latency_s"], a["model_bytes"]) !=
+                            (b["accuracy"], b["latency_s"], b["model_bytes"]))
+    csv_lines = (result.run_dir / "pareto.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + len(ms)
+
+
+def test_infeasible_trials_never_reach_the_front(tmp_path):
+    result = run_search(config(tmp_path, budget_s=0.004, budget_text="4ms", trials=20))
+    trials = [t for t in load_trials(result.run_dir) if t.state.name == "COMPLETE"]
+    over = [t for t in trials if t.user_attrs["latency_s"] > 0.004]
+    assert over, "some sampled candidates exceed a 4 ms budget"
+    front = {m["trial"] for m in result.pareto["members"]}
+    assert not front & {t.number for t in over}
+
+
+def test_seeded_search_is_reproducible(tmp_path):
+    a = run_search(config(tmp_path, out=tmp_path / "a", trials=12))
+    b = run_search(config(tmp_path, out=tmp_path / "b", trials=12))
+    pa = [t.params for t in load_trials(a.run_dir)]
+    pb = [t.params for t in load_trials(b.run_dir)]
+    assert pa == pb
+    assert a.pareto["members"] == b.pareto["members"]
+
+
+def test_xnnpack_members_use_only_xnnpack_choices(tmp_path):
+    result = run_search(config(tmp_path, backend="xnnpack", trials=16))
+    assert result.pareto["backend"] == "xnnpack"
+    cap = load_backend("xnnpack")
+    for t in load_trials(result.run_dir):
+        for name, value in t.params.items():
+            assert not name.endswith((".sparsity", ".tile")), name
+            if name.endswith(".prec"):
+                p = Precision.parse(value)
+                assert p.label in {"w32a32", "w8a8", "w4a8-dyn"}
+                if p.weight_bits == 4:
+                    assert name.startswith(("feature", "classifier")), "4-bit only on linears"
+    for m in result.pareto["members"]:
+        assert all(layer["sparsity"] == "dense" and layer["tile"] == "default"
+                   for layer in m["layers"])
+    assert cap.tiles_choosable is False
+
+
+def test_resume_continues_to_the_total_and_refuses_mismatch(tmp_path):
+    first = run_search(config(tmp_path, trials=6))
+    resumed = run_search(config(tmp_path, out=None, resume=first.run_dir, trials=10))
+    assert len(load_trials(first.run_dir)) == 10 and resumed.pareto["trials"] == 10
+    with pytest.raises(BadInput, match="budget_s"):
+        run_search(config(tmp_path, out=None, resume=first.run_dir, budget_s=0.005,
+                          budget_text="5ms"))
+    with pytest.raises(BadInput, match="backend"):
+        run_search(config(tmp_path, out=None, resume=first.run_dir, backend="xnnpack"))
+    with pytest.raises(BadInput, match="not a codesign run directory"):
+        run_search(config(tmp_path, out=None, resume=tmp_path))
+
+
+def test_failed_trials_are_recorded_and_search_goes_on(tmp_path):
+    result = run_search(config(tmp_path, evaluator="tests.search_helpers:broken_evaluator",
+                               trials=16, sampler="random"))
+    trials = load_trials(result.run_dir)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and len(trials) == 16
+    assert all(t.user_attrs["fail_reason"] for t in failed)
+    assert result.pareto["n_failed"] == len(failed)
+
+
+def test_baseline_is_enqueued_and_reported(tmp_path):
+    from codesign.context import load_space
+    from cost_models.devices import load_device
+    import numpy as np
+
+    backend = load_backend("codesign")
+    space = load_space("mbconv", backend, load_device("pixel8"))
+    params = space.sample(np.random.default_rng(7))
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(params))
+    result = run_search(config(tmp_path, baseline=path, trials=8))
+    first = load_trials(result.run_dir)[0]
+    assert first.params == params and first.user_attrs["baseline"] is True
+    assert result.pareto["baseline"]["params"] == params
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "10"], "has no unit"),
+    (["--budget", "0ms"], "positive"),
+    (["--budget", "-1ms"], "negative"),
+    (["--budget", "10parsecs"], "unknown unit"),
+    (["--trials", "0"], "--trials must be a positive integer"),
+    (["--space", "nope"], "unknown --space 'nope'; valid: mbconv"),
+    (["--space", "tests.search_helpers:not_a_space"], "not a search_spaces.base.SearchSpace"),
+    (["--backend", "coreml"], "has no back-end 'coreml'; valid: codesign, xnnpack"),
+    (["--evaluator", "tests.search_helpers:missing"], "has no attribute 'missing'"),
+    (["--sampler", "cmaes"], "unknown --sampler 'cmaes'; valid: tpe, nsga2, random"),
+])
+def test_search_bad_input_exits_2(tmp_path, argv, message, capsys):
+    flags = {"--device": "pixel8", "--budget": "10ms", "--trials": "2", "--evaluator": PROXY,
+             "--out": str(tmp_path / "r")}
+    flags.update(zip(argv[::2], argv[1::2]))
+    assert main(["search"] + [x for kv in flags.items() for x in kv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bad_baseline_and_resume_dirs_exit_2(tmp_path, capsys):
+    bad = tmp_path / "b.json"
+    bad.write_text('{"stem.width": 99}')
+    base = ["search", "--device", "pixel8", "--budget", "10ms", "--trials", "2",
+            "--evaluator", PROXY]
+    assert main(base + ["--baseline", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "not a point of space mbconv" in capsys.readouterr().err
+    assert main(base + ["--resume", str(tmp_path)]) == 2
+    assert "not a codesign run directory" in capsys.readouterr().err
+
+
+def test_cli_search_end_to_end_with_user_space(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["search", "--device", "rpi5", "--budget", "20ms", "--trials", "6",
+                 "--space", "tests.search_helpers:small_space", "--evaluator", PROXY,
+                 "--out", str(out), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((out / "pareto.json").read_text())
+    assert printed["space"] == "tests.search_helpers:small_space"
+    assert (out / "search.log").read_text().count("search") >= 1
