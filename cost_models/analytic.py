@@ -154,17 +154,24 @@ class AnalyticCostModel(CostModel):
         """Fraction of FMA peak an mr x nr register tile sustains on the lead core.
 
         Per k step the tile issues mr*ceil(nr/lanes) FMAs and loads ceil(nr/lanes) B vectors and
-        mr broadcast A values; it is limited by FMA issue, load ports, and FMA latency (each
-        accumulator carries a dependency chain). Tiles needing more registers than exist spill.
+        the A values (mr broadcasts on x86, ceil(mr/lanes) vectors with AArch64's by-element FMA);
+        it is limited by FMA issue, load ports, and FMA latency (each accumulator carries a
+        dependency chain, hidden by unrolling K where registers allow). Tiles needing more
+        registers than exist spill.
         """
         lanes = self._simd_bits / np.where(dtype == DTYPE_CODES["fp16"], 16, 32)
         b_vectors = np.ceil(nr / lanes)
         accumulators = mr * b_vectors
+        # Kernels unroll K into extra accumulator sets until the FMA latency is hidden, as far
+        # as the register file allows (a 1 x nr GEMV kernel keeps several partial sums).
+        spare = np.maximum(self._regs - b_vectors - 1, accumulators)
+        unroll = np.clip(np.ceil(self._fma_latency * self._fma_pipes / accumulators), 1,
+                         np.maximum(np.floor(spare / accumulators), 1))
         fma_cycles = accumulators / self._fma_pipes
         a_loads = np.ceil(mr / lanes) if self._by_element else mr
         load_cycles = (b_vectors + a_loads) / self._load_ports
-        eff = fma_cycles / np.maximum.reduce([fma_cycles, load_cycles,
-                                              np.full_like(fma_cycles, self._fma_latency)])
+        latency_cycles = self._fma_latency / unroll
+        eff = fma_cycles / np.maximum.reduce([fma_cycles, load_cycles, latency_cycles])
         needed = accumulators + b_vectors + 1
         return np.where(needed > self._regs, eff * self._regs / needed * 0.5, eff)
 
