@@ -187,6 +187,19 @@ def _cmd_bench(args) -> int:
 COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "devices": _cmd_devices, "bench": _cmd_bench}
 
 
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -1ms`` -> ``--budget=-1ms`` so the value reaches validation (argparse would
+    take ``-1ms`` for an option and say only 'expected one argument')."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and len(token) > 1 \
+                and token[0] == "-" and (token[1].isdigit() or token[1] == "."):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """The exception types that mean bad input (exit 2); anything else is a failure (exit 1)."""
     from cost_models.base import UnpriceableOp
@@ -207,7 +220,7 @@ def _log_failure(command: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torchao").setLevel(logging.ERROR)
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
     command = "codesign"
     try:
         args = _build_parser().parse_args(argv)
