@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/codesign predict --device pixel8 --model tests.models:mobilenet_v2 --input-shape 1,3,224,224
+	$(BIN)/codesign search --device pixel8 --budget 10ms
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

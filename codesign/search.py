@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import TrialState
 
 from codesign.context import SearchContext, TrialOutcome, build_context
@@ -80,7 +80,10 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
 
 
 def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: bool) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(run.journal)))
+    # Only this driver writes, and each write holds the lock for milliseconds: a lock older than
+    # a few seconds was left by a killed process, so break it instead of waiting 30 s.
+    lock = JournalFileSymlinkLock(str(run.journal), grace_period=5)
+    storage = JournalStorage(JournalFileBackend(str(run.journal), lock_obj=lock))
     if create:
         return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
                                    directions=list(DIRECTIONS))
