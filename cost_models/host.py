@@ -116,9 +116,21 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
     bandwidth = _num(10e9 * cores, "estimated",
                      "10 GB/s per core, a conservative server-DRAM share; run "
                      "'codesign bench kernels' to measure it")
-    measured = _measured_bandwidth()
-    if measured:
-        bandwidth = _num(measured, "measured", "kernels.host_probe STREAM triad, all threads")
+    profile = _measured_profile()
+    if profile is not None:
+        # A VM's /proc/cpuinfo shows the nominal clock; the clock the FMA units really run at
+        # follows from the measured register-resident FMA peak and the ISA's FLOPs per cycle.
+        fp32_per_cycle = cluster["flops_per_cycle"]["fp32"]["value"]
+        clock = profile.peak_fp32_gflops_1t * 1e9 / fp32_per_cycle
+        ref = (f"kernels.host_probe: measured fp32 peak {profile.peak_fp32_gflops_1t:.1f} GFLOP/s"
+               f" / {fp32_per_cycle:g} FLOP/cycle (cpuinfo says {mhz:.0f} MHz)")
+        cluster["sustained_hz"] = _num(clock, "measured", ref)
+        cluster["burst_hz"] = _num(max(clock, hz), "measured", ref)
+        cluster["flops_per_cycle"]["int8"] = _num(
+            profile.peak_int8_gops_1t * 1e9 / clock, "measured",
+            f"kernels.host_probe: measured int8 peak {profile.peak_int8_gops_1t:.1f} GOPS / clock")
+        bandwidth = _num(profile.stream_triad_gbs_all * 1e9, "measured",
+                         f"kernels.host_probe STREAM triad, {profile.threads_all} threads")
     data = dict(template)
     data.pop("detect", None)
     data.update({
@@ -137,11 +149,10 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
     return data
 
 
-def _measured_bandwidth() -> float | None:
-    """All-thread STREAM bandwidth from a cached host characterisation, if one exists."""
+def _measured_profile():
+    """The cached host characterisation (``codesign bench kernels`` writes it), if any."""
     try:
-        from kernels import host_probe  # optional until the kernels package has measured it
+        from kernels.host_probe import cached_profile
     except ImportError:
         return None
-    loader = getattr(host_probe, "cached_bandwidth_bytes_per_s", None)
-    return loader() if loader else None
+    return cached_profile()  # stored per host fingerprint: another machine finds none
