@@ -220,6 +220,9 @@ def _log_failure(command: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log and table say what ran
     argv = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
     command = "codesign"
     try:
