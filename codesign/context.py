@@ -139,7 +139,10 @@ class SearchContext:
                 "eval_input_shape": list(self.space.eval_input_shape)}
 
     def price(self, candidate) -> dict[str, Any]:
-        ops = self.space.to_ops(candidate)
+        from kernels.tile_tuner import apply_tuned_tiles
+
+        # on the host, a tile the candidate leaves free is the one the tuner measured best
+        ops = apply_tuned_tiles(self.space.to_ops(candidate), self.device, self.backend)
         threads = getattr(candidate, "threads", self.device.default_threads)
         batch = OpBatch.from_oplists([ops])
         pred = self.cost_model(threads).predict(batch)

@@ -13,6 +13,10 @@ For each op (vectorised over an ``OpBatch``):
 - **overhead**: the back-end's dispatch cost per op, plus a fork-join barrier when it runs on
   more than one thread.
 latency = max(compute, memory) + overhead; the bound is the largest of the three terms.
+
+On ``host`` with the ``codesign`` back-end, a tile term calibrated on this machine's kernels
+(``cost_models/tile_calibration.py``, loaded when ``configs/tile_terms/<fingerprint>.json``
+exists) replaces the derived compute term of dense GEMM ops.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from cost_models.base import CostModel, Prediction, UnpriceableOp
 from cost_models.devices import DeviceSpec, load_device
 from cost_models.ir import (DTYPE_CODES, GEMM_KINDS, KIND_CODES, KINDS_BY_CODE, PATTERN_CODES,
                             PRICED_FREE_KINDS, OpBatch, OpKind)
+from cost_models.tile_calibration import TileTerms, terms_for
 from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
 
 FORMAT_VERSION = 1
@@ -62,7 +67,10 @@ class AnalyticCostModel(CostModel):
 
     def __init__(self, device: DeviceSpec, backend: BackendSpec | str | None = None, *,
                  threads: int | None = None, burst: bool = False,
-                 terms: CacheTerms = CacheTerms()) -> None:
+                 terms: CacheTerms = CacheTerms(),
+                 tile_terms: TileTerms | None | str = "auto") -> None:
+        """``tile_terms``: calibrated tile terms, None for none, or "auto" (this host's file
+        for device ``host`` + back-end ``codesign``, see :func:`tile_calibration.terms_for`)."""
         self.device = device
         self.backend = backend if isinstance(backend, BackendSpec) else backend_for(device, backend)
         if self.backend.name not in device.backends:
@@ -71,6 +79,8 @@ class AnalyticCostModel(CostModel):
         self.threads = device.default_threads if threads is None else threads
         self.cores = device.cpu.cores_for_threads(self.threads)
         self.burst, self.terms = burst, terms
+        self.tile_terms = (terms_for(device, self.backend) if isinstance(tile_terms, str)
+                           else tile_terms)
         self._prepare()
 
     # ------------------------------------------------------------------ precomputed tables
@@ -123,6 +133,7 @@ class AnalyticCostModel(CostModel):
             "dram_bytes_per_s": float(self._cum_dram_bw[-1]),
             "llc_bytes": self._llc,
             "cache_terms": asdict(self.terms),
+            "tile_terms": self.tile_terms.describe() if self.tile_terms else None,
         }
 
     # ------------------------------------------------------------------ capability check
@@ -215,6 +226,19 @@ class AnalyticCostModel(CostModel):
         spill = np.where(tiled & (l1_set > self._l1), self.terms.l1_spill_efficiency, 1.0)
         spill *= np.where(tiled & (l2_set > self._l2), self.terms.l2_spill_efficiency, 1.0)
         compute_s = useful_flops / (peak * eff * micro * np.maximum(util, 1e-9) * spill)
+        if self.tile_terms is not None:
+            # Measured on this host: the calibrated tile term (one core) replaces the derived
+            # one for dense GEMMs; sparse kernels block by format, not by tile, and keep it.
+            rows = np.flatnonzero(tiled & ~accelerated)
+            if len(rows):
+                one_core = self._cum_peak[dtype[rows], 0]
+                fp16_scale = (self._cum_peak[DTYPE_CODES["fp16"], 0]
+                              / self._cum_peak[DTYPE_CODES["fp32"], 0])
+                t1 = self.tile_terms.compute_seconds(
+                    dtype[rows], batch.weight_bits[rows], m[rows], n[rows], k[rows],
+                    groups[rows], tile[rows], one_core * micro[rows], fp16_scale)
+                known = np.isfinite(t1)
+                compute_s[rows[known]] = (t1 * one_core / peak[rows])[known]
 
         # Traffic: compulsory, plus the blocked GEMM's re-reads once the operands exceed the LLC.
         a_bytes, c_bytes = batch.act_in_bytes, batch.act_out_bytes
@@ -249,7 +273,8 @@ class AnalyticCostModel(CostModel):
         payload = {"format": "codesign.analytic", "version": FORMAT_VERSION,
                    "device": self.device.path or self.device.name,
                    "device_sha256": self.device.sha256, "backend": self.backend.name,
-                   "threads": self.threads, "burst": self.burst, "terms": asdict(self.terms)}
+                   "threads": self.threads, "burst": self.burst, "terms": asdict(self.terms),
+                   "tile_terms": self.tile_terms.to_dict() if self.tile_terms else None}
         Path(path).write_text(json.dumps(payload, indent=2))
 
     @classmethod
@@ -258,5 +283,7 @@ class AnalyticCostModel(CostModel):
         if payload.get("format") != "codesign.analytic" or payload.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path}: not a codesign analytic model of version {FORMAT_VERSION}")
         device = load_device(payload["device"])
+        stored = payload.get("tile_terms", "auto")  # files older than tile terms: "auto"
         return cls(device, payload["backend"], threads=payload["threads"],
-                   burst=payload["burst"], terms=CacheTerms(**payload["terms"]))
+                   burst=payload["burst"], terms=CacheTerms(**payload["terms"]),
+                   tile_terms=TileTerms.from_dict(stored) if isinstance(stored, dict) else stored)

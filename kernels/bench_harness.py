@@ -74,10 +74,14 @@ class HostInfo:
     env: tuple[tuple[str, str], ...] = ()
 
     def fingerprint(self) -> str:
-        """16 hex digits identifying the hardware + software stack (keys result caches)."""
+        """16 hex digits identifying the hardware + software stack (keys result caches).
+
+        The BLAS description is left out: threadpoolctl lists libraries in load order, which
+        changes once scipy is imported, and numpy's version already pins its BLAS.
+        """
         key = json.dumps([self.cpu_model, self.llvm_cpu, self.features_digest, self.logical_cpus,
                           self.machine, self.system, self.python, self.numpy, self.numba,
-                          self.llvm, self.blas, list(self.env)])
+                          self.llvm, "", list(self.env)])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
