@@ -66,6 +66,18 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    c = sub.add_parser("calibrate", help="fit the learned cost model for a device from measurements",
+                       description="Fit the learned model for --target from N sampled rows (plus "
+                                   "the prior columns), then predict every other row.")
+    c.add_argument("--space", required=True, help="nasbench201, fbnet or mbconv")
+    c.add_argument("--measurements", required=True, help="CSV: architecture column, ms per device")
+    c.add_argument("--target", required=True, help="the device column to predict")
+    c.add_argument("--prior-columns", default=None, help="A,B,... (default: every other column)")
+    c.add_argument("--samples", required=True, help="target rows to fit on")
+    c.add_argument("--seed", default="0")
+    c.add_argument("--save", default=None, help="write the fitted model (versioned JSON)")
+    c.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
     d = sub.add_parser("devices", help="list the device catalog or show one spec",
                        description="`codesign devices` lists the catalog; "
                                    "`codesign devices show NAME` prints one spec with sources.")
@@ -144,6 +156,25 @@ def _cmd_search(args) -> int:
     return EXIT_OK
 
 
+def _cmd_calibrate(args) -> int:
+    from codesign.calibrate import calibrate
+
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise BadInput(f"--seed must be an integer, got {args.seed!r}") from None
+    result = calibrate(args.space, Path(args.measurements), args.target,
+                       None if args.prior_columns is None else args.prior_columns.split(","),
+                       parse_positive_int(args.samples, "--samples"), seed,
+                       Path(args.save) if args.save else None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:24s} {value}")
+    return EXIT_OK
+
+
 def _cmd_devices(args) -> int:
     from codesign.report_tables import device_json, format_device, format_device_list
     from cost_models.devices import catalog_names, load_device
@@ -184,7 +215,7 @@ def _cmd_bench(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "devices": _cmd_devices, "bench": _cmd_bench}
+COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench}
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:
@@ -204,9 +235,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """The exception types that mean bad input (exit 2); anything else is a failure (exit 1)."""
     from cost_models.base import UnpriceableOp
     from cost_models.devices import SpecError
+    from cost_models.learned import ModelFormatError
     from cost_models.lowering import LoweringError
 
-    return (BadInput, SpecError, LoweringError, UnpriceableOp)
+    return (BadInput, SpecError, LoweringError, UnpriceableOp, ModelFormatError)
 
 
 def _log_failure(command: str) -> Path:

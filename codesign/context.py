@@ -21,7 +21,7 @@ from cost_models.devices import DeviceSpec, load_device
 from cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
 from search_spaces.base import SearchSpace
 
-BUILTIN_SPACES = ("mbconv",)
+BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet")
 
 
 @dataclass
@@ -62,6 +62,14 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec) -> SearchSpac
         from search_spaces.mbconv import MBConvSpace
 
         return MBConvSpace(backend, threads_choices=threads_choices(device, backend))
+    if ref == "nasbench201":
+        from search_spaces.nasbench201 import NASBench201Space
+
+        return NASBench201Space(backend)
+    if ref == "fbnet":
+        from search_spaces.fbnet import FBNetSpace
+
+        return FBNetSpace(backend)
     if ":" not in ref:
         raise BadInput(f"unknown --space {ref!r}; valid: {', '.join(BUILTIN_SPACES)} "
                        "or MODULE:FACTORY")

@@ -138,7 +138,7 @@ def test_baseline_is_enqueued_and_reported(tmp_path):
     (["--budget", "-1ms"], "negative"),
     (["--budget", "10parsecs"], "unknown unit"),
     (["--trials", "0"], "--trials must be a positive integer"),
-    (["--space", "nope"], "unknown --space 'nope'; valid: mbconv"),
+    (["--space", "nope"], "unknown --space 'nope'; valid: mbconv, nasbench201, fbnet"),
     (["--space", "tests.search_helpers:not_a_space"], "not a search_spaces.base.SearchSpace"),
     (["--backend", "coreml"], "has no back-end 'coreml'; valid: codesign, xnnpack"),
     (["--evaluator", "tests.search_helpers:missing"], "has no attribute 'missing'"),

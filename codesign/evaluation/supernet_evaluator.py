@@ -1,0 +1,172 @@
+"""Accuracy of MBConv candidates from the trained weight-sharing supernet.
+
+Per candidate (deterministic):
+1. extract the static subnet of its architecture from the supernet (cached trained weights);
+2. prune every layer the op list marks sparse (magnitude, to its exact pattern);
+3. one calibration pass over a fixed batch of *training* images, run through the op list with
+   float weights: BatchNorm statistics are reset and re-estimated (pruning and the subnet's own
+   widths change them; OFA's BN recalibration) while min/max observers record the range of every
+   static int8 activation (PT2E-style calibration);
+4. fold BatchNorm into the layers, fake-quantize weights to each op's precision;
+5. run the split through the op list with activation fake quantization, count correct top-1.
+The precisions, sparsity patterns, fused activations and precision boundaries all come from
+``space.to_ops(candidate, eval_input_shape)``, matched to layers by name: what is priced is
+what is evaluated.
+
+The evaluator is cheap to pickle (it holds the space and a few numbers, never the supernet, the
+data or open files) and rebuilds its state lazily, so it runs inside Ray workers;
+``SupernetEvaluator.rebuild(config, backend_name, seed)`` reconstructs it from those alone.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from codesign.evaluation.base import (AccuracyResult, Evaluator, check_split,
+                                      result_from_correct)
+from codesign.evaluation.fake_quant import OpListExecutor
+from codesign.evaluation.pruning import prune_to_ops
+from search_spaces.mbconv import Candidate, MBConvConfig, MBConvSpace
+from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainConfig,
+                                           TrainProgress, check_arch, extract_subnet,
+                                           get_trained_supernet)
+from search_spaces.tasks import TaskData, load_task
+
+
+class SupernetEvaluator(Evaluator):
+    """``Evaluator`` for ``MBConvSpace`` candidates (see the module docstring).
+
+    Args:
+        space: the space whose ``to_ops`` gives each candidate's layers and precisions.
+        seed: seeds the supernet training, the data split, the calibration images and the
+            bootstrap; the same seed gives the same results.
+        calib_images: training images in the single calibration batch (BN + activation ranges).
+        eval_batch: images per forward pass when scoring a split (bounds memory).
+        train: supernet training hyperparameters (None: ``TrainConfig()``, the cached default).
+        progress: called with ``TrainProgress`` while the supernet trains or loads (not pickled).
+        cache_size: prepared (calibrated, quantized) candidates kept in memory, so scoring one
+            candidate on val then test calibrates once.
+    """
+
+    name = "supernet"
+
+    def __init__(self, space: MBConvSpace, *, seed: int = 0, calib_images: int = 128,
+                 eval_batch: int = 256, train: TrainConfig | None = None,
+                 progress: Callable[[TrainProgress], None] | None = None,
+                 cache_size: int = 2) -> None:
+        if calib_images < 1 or eval_batch < 1:
+            raise ValueError("calib_images and eval_batch must be positive")
+        self.space = space
+        self.seed = int(seed)
+        self.calib_images = int(calib_images)
+        self.eval_batch = int(eval_batch)
+        self.train = train or TrainConfig()
+        self.progress = progress
+        self.cache_size = int(cache_size)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._net: MBConvSupernet | None = None
+        self._data: TaskData | None = None
+        self._prepared: OrderedDict[str, tuple[MBConvSubnet, OpListExecutor]] = OrderedDict()
+        self._results: dict[tuple[str, str], AccuracyResult] = {}
+
+    # -------------------------------------------------------------- pickling / rebuilding
+    @classmethod
+    def rebuild(cls, config: MBConvConfig, backend_name: str, seed: int = 0,
+                threads_choices: tuple[int, ...] = (1,), **kwargs: Any) -> "SupernetEvaluator":
+        """The evaluator for space ``config`` on back-end ``backend_name`` (in any process)."""
+        from cost_models.backends import load_backend
+
+        space = MBConvSpace(load_backend(backend_name), threads_choices=threads_choices,
+                            config=config)
+        return cls(space, seed=seed, **kwargs)
+
+    def __reduce__(self):
+        kwargs = {"calib_images": self.calib_images, "eval_batch": self.eval_batch,
+                  "train": self.train, "cache_size": self.cache_size}
+        return (_rebuild, (self.space.config, self.space.backend.name, self.seed,
+                           self.space.threads_choices, kwargs))
+
+    # -------------------------------------------------------------- lazy state
+    def prepare(self) -> None:
+        """Train (or load from the disk cache) the supernet and load the task data."""
+        self.supernet()
+        self.data()
+
+    def supernet(self) -> MBConvSupernet:
+        if self._net is None:
+            self._net = get_trained_supernet(self.space.config, self.seed, train=self.train,
+                                             progress=self.progress)
+        return self._net
+
+    def data(self) -> TaskData:
+        if self._data is None:
+            hw = tuple(self.space.eval_input_shape[2:])
+            self._data = load_task(self.train.task, hw, self.seed)
+        return self._data
+
+    def calibration_batch(self) -> torch.Tensor:
+        """The fixed training images every candidate is calibrated on."""
+        x = self.data().x_train
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        idx = torch.randperm(len(x), generator=gen)[:self.calib_images]
+        return x[idx]
+
+    # -------------------------------------------------------------- per candidate
+    def _check(self, candidate: Candidate) -> None:
+        if not isinstance(candidate, Candidate):
+            raise ValueError(f"expected an MBConv Candidate, got {type(candidate).__name__}")
+        check_arch(self.space.config, candidate.arch)
+
+    def _prepare_candidate(self, candidate: Candidate) -> tuple[MBConvSubnet, OpListExecutor]:
+        self._check(candidate)
+        key = candidate.key()
+        if key in self._prepared:
+            self._prepared.move_to_end(key)
+            return self._prepared[key]
+        ops = self.space.to_ops(candidate, self.space.eval_input_shape)
+        subnet = extract_subnet(self.supernet(), candidate)
+        prune_to_ops(subnet, ops)
+        executor = OpListExecutor(subnet, ops)
+        executor.calibrate([self.calibration_batch()])
+        executor.freeze()
+        self._prepared[key] = (subnet, executor)
+        while len(self._prepared) > self.cache_size:
+            self._prepared.popitem(last=False)
+        return subnet, executor
+
+    def evaluate(self, candidate: Candidate, *, split: str = "val") -> AccuracyResult:
+        """Top-1 accuracy of ``candidate`` as priced (pruned, quantized) on ``split``."""
+        check_split(split)
+        self._check(candidate)
+        key = (candidate.key(), split)
+        if key in self._results:
+            return self._results[key]
+        _, executor = self._prepare_candidate(candidate)
+        x, y = self.data().split(split)
+        correct = []
+        for start in range(0, len(y), self.eval_batch):
+            logits = executor(x[start:start + self.eval_batch])
+            correct.append((logits.argmax(dim=1) == y[start:start + self.eval_batch]).numpy())
+        result = result_from_correct(np.concatenate(correct), split, seed=self.seed)
+        self._results[key] = result
+        return result
+
+    def build_deployable(self, candidate: Candidate) -> nn.Module:
+        """The float subnet to export: pruned (masks baked into the weights), BatchNorm
+        recalibrated on training data, in eval mode; module names are the op names.
+        Quantization is left to the exporter (the evaluation's weight quantization is not
+        applied here)."""
+        subnet, _ = self._prepare_candidate(candidate)
+        return copy.deepcopy(subnet).eval()
+
+
+def _rebuild(config: MBConvConfig, backend_name: str, seed: int,
+             threads_choices: tuple[int, ...], kwargs: dict[str, Any]) -> SupernetEvaluator:
+    return SupernetEvaluator.rebuild(config, backend_name, seed, threads_choices, **kwargs)
