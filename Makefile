@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# OpenMP's default busy-wait makes torch crawl when another process holds the other core.
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: run test bench install clean
 
 $(STAMP): pyproject.toml
