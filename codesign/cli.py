@@ -51,7 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", required=True, help="latency budget with unit: 10ms, 500us, 0.01s")
     s.add_argument("--backend", default=None, help="codesign (default) or xnnpack")
     s.add_argument("--space", default="mbconv", help="mbconv or MODULE:FACTORY")
-    s.add_argument("--trials", default="100", help="total trials (default 100)")
+    s.add_argument("--trials", default="50", help="total trials (default 50)")
     s.add_argument("--timeout", default=None, help="stop after this many seconds")
     s.add_argument("--seed", default="0", help="random seed (default 0)")
     s.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")

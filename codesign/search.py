@@ -37,7 +37,7 @@ class SearchConfig:
     budget_text: str
     backend: str | None = None
     space: str = "mbconv"
-    trials: int = 100
+    trials: int = 50
     timeout_s: float | None = None
     seed: int = 0
     sampler: str = "tpe"
