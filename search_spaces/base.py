@@ -84,3 +84,50 @@ class SearchSpace(abc.ABC):
         return {"name": self.name, "backend": self.backend.name,
                 "deploy_input_shape": list(self.deploy_input_shape),
                 "eval_input_shape": list(self.eval_input_shape)}
+
+
+class FixedChoiceSpace(SearchSpace):
+    """A space of ``len(param_names)`` independent categorical choices from one menu, fp32
+    throughout, at one input shape (the public benchmark spaces: NAS-Bench-201, FBNet).
+
+    Subclasses set ``param_names``, ``choices``, and ``_build(values) -> candidate`` /
+    ``_values(candidate) -> tuple`` plus ``to_ops``.
+    """
+
+    param_names: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+    def __init__(self, name: str, backend: BackendSpec | None,
+                 input_shape: Sequence[int]) -> None:
+        from cost_models.backends import load_backend
+
+        self.name = name
+        self.backend = backend or load_backend("xnnpack")
+        self.deploy_input_shape = tuple(input_shape)
+        self.eval_input_shape = tuple(input_shape)
+
+    def iter_distributions(self, params: Mapping[str, Any]
+                           ) -> Iterator[tuple[str, optuna.distributions.BaseDistribution]]:
+        for name in self.param_names:
+            yield name, optuna.distributions.CategoricalDistribution(self.choices)
+
+    def decode(self, params: Mapping[str, Any]) -> Any:
+        missing = [n for n in self.param_names if n not in params]
+        if missing:
+            raise ValueError(f"space {self.name}: missing params {missing[:5]}")
+        for name in self.param_names:
+            if params[name] not in self.choices:
+                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
+                                 f"{list(self.choices)}")
+        return self._build(tuple(params[n] for n in self.param_names))
+
+    def encode(self, candidate: Any) -> dict[str, Any]:
+        return dict(zip(self.param_names, self._values(candidate)))
+
+    @abc.abstractmethod
+    def _build(self, values: tuple[str, ...]) -> Any:
+        """The candidate of one value per param, in ``param_names`` order."""
+
+    @abc.abstractmethod
+    def _values(self, candidate: Any) -> tuple[str, ...]:
+        """The inverse of ``_build``."""

@@ -23,14 +23,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Sequence
 
-from optuna.distributions import CategoricalDistribution
+
 from torch import nn
 
-from cost_models.backends import BackendSpec, load_backend
+from cost_models.backends import BackendSpec
 from cost_models.ir import Op, OpKind
-from search_spaces.base import SearchSpace
+from search_spaces.base import FixedChoiceSpace
 
 PRIMITIVES = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6",
               "skip")
@@ -95,33 +95,21 @@ def layer_layout() -> list[tuple[int, int, int]]:
     return out
 
 
-class FBNetSpace(SearchSpace):
+class FBNetSpace(FixedChoiceSpace):
     """The 9^22 FBNet architectures of HW-NAS-Bench (CIFAR-100), fp32 throughout."""
+
+    param_names = PARAM_NAMES
+    choices = PRIMITIVES
 
     def __init__(self, backend: BackendSpec | None = None, *,
                  input_shape: Sequence[int] = INPUT_SHAPE) -> None:
-        self.name = "fbnet"
-        self.backend = backend or load_backend("xnnpack")
-        self.deploy_input_shape = tuple(input_shape)
-        self.eval_input_shape = tuple(input_shape)
+        super().__init__("fbnet", backend, input_shape)
 
-    def iter_distributions(self, params: Mapping[str, Any]
-                           ) -> Iterator[tuple[str, CategoricalDistribution]]:
-        for name in PARAM_NAMES:
-            yield name, CategoricalDistribution(PRIMITIVES)
+    def _build(self, values: tuple[str, ...]) -> FBNetArch:
+        return FBNetArch(values)
 
-    def decode(self, params: Mapping[str, Any]) -> FBNetArch:
-        missing = [n for n in PARAM_NAMES if n not in params]
-        if missing:
-            raise ValueError(f"space {self.name}: missing params {missing[:5]}")
-        for name in PARAM_NAMES:
-            if params[name] not in PRIMITIVES:
-                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
-                                 f"{list(PRIMITIVES)}")
-        return FBNetArch(tuple(params[n] for n in PARAM_NAMES))
-
-    def encode(self, candidate: FBNetArch) -> dict[str, Any]:
-        return dict(zip(PARAM_NAMES, candidate.blocks))
+    def _values(self, candidate: FBNetArch) -> tuple[str, ...]:
+        return candidate.blocks
 
     def to_ops(self, candidate: FBNetArch, input_shape: Sequence[int] | None = None) -> list[Op]:
         return list(lower_arch(candidate, tuple(input_shape or self.deploy_input_shape)))

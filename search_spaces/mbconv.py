@@ -23,7 +23,7 @@ from cost_models.backends import BackendSpec, Precision
 from cost_models.devices import CONFIG_DIR, SpecError, load_yaml
 from cost_models.ir import Op, OpKind
 from cost_models.lowering import insert_precision_boundaries
-from kernels.specs import (DENSE, QuantSpec, SparsitySpec, TileSpec, block, two_four,
+from kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
                            unstructured)
 from search_spaces.base import SearchSpace
 

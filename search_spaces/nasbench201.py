@@ -36,15 +36,15 @@ import functools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Sequence
 
 import torch
-from optuna.distributions import CategoricalDistribution
+
 from torch import nn
 
-from cost_models.backends import BackendSpec, load_backend
+from cost_models.backends import BackendSpec
 from cost_models.ir import Op, OpKind
-from search_spaces.base import SearchSpace
+from search_spaces.base import FixedChoiceSpace
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to node, from node), arch_str order
@@ -109,33 +109,21 @@ def parse_arch_str(text: str) -> Cell:
     return Cell(tuple(ops))
 
 
-class NASBench201Space(SearchSpace):
+class NASBench201Space(FixedChoiceSpace):
     """The 15,625 cells of NAS-Bench-201: one categorical choice per edge, fp32 throughout."""
+
+    param_names = PARAM_NAMES
+    choices = OPS
 
     def __init__(self, backend: BackendSpec | None = None, *,
                  input_shape: Sequence[int] = INPUT_SHAPE) -> None:
-        self.name = "nasbench201"
-        self.backend = backend or load_backend("xnnpack")
-        self.deploy_input_shape = tuple(input_shape)
-        self.eval_input_shape = tuple(input_shape)
+        super().__init__("nasbench201", backend, input_shape)
 
-    def iter_distributions(self, params: Mapping[str, Any]
-                           ) -> Iterator[tuple[str, CategoricalDistribution]]:
-        for name in PARAM_NAMES:
-            yield name, CategoricalDistribution(OPS)
+    def _build(self, values: tuple[str, ...]) -> Cell:
+        return Cell(values)
 
-    def decode(self, params: Mapping[str, Any]) -> Cell:
-        missing = [n for n in PARAM_NAMES if n not in params]
-        if missing:
-            raise ValueError(f"space {self.name}: missing params {missing}")
-        for name in PARAM_NAMES:
-            if params[name] not in OPS:
-                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
-                                 f"{list(OPS)}")
-        return Cell(tuple(params[n] for n in PARAM_NAMES))
-
-    def encode(self, candidate: Cell) -> dict[str, Any]:
-        return dict(zip(PARAM_NAMES, candidate.edges))
+    def _values(self, candidate: Cell) -> tuple[str, ...]:
+        return candidate.edges
 
     def to_ops(self, candidate: Cell, input_shape: Sequence[int] | None = None) -> list[Op]:
         return list(lower_arch(candidate, tuple(input_shape or self.deploy_input_shape)))
