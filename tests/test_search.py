@@ -174,3 +174,15 @@ def test_cli_search_end_to_end_with_user_space(tmp_path, capsys):
     assert printed == json.loads((out / "pareto.json").read_text())
     assert printed["space"] == "tests.search_helpers:small_space"
     assert (out / "search.log").read_text().count("search") >= 1
+
+
+def test_front_depends_on_the_budget(tmp_path):
+    tight = run_search(config(tmp_path, out=tmp_path / "5", budget_s=0.005, budget_text="5ms",
+                              trials=30, sampler="random"))
+    loose = run_search(config(tmp_path, out=tmp_path / "20", budget_s=0.020, budget_text="20ms",
+                              trials=30, sampler="random"))
+    fronts = [{json.dumps(m["params"], sort_keys=True) for m in r.pareto["members"]}
+              for r in (tight, loose)]
+    assert fronts[0] != fronts[1]
+    assert max(m["latency_s"] for m in loose.pareto["members"]) > 0.005
+    assert all(m["latency_s"] <= 0.005 for m in tight.pareto["members"])
