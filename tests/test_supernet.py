@@ -16,14 +16,7 @@ from search_spaces.tasks import load_task, stratified_split
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, two OpenMP threads that spin-wait for each
-    other can run an order of magnitude slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LAYER_KINDS = (OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.LINEAR, OpKind.ADD,
                OpKind.GLOBAL_POOL)
 
