@@ -64,6 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run directory (default runs/<time>-<device>-<budget>)")
     s.add_argument("--resume", default=None, help="continue the study in this run directory")
     s.add_argument("--json", action="store_true", help="print pareto.json instead of the table")
+    s.add_argument("--export", action="store_true", help="export the Pareto front at the end "
+                   "(as codesign export RUN_DIR)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="fit the learned cost model for a device from measurements",
@@ -91,6 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="kernels: numba kernels vs baselines; scoring: cost-model throughput")
     b.add_argument("--quick", action="store_true", help="small sizes (CI)")
     b.add_argument("--json", action="store_true")
+    e = sub.add_parser("export", help="export Pareto members to verified ExecuTorch programs",
+                       description="Build each member with its trained weights and searched "
+                                   "precisions, write RUN_DIR/export/trial-N/{model.pte, "
+                                   "model.pt2, manifest.json} (+ kernels.json for the codesign "
+                                   "back-end) and verify every .pte on the ExecuTorch runtime.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a finished search's run directory")
+    e.add_argument("--format", default="pte,pt2", help="pte,pt2 (default both)")
+    e.add_argument("--members", default="all", help="all (default) or trial numbers: 3,17")
+    e.add_argument("--json", action="store_true", help="print export/summary.json instead")
     return parser
 
 
@@ -153,7 +164,31 @@ def _cmd_search(args) -> int:
         print(json.dumps(result.pareto, indent=2))
     else:
         print(format_pareto(result.pareto, run_dir=result.run_dir, elapsed_s=result.elapsed_s))
+    if args.export:
+        return _export(Path(result.run_dir), "pte,pt2", "all", as_json=False)
     return EXIT_OK
+
+
+def _export(run_dir: Path, formats: str, members: str, *, as_json: bool) -> int:
+    from codesign.export.run import export_run, format_results, parse_formats
+
+    results = export_run(run_dir, formats=parse_formats(formats), members=members,
+                         log=lambda line: print(line, file=sys.stderr))
+    if as_json:
+        print((run_dir / "export" / "summary.json").read_text(), end="")
+    else:
+        print(format_results(results))
+        print(f"artifacts: {run_dir / 'export'}")
+    failed = [r.trial for r in results if r.failed]
+    if failed:
+        print(f"export failed for trial(s) {', '.join(map(str, failed))}: see their manifest.json",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_export(args) -> int:
+    return _export(Path(args.run_dir), args.format, args.members, as_json=args.json)
 
 
 def _cmd_calibrate(args) -> int:
@@ -215,7 +250,7 @@ def _cmd_bench(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench}
+COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench, "export": _cmd_export}
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:

@@ -239,10 +239,13 @@ class Add(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """Mean over the spatial dimensions to (N, C): one ``global_pool`` op, as priced."""
+    """Mean over the spatial dimensions to (N, C): one ``global_pool`` op, as priced.
+
+    ``keepdim`` then ``flatten``: XNNPACK delegates a 4-D mean over (H, W) only when it keeps
+    the dimensions; without it ExecuTorch falls back to the portable ``mean.out``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean((2, 3))
+        return x.mean((2, 3), keepdim=True).flatten(1)
 
 
 class SubnetBlock(nn.Module):

@@ -24,11 +24,13 @@ _EXPORTS = {
     "PRECISIONS": "pte",
     "PlannedMemory": "pte",
     "lower_to_pte": "pte",
+    "lower_exported": "pte",
     "planned_memory": "pte",
     "delegate_backends": "pte",
     "undelegated_operators": "pte",
     "configure_threads": "host_runner",
     "run_pte": "host_runner",
+    "run_pte_batches": "host_runner",
     "time_pte": "host_runner",
 }
 

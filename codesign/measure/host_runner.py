@@ -39,6 +39,7 @@ from codesign.measure.records import HostInfo, Measurement
 __all__ = [
     "configure_threads",
     "run_pte",
+    "run_pte_batches",
     "time_pte",
 ]
 
@@ -132,6 +133,23 @@ def run_pte(
     configure_threads(threads)
     _program, loaded = _load_method(pte, tensors, method)
     return list(loaded.execute(tensors))
+
+
+def run_pte_batches(
+    pte: bytes,
+    batches: Sequence[Sequence[torch.Tensor]],
+    *,
+    threads: int = 1,
+    method: str = "forward",
+) -> list[list[torch.Tensor]]:
+    """Load a program once and execute it on each batch of inputs (e.g. a whole test split,
+    image by image); returns the outputs of each execution. Raises as :func:`run_pte`."""
+    if not batches:
+        raise ValueError("batches must hold at least one set of inputs")
+    checked = [_check_inputs(b) for b in batches]
+    configure_threads(threads)
+    _program, loaded = _load_method(pte, checked[0], method)
+    return [list(loaded.execute(tensors)) for tensors in checked]
 
 
 def _backend_label(pte: bytes) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "PRECISIONS",
     "PlannedMemory",
     "lower_to_pte",
+    "lower_exported",
     "planned_memory",
     "delegate_backends",
     "undelegated_operators",
@@ -171,16 +172,23 @@ def lower_to_pte(
         for j, batch in enumerate(calibration_inputs):
             _check_inputs(batch, f"calibration_inputs[{j}]")
 
-    with quiet_imports():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
     with _eval_mode(module), _quiet_export(), torch.no_grad():
         if precision == "int8":
             batches = calibration_inputs if calibration_inputs is not None else [example_inputs]
             exported = _quantize_int8(module, example_inputs, batches)
         else:
             exported = torch.export.export(module, example_inputs)
+        return lower_exported(exported)
+
+
+def lower_exported(exported: torch.export.ExportedProgram) -> bytes:
+    """An exported program (float, or PT2E-converted / torchao-quantized) lowered to a ``.pte``
+    delegated to XNNPACK; XNNPACK fuses the dequant/op/quant patterns into its kernels."""
+    with quiet_imports():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+    with _quiet_export():
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
         program = edge.to_executorch()
         return bytes(program.buffer)

@@ -1,0 +1,1 @@
+"""Export Pareto members to verified ExecuTorch programs (see run.py)."""

@@ -1,0 +1,376 @@
+"""``codesign export RUN_DIR``: every selected Pareto member to deployable, verified artifacts.
+
+Per member, in ``RUN_DIR/export/trial-<N>/``:
+
+* ``model.pte``: the subnet with its trained supernet weights, pruning masks baked in and BatchNorm
+  folded, each layer at its searched precision (``plan.py``), lowered to XNNPACK; written only when
+  XNNPACK expresses every layer. Verified on the runtime (``verify.py``).
+* ``model.pt2``: the ``torch.export`` program the ``.pte`` was lowered from (quantized layers as
+  quantize/dequantize ops). For a ``codesign`` member XNNPACK cannot express, the float graph with
+  every weight on its layer's quantization grid and pruned; activation precisions are then only in
+  ``kernels.json``, and the manifest says so.
+* ``kernels.json`` (``codesign`` back-end): per layer the kernel contract (``plan.kernel_spec``).
+* ``manifest.json``: what was built, how it was checked, what it measured, file hashes.
+
+The accuracy of the exported program is measured on a twin lowered by the same pipeline at the
+task's evaluation shape (the shipped program's input is the deploy shape; the task's images are
+the evaluation shape). One member failing is reported with its reason; the others go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from codesign.export.plan import (LayerPlan, kernel_spec, plan_layers, precision_label,
+                                  unexpressible)
+from codesign.run_dir import RUN_FILE, atomic_write_json
+from codesign.userinput import BadInput
+
+FORMATS = ("pte", "pt2")
+CALIBRATION_IMAGES = 32
+CHECK_IMAGES = 4
+
+
+@dataclass
+class MemberResult:
+    trial: int
+    directory: Path
+    status: str  # "exported", "pt2-only" (XNNPACK cannot express a layer) or "failed"
+    reason: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+# ------------------------------------------------------------------------------ arguments
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip() for f in str(text).split(",") if f.strip()))
+    bad = [f for f in formats if f not in FORMATS]
+    if not formats or bad:
+        raise BadInput(f"--format {text!r}: expected a comma list of {', '.join(FORMATS)}")
+    return formats
+
+
+def select_members(members: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+    """``all`` or a comma list of trial numbers (the ``trial`` column of the Pareto table)."""
+    if str(spec).strip() == "all":
+        return list(members)
+    by_trial = {int(m["trial"]): m for m in members}
+    chosen = []
+    for part in str(spec).split(","):
+        try:
+            trial = int(part)
+        except ValueError:
+            raise BadInput(f"--members {spec!r}: expected 'all' or trial numbers like 3,17") from None
+        if trial not in by_trial:
+            raise BadInput(f"--members: trial {trial} is not on the Pareto front; members: "
+                           f"{', '.join(str(t) for t in sorted(by_trial)) or 'none'}")
+        chosen.append(by_trial[trial])
+    return chosen
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    run_dir = Path(run_dir)
+    files = {}
+    for name in (RUN_FILE, "pareto.json"):
+        path = run_dir / name
+        if not path.is_file():
+            raise BadInput(f"{run_dir}: not a finished codesign run (no {name})")
+        try:
+            files[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{path}: not valid JSON: {exc}") from None
+    return files[RUN_FILE], files["pareto.json"]
+
+
+# ------------------------------------------------------------------------------ helpers
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _save_pt2(path: Path, exported: torch.export.ExportedProgram) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(exported, str(tmp))
+    os.replace(tmp, path)
+
+
+def _on_grid(model: torch.nn.Module, ops) -> torch.nn.Module:
+    """Float copy of ``model`` with every weighted layer's weight on its quantization grid."""
+    import copy
+
+    from codesign.evaluation.fake_quant import quantize_weight
+
+    model = copy.deepcopy(model).eval()
+    modules = dict(model.named_modules())
+    for op in ops:
+        module = modules.get(op.name)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and op.quant.weight_bits < 32:
+            with torch.no_grad():
+                weight.copy_(quantize_weight(weight, op.quant))
+    return model
+
+
+@dataclass
+class _Run:
+    """What every member of one run shares: specs, space, evaluator, data at both shapes."""
+
+    identity: dict[str, Any]
+    pareto: dict[str, Any]
+    device: Any
+    backend: Any
+    xnnpack: Any
+    space: Any
+    evaluator: Any
+    threads_cap: int
+
+    @classmethod
+    def open(cls, run_dir: Path, evaluator=None) -> "_Run":
+        from cost_models.backends import backend_for, load_backend
+        from cost_models.devices import load_device
+        from codesign.context import load_space
+
+        identity, pareto = load_run(run_dir)
+        device = load_device(identity["device"])
+        backend = backend_for(device, identity["backend"])
+        if evaluator is not None:
+            space = evaluator.space
+        else:
+            space = load_space(identity["space"], backend, device)
+            if not hasattr(space, "config"):
+                raise BadInput(f"{run_dir}: space {identity['space']!r} has no trained weights "
+                               "to export (export supports the built-in mbconv space)")
+            from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+
+            evaluator = SupernetEvaluator(space, seed=int(identity.get("seed", 0)))
+        if not hasattr(evaluator, "build_deployable"):
+            raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules")
+        sha = getattr(space.config, "sha256", None)
+        if identity.get("space_sha256") not in (None, sha):
+            raise BadInput(f"{run_dir}: the run's space_sha256 {identity['space_sha256']} "
+                           f"differs from the space now loaded ({sha}); export would build "
+                           "other networks than the ones searched")
+        return cls(identity, pareto, device, backend, load_backend("xnnpack"), space, evaluator,
+                   os.cpu_count() or 1)
+
+    def task_images(self, hw: Sequence[int]):
+        from search_spaces.tasks import load_task
+
+        return load_task(self.evaluator.train.task, tuple(hw), self.evaluator.seed)
+
+
+# ------------------------------------------------------------------------------ one member
+def _calibration(data, n: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(data.x_train), generator=gen)[:n]
+    return [data.x_train[i:i + 1] for i in idx]
+
+
+def _lower_and_check(run: _Run, model, plans, ops, shape, timer) -> tuple[Any, bytes]:
+    from codesign.export.program import build_program
+    from codesign.measure.pte import lower_exported
+
+    data = run.task_images(shape[2:])
+    built = build_program(model, plans, data.x_test[:1], _calibration(data, CALIBRATION_IMAGES,
+                                                                       run.evaluator.seed),
+                          [op.name for op in ops])
+    with timer("lower"):
+        pte = lower_exported(built.exported)
+    return built, pte
+
+
+def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequence[str],
+                  log: Callable[[str], None]) -> MemberResult:
+    from codesign.export.verify import check_outputs, program_accuracy
+    from codesign.measure.host_runner import time_pte
+    from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
+    from kernels.tile_tuner import apply_tuned_tiles, resolve_tile
+
+    trial = int(member["trial"])
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    class timer:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[self.name] = timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+    start = time.perf_counter()
+    space = run.space
+    candidate = space.decode(member["params"])
+    deploy_shape = tuple(space.deploy_input_shape)
+    eval_shape = tuple(space.eval_input_shape)
+    ops = apply_tuned_tiles(space.to_ops(candidate), run.device, run.backend)
+    plans = plan_layers(ops, run.xnnpack)
+    bad = unexpressible(plans)
+    model = run.evaluator.build_deployable(candidate)
+    threads = max(1, min(int(member.get("threads") or 1), run.threads_cap))
+    files: dict[str, Path] = {}
+    manifest: dict[str, Any] = {
+        "trial": trial, "params": member["params"], "device": run.identity["device"],
+        "backend": run.identity["backend"], "budget_s": run.pareto.get("budget_s"),
+        "deploy_input_shape": list(deploy_shape), "eval_input_shape": list(eval_shape),
+        "latency_s_predicted": member.get("latency_s"),
+        "latency_band_s_predicted": member.get("latency_band_s"),
+        "accuracy_search_val": member.get("accuracy"),
+        "accuracy_search_test": member.get("test_accuracy"),
+        "memory": {"model_bytes_predicted": member.get("model_bytes"),
+                   "peak_activation_bytes_predicted": member.get("peak_activation_bytes")},
+        "precision_per_layer": [p.as_json() for p in plans],
+        "threads": threads,
+    }
+    if run.backend.name == "codesign":
+        layer_lat = {layer["name"]: layer["latency_s"] for layer in member.get("layers", [])}
+        tiles = {op.name: resolve_tile(run.device, op, run.backend) for op in ops}
+        files["kernels.json"] = out / "kernels.json"
+        atomic_write_json(files["kernels.json"], {"trial": trial, "device": run.device.name,
+                                                  "layers": kernel_spec(ops, tiles, layer_lat)})
+    status, reason = "exported", ""
+    if bad:
+        status = "pt2-only"
+        reason = f"XNNPACK cannot express {len(bad)} layer(s): " + "; ".join(
+            f"{p.name} ({p.precision}): {p.reason}" for p in bad[:3]) + (
+            " ..." if len(bad) > 3 else "")
+        manifest["pte"] = None
+        if "pt2" in formats:
+            eval_ops = space.to_ops(candidate, eval_shape)
+            grid = _on_grid(model, eval_ops)
+            with timer("pt2"):
+                _save_pt2(out / "model.pt2", torch.export.export(grid, (torch.zeros(deploy_shape),)))
+            files["model.pt2"] = out / "model.pt2"
+            manifest["pt2_semantics"] = ("float graph; weights pruned and on each layer's "
+                                         "quantization grid; activation precisions and kernels "
+                                         "are specified in kernels.json")
+    else:
+        built, pte = _lower_and_check(run, model, plans, ops, deploy_shape, timer)
+        if "pt2" in formats:
+            with timer("pt2"):
+                _save_pt2(out / "model.pt2", built.exported)
+            files["model.pt2"] = out / "model.pt2"
+            manifest["pt2_semantics"] = "the torch.export program model.pte was lowered from"
+        if "pte" in formats:
+            _write_bytes(out / "model.pte", pte)
+            files["model.pte"] = out / "model.pte"
+            data = run.task_images(deploy_shape[2:])
+            reference = built.reference if built.quantized else model
+            with timer("verify"):
+                check = check_outputs(pte, reference, [data.x_test[i:i + 1]
+                                                       for i in range(CHECK_IMAGES)],
+                                      quantized=built.quantized, output_scale=built.output_scale)
+            with timer("time"):
+                meas = time_pte(pte, (data.x_test[:1],), threads=threads, warmup=5, repeats=30,
+                                name=f"trial-{trial}", precision="mixed")
+            if eval_shape == deploy_shape:
+                twin = pte
+            else:
+                _, twin = _lower_and_check(run, model, plans, space.to_ops(candidate, eval_shape),
+                                           eval_shape, timer)
+            test = run.task_images(eval_shape[2:])
+            with timer("accuracy"):
+                acc = program_accuracy(twin, test.x_test, test.y_test)
+            mem = planned_memory(pte)
+            manifest.update({
+                "host_latency_s_measured": meas.p50_s, "host_latency_p90_s": meas.p90_s,
+                "host_first_run_s": meas.first_run_s, "host_load_s": meas.load_s,
+                "host_latency_repeats": meas.n_repeats,
+                "host_loadavg_1m": float(dict(meas.extra).get("loadavg_1m", "nan")),
+                "max_abs_diff": check.max_abs_diff, "output_check": check.as_json(),
+                "accuracy_exported": acc,
+                "accuracy_exported_note": (f"program lowered the same way at the evaluation "
+                                           f"shape {list(eval_shape)}, {len(test.y_test)} test "
+                                           "images, one at a time"),
+                "delegates": list(delegate_backends(pte)),
+                "undelegated_operators": list(undelegated_operators(pte)),
+            })
+            manifest["memory"].update({"pte_bytes": len(pte),
+                                       "planned_constant_bytes": mem.constant_bytes,
+                                       "planned_non_constant_bytes": mem.non_constant_bytes})
+            if not check.ok:
+                status = "failed"
+                reason = (f"runtime outputs differ from the reference: max |diff| "
+                          f"{check.max_abs_diff:.3g} > atol {check.atol:.3g} (+rtol {check.rtol})")
+    manifest["status"], manifest["reason"] = status, reason
+    manifest["export_seconds"] = time.perf_counter() - start
+    manifest["seconds"] = timings
+    manifest["sha256"] = {name: _sha256(path) for name, path in files.items()}
+    atomic_write_json(out / "manifest.json", manifest)
+    log(f"trial {trial}: {status}{' - ' + reason if reason else ''}")
+    return MemberResult(trial, out, status, reason, manifest)
+
+
+# ------------------------------------------------------------------------------ a run
+def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str = "all",
+               evaluator=None, log: Callable[[str], None] = lambda _: None
+               ) -> list[MemberResult]:
+    """Export the selected members of ``run_dir``; a failing member does not stop the others."""
+    run_dir = Path(run_dir)
+    run = _Run.open(run_dir, evaluator)
+    chosen = select_members(run.pareto.get("members", []), members)
+    torch.set_num_threads(1)
+    results = []
+    for member in chosen:
+        out = run_dir / "export" / f"trial-{int(member['trial'])}"
+        try:
+            results.append(export_member(run, member, out, formats, log))
+        except Exception as exc:  # reported with its reason; the other members go on
+            out.mkdir(parents=True, exist_ok=True)
+            reason = f"{type(exc).__name__}: {exc}"
+            (out / "error.log").write_text(traceback.format_exc())
+            atomic_write_json(out / "manifest.json", {"trial": int(member["trial"]),
+                                                      "params": member.get("params"),
+                                                      "status": "failed", "reason": reason})
+            log(f"trial {member['trial']}: failed - {reason}")
+            results.append(MemberResult(int(member["trial"]), out, "failed", reason))
+    atomic_write_json(run_dir / "export" / "summary.json", {"members": [
+        {"trial": r.trial, "status": r.status, "reason": r.reason, "dir": str(r.directory),
+         **{k: r.manifest.get(k) for k in ("latency_s_predicted", "host_latency_s_measured",
+                                           "max_abs_diff", "accuracy_search_test",
+                                           "accuracy_exported", "export_seconds")}}
+        for r in results]})
+    return results
+
+
+def format_results(results: Sequence[MemberResult]) -> str:
+    def ms(v):
+        return f"{v * 1e3:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"
+
+    def num(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    lines = [f"{'trial':>5}  {'status':<9} {'pred ms':>8} {'host ms':>8} {'max|d|':>9} "
+             f"{'acc test':>8} {'acc pte':>8} {'pte KiB':>8}  reason"]
+    for r in results:
+        m = r.manifest
+        kib = m.get("memory", {}).get("pte_bytes")
+        lines.append(f"{r.trial:>5}  {r.status:<9} {ms(m.get('latency_s_predicted'))} "
+                     f"{ms(m.get('host_latency_s_measured'))} "
+                     f"{num(m.get('max_abs_diff'), '.2e'):>9} "
+                     f"{num(m.get('accuracy_search_test'), '.3f'):>8} "
+                     f"{num(m.get('accuracy_exported'), '.3f'):>8} "
+                     f"{num(kib / 1024 if kib else None, '.0f'):>8}  {r.reason[:100]}")
+    return "\n".join(lines)

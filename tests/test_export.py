@@ -1,0 +1,169 @@
+"""codesign export: members become .pte/.pt2 programs that run on ExecuTorch's runtime."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from codesign.cli import main
+from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, plan_layers
+from codesign.export.program import owner_resolver
+from codesign.export.run import export_run
+from codesign.measure.host_runner import run_pte
+from cost_models.backends import load_backend
+from tests.export_helpers import TINY_TRAIN, small_space, write_run
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+
+XNN_SPACE = "tests.export_helpers:small_space"
+MANIFEST_KEYS = {"params", "latency_s_predicted", "host_latency_s_measured", "max_abs_diff",
+                 "accuracy_exported", "precision_per_layer", "sha256", "device", "backend",
+                 "budget_s", "memory", "status"}
+
+
+def _params(space, seed: int, precision_of) -> dict:
+    params = space.sample(np.random.default_rng(seed))
+    for key in params:
+        if key.endswith(".prec"):
+            params[key] = precision_of(key[:-len(".prec")])
+    return params
+
+
+def _member(evaluator, trial: int, params: dict) -> dict:
+    candidate = evaluator.space.decode(params)
+    test = evaluator.evaluate(candidate, split="test")
+    return {"trial": trial, "params": params, "latency_s": 0.004, "threads": 1,
+            "accuracy": evaluator.evaluate(candidate).accuracy, "test_accuracy": test.accuracy}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CODESIGN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def xnn_export(cache, tmp_path_factory):
+    space = small_space(load_backend("xnnpack"))
+    ev = SupernetEvaluator(space, seed=0, train=TINY_TRAIN)
+    fp32 = _params(space, 1, lambda unit: "w32a32")
+    mixed = _params(space, 2, lambda unit: {"classifier": "w4a8-dyn", "stem": "w32a32"}.get(
+        unit, "w8a8"))
+    members = [_member(ev, 1, fp32), _member(ev, 2, mixed),
+               {"trial": 3, "params": {"not": "a point of the space"}}]
+    run_dir = write_run(tmp_path_factory.mktemp("run") / "xnn", XNN_SPACE, "xnnpack", members)
+    results = export_run(run_dir, evaluator=ev)
+    return ev, run_dir, {r.trial: r for r in results}
+
+
+def test_every_good_member_is_exported_and_the_broken_one_reported(xnn_export):
+    _, run_dir, results = xnn_export
+    assert [results[t].status for t in (1, 2, 3)] == ["exported", "exported", "failed"]
+    assert "missing params" in results[3].reason
+    broken = json.loads((run_dir / "export" / "trial-3" / "manifest.json").read_text())
+    assert broken["status"] == "failed" and "missing params" in broken["reason"]
+    summary = json.loads((run_dir / "export" / "summary.json").read_text())
+    assert [m["status"] for m in summary["members"]] == ["exported", "exported", "failed"]
+
+
+@pytest.mark.parametrize("trial", [1, 2])
+def test_manifest_keys_and_hashes(xnn_export, trial):
+    _, run_dir, _ = xnn_export
+    out = run_dir / "export" / f"trial-{trial}"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert MANIFEST_KEYS <= set(manifest)
+    assert set(manifest["sha256"]) == {"model.pte", "model.pt2"}
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    assert manifest["host_latency_s_measured"] > 0
+    assert manifest["memory"]["planned_constant_bytes"] > 0
+    assert manifest["delegates"] == ["XnnpackBackend"] and manifest["undelegated_operators"] == []
+    # the exported program scores what the search scored, within 2 points
+    assert abs(manifest["accuracy_exported"] - manifest["accuracy_search_test"]) <= 0.02
+
+
+def test_fp32_program_matches_eager_within_1e3(xnn_export):
+    ev, run_dir, results = xnn_export
+    out = run_dir / "export" / "trial-1"
+    manifest = results[1].manifest
+    assert manifest["output_check"]["within_tolerance"] and manifest["max_abs_diff"] < 1e-3
+    model = ev.build_deployable(ev.space.decode(manifest["params"]))
+    x = ev.data().x_test[5:6]
+    got = run_pte((out / "model.pte").read_bytes(), [x])[0]
+    torch.testing.assert_close(got, model(x), atol=1e-3, rtol=1e-3)
+    # the .pt2 holds the same program
+    loaded = torch.export.load(str(out / "model.pt2")).module()
+    torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_mixed_precision_survives_per_layer(xnn_export):
+    ev, run_dir, results = xnn_export
+    manifest = results[2].manifest
+    per_layer = {p["name"]: p for p in manifest["precision_per_layer"]}
+    assert per_layer["stem"]["xnnpack"] == "fp32"
+    assert per_layer["classifier"]["xnnpack"] == TORCHAO_DYN
+    assert per_layer["s0.b0.expand"]["xnnpack"] == PT2E_INT8
+    check = manifest["output_check"]
+    assert check["within_tolerance"] and check["max_diff_steps"] <= 2
+    # int8 layers really are int8 in the program the .pte was lowered from
+    graph = torch.export.load(str(run_dir / "export" / "trial-2" / "model.pt2")).graph
+    targets = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in t for t in targets)
+    # and the float stem is not: its conv reads the raw input
+    owner = owner_resolver([p["name"] for p in manifest["precision_per_layer"]])
+    exported = torch.export.load(str(run_dir / "export" / "trial-2" / "model.pt2"))
+    stem_convs = [n for n in exported.graph.nodes if n.op == "call_function"
+                  and "conv" in str(n.target) and owner(n) == "stem"]
+    assert stem_convs and all("dequantize" not in str(a.target) for n in stem_convs
+                              for a in n.args[:2] if isinstance(a, torch.fx.Node))
+
+
+def test_codesign_member_gets_kernels_json_and_no_pte_when_xnnpack_cannot_run_it(cache, tmp_path):
+    space = small_space(load_backend("codesign"))
+    ev = SupernetEvaluator(space, seed=0, train=TINY_TRAIN)
+    params = _params(space, 4, lambda unit: "w2a8" if unit[1:2].isdigit() else "w32a32")
+    run_dir = write_run(tmp_path / "cd", "tests.export_helpers:small_space", "codesign",
+                        [_member(ev, 7, params)])
+    [result] = export_run(run_dir, evaluator=ev)
+    out = run_dir / "export" / "trial-7"
+    assert result.status == "pt2-only" and not (out / "model.pte").exists()
+    assert "w2a8" in result.reason
+    manifest = json.loads((out / "manifest.json").read_text())
+    why = {p["name"]: p.get("why_not") for p in manifest["precision_per_layer"]}
+    assert why["stem"] is None and "w2a8" in why["s0.b0.expand"]
+    kernels = json.loads((out / "kernels.json").read_text())["layers"]
+    first = next(k for k in kernels if k["name"] == "s0.b0.expand")
+    assert first["weight_bits"] == 2 and first["act_bits"] == 8 and first["gemm"]["k"] > 0
+    assert set(manifest["sha256"]) == {"kernels.json", "model.pt2"}
+    # the .pt2 holds 2-bit weights: at most 4 distinct values per output channel
+    program = torch.export.load(str(out / "model.pt2"))
+    weight = program.state_dict["s0.b0.expand.weight"]
+    assert max(len(torch.unique(row)) for row in weight.reshape(weight.shape[0], -1)) <= 4
+
+
+def test_plan_refuses_to_round_precisions():
+    xnnpack = load_backend("xnnpack")
+    space = small_space(load_backend("codesign"))
+    params = _params(space, 0, lambda unit: "w16a16" if unit == "stem" else "w32a32")
+    plans = {p.name: p for p in plan_layers(space.to_ops(space.decode(params)), xnnpack)}
+    assert plans["stem"].realisation is None and "w16a16" in plans["stem"].reason
+    assert plans["s0.b0.expand"].realisation == "fp32"
+
+
+def test_cli_export_exits_1_when_a_member_fails(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "bad", XNN_SPACE, "xnnpack",
+                        [{"trial": 4, "params": {"nonsense": 1}}])
+    assert main(["export", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "trial 4: failed" in err and "export failed for trial(s) 4" in err
+
+
+def test_cli_export_bad_input(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    assert "not a finished codesign run (no run.json)" in capsys.readouterr().err
