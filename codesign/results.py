@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from codesign.run_dir import RunDir, atomic_write_json, atomic_write_text
+from codesign.run_dir import RunDir
 
 _VERSIONED = ("codesign", "torch", "numpy", "optuna", "numba", "executorch", "torchao", "ray")
 
@@ -107,6 +107,6 @@ def pareto_csv(pareto: dict[str, Any]) -> str:
 
 def write_results(run: RunDir, study: optuna.Study, context, config) -> dict[str, Any]:
     pareto = build_pareto(study, context, config)
-    atomic_write_json(run.path / "pareto.json", pareto)
-    atomic_write_text(run.path / "pareto.csv", pareto_csv(pareto))
+    run.write_json("pareto.json", pareto)
+    run.write_text("pareto.csv", pareto_csv(pareto))
     return pareto

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileSymlinkLock
 
 from codesign.userinput import BadInput
 
@@ -50,6 +53,14 @@ def default_run_dir(device: str, budget_text: str) -> Path:
 
 @dataclass(frozen=True)
 class RunDir:
+    """A run directory on this machine's disk.
+
+    The search driver touches a run only through ``exists``, ``create``, ``check_resume``,
+    ``journal_backend``, ``write_text``/``write_json`` and ``log_handler``, so a run that lives on
+    another machine's disk (a sweep's runs, written on the driver's node: ``codesign.sweep``)
+    implements the same methods.
+    """
+
     path: Path
 
     @property
@@ -59,6 +70,24 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / LOG_FILE
+
+    def exists(self) -> bool:
+        return (self.path / RUN_FILE).is_file()
+
+    def journal_backend(self) -> BaseJournalBackend:
+        # Only one driver writes, and each write holds the lock for milliseconds: a lock older
+        # than a few seconds was left by a killed process, so break it instead of waiting 30 s.
+        lock = JournalFileSymlinkLock(str(self.journal), grace_period=5)
+        return JournalFileBackend(str(self.journal), lock_obj=lock)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
+    def write_json(self, name: str, payload: Any) -> None:
+        atomic_write_json(self.path / name, payload)
+
+    def log_handler(self) -> logging.Handler:
+        return logging.FileHandler(self.log)
 
     def identity(self) -> dict[str, Any]:
         file = self.path / RUN_FILE

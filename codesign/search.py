@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal import JournalStorage
 from optuna.trial import TrialState
 
 from codesign.context import SearchContext, TrialOutcome, build_context
@@ -80,14 +81,11 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
 
 
 def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: bool) -> optuna.Study:
-    # Only this driver writes, and each write holds the lock for milliseconds: a lock older than
-    # a few seconds was left by a killed process, so break it instead of waiting 30 s.
-    lock = JournalFileSymlinkLock(str(run.journal), grace_period=5)
-    storage = JournalStorage(JournalFileBackend(str(run.journal), lock_obj=lock))
-    if create:
-        return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
-                                   directions=list(DIRECTIONS))
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+    storage = JournalStorage(run.journal_backend())
+    # A resumed run whose first process died between writing run.json and creating the study
+    # has an empty journal: creating the study then is what that process would have done.
+    return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+                               directions=list(DIRECTIONS), load_if_exists=not create)
 
 
 def fail_stale_running(study: optuna.Study) -> int:
@@ -122,9 +120,17 @@ def _progress(total: int, initial: int, enabled: bool):
                 dynamic_ncols=True)
 
 
-def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None = None
-               ) -> SearchResult:
-    """Run (or resume) a search and write the run directory. See ../shared/CLI.md."""
+def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None = None,
+               context: SearchContext | None = None, run: RunDir | None = None) -> SearchResult:
+    """Run (or resume) a search and write the run directory. See ../shared/CLI.md.
+
+    Args:
+        config: what to search; ``config.resume`` set means continue the run there.
+        on_trial: called with each finished trial's number.
+        context: a prebuilt context for ``config`` (a sweep builds it from shared state).
+        run: where the run lives (default: a ``RunDir`` at ``config.resume``, ``config.out`` or
+            a fresh ``runs/`` directory); anything with ``RunDir``'s methods.
+    """
     if config.trials < 1:
         raise BadInput(f"--trials must be >= 1, got {config.trials}")
     if config.timeout_s is not None and not config.timeout_s > 0:
@@ -132,22 +138,24 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
     if config.workers < 1:
         raise BadInput(f"--workers must be >= 1, got {config.workers}")
     sampler = make_sampler(config.sampler, config.seed, config.trials)
-    context = build_context(config)
+    context = context if context is not None else build_context(config)
     identity = context.identity(config)
-    if config.resume is not None:
+    if run is None and config.resume is not None:
         run = RunDir(Path(config.resume))
+    elif run is None:
+        run = RunDir(Path(config.out) if config.out else default_run_dir(config.device,
+                                                                          config.budget_text))
+    if config.resume is not None:
         run.check_resume(identity)
         study = open_study(run, sampler, create=False)
         n_stale = fail_stale_running(study)
     else:
-        run = RunDir(Path(config.out) if config.out else default_run_dir(config.device,
-                                                                          config.budget_text))
         run.create(identity)
         study = open_study(run, sampler, create=True)
         n_stale = 0
         if config.baseline is not None:
             study.enqueue_trial(context.baseline_params, user_attrs={"baseline": True})
-    handler = logging.FileHandler(run.log)
+    handler = run.log_handler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("codesign").addHandler(handler)
     logging.getLogger("codesign").setLevel(logging.INFO)
@@ -188,6 +196,7 @@ def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,
                 log.info("timeout after %.1f s", time.monotonic() - start)
                 break
             trial = study.ask()
+            trial.set_user_attr("worker_pid", os.getpid())  # stored before the trial runs
             outcome = context.evaluate_params(trial)
             record_outcome(study, trial, outcome, context.budget_s)
             evaluated += 1
