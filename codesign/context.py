@@ -192,13 +192,15 @@ def _key(candidate) -> str:
     return key() if callable(key) else str(hash(candidate))
 
 
-def build_context(config) -> SearchContext:
+def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
+    """The context for a ``SearchConfig``; ``device``: the spec already loaded for
+    ``config.device`` (a sweep ships specs to nodes that may not have the user's YAML file)."""
     from codesign.pricing import COST_MODELS
 
     if config.cost_model not in COST_MODELS:
         raise BadInput(f"unknown --cost-model {config.cost_model!r}; "
                        f"valid: {', '.join(COST_MODELS)}")
-    device = load_device(config.device)
+    device = device if device is not None else load_device(config.device)
     backend = backend_for(device, config.backend or "codesign")
     space = load_space(config.space, backend, device)
     evaluator = load_evaluator(config.evaluator, space, config.seed)

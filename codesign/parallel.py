@@ -1,7 +1,9 @@
 """Parallel trial evaluation on Ray with Optuna's ask/tell.
 
 The driver asks Optuna for params, decodes them, and hands candidates to Ray actors that each
-hold a rebuilt ``SearchContext`` (device, space, cost models, evaluator with its cached supernet).
+hold a rebuilt ``SearchContext`` (device, space, cost models, evaluator). The device spec and the
+evaluator's shared state (the trained supernet) travel through the object store, put there once:
+an actor on another node has neither the user's device YAML nor the supernet cache on its disk.
 Results come back to the driver, which alone writes the run directory: a worker on another node
 has another disk. A worker process that dies mid-trial turns that trial into FAIL (with the
 reason) and is replaced; the search goes on. TPE's constant liar copes with pending trials.
@@ -63,12 +65,14 @@ def _worker_class():
     class TrialWorker:
         """Holds one SearchContext; evaluates candidates sent by the driver."""
 
-        def __init__(self, config, threads: int) -> None:
+        def __init__(self, config, threads: int, device, shared) -> None:
             from codesign.context import build_context
 
             self.threads = threads
             set_thread_counts(threads)
-            self.context = build_context(config)
+            self.context = build_context(config, device=device)
+            if shared is not None:
+                self.context.evaluator.use_shared_state(*shared)
 
         def pid(self) -> int:
             return os.getpid()
@@ -87,14 +91,17 @@ def optimize_parallel(study, context, config, remaining: int, start: float, bar,
     from codesign.context import TrialOutcome
     from codesign.search import record_outcome
 
-    # Train/cache shared state once, before workers exist, so they only load it from disk.
-    warm = getattr(context.evaluator, "prepare", None)
-    if callable(warm):
-        warm()
     threads = max(1, config.threads_per_worker)
+    # Train or load shared state once, before Ray starts; workers get it from the object store.
+    key = context.evaluator.shared_state_key()
+    state = None if key is None else context.evaluator.shared_state()
+    if key is None:
+        context.evaluator.prepare()
     with ray_session(config.ray_address, num_cpus=None) as ray:
+        shared = None if key is None else ray.put((key, state))
         worker_cls = _worker_class()
-        workers = [worker_cls.remote(config, threads) for _ in range(config.workers)]
+        worker_args = (config, threads, context.device, shared)
+        workers = [worker_cls.remote(*worker_args) for _ in range(config.workers)]
         pids = {w: ray.get(w.pid.remote()) for w in workers}
         idle = list(workers)
         inflight: dict[Any, tuple[Any, Any]] = {}
@@ -127,7 +134,7 @@ def optimize_parallel(study, context, config, remaining: int, start: float, bar,
                 outcome = TrialOutcome(error=f"worker process {pids[worker]} died during the "
                                              f"trial: {type(exc).__name__}")
                 log.warning("trial %d: worker %d died; replacing it", trial.number, pids[worker])
-                replacement = worker_cls.remote(config, threads)
+                replacement = worker_cls.remote(*worker_args)
                 pids[replacement] = ray.get(replacement.pid.remote())
                 idle.append(replacement)
             record_outcome(study, trial, outcome, context.budget_s)

@@ -82,6 +82,20 @@ class Evaluator(abc.ABC):
         """Build shared state (e.g. train and cache weights) once, before parallel workers
         start, so they only load it. The default does nothing."""
 
+    def shared_state_key(self) -> str | None:
+        """Names the read-only state every copy of this evaluator needs (e.g. trained weights)
+        and that can be built once and shipped to other processes and nodes instead of rebuilt
+        there; equal keys mean interchangeable states. None (the default): no such state."""
+        return None
+
+    def shared_state(self) -> Any:
+        """That state, built (or loaded) now; only when ``shared_state_key`` is not None."""
+        raise ValueError(f"evaluator {self.name} has no shared state")
+
+    def use_shared_state(self, key: str, state: Any) -> None:
+        """Adopt the ``shared_state`` of an evaluator whose ``shared_state_key`` is ``key``."""
+        raise ValueError(f"evaluator {self.name} takes no shared state (got {key!r})")
+
 
 class FunctionEvaluator(Evaluator):
     """A user's ``MODULE:FUNC`` callable ``func(candidate, split) -> float | AccuracyResult``.

@@ -33,7 +33,7 @@ from codesign.evaluation.fake_quant import OpListExecutor
 from codesign.evaluation.pruning import prune_to_ops
 from search_spaces.mbconv import Candidate, MBConvConfig, MBConvSpace
 from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainConfig,
-                                           TrainProgress, check_arch, extract_subnet,
+                                           TrainProgress, cache_key, check_arch, extract_subnet,
                                            get_trained_supernet)
 from search_spaces.tasks import TaskData, load_task
 
@@ -98,6 +98,24 @@ class SupernetEvaluator(Evaluator):
         """Train (or load from the disk cache) the supernet and load the task data."""
         self.supernet()
         self.data()
+
+    def shared_state_key(self) -> str:
+        """The supernet's cache key: same space config, seed and training, same weights."""
+        return cache_key(self.space.config, self.seed, self.train)
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """The trained supernet's weights (trained now, or loaded from the disk cache)."""
+        return self.supernet().state_dict()
+
+    def use_shared_state(self, key: str, state: dict[str, torch.Tensor]) -> None:
+        """Take the supernet's weights from ``state`` instead of the disk cache or training."""
+        if key != self.shared_state_key():
+            raise ValueError(f"shared supernet {key!r} is not this evaluator's "
+                             f"({self.shared_state_key()!r}): another space, seed or training")
+        with torch.random.fork_rng(devices=[]):  # the init is overwritten: spare the RNG
+            net = MBConvSupernet(self.space.config, dropout=self.train.dropout)
+        net.load_state_dict(state)
+        self._net = net.eval()
 
     def supernet(self) -> MBConvSupernet:
         if self._net is None:
