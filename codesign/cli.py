@@ -93,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="kernels: numba kernels vs baselines; scoring: cost-model throughput")
     b.add_argument("--quick", action="store_true", help="small sizes (CI)")
     b.add_argument("--json", action="store_true")
+
     e = sub.add_parser("export", help="export Pareto members to verified ExecuTorch programs",
                        description="Build each member with its trained weights and searched "
                                    "precisions, write RUN_DIR/export/trial-N/{model.pte, "
@@ -102,6 +103,23 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="pte,pt2", help="pte,pt2 (default both)")
     e.add_argument("--members", default="all", help="all (default) or trial numbers: 3,17")
     e.add_argument("--json", action="store_true", help="print export/summary.json instead")
+
+    w = sub.add_parser("sweep", help="one search per (device, budget), on Ray",
+                       description="Run one search per (device, budget) as Ray tasks (a local "
+                                   "Ray, or a cluster with --ray-address); writes DIR/<device>-"
+                                   "<budget>/ run directories, DIR/sweep.json and "
+                                   "DIR/summary.csv. Re-running it over DIR continues its runs.")
+    w.add_argument("--devices", required=True, help="A,B,...: catalog names or device YAML paths")
+    w.add_argument("--budgets", required=True, help="5ms,10ms,...: latency budgets with units")
+    w.add_argument("--trials", default="50", help="trials per run (default 50)")
+    w.add_argument("--backend", default=None, help="codesign (default) or xnnpack")
+    w.add_argument("--space", default="mbconv", help="mbconv or MODULE:FACTORY")
+    w.add_argument("--seed", default="0", help="random seed of every run (default 0)")
+    w.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
+    w.add_argument("--cost-model", default="analytic", help="analytic")
+    w.add_argument("--evaluator", default=None, help="MODULE:FUNC(candidate, split) -> accuracy")
+    w.add_argument("--ray-address", default=None, help="join this Ray cluster (default: a local Ray)")
+    w.add_argument("--out", required=True, help="sweep directory")
     return parser
 
 
@@ -250,7 +268,29 @@ def _cmd_bench(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench, "export": _cmd_export}
+def _cmd_sweep(args) -> int:
+    from codesign.sweep import SweepConfig, format_summary, parse_list, run_sweep
+
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise BadInput(f"--seed must be an integer, got {args.seed!r}") from None
+    config = SweepConfig(
+        devices=parse_list(args.devices, "--devices"), budgets=parse_list(args.budgets, "--budgets"),
+        out=Path(args.out), backend=args.backend, space=args.space,
+        trials=parse_positive_int(args.trials, "--trials"), seed=seed, sampler=args.sampler,
+        cost_model=args.cost_model, evaluator=args.evaluator, ray_address=args.ray_address)
+    result = run_sweep(config, echo=lambda line: print(line, file=sys.stderr))
+    print(format_summary(result))
+    if result.n_failed:
+        print(f"codesign sweep: {result.n_failed} of {len(result.rows)} runs failed "
+              f"(log: {result.out / 'sweep.log'})", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench,
+            "sweep": _cmd_sweep, "export": _cmd_export}
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:
