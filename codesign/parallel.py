@@ -73,6 +73,7 @@ def _worker_class():
             self.context = build_context(config, device=device)
             if shared is not None:
                 self.context.evaluator.use_shared_state(*shared)
+            self.context.evaluator.prepare()  # the rest of its state (data) before any trial
 
         def pid(self) -> int:
             return os.getpid()
