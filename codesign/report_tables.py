@@ -144,9 +144,11 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
             f"{pareto['cost_model']}")
     table = _table(["trial", "val acc [95% CI]", "test acc", "latency ms [band]", "MB",
                     "peak act MB", "threads", "precisions", "sparsity"], rows, right={4, 5, 6})
+    interrupted = pareto.get("n_interrupted", 0)
     counts = (f"{pareto['trials']} trials: {pareto['n_complete']} complete "
-              f"({pareto['n_feasible']} within budget), {pareto['n_failed']} failed; "
-              f"{len(members)} on the front")
+              f"({pareto['n_feasible']} within budget), {pareto['n_failed']} failed"
+              + (f" ({interrupted} interrupted by a crash)" if interrupted else "")
+              + f"; {len(members)} on the front")
     base = pareto.get("baseline")
     lines = [head, table, counts]
     if base is not None:

@@ -76,6 +76,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         "accuracy_split": "val", "n_eval": int(n_eval),
         "n_complete": len(complete),
         "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "n_interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
         "n_feasible": sum(_feasible(t) for t in complete),
         "provenance": {
             "spec_sha256": context.device.sha256, "space_sha256": identity["space_sha256"],

@@ -1,7 +1,14 @@
 """A run directory: identity (run.json), Optuna journal storage, results, log.
 
 Every result file is written to a temporary file in the same directory and renamed over the
-target, so a crash leaves either the old file or the new one, never half of one.
+target, so a crash leaves either the old file or the new one, never half of one. ``--resume``
+(``check_resume``) repairs what a killed process leaves: a torn last journal record and
+temporary files; its stale journal lock is broken after ``LOCK_GRACE_S``.
+
+Crash-test hook (``tests/test_crash_resume.py``): with ``CODESIGN_TEST_KILL_AT`` set the process
+SIGKILLs itself at a chosen point — ``journal_write:K`` halfway through writing its K-th journal
+record (holding the journal lock), ``rename:NAME`` after writing NAME's temporary file, before
+renaming it. Unset, nothing changes.
 """
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +33,83 @@ STUDY_NAME = "codesign"
 # What must match for --resume to continue a study: anything else would mix incomparable trials.
 IDENTITY_KEYS = ("device", "device_sha256", "backend", "budget_s", "space", "space_sha256",
                  "cost_model")
+# Only one driver writes a journal, and each write holds the lock for milliseconds: a lock older
+# than a few seconds was left by a killed process, so break it instead of waiting Optuna's 30 s.
+LOCK_GRACE_S = 5
+KILL_AT_ENV = "CODESIGN_TEST_KILL_AT"
+_UMASK = os.umask(0o022)  # read once (setting it is process-wide), then put back
+os.umask(_UMASK)
+
+
+def _kill_point(kind: str) -> str | None:
+    """The argument of the crash-test hook if it names ``kind`` (see the module docstring)."""
+    spec = os.environ.get(KILL_AT_ENV, "")
+    name, _, arg = spec.partition(":")
+    return arg if name == kind else None
+
+
+class _TornWriteJournal(JournalFileBackend):
+    """The journal, but the K-th append writes half its bytes and SIGKILLs the process."""
+
+    def __init__(self, path: str, lock: JournalFileSymlinkLock, kill_at: int) -> None:
+        super().__init__(path, lock_obj=lock)
+        self._path, self._lock_obj, self._kill_at, self._appends = path, lock, kill_at, 0
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._appends += 1
+        if self._appends < self._kill_at:
+            return super().append_logs(logs)
+        self._lock_obj.acquire()
+        data = ("\n".join(json.dumps(x, separators=(",", ":")) for x in logs) + "\n").encode()
+        with open(self._path, "ab") as handle:
+            handle.write(data[:max(1, len(data) // 2)])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def repair_journal(path: Path) -> int:
+    """Cut a torn last record (the write a killed process died in) off a journal file.
+
+    Optuna's reader skips a last line without its newline, but the next append would be glued
+    onto it and the merged line would poison every later read. Returns the bytes cut.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        keep, chunk = size, 1 << 16
+        while keep > 0:
+            start = max(0, keep - chunk)
+            handle.seek(start)
+            block = handle.read(keep - start)
+            if keep == size and block.endswith(b"\n"):
+                return 0
+            at = block.rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            keep = start
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return size - keep
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from other users
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        if _kill_point("rename") == path.name:
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,9 +150,10 @@ class RunDir:
         return (self.path / RUN_FILE).is_file()
 
     def journal_backend(self) -> BaseJournalBackend:
-        # Only one driver writes, and each write holds the lock for milliseconds: a lock older
-        # than a few seconds was left by a killed process, so break it instead of waiting 30 s.
-        lock = JournalFileSymlinkLock(str(self.journal), grace_period=5)
+        lock = JournalFileSymlinkLock(str(self.journal), grace_period=LOCK_GRACE_S)
+        kill_at = _kill_point("journal_write")
+        if kill_at is not None:
+            return _TornWriteJournal(str(self.journal), lock, int(kill_at))
         return JournalFileBackend(str(self.journal), lock_obj=lock)
 
     def write_text(self, name: str, text: str) -> None:
@@ -105,6 +181,7 @@ class RunDir:
                                f"--resume {self.path}, or choose another --out")
             raise BadInput(f"--out {self.path} exists and is not empty")
         self.path.mkdir(parents=True, exist_ok=True)
+        self.journal.touch()  # before run.json: a directory with a run.json is resumable
         atomic_write_json(self.path / RUN_FILE, identity)
 
     def check_resume(self, identity: dict[str, Any]) -> dict[str, Any]:
@@ -115,4 +192,14 @@ class RunDir:
                                f"this search's is {identity.get(key)!r}; they must match")
         if not self.journal.exists():
             raise BadInput(f"--resume {self.path}: no Optuna storage ({JOURNAL_FILE}) in it")
+        self.clean_after_crash()
         return stored
+
+    def clean_after_crash(self) -> None:
+        """Undo what a killed process leaves behind: a torn journal record, temporary files."""
+        cut = repair_journal(self.journal)
+        if cut:
+            logging.getLogger("codesign.run_dir").warning(
+                "%s: cut a torn last record (%d bytes) left by a killed process", self.journal, cut)
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

@@ -89,13 +89,23 @@ def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: boo
 
 
 def fail_stale_running(study: optuna.Study) -> int:
-    """Mark trials a dead process left RUNNING as FAIL (the journal has no heartbeat)."""
+    """Mark trials a dead process left RUNNING as FAIL (the journal has no heartbeat).
+
+    They are tagged ``interrupted``: never evaluated, they do not count towards ``--trials``.
+    """
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
                                            "left RUNNING by a process that died; failed on resume")
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return len(stale)
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: finished, and not interrupted by a crash."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state.is_finished() and not t.user_attrs.get("interrupted"))
 
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome,
@@ -164,7 +174,7 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         if n_stale:
             log.warning("%d trial(s) left RUNNING by a dead process marked FAIL", n_stale)
         start = time.monotonic()
-        done_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        done_before = counted_trials(study)
         evaluated = _optimize(study, context, config, done_before, start, on_trial)
         elapsed = time.monotonic() - start
         pareto = write_results(run, study, context, config)
