@@ -14,6 +14,13 @@ Metrics over the held-out rows (``metrics``): Spearman and Kendall (tau-b) rank 
 and a converter may fold such a network away) dominate a relative error; they stay in ``mape``
 and are also reported on their own: ``n_near_zero``, ``near_zero_threshold_ms`` and
 ``mape_excluding_near_zero``.
+
+Two kinds of model (``kind``): ``learned`` featurises every candidate on a fixed reference device
+(``FeatureConfig()``) and learns the target from the prior columns plus its samples; ``hybrid``
+featurises on the *target* device's own analytic model (``--device``/``--backend``/``--threads``),
+so the fit is the analytic prior for that device plus a learned residual (per kernel-group scales
+and per-signature deviations). The metadata columns of ``codesign measure``/``ingest`` files
+(``codesign.measure.table.META_COLUMNS``) are not latency columns.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import stats
 
+from codesign.measure.table import META_COLUMNS as MEASUREMENT_META_COLUMNS
 from codesign.userinput import BadInput
 from cost_models.features import FeatureConfig, OpFeaturizer, SignatureTable, \
     signatures_from_oplists
@@ -35,7 +43,8 @@ from cost_models.ir import Op
 from cost_models.learned import LearnedCostModel, PriorStage
 
 NEAR_ZERO_FRACTION = 0.05
-META_COLUMNS = ("index",)
+META_COLUMNS = ("index",) + MEASUREMENT_META_COLUMNS
+KINDS = ("learned", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class MeasurementTable:
         columns: the latency columns' names.
         latency_ms: (n_rows, n_columns) latencies in ms.
         table, features: the rows' op signatures and ``OpFeaturizer`` features.
+        config: the device whose analytic terms the features are.
     """
 
     space: str
@@ -100,6 +110,7 @@ class MeasurementTable:
     latency_ms: np.ndarray
     table: SignatureTable
     features: np.ndarray
+    config: FeatureConfig = FeatureConfig()
 
     def column(self, name: str) -> np.ndarray:
         return self.latency_ms[:, self.columns.index(name)]
@@ -166,7 +177,7 @@ def read_measurements(space: str, path: Path, *,
     table = signatures_from_oplists(reader.lower(c) for c in candidates)
     return MeasurementTable(space, str(path), tuple(archs), tuple(header[i] for i in lat_at),
                             np.asarray(values, dtype=np.float64), table,
-                            featurizer.aggregate(table))
+                            featurizer.aggregate(table), config)
 
 
 def metrics(pred_ms: np.ndarray, meas_ms: np.ndarray) -> dict[str, Any]:
@@ -241,7 +252,7 @@ def fit_and_score(data: MeasurementTable, target: str, priors: Sequence[str], sa
     model = LearnedCostModel.fit(data.table, data.features, target_name=target,
                                  train_rows=train, target_latency_ms=y[train],
                                  prior_latency_ms=prior, prior_names=list(priors),
-                                 prior_stage=prior_stage)
+                                 config=data.config, prior_stage=prior_stage)
     pred = model.predict_table(data.table, data.features)
     result = metrics(pred[test], y[test])
     result.update({"n_train": int(len(train)), "n_test": int(len(test)),
@@ -250,8 +261,37 @@ def fit_and_score(data: MeasurementTable, target: str, priors: Sequence[str], sa
     return result, model
 
 
+def feature_config(kind: str, device: str | None, backend: str, threads: int) -> FeatureConfig:
+    """The features' device: the reference one (``learned``) or the target's own (``hybrid``).
+
+    Raises:
+        BadInput: unknown kind, a hybrid without ``device``, bad threads.
+    """
+    if kind not in KINDS:
+        raise BadInput(f"unknown --cost-model {kind!r}; valid: {', '.join(KINDS)}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise BadInput(f"--threads must be a positive integer, got {threads!r}")
+    if kind == "hybrid" and not device:
+        raise BadInput("--cost-model hybrid needs --device: the catalog device the target column "
+                       "was measured on (its analytic model is the prior)")
+    if not device:
+        return FeatureConfig()
+    from cost_models.backends import backend_for
+    from cost_models.devices import load_device
+
+    spec = load_device(device)
+    backend_for(spec, backend)  # the device must have that back-end
+    if threads > spec.cpu.n_cores:
+        raise BadInput(f"--threads {threads}: {spec.name} has {spec.cpu.n_cores} cores")
+    if kind == "learned":
+        return FeatureConfig()
+    return FeatureConfig(spec.name, backend, threads)
+
+
 def calibrate(space: str, measurements: Path, target: str, prior_columns: list[str] | None,
-              samples: int, seed: int, save: Path | None) -> dict[str, Any]:
+              samples: int, seed: int, save: Path | None, *, kind: str = "learned",
+              device: str | None = None, backend: str = "xnnpack",
+              threads: int = 1) -> dict[str, Any]:
     """The ``codesign calibrate`` contract (see /work/shared/CLI.md).
 
     Args:
@@ -262,20 +302,28 @@ def calibrate(space: str, measurements: Path, target: str, prior_columns: list[s
         samples: target rows to fit on (2 <= samples < rows), drawn with ``seed``.
         seed: the sampling seed.
         save: where to write the fitted model (JSON), or None.
+        kind: "learned" or "hybrid" (see the module docstring).
+        device, backend, threads: what the target column measured (a catalog device); needed
+            for a hybrid, recorded in the saved model either way so ``search`` can check it.
     Returns:
         {"spearman", "kendall", "mape", "within_10pct", "n_train", "n_test"} plus
         "median_ape", "n_near_zero", "near_zero_threshold_ms", "mape_excluding_near_zero",
-        "target", "prior_columns", "space", "seed", "cv_rms_log_error", "runtime_s" and
-        "saved" (the path, when ``save`` is given).
+        "target", "prior_columns", "space", "seed", "cv_rms_log_error", "cost_model",
+        "runtime_s" and "saved" (the path, when ``save`` is given).
     Raises:
         BadInput: anything the user can fix, in one line.
     """
     start = time.perf_counter()
     if save is not None and not Path(save).parent.is_dir():
         raise BadInput(f"--save {save}: directory {Path(save).parent} does not exist")
-    data = read_measurements(space, Path(measurements))
+    config = feature_config(kind, device, backend, threads)
+    data = read_measurements(space, Path(measurements), config=config)
     priors = resolve_columns(data, target, prior_columns)
     result, model = fit_and_score(data, target, priors, samples, seed)
+    model.target_info = {"kind": kind, "column": target, "space": space}
+    if device:
+        model.target_info.update({"device": device, "backend": backend, "threads": threads})
+    result["cost_model"] = kind
     if save is not None:
         try:
             model.save(Path(save))
@@ -287,4 +335,5 @@ def calibrate(space: str, measurements: Path, target: str, prior_columns: list[s
 
 
 __all__ = ["calibrate", "read_measurements", "fit_and_score", "metrics", "split_rows",
-           "resolve_columns", "MeasurementTable", "SPACES", "NEAR_ZERO_FRACTION"]
+           "resolve_columns", "MeasurementTable", "SPACES", "NEAR_ZERO_FRACTION", "KINDS",
+           "feature_config"]

@@ -57,11 +57,14 @@ def threads_choices(device: DeviceSpec, backend: BackendSpec) -> tuple[int, ...]
     return tuple(sorted({1, max(1, top // 2), top}))
 
 
-def load_space(ref: str, backend: BackendSpec, device: DeviceSpec) -> SearchSpace:
+def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
+               threads: tuple[int, ...] | None = None) -> SearchSpace:
+    """The space ``ref``; ``threads`` fixes the MBConv thread choices (a learned cost model
+    prices the thread count it was measured at, nothing else)."""
     if ref == "mbconv":
         from search_spaces.mbconv import MBConvSpace
 
-        return MBConvSpace(backend, threads_choices=threads_choices(device, backend))
+        return MBConvSpace(backend, threads_choices=threads or threads_choices(device, backend))
     if ref == "nasbench201":
         from search_spaces.nasbench201 import NASBench201Space
 
@@ -124,6 +127,7 @@ class SearchContext:
     budget_s: float
     cost_model_name: str
     baseline_params: dict[str, Any] | None = None
+    learned: Any = None  # codesign.learned_pricing.LearnedPricer for learned/hybrid, else None
     _models: dict[int, AnalyticCostModel] = field(default_factory=dict, repr=False)
 
     def cost_model(self, threads: int) -> AnalyticCostModel:
@@ -144,11 +148,14 @@ class SearchContext:
                 "cost_model": self.cost_model_name, "seed": config.seed,
                 "sampler": config.sampler,
                 "deploy_input_shape": list(self.space.deploy_input_shape),
-                "eval_input_shape": list(self.space.eval_input_shape)}
+                "eval_input_shape": list(self.space.eval_input_shape),
+                **(self.learned.provenance() if self.learned is not None else {})}
 
     def price(self, candidate) -> dict[str, Any]:
         from kernels.tile_tuner import apply_tuned_tiles
 
+        if self.learned is not None:
+            return self._price_learned(candidate)
         # on the host, a tile the candidate leaves free is the one the tuner measured best
         ops = apply_tuned_tiles(self.space.to_ops(candidate), self.device, self.backend)
         threads = getattr(candidate, "threads", self.device.default_threads)
@@ -158,6 +165,20 @@ class SearchContext:
         e = self.error_fraction
         return {"ops": ops, "batch": batch, "prediction": pred, "latency_s": latency,
                 "latency_band_s": (latency * (1 - e), latency * (1 + e)),
+                "model_bytes": model_bytes(ops), "peak_activation_bytes": peak_activation_bytes(ops)}
+
+    def _price_learned(self, candidate) -> dict[str, Any]:
+        # the op list exactly as calibrate featurised the training rows (no tile resolution)
+        threads = getattr(candidate, "threads", self.learned.threads)
+        if threads != self.learned.threads:
+            raise ValueError(f"the {self.learned.kind} cost model was measured at "
+                             f"{self.learned.threads} thread(s), not {threads}")
+        ops = self.space.to_ops(candidate)
+        pred = self.learned.predict(ops)
+        latency = float(pred.latency_s[0])
+        lo, hi = pred.band
+        return {"ops": ops, "batch": OpBatch.from_oplists([ops]), "prediction": pred,
+                "latency_s": latency, "latency_band_s": (latency * lo, latency * hi),
                 "model_bytes": model_bytes(ops), "peak_activation_bytes": peak_activation_bytes(ops)}
 
     def evaluate(self, candidate, *, split: str = "val") -> TrialOutcome:
@@ -195,16 +216,16 @@ def _key(candidate) -> str:
 def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     """The context for a ``SearchConfig``; ``device``: the spec already loaded for
     ``config.device`` (a sweep ships specs to nodes that may not have the user's YAML file)."""
-    from codesign.pricing import COST_MODELS
+    from codesign.learned_pricing import load_pricer
 
-    if config.cost_model not in COST_MODELS:
-        raise BadInput(f"unknown --cost-model {config.cost_model!r}; "
-                       f"valid: {', '.join(COST_MODELS)}")
     device = device if device is not None else load_device(config.device)
     backend = backend_for(device, config.backend or "codesign")
-    space = load_space(config.space, backend, device)
+    learned = load_pricer(config.cost_model, device, backend,
+                          getattr(config, "cost_model_file", None))
+    space = load_space(config.space, backend, device,
+                       (learned.threads,) if learned is not None else None)
     evaluator = load_evaluator(config.evaluator, space, config.seed)
     baseline = load_baseline(config.baseline, space) if config.baseline else None
     return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
-                         baseline)
+                         baseline, learned)
 

@@ -43,6 +43,7 @@ class SearchConfig:
     seed: int = 0
     sampler: str = "tpe"
     cost_model: str = "analytic"
+    cost_model_file: Path | None = None  # learned/hybrid: the model (None: the default path)
     workers: int = 1
     threads_per_worker: int = 1
     ray_address: str | None = None

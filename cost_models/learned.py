@@ -29,8 +29,11 @@ tuned per target (the only per-target choice is the cross-validated grid point a
 Persistence: ``save`` writes JSON (format ``codesign.learned``, ``FORMAT_VERSION``): arrays as
 lists, latencies in milliseconds, the op-signature registry with each signature's reference
 analytic latency (so a loaded model prices known ops exactly as when it was fitted), both
-stages' coefficients and the target's training rows (so ``update`` can refit). ``load`` rejects
-other formats and versions.
+stages' coefficients and the target's training rows (so ``update`` can refit), and an optional
+``target_info`` object saying what was measured (device, back-end, threads, and whether the
+features were the target device's own analytic terms: ``kind`` "hybrid") so ``search`` can check
+it prices the device it was fitted for; files without it stay readable. ``load`` rejects other
+formats and versions.
 """
 from __future__ import annotations
 
@@ -191,8 +194,12 @@ class LearnedCostModel(CostModel):
 
     def __init__(self, config: FeatureConfig, signatures: np.ndarray,
                  signature_latency_s: np.ndarray, priors: list[DeviceFit], target: DeviceFit,
-                 training: dict[str, Any], featurizer: OpFeaturizer | None = None) -> None:
+                 training: dict[str, Any], featurizer: OpFeaturizer | None = None,
+                 target_info: dict[str, Any] | None = None) -> None:
         self.config = config
+        # What the target rows measured: {"kind", "device", "backend", "threads", "column"}
+        # (keys present where known). Saved with the model; never read by the fits.
+        self.target_info = dict(target_info or {})
         self.signatures = signatures  # (n_terms, SIGNATURE_WIDTH): the deviation terms' keys
         # Their analytic latency on the reference device when the model was fitted: features of
         # known ops use these, so later edits to device files or the analytic model do not move
@@ -363,6 +370,7 @@ class LearnedCostModel(CostModel):
             "signature_latency_s": self.signature_latency_s.tolist(),
             "priors": [p.to_json() for p in self.priors],
             "target": self.target.to_json(),
+            "target_info": self.target_info,
             "training": {"latency_ms": list(self.training["latency_ms"]),
                          "prior_basis": d.prior_basis.tolist(),
                          "target_basis": d.target_basis.tolist(),
@@ -406,6 +414,9 @@ class LearnedCostModel(CostModel):
                                  f"{n_terms} signatures")
             priors = [DeviceFit.from_json(p, n_terms) for p in payload["priors"]]
             target = DeviceFit.from_json(payload["target"], n_terms)
+            target_info = payload.get("target_info", {})
+            if not isinstance(target_info, dict):
+                raise ValueError("target_info is not an object")
             tr = payload["training"]
             terms = np.zeros((len(tr["latency_ms"]), n_terms))
             for r, row in enumerate(tr["terms"]):
@@ -420,7 +431,8 @@ class LearnedCostModel(CostModel):
             raise ModelFormatError(f"{path}: malformed {FORMAT} model: "
                                    f"{type(exc).__name__}: {exc}") from None
         return cls(config, signatures, latency_s, priors, target,
-                   {"latency_ms": list(tr["latency_ms"]), "design": design}, featurizer)
+                   {"latency_ms": list(tr["latency_ms"]), "design": design}, featurizer,
+                   target_info)
 
 
 @dataclass(frozen=True)
