@@ -55,7 +55,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", default=None, help="stop after this many seconds")
     s.add_argument("--seed", default="0", help="random seed (default 0)")
     s.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
-    s.add_argument("--cost-model", default="analytic", help="analytic")
+    s.add_argument("--cost-model", default="analytic",
+                   help="analytic (default), learned or hybrid (a model from calibrate --save)")
+    s.add_argument("--cost-model-file", default=None,
+                   help="learned/hybrid model JSON (default: $CODESIGN_MODEL_DIR/"
+                        "<device>-<backend>-<kind>.json)")
     s.add_argument("--workers", default="1", help="trials evaluated in parallel on Ray (default 1: "
                    "no Ray)")
     s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: a local Ray)")
@@ -78,7 +82,60 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--samples", required=True, help="target rows to fit on")
     c.add_argument("--seed", default="0")
     c.add_argument("--save", default=None, help="write the fitted model (versioned JSON)")
+    c.add_argument("--cost-model", default="learned",
+                   help="learned (default: reference-device features) or hybrid (the --device's "
+                        "own analytic model as the prior, a learned residual)")
+    c.add_argument("--device", default=None,
+                   help="catalog device the target column measured (hybrid: required)")
+    c.add_argument("--backend", default="xnnpack", help="its back-end (default xnnpack)")
+    c.add_argument("--threads", default="1", help="its thread count (default 1)")
     c.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    m = sub.add_parser("measure", help="time candidates of a space on this machine (ExecuTorch)",
+                       description="Lower N distinct random candidates to XNNPACK .pte programs "
+                                   "(each layer at its priced precision), time them with the "
+                                   "ExecuTorch runtime and append one row each to a measurement "
+                                   "CSV (for calibrate). Re-running over the same --out continues.")
+    m.add_argument("--device", required=True, help="host (this machine)")
+    m.add_argument("--space", required=True, help="mbconv or MODULE:FACTORY (an MBConvSpace)")
+    m.add_argument("--backend", default="xnnpack", help="xnnpack (default)")
+    m.add_argument("--n", required=True, help="candidates in the file in total")
+    m.add_argument("--out", required=True, help="measurement CSV (appended to)")
+    m.add_argument("--seed", default="0", help="sampling and weight seed (default 0)")
+    m.add_argument("--threads", default="1", help="runtime threads (default 1)")
+    m.add_argument("--warmup", default="5", help="untimed runs per round (default 5)")
+    m.add_argument("--repeats", default="30", help="timed runs per round (default 30)")
+    m.add_argument("--rounds", default="2", help="rounds per candidate, fresh load each (default 2)")
+    m.add_argument("--noise-candidates", default="3",
+                   help="candidates re-lowered and re-timed at the end (default 3)")
+    m.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    u = sub.add_parser("bundle", help="write programs + a script to measure them on a phone",
+                       description="Write DIR with N candidates' .pte programs, manifest.json, "
+                                   "and run_on_phone.sh (adb + ExecuTorch's executor_runner).")
+    u.add_argument("--space", required=True, help="mbconv or MODULE:FACTORY (an MBConvSpace)")
+    u.add_argument("--n", required=True, help="candidates")
+    u.add_argument("--out", required=True, help="bundle directory (new or empty)")
+    u.add_argument("--backend", default="xnnpack", help="xnnpack (default)")
+    u.add_argument("--device", default=None, help="catalog device of the phone (optional: "
+                   "adds analytic predictions and names the latency column)")
+    u.add_argument("--seed", default="0", help="sampling and weight seed (default 0)")
+    u.add_argument("--threads", default="1", help="--cpu_threads on the phone (default 1)")
+    u.add_argument("--warmup", default="5", help="untimed runs (default 5)")
+    u.add_argument("--repeats", default="30", help="timed runs (default 30)")
+    u.add_argument("--rounds", default="2", help="runner invocations per program (default 2)")
+
+    g = sub.add_parser("ingest", help="turn a phone's results into a measurement CSV",
+                       description="Read RESULTS (the bundle's results/ directory of "
+                                   "executor_runner logs, or a CSV id,latency_ms[,p90_ms]) and "
+                                   "append one row per candidate to --out.")
+    g.add_argument("results", metavar="RESULTS", help="results directory or CSV")
+    g.add_argument("--out", required=True, help="measurement CSV (appended to)")
+    g.add_argument("--device", default=None, help="the phone's name: the latency column "
+                   "(default: the bundle's --device)")
+    g.add_argument("--manifest", default=None, help="the bundle's manifest.json (default: "
+                   "RESULTS/manifest.json, or next to a CSV)")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     d = sub.add_parser("devices", help="list the device catalog or show one spec",
                        description="`codesign devices` lists the catalog; "
@@ -120,6 +177,7 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--evaluator", default=None, help="MODULE:FUNC(candidate, split) -> accuracy")
     w.add_argument("--ray-address", default=None, help="join this Ray cluster (default: a local Ray)")
     w.add_argument("--out", required=True, help="sweep directory")
+
     return parser
 
 
@@ -172,6 +230,7 @@ def _cmd_search(args) -> int:
         device=args.device, budget_s=budget, budget_text=args.budget, backend=args.backend,
         space=args.space, trials=parse_positive_int(args.trials, "--trials"), timeout_s=timeout,
         seed=seed, sampler=args.sampler, cost_model=args.cost_model, evaluator=args.evaluator,
+        cost_model_file=Path(args.cost_model_file) if args.cost_model_file else None,
         workers=parse_positive_int(args.workers, "--workers"), ray_address=args.ray_address,
         baseline=Path(args.baseline) if args.baseline else None,
         out=Path(args.out) if args.out else None,
@@ -219,12 +278,79 @@ def _cmd_calibrate(args) -> int:
     result = calibrate(args.space, Path(args.measurements), args.target,
                        None if args.prior_columns is None else args.prior_columns.split(","),
                        parse_positive_int(args.samples, "--samples"), seed,
-                       Path(args.save) if args.save else None)
+                       Path(args.save) if args.save else None, kind=args.cost_model,
+                       device=args.device, backend=args.backend,
+                       threads=parse_positive_int(args.threads, "--threads"))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         for key, value in result.items():
             print(f"{key:24s} {value}")
+    return EXIT_OK
+
+
+def _int_arg(value: str, flag: str, low: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"{flag} must be an integer >= {low}, got {value!r}") from None
+    if number < low:
+        raise BadInput(f"{flag} must be an integer >= {low}, got {value!r}")
+    return number
+
+
+def _cmd_measure(args) -> int:
+    from codesign.measure_cmd import MeasureConfig, run_measure
+
+    config = MeasureConfig(
+        device=args.device, space=args.space, backend=args.backend, out=Path(args.out),
+        n=_int_arg(args.n, "--n", 1), seed=_int_arg(args.seed, "--seed", 0),
+        threads=_int_arg(args.threads, "--threads", 1),
+        warmup=_int_arg(args.warmup, "--warmup", 0), repeats=_int_arg(args.repeats, "--repeats", 1),
+        rounds=_int_arg(args.rounds, "--rounds", 1),
+        noise_candidates=_int_arg(args.noise_candidates, "--noise-candidates", 0))
+    summary = run_measure(config)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        floor = summary["noise_floor"]
+        print(f"{summary['n_rows']} candidates in {summary['out']} ({summary['n_measured_now']} "
+              f"measured now, {summary['n_failed']} failed, {summary['elapsed_s']:.0f} s)")
+        for key in ("round_spread", "remeasure_rel_diff", "loadavg_1m"):
+            print(f"{key:20s} {floor[key]}")
+    if summary["n_failed"]:
+        print(f"codesign measure: {summary['n_failed']} candidate(s) failed; first: "
+              f"{summary['failures'][0]}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_bundle(args) -> int:
+    from codesign.bundle import write_bundle
+
+    manifest = write_bundle(
+        args.space, _int_arg(args.n, "--n", 1), Path(args.out), backend=args.backend,
+        seed=_int_arg(args.seed, "--seed", 0), threads=_int_arg(args.threads, "--threads", 1),
+        warmup=_int_arg(args.warmup, "--warmup", 1), repeats=_int_arg(args.repeats, "--repeats", 1),
+        rounds=_int_arg(args.rounds, "--rounds", 1), device=args.device)
+    print(f"{len(manifest['programs'])} programs in {args.out}; run {args.out}/run_on_phone.sh "
+          f"with a phone attached, then `codesign ingest {args.out}/results --out CSV`")
+    return EXIT_OK
+
+
+def _cmd_ingest(args) -> int:
+    from codesign.bundle import ingest
+
+    summary = ingest(Path(args.results), Path(args.out), device=args.device,
+                     manifest_path=Path(args.manifest) if args.manifest else None)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['n_ingested']} rows appended to {summary['out']} (column "
+              f"{summary['device']}); {len(summary['skipped_already_in_out'])} already there, "
+              f"{len(summary['failed'])} failed on the device, {len(summary['missing'])} missing")
+        for cid, why in summary["failed"].items():
+            print(f"  failed {cid}: {why}")
     return EXIT_OK
 
 
@@ -290,7 +416,8 @@ def _cmd_sweep(args) -> int:
 
 
 COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench,
-            "sweep": _cmd_sweep, "export": _cmd_export}
+            "sweep": _cmd_sweep, "export": _cmd_export, "measure": _cmd_measure,
+            "bundle": _cmd_bundle, "ingest": _cmd_ingest}
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:
