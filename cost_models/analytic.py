@@ -106,6 +106,11 @@ class AnalyticCostModel(CostModel):
         for kind, per_dtype in self.backend.efficiency.items():
             for dtype, value in per_dtype.items():
                 self._eff[KIND_CODES[kind], DTYPE_CODES[dtype]] = value.value
+        # depthwise layers beyond the back-end's dedicated micro-kernels (NaN: no separate term)
+        self._dw_max_taps = self.backend.depthwise_max_taps or 0
+        self._dw_large_eff = np.full(len(_DTYPES), np.nan)
+        for dtype, value in (self.backend.depthwise_large_kernel_efficiency or {}).items():
+            self._dw_large_eff[DTYPE_CODES[dtype]] = value.value
         self._sparse_eff = np.zeros((n_kinds, n_patterns))
         for kind, cap in self.backend.ops.items():
             for pattern, eff in cap.sparsity.items():
@@ -213,6 +218,11 @@ class AnalyticCostModel(CostModel):
         accelerated = sparse_eff > 0
         useful_flops = np.where(accelerated, batch.flops * batch.density, batch.flops)
         eff = np.nan_to_num(self._eff[kind, dtype], nan=1.0) * np.where(accelerated, sparse_eff, 1.0)
+        if self._dw_max_taps:
+            # depthwise k = kh x kw taps; past the dedicated micro-kernels, the generic path
+            large = ((kind == KIND_CODES[OpKind.DEPTHWISE_CONV2D]) & (k > self._dw_max_taps)
+                     & np.isfinite(self._dw_large_eff[dtype]))
+            eff = np.where(large, self._dw_large_eff[dtype], eff)
 
         micro = np.where(tiled, self.micro_kernel_efficiency(mr, nr, dtype), 1.0)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -60,6 +60,10 @@ class BackendSpec:
     thread_sync_overhead_s: Sourced
     requant_bytes_per_elem: float  # extra traffic of a quantize/dequantize at a boundary
     analytic_error: Sourced | None = None  # the analytic model's known relative error here
+    # Depthwise kernels with more taps (kh x kw) than the back-end's dedicated micro-kernels
+    # cover run on a generic path at their own efficiency (per dtype); None: no such limit.
+    depthwise_max_taps: int | None = None
+    depthwise_large_kernel_efficiency: Mapping[str, Sourced] | None = None
     path: str = ""
 
     def default_tile(self, isa: str) -> TileSpec:
@@ -168,8 +172,27 @@ def parse_backend(data, path: str) -> BackendSpec:
         requant_bytes_per_elem=float(r.sourced("requant_bytes_per_elem").value),
         analytic_error=(r.sourced("analytic_error", maximum=1.0)
                         if "analytic_error" in r.data else None),
+        **_depthwise_limit(r),
         path=path,
     )
+
+
+def _depthwise_limit(r: _Reader) -> dict:
+    """The optional ``depthwise_large_kernel`` block: ``max_taps`` (sourced) and a per-dtype
+    ``efficiency`` for depthwise layers with more taps than that."""
+    if "depthwise_large_kernel" not in r.data:
+        return {}
+    block = r.sub("depthwise_large_kernel")
+    taps = block.sourced("max_taps")
+    if taps.value != int(taps.value) or taps.value < 1:
+        raise block.error(f"expected a positive integer, got {taps.value!r}", "max_taps")
+    eff = block.sub("efficiency")
+    for d in eff.data:
+        if d not in DTYPES:
+            raise eff.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
+    return {"depthwise_max_taps": int(taps.value),
+            "depthwise_large_kernel_efficiency": {d: eff.sourced(d, maximum=1.0)
+                                                  for d in eff.data}}
 
 
 def backend_names() -> list[str]:

@@ -126,3 +126,41 @@ def test_assumptions_name_cores_and_backend(pixel8):
     assert a["backend"] == "xnnpack" and a["threads"] == 5
     assert a["cores"] == [{"cluster": "prime", "core": "cortex-x3", "count": 1},
                           {"cluster": "big", "core": "cortex-a715", "count": 4}]
+
+
+def depthwise(kernel: int, channels: int = 96, hw: int = 64):
+    m = hw * hw
+    return Op(f"dw{kernel}", OpKind.DEPTHWISE_CONV2D, (1, channels, hw, hw),
+              ((1, channels, hw, hw),), m=m, n=1, k=kernel * kernel, groups=channels,
+              flops=2.0 * m * kernel * kernel * channels, weight_elems=channels * kernel * kernel,
+              out_channels=channels)
+
+
+def test_xnnpack_large_depthwise_kernels_take_the_generic_path(pixel8):
+    from cost_models.backends import load_backend
+
+    xnnpack = load_backend("xnnpack")
+    assert xnnpack.depthwise_max_taps == 25
+    lat = price(AnalyticCostModel(pixel8, xnnpack, threads=1),
+                [depthwise(5)], [depthwise(7)]).latency_s
+    per_flop_ratio = (lat[1] / 49) / (lat[0] / 25)
+    dw_eff = xnnpack.efficiency[OpKind.DEPTHWISE_CONV2D]["fp32"].value
+    large_eff = xnnpack.depthwise_large_kernel_efficiency["fp32"].value
+    # compute-bound at this size: the per-FLOP slowdown is the ratio of the two efficiencies
+    assert per_flop_ratio == pytest.approx(dw_eff / large_eff, rel=0.1)
+    # the codesign back-end declares no such limit: 7x7 costs about 49/25 of 5x5
+    codesign = price(AnalyticCostModel(pixel8, load_backend("codesign"), threads=1),
+                     [depthwise(5)], [depthwise(7)]).latency_s
+    assert codesign[1] / codesign[0] < 2.5
+
+
+def test_bad_depthwise_limit_names_file_and_field(tmp_path):
+    import yaml
+
+    from cost_models.backends import config_path, parse_backend
+    from cost_models.devices import SpecError
+
+    data = yaml.safe_load(config_path("backends", "xnnpack").read_text())
+    data["depthwise_large_kernel"]["max_taps"]["value"] = 2.5
+    with pytest.raises(SpecError, match="depthwise_large_kernel.max_taps.*positive integer"):
+        parse_backend(data, "xnnpack.yaml")
