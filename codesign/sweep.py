@@ -157,7 +157,6 @@ class RunStore:
 
     def create(self, path: str, identity: dict[str, Any]) -> None:
         RunDir(Path(path)).create(identity)
-        self._backend(path)  # the journal file exists from now on, as check_resume requires
 
     def check_resume(self, path: str, identity: dict[str, Any]) -> None:
         RunDir(Path(path)).check_resume(identity)

@@ -126,11 +126,14 @@ def test_a_worker_killed_mid_trial_is_retried_and_resumes_its_journal(tmp_path, 
     row = next(r for r in rows if r["run_dir"] == killed_run)
     assert row["attempts"] == 2, "Ray retried the task, which resumed the run"
     ts = trials[killed_run]
-    assert len(ts) == 6, "the retry continued up to --trials, it did not start over"
     failed = [t for t in ts if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["worker_pid"] == victim
     assert "left RUNNING by a process that died" in failed[0].user_attrs["fail_reason"]
     assert all(t.state == TrialState.COMPLETE for t in ts if t is not failed[0])
+    # the retry continued the journal up to --trials (the interrupted trial does not count)
+    # instead of starting over
+    assert failed[0].user_attrs["interrupted"] and len(ts) == 7
+    assert [t.number for t in ts] == list(range(7))
     # trials the killed process completed (in this run or another) are all still there
     done_by_victim = [t for d in trials for t in trials[d]
                       if t.state == TrialState.COMPLETE and t.user_attrs["pid"] == victim]
