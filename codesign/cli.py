@@ -178,6 +178,15 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--ray-address", default=None, help="join this Ray cluster (default: a local Ray)")
     w.add_argument("--out", required=True, help="sweep directory")
 
+    r = sub.add_parser("report", help="a run's Pareto table, plot and per-layer breakdowns",
+                       description="Print RUN_DIR's Pareto table, write RUN_DIR/pareto.png "
+                                   "(accuracy vs latency of every trial, budget, front) and "
+                                   "print the command that opens the run in optuna-dashboard.")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a search's run directory")
+    r.add_argument("--member", default=None,
+                   help="trial number of a front member: its per-layer latency breakdown")
+    r.add_argument("--html", action="store_true",
+                   help="also write RUN_DIR/pareto.html (interactive, Optuna + plotly)")
     return parser
 
 
@@ -415,7 +424,20 @@ def _cmd_sweep(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench,
+def _cmd_report(args) -> int:
+    from codesign.report import report
+
+    member = None
+    if args.member is not None:
+        try:
+            member = int(args.member)
+        except ValueError:
+            raise BadInput(f"--member must be a trial number, got {args.member!r}") from None
+    print(report(Path(args.run_dir), member=member, html=args.html))
+    return EXIT_OK
+
+
+COMMANDS = {"report": _cmd_report, "search": _cmd_search, "predict": _cmd_predict, "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench,
             "sweep": _cmd_sweep, "export": _cmd_export, "measure": _cmd_measure,
             "bundle": _cmd_bundle, "ingest": _cmd_ingest}
 

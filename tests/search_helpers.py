@@ -34,3 +34,17 @@ def small_space(backend):
 
 def not_a_space(backend):
     return 42
+
+
+class FragileSpace(MBConvSpace):
+    """A user's space with points it cannot build (stage 1 at depth 2 is rejected)."""
+
+    def decode(self, params):
+        candidate = super().decode(params)
+        if candidate.arch.stages[1].depth == 2:
+            raise ValueError("stage 1 at depth 2 has no kernel for this shape")
+        return candidate
+
+
+def fragile_space(backend):
+    return FragileSpace(backend, threads_choices=(1,))
