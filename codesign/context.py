@@ -21,7 +21,7 @@ from cost_models.devices import DeviceSpec, load_device
 from cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
 from search_spaces.base import SearchSpace
 
-BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet")
+BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
 
 
 @dataclass
@@ -39,9 +39,16 @@ class TrialOutcome:
     eval_seconds: float = 0.0
     pid: int = 0
     error: str | None = None
+    # spaces with a second phase / a RAM check (transformer): time to first token, resident
+    # bytes, and the constraints beyond the latency budget (feasible when <= 0)
+    ttft_s: float | None = None
+    memory_bytes: int | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
 
     def attrs(self) -> dict[str, Any]:
-        return {"accuracy_interval": list(self.accuracy_interval), "n_eval": self.n_eval,
+        extra = {k: v for k, v in (("ttft_s", self.ttft_s), ("memory_bytes", self.memory_bytes))
+                 if v is not None}
+        return {**extra, "accuracy_interval": list(self.accuracy_interval), "n_eval": self.n_eval,
                 "latency_s": self.latency_s, "latency_band_s": list(self.latency_band_s),
                 "model_bytes": self.model_bytes,
                 "peak_activation_bytes": self.peak_activation_bytes,
@@ -73,6 +80,11 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
         from search_spaces.fbnet import FBNetSpace
 
         return FBNetSpace(backend)
+    if ref == "transformer":
+        from search_spaces.transformer import TransformerSpace
+
+        return TransformerSpace(backend,
+                                threads_choices=threads or threads_choices(device, backend))
     if ":" not in ref:
         raise BadInput(f"unknown --space {ref!r}; valid: {', '.join(BUILTIN_SPACES)} "
                        "or MODULE:FACTORY")
@@ -99,6 +111,9 @@ def load_evaluator(ref: str | None, space: SearchSpace, seed: int):
         from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
         return SupernetEvaluator(space, seed=seed)
+    if space.name == "transformer":
+        raise BadInput("space 'transformer' has no built-in quality evaluator yet (the perplexity "
+                       "supernet is issue 9 phase 2); pass --evaluator MODULE:FUNC")
     raise BadInput(f"space {space.name!r} has no built-in evaluator; pass --evaluator MODULE:FUNC")
 
 
@@ -128,6 +143,7 @@ class SearchContext:
     cost_model_name: str
     baseline_params: dict[str, Any] | None = None
     learned: Any = None  # codesign.learned_pricing.LearnedPricer for learned/hybrid, else None
+    ttft_budget_s: float | None = None  # spaces with a prefill phase: time-to-first-token budget
     _models: dict[int, AnalyticCostModel] = field(default_factory=dict, repr=False)
 
     def cost_model(self, threads: int) -> AnalyticCostModel:
@@ -147,8 +163,10 @@ class SearchContext:
                 "space": self.space.name, "space_sha256": space_sha,
                 "cost_model": self.cost_model_name, "seed": config.seed,
                 "sampler": config.sampler,
+                "evaluator": getattr(config, "evaluator", None),
                 "deploy_input_shape": list(self.space.deploy_input_shape),
                 "eval_input_shape": list(self.space.eval_input_shape),
+                **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
                 **(self.learned.provenance() if self.learned is not None else {})}
 
     def price(self, candidate) -> dict[str, Any]:
@@ -163,9 +181,44 @@ class SearchContext:
         pred = self.cost_model(threads).predict(batch)
         latency = float(pred.latency_s[0])
         e = self.error_fraction
-        return {"ops": ops, "batch": batch, "prediction": pred, "latency_s": latency,
-                "latency_band_s": (latency * (1 - e), latency * (1 + e)),
-                "model_bytes": model_bytes(ops), "peak_activation_bytes": peak_activation_bytes(ops)}
+        priced = {"ops": ops, "batch": batch, "prediction": pred, "latency_s": latency,
+                  "latency_band_s": (latency * (1 - e), latency * (1 + e)),
+                  "model_bytes": model_bytes(ops),
+                  "peak_activation_bytes": peak_activation_bytes(ops)}
+        return {**priced, **self._other_phases(candidate, threads)}
+
+    def _other_phases(self, candidate, threads: int) -> dict[str, Any]:
+        """A space's prefill phase (time to first token) and RAM check, where it has them."""
+        out: dict[str, Any] = {}
+        prefill = self.space.prefill_ops(candidate)
+        if prefill is not None:
+            from kernels.tile_tuner import apply_tuned_tiles
+
+            ops = apply_tuned_tiles(prefill, self.device, self.backend)
+            batch = OpBatch.from_oplists([ops])
+            pred = self.cost_model(threads).predict(batch)
+            ttft, e = float(pred.latency_s[0]), self.error_fraction
+            out.update(prefill_batch=batch, prefill_prediction=pred, ttft_s=ttft,
+                       ttft_band_s=(ttft * (1 - e), ttft * (1 + e)),
+                       prefill_peak_activation_bytes=peak_activation_bytes(ops))
+        resident = self.space.memory_bytes(candidate)
+        if resident is not None:
+            out.update(memory_bytes=int(resident),
+                       memory_share_bytes=int(self.device.memory.app_ram_bytes))
+        return out
+
+    def constraints(self, priced: dict[str, Any]) -> dict[str, float]:
+        """Constraints beyond the latency budget (feasible when <= 0)."""
+        out: dict[str, float] = {}
+        if self.ttft_budget_s is not None and "ttft_s" in priced:
+            out["ttft_over_budget_s"] = priced["ttft_s"] - self.ttft_budget_s
+        if "memory_bytes" in priced:
+            # the resident bytes plus the larger phase's activations must fit the RAM share
+            peak = max(priced["peak_activation_bytes"],
+                       priced.get("prefill_peak_activation_bytes", 0))
+            out["memory_over_share_bytes"] = float(priced["memory_bytes"] + peak
+                                                   - priced["memory_share_bytes"])
+        return out
 
     def _price_learned(self, candidate) -> dict[str, Any]:
         # the op list exactly as calibrate featurised the training rows (no tile resolution)
@@ -197,7 +250,9 @@ class SearchContext:
             n_eval=result.n, latency_s=priced["latency_s"],
             latency_band_s=priced["latency_band_s"], model_bytes=priced["model_bytes"],
             peak_activation_bytes=priced["peak_activation_bytes"], candidate_key=_key(candidate),
-            eval_seconds=time.perf_counter() - start, pid=os.getpid())
+            eval_seconds=time.perf_counter() - start, pid=os.getpid(),
+            ttft_s=priced.get("ttft_s"), memory_bytes=priced.get("memory_bytes"),
+            constraints=self.constraints(priced))
 
     def evaluate_params(self, trial) -> TrialOutcome:
         try:
@@ -224,8 +279,15 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
                           getattr(config, "cost_model_file", None))
     space = load_space(config.space, backend, device,
                        (learned.threads,) if learned is not None else None)
+    ttft_budget_s = getattr(config, "ttft_budget_s", None)
+    if ttft_budget_s is not None and type(space).prefill_ops is SearchSpace.prefill_ops:
+        raise BadInput(f"--ttft-budget: space {space.name!r} has no prefill phase (it applies "
+                       "to --space transformer)")
+    if learned is not None and type(space).prefill_ops is not SearchSpace.prefill_ops:
+        raise BadInput(f"--cost-model {config.cost_model}: learned models are fitted on single-"
+                       f"phase spaces; space {space.name!r} is priced with --cost-model analytic")
     evaluator = load_evaluator(config.evaluator, space, config.seed)
     baseline = load_baseline(config.baseline, space) if config.baseline else None
     return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
-                         baseline, learned)
+                         baseline, learned, ttft_budget_s)
 

@@ -167,3 +167,12 @@ def test_cli_export_exits_1_when_a_member_fails(tmp_path, capsys):
 def test_cli_export_bad_input(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "not a finished codesign run (no run.json)" in capsys.readouterr().err
+
+
+def test_export_refuses_a_run_scored_by_another_evaluator(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "ev", XNN_SPACE, "xnnpack", [])
+    identity = json.loads((run_dir / "run.json").read_text())
+    identity["evaluator"] = "tests.search_helpers:proxy_accuracy"
+    (run_dir / "run.json").write_text(json.dumps(identity))
+    assert main(["export", str(run_dir)]) == 2
+    assert "scored its candidates with --evaluator" in capsys.readouterr().err

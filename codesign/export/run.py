@@ -151,6 +151,10 @@ class _Run:
         from codesign.context import load_space
 
         identity, pareto = load_run(run_dir)
+        if identity.get("evaluator") and evaluator is None:
+            raise BadInput(f"{run_dir}: the run scored its candidates with --evaluator "
+                           f"{identity['evaluator']}; export builds them with the supernet's "
+                           "trained weights, which that evaluator did not score")
         device = load_device(identity["device"])
         backend = backend_for(device, identity["backend"])
         if evaluator is not None:
@@ -165,8 +169,8 @@ class _Run:
             evaluator = SupernetEvaluator(space, seed=int(identity.get("seed", 0)))
         if not hasattr(evaluator, "build_deployable"):
             raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules")
-        sha = getattr(space.config, "sha256", None)
-        if identity.get("space_sha256") not in (None, sha):
+        sha = getattr(space.config, "sha256", "")  # a built-in config's hash; "" for others
+        if sha and identity.get("space_sha256") not in (None, sha):
             raise BadInput(f"{run_dir}: the run's space_sha256 {identity['space_sha256']} "
                            f"differs from the space now loaded ({sha}); export would build "
                            "other networks than the ones searched")
