@@ -52,6 +52,7 @@ class SearchConfig:
     out: Path | None = None
     resume: Path | None = None
     progress: bool = True
+    ttft_budget_s: float | None = None  # --space transformer: time-to-first-token budget
 
 
 @dataclass
@@ -119,6 +120,8 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutco
     for key, value in outcome.attrs().items():
         trial.set_user_attr(key, value)
     trial.set_constraint("latency_over_budget_s", outcome.latency_s - budget_s)
+    for name, value in outcome.constraints.items():  # TTFT budget, RAM share (transformer)
+        trial.set_constraint(name, value)
     study.tell(trial, [outcome.accuracy, outcome.latency_s, float(outcome.model_bytes)])
 
 

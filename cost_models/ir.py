@@ -61,6 +61,10 @@ class Op:
     GEMM view (conv, linear, matmul): ``m`` output rows (batch x output pixels or tokens),
     ``n`` output channels per group, ``k`` reduction length per group (Cin/groups x kh x kw),
     ``groups`` independent GEMMs (``groups == channels`` for depthwise). Zero for other kinds.
+
+    A MATMUL's ``weight_elems`` is its stationary operand when that lives in memory across calls
+    (a K or V cache, ``quant`` its precision): priced as streamed like weights, but it is state,
+    not stored with the model, so ``model_bytes`` leaves it out.
     """
 
     name: str
@@ -191,8 +195,10 @@ def total_flops(ops: Iterable[Op]) -> float:
 
 
 def model_bytes(ops: Iterable[Op], *, sparse_format: bool = True) -> int:
-    """Bytes of everything stored with the model: weights, scales, zero points, sparse indices."""
-    return int(round(sum(op.weight_bytes(sparse_format=sparse_format) for op in ops)))
+    """Bytes of everything stored with the model: weights, scales, zero points, sparse indices
+    (not a MATMUL's cached operand: that is run-time state, see ``Op``)."""
+    return int(round(sum(op.weight_bytes(sparse_format=sparse_format) for op in ops
+                         if op.kind is not OpKind.MATMUL)))
 
 
 def peak_activation_bytes(ops: Sequence[Op]) -> int:

@@ -55,6 +55,16 @@ class SearchSpace(abc.ABC):
     def to_ops(self, candidate: Any) -> Sequence[Op]:
         """Lower a candidate at ``deploy_input_shape`` to the op list (precisions applied)."""
 
+    def prefill_ops(self, candidate: Any) -> Sequence[Op] | None:
+        """A second phase priced next to ``to_ops`` (a decoder's prompt prefill: its latency is
+        the time to first token, ``ttft_s``), or None where the space has only one phase."""
+        return None
+
+    def memory_bytes(self, candidate: Any) -> int | None:
+        """Bytes the deployed model holds from load on, checked against the device's RAM share
+        (a decoder's weights plus its whole KV cache), or None where weights are all of it."""
+        return None
+
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         """Ask ``trial`` for every active parameter and decode the result."""
         params: dict[str, Any] = {}
