@@ -15,11 +15,13 @@
 
 * the ``results/`` directory the script fills: per candidate and round ``<id>.r<k>.warmup.log``
   (``--num_executions WARMUP``) and ``<id>.r<k>.log`` (``--num_executions WARMUP+REPEATS``), the
-  runner's own log output. Where the runner logs every iteration (``Iteration i of N: t ms``)
-  the warm-up iterations are dropped and the median/p90 of the rest is taken; where it only logs
-  the total (``Model executed successfully N time(s) in T ms``) the latency is the mean of the
-  timed iterations, ``(T_full - T_warmup) / REPEATS`` (each process pays its own first-run cost,
-  so the difference cancels it). The latency is the lowest round's;
+  runner's own log output, and ``<id>.r<k>.etdump`` when the script ran with ``ETDUMP=1`` (a
+  runner built with the event tracer). Per round, in order of preference: the ETDump's
+  ``Method::execute`` event, one duration per execution; the log's per-iteration lines
+  (``Iteration i of N: t ms``) — either way the warm-up executions are dropped and the median/p90
+  of the rest taken; else the log's total (``Model executed successfully N time(s) in T ms``):
+  the mean of the timed iterations, ``(T_full - T_warmup) / REPEATS`` (each process pays its own
+  first-run cost, so the difference cancels it). The latency is the lowest round's;
 * or a CSV with columns ``id,latency_ms`` (optionally ``p90_ms``), one row per measurement (an id
   may repeat: its rows are rounds), for measurements taken with another harness.
 
@@ -36,6 +38,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +48,7 @@ import numpy as np
 from codesign.userinput import BadInput
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "write_bundle", "ingest", "parse_runner_log",
-           "RunnerLog", "RunFailed"]
+           "RunnerLog", "RunFailed", "etdump_execution_ms"]
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "codesign.bundle", 1
 _NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
@@ -71,6 +74,8 @@ WARMUP={manifest['warmup']}
 REPEATS={manifest['repeats']}
 ROUNDS={manifest['rounds']}
 adb_() {{ if [ -n "${{ADB_SERIAL:-}}" ]; then adb -s "$ADB_SERIAL" "$@"; else adb "$@"; fi; }}
+# ETDUMP=1: the runner was built with the event tracer; keep each timed run's ETDump as well
+ETDUMP=${{ETDUMP:-0}}
 if [ ! -f "$RUNNER" ]; then
   echo "no executor_runner at $RUNNER: build ExecuTorch's executor_runner for Android arm64 with" >&2
   echo "XNNPACK (see README.md) and pass its path" >&2
@@ -87,7 +92,13 @@ for id in $(cat "$HERE/programs.txt"); do
   r=1
   while [ "$r" -le "$ROUNDS" ]; do
     adb_ shell "cd $DEVICE_DIR && ./executor_runner --model_path $id.pte --num_executions $WARMUP --cpu_threads $THREADS" > "$HERE/results/$id.r$r.warmup.log" 2>&1 || true
-    adb_ shell "cd $DEVICE_DIR && ./executor_runner --model_path $id.pte --num_executions $((WARMUP + REPEATS)) --cpu_threads $THREADS" > "$HERE/results/$id.r$r.log" 2>&1 || true
+    extra=""
+    if [ "$ETDUMP" = 1 ]; then extra="--etdump_path $id.r$r.etdump"; fi
+    adb_ shell "cd $DEVICE_DIR && ./executor_runner --model_path $id.pte --num_executions $((WARMUP + REPEATS)) --cpu_threads $THREADS $extra" > "$HERE/results/$id.r$r.log" 2>&1 || true
+    if [ "$ETDUMP" = 1 ]; then
+      adb_ pull "$DEVICE_DIR/$id.r$r.etdump" "$HERE/results/" >/dev/null 2>&1 || true
+      adb_ shell rm -f "$DEVICE_DIR/$id.r$r.etdump"
+    fi
     r=$((r + 1))
   done
   adb_ shell rm -f "$DEVICE_DIR/$id.pte"
@@ -240,6 +251,31 @@ def parse_runner_log(path: Path) -> RunnerLog:
                      float(loaded.group(1)) if loaded else None)
 
 
+def etdump_execution_ms(path: Path) -> tuple[float, ...]:
+    """Per-execution latencies (ms) of the ``Method::execute`` events of an ETDump.
+
+    Raises:
+        BadInput: not a readable ETDump, or no ``Method::execute`` event in it.
+    """
+    from codesign.measure.pte import quiet_imports
+
+    with quiet_imports():
+        from executorch.devtools import Inspector
+        from executorch.devtools.inspector import TimeScale
+    try:
+        with warnings.catch_warnings():  # "Output Buffer not found": no tensor data wanted
+            warnings.simplefilter("ignore")
+            inspector = Inspector(etdump_path=str(path), source_time_scale=TimeScale.NS,
+                                  target_time_scale=TimeScale.MS)
+    except Exception as exc:  # the devtools raise assorted types for a corrupt file
+        raise BadInput(f"{path}: not a readable ETDump: {type(exc).__name__}: {exc}") from None
+    for block in inspector.event_blocks:
+        for event in block.events:
+            if event.name == "Method::execute" and event.perf_data is not None:
+                return tuple(float(v) for v in event.perf_data.raw)
+    raise BadInput(f"{path}: no Method::execute event (was the runner built with profiling?)")
+
+
 @dataclass
 class _Rounds:
     p50_ms: list[float] = field(default_factory=list)
@@ -269,10 +305,24 @@ def _rounds_from_logs(results: Path, manifest: dict[str, Any], cid: str) -> _Rou
     warmup, repeats = int(manifest["warmup"]), int(manifest["repeats"])
     out, problems = _Rounds(), []
     n_rounds = int(manifest["rounds"])
-    if not any((results / f"{cid}.r{r}.log").exists() for r in range(1, n_rounds + 1)):
+    if not any((results / f"{cid}.r{r}.{ext}").exists() for r in range(1, n_rounds + 1)
+               for ext in ("log", "etdump")):
         return None
     for r in range(1, n_rounds + 1):
         full_path = results / f"{cid}.r{r}.log"
+        etdump = results / f"{cid}.r{r}.etdump"
+        if etdump.exists():
+            executions = etdump_execution_ms(etdump)
+            if len(executions) != warmup + repeats:
+                raise BadInput(f"{etdump}: {len(executions)} executions, the bundle asked for "
+                               f"{warmup + repeats} (warmup {warmup} + repeats {repeats})")
+            timed = np.asarray(executions[warmup:])
+            out.p50_ms.append(float(np.median(timed)))
+            out.p90_ms.append(float(np.quantile(timed, 0.9)))
+            out.first_ms.append(executions[0])
+            out.load_ms.append(None)
+            out.method = "etdump"
+            continue
         if not full_path.exists():
             problems.append(f"round {r}: no log")
             continue

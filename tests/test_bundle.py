@@ -1,7 +1,8 @@
 """`codesign bundle` writes what a phone run needs; `codesign ingest` reads back what it produced.
 
 The phone's side is replayed from ``tests/data/phone_results`` (see tests/data/README.md: a real
-bundle manifest with hand-written executor_runner logs; no phone is attached here)."""
+bundle manifest, hand-written executor_runner logs and one ETDump recorded on this host's
+ExecuTorch runtime; no phone is attached here)."""
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,8 @@ import pytest
 from codesign.cli import main
 
 DATA = Path(__file__).parent / "data" / "phone_results"
-PER_ITERATION, TOTALS_ONLY, FAILED = ("c-53b9a6e876ecdecb", "c-0f7e143b13307982",
-                                      "c-0ca0777614ec71d4")
+PER_ITERATION, TOTALS_ONLY, FAILED, ETDUMP = ("c-53b9a6e876ecdecb", "c-0f7e143b13307982",
+                                              "c-0ca0777614ec71d4", "c-5a87b3ae3d79ed15")
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:
@@ -29,7 +30,7 @@ def test_ingest_recorded_runner_logs_round_trip(tmp_path, capsys) -> None:
     assert main(["ingest", str(DATA), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["device"] == "pixel8"  # the bundle's --device names the column
-    assert summary["ingested"] == [PER_ITERATION, TOTALS_ONLY]
+    assert summary["ingested"] == [PER_ITERATION, TOTALS_ONLY, ETDUMP]
     assert list(summary["failed"]) == [FAILED] and "failed with status 0x12" in \
         summary["failed"][FAILED] and summary["missing"] == []
     rows = _rows(out)
@@ -43,6 +44,10 @@ def test_ingest_recorded_runner_logs_round_trip(tmp_path, capsys) -> None:
     assert float(rows[TOTALS_ONLY]["pixel8"]) == pytest.approx(28.05)
     assert rows[TOTALS_ONLY]["p90_ms"] == "" and rows[TOTALS_ONLY]["source"] == \
         "executor_runner-mean-of-totals"
+    # an ETDump (one round recorded): Method::execute per execution, warm-ups dropped
+    assert float(rows[ETDUMP]["pixel8"]) == pytest.approx(410.1125425, rel=1e-5)
+    assert float(rows[ETDUMP]["first_run_ms"]) == pytest.approx(338.967614, rel=1e-5)
+    assert rows[ETDUMP]["source"] == "etdump" and rows[ETDUMP]["round_p50s_ms"] == "410.113"
     manifest = json.loads((DATA / "manifest.json").read_text())
     params = {p["id"]: p["params"] for p in manifest["programs"]}
     assert json.loads(rows[PER_ITERATION]["params"]) == params[PER_ITERATION]
@@ -51,7 +56,7 @@ def test_ingest_recorded_runner_logs_round_trip(tmp_path, capsys) -> None:
 
     table = read_measurements("mbconv", out)
     assert table.columns == ("pixel8",)
-    assert table.latency_ms.ravel().tolist() == pytest.approx([47.85, 28.05])
+    assert table.latency_ms.ravel().tolist() == pytest.approx([47.85, 28.05, 410.1125425], rel=1e-5)
     # ingesting again appends nothing
     assert main(["ingest", str(DATA), "--out", str(out), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
@@ -63,7 +68,8 @@ def test_ingest_results_csv_from_another_harness(tmp_path, capsys) -> None:
     assert main(["ingest", str(DATA / "results.csv"), "--out", str(out), "--device", "myphone",
                  "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["ingested"] == [PER_ITERATION, FAILED] and summary["missing"] == [TOTALS_ONLY]
+    assert summary["ingested"] == [PER_ITERATION, FAILED]
+    assert summary["missing"] == [TOTALS_ONLY, ETDUMP]
     rows = _rows(out)
     assert float(rows[PER_ITERATION]["myphone"]) == 47.9  # two rounds: the lower one
     assert rows[PER_ITERATION]["round_p50s_ms"] == "47.9;48.8"
@@ -90,7 +96,10 @@ def _copy(tmp_path) -> Path:
     (lambda d: (d / f"{TOTALS_ONLY}.r1.log").write_text(
         (d / f"{TOTALS_ONLY}.r1.log").read_text().replace("13 time(s)", "12 time(s)")), [],
      "12 executions, the bundle asked for 13"),
-    (lambda d: [p.unlink() for p in d.glob("*.log")], [], "no measurement of any bundle program"),
+    (lambda d: (d / f"{ETDUMP}.r1.etdump").write_bytes(b"not an etdump"), [],
+     "not a readable ETDump"),
+    (lambda d: [p.unlink() for p in (*d.glob("*.log"), *d.glob("*.etdump"))], [],
+     "no measurement of any bundle program"),
     (lambda d: None, ["--device", "my phone"], "names a CSV column"),
 ])
 def test_ingest_bad_input_exits_2(tmp_path, capsys, edit, args, message) -> None:
