@@ -56,10 +56,23 @@ def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dic
     return record
 
 
+def unique_candidates(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` less repeats of the same params, keeping the first: a sampler may propose one
+    candidate twice, and both trials then tie on the front as the same model."""
+    seen: set[str] = set()
+    unique = []
+    for trial in trials:
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            unique.append(trial)
+    return unique
+
+
 def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    front = unique_candidates(sorted(study.best_trials, key=lambda t: (t.values[1], t.number)))
     members = [member_record(t, context) for t in front]
     for m in members:  # the constraint guarantees it; a violated invariant must not ship
         if m["latency_s"] > context.budget_s:

@@ -186,3 +186,17 @@ def test_front_depends_on_the_budget(tmp_path):
     assert fronts[0] != fronts[1]
     assert max(m["latency_s"] for m in loose.pareto["members"]) > 0.005
     assert all(m["latency_s"] <= 0.005 for m in tight.pareto["members"])
+
+
+def test_a_candidate_proposed_twice_is_one_member():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from codesign.results import unique_candidates
+
+    dist = {"w": CategoricalDistribution([8, 16])}
+    trials = [optuna.trial.create_trial(params={"w": w}, distributions=dist, values=[0.9, 1.0])
+              for w in (8, 16, 8)]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    assert [t.number for t in unique_candidates(trials)] == [0, 1]
