@@ -48,7 +48,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Optuna search over architecture x per-layer precision x "
                                    "sparsity x tile, priced on DEVICE, accuracy measured.")
     s.add_argument("--device", required=True, help="catalog name (codesign devices) or YAML path")
-    s.add_argument("--budget", required=True, help="latency budget with unit: 10ms, 500us, 0.01s")
+    s.add_argument("--budget", required=True, help="latency budget with unit: 10ms, 500us, 0.01s "
+                   "(--space transformer: per decoded token)")
+    s.add_argument("--ttft-budget", default=None,
+                   help="--space transformer: time-to-first-token budget, e.g. 500ms")
     s.add_argument("--backend", default=None, help="codesign (default) or xnnpack")
     s.add_argument("--space", default="mbconv", help="mbconv or MODULE:FACTORY")
     s.add_argument("--trials", default="50", help="total trials (default 50)")
@@ -219,6 +222,12 @@ def _cmd_search(args) -> int:
     from codesign.userinput import parse_budget
 
     budget = parse_budget(args.budget)
+    ttft_budget = None
+    if args.ttft_budget is not None:
+        try:
+            ttft_budget = parse_budget(args.ttft_budget)
+        except BadInput as exc:
+            raise BadInput(f"--ttft-budget: {exc}") from None
     if args.sampler not in SAMPLERS:
         raise BadInput(f"unknown --sampler {args.sampler!r}; valid: {', '.join(SAMPLERS)}")
     if args.resume and args.out:
@@ -243,7 +252,7 @@ def _cmd_search(args) -> int:
         workers=parse_positive_int(args.workers, "--workers"), ray_address=args.ray_address,
         baseline=Path(args.baseline) if args.baseline else None,
         out=Path(args.out) if args.out else None,
-        resume=Path(args.resume) if args.resume else None,
+        resume=Path(args.resume) if args.resume else None, ttft_budget_s=ttft_budget,
         progress=not (args.no_progress or args.json) and sys.stderr.isatty())
     result = run_search(config)
     if args.json:

@@ -34,8 +34,6 @@ def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dic
     """Everything pareto.json says about one trial: metrics, test accuracy, per-layer breakdown."""
     candidate = context.space.decode(trial.params)
     priced = context.price(candidate)
-    layers = [row for row in priced["prediction"].layers(priced["batch"], 0)
-              if row["kind"] != "free"]
     record = {
         "trial": trial.number, "params": dict(trial.params),
         "latency_s": priced["latency_s"], "latency_band_s": list(priced["latency_band_s"]),
@@ -44,16 +42,28 @@ def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dic
         "peak_activation_bytes": priced["peak_activation_bytes"],
         "threads": getattr(candidate, "threads", context.device.default_threads),
         "baseline": bool(trial.user_attrs.get("baseline", False)),
-        "layers": [{"name": r["name"], "kind": r["kind"], "latency_s": r["latency_s"],
-                    "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"],
-                    "weight_bits": r["weight_bits"], "act_bits": r["act_bits"],
-                    "sparsity": r["sparsity"], "tile": r["tile"]} for r in layers],
+        "layers": _layer_rows(priced["prediction"], priced["batch"]),
     }
+    if "ttft_s" in priced:  # a space with a prefill phase: latency_s is per decoded token
+        record.update(ttft_s=priced["ttft_s"], ttft_band_s=list(priced["ttft_band_s"]),
+                      prefill_layers=_layer_rows(priced["prefill_prediction"],
+                                                 priced["prefill_batch"]))
+    if "memory_bytes" in priced:
+        record.update(memory_bytes=priced["memory_bytes"],
+                      memory_share_bytes=priced["memory_share_bytes"])
     if with_test:
         test = context.evaluator.evaluate(candidate, split="test")
         record["test_accuracy"] = float(test.accuracy)
         record["test_accuracy_interval"] = list(test.interval)
     return record
+
+
+def _layer_rows(prediction, batch) -> list[dict[str, Any]]:
+    return [{"name": r["name"], "kind": r["kind"], "latency_s": r["latency_s"],
+             "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"],
+             "weight_bits": r["weight_bits"], "act_bits": r["act_bits"],
+             "sparsity": r["sparsity"], "tile": r["tile"]}
+            for r in prediction.layers(batch, 0) if r["kind"] != "free"]
 
 
 def unique_candidates(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -77,12 +87,17 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     for m in members:  # the constraint guarantees it; a violated invariant must not ship
         if m["latency_s"] > context.budget_s:
             raise RuntimeError(f"trial {m['trial']} on the front exceeds the budget")
+        ttft_budget = getattr(context, "ttft_budget_s", None)
+        if ttft_budget is not None and m["ttft_s"] > ttft_budget:
+            raise RuntimeError(f"trial {m['trial']} on the front exceeds the TTFT budget")
     baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
     n_eval = max((t.user_attrs.get("n_eval", 0) for t in complete), default=0)
     identity = context.identity(config)
     return {
         "device": context.device.name, "backend": context.backend.name,
         "budget_s": context.budget_s, "space": context.space.name,
+        **({"ttft_budget_s": context.ttft_budget_s}
+           if getattr(context, "ttft_budget_s", None) is not None else {}),
         "cost_model": context.cost_model_name, "trials": len(trials),
         "eval_input_shape": list(context.space.eval_input_shape),
         "deploy_input_shape": list(context.space.deploy_input_shape),
