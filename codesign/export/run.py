@@ -18,6 +18,7 @@ the evaluation shape). One member failing is reported with its reason; the other
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -214,15 +215,13 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    class timer:
-        def __init__(self, name):
-            self.name = name
-
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timings[self.name] = timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+    @contextlib.contextmanager
+    def timer(step: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[step] = timings.get(step, 0.0) + time.perf_counter() - t0
 
     start = time.perf_counter()
     space = run.space
