@@ -175,13 +175,19 @@ class RunDir:
             raise BadInput(f"--resume {self.path}: {RUN_FILE} is unreadable: {exc}") from None
 
     def create(self, identity: dict[str, Any]) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise BadInput(f"--out {self.path} exists and is not a directory")
         if self.path.exists() and any(self.path.iterdir()):
             if (self.path / RUN_FILE).exists():
                 raise BadInput(f"--out {self.path} already holds a run; continue it with "
                                f"--resume {self.path}, or choose another --out")
             raise BadInput(f"--out {self.path} exists and is not empty")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.journal.touch()  # before run.json: a directory with a run.json is resumable
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.journal.touch()  # before run.json: a directory with a run.json is resumable
+        except OSError as exc:
+            raise BadInput(f"--out {self.path}: cannot create the run directory: "
+                           f"{exc.strerror or exc}") from None
         atomic_write_json(self.path / RUN_FILE, identity)
 
     def check_resume(self, identity: dict[str, Any]) -> dict[str, Any]:
@@ -203,3 +209,21 @@ class RunDir:
                 "%s: cut a torn last record (%d bytes) left by a killed process", self.journal, cut)
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+        check_journal(self.journal)
+
+
+def check_journal(path: Path) -> None:
+    """Raise ``BadInput`` naming the first line of a journal that is not a JSON record.
+
+    Only a torn *last* record is a crash's doing (``repair_journal``); damage elsewhere means the
+    file was edited or the disk failed, and replaying past it would build a wrong study.
+    """
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BadInput(f"--resume: {path} is damaged at line {number} ({exc}); it cannot "
+                               "be replayed") from None
+            if not isinstance(record, dict) or "op_code" not in record:
+                raise BadInput(f"--resume: {path} line {number} is not an Optuna journal record")

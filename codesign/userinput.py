@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]+)\s*$")
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµμ]+)\s*$")
 BUDGET_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_UNIT_ALIASES = {"μs": "µs"}  # Greek small mu (U+03BC), what most keyboards type, for micro
 
 
 class BadInput(ValueError):
@@ -35,7 +36,7 @@ def parse_budget(text: str) -> float:
             raise BadInput(f"budget {text!r} has no unit; valid units: "
                            f"{', '.join(BUDGET_UNITS)} (e.g. 10ms)")
         raise BadInput(f"budget {text!r} is not a latency like 10ms, 2.5ms, 500us or 0.01s")
-    value, unit = float(match[1]), match[2]
+    value, unit = float(match[1]), _UNIT_ALIASES.get(match[2], match[2])
     if unit not in BUDGET_UNITS:
         raise BadInput(f"budget {text!r} has unknown unit {unit!r}; valid units: "
                        f"{', '.join(BUDGET_UNITS)}")

@@ -28,7 +28,7 @@ class Precision:
 
     @classmethod
     def parse(cls, token: str) -> "Precision":
-        match = _PRECISION.match(token)
+        match = _PRECISION.match(token) if isinstance(token, str) else None
         if not match:
             raise ValueError(f"precision {token!r} is not of the form w<bits>a<bits>[-dyn]")
         return cls(int(match[1]), int(match[2]), bool(match[3]))
@@ -132,15 +132,18 @@ def parse_backend(data, path: str) -> BackendSpec:
         except ValueError as exc:
             raise entry.error(str(exc), "precisions") from None
         groups = entry.data.get("group_sizes", []) or []
-        if not all(isinstance(g, int) and g > 0 for g in groups):
+        if not isinstance(groups, list) or not all(
+                isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in groups):
             raise entry.error(f"expected positive integers, got {groups!r}", "group_sizes")
         sparse = entry.data.get("sparsity", {}) or {}
+        if not isinstance(sparse, Mapping):
+            raise entry.error(f"expected PATTERN: EFFICIENCY pairs, got {sparse!r}", "sparsity")
         patterns = [p.value for p in SparsityPattern if p is not SparsityPattern.DENSE]
         for pattern, eff in sparse.items():
             if pattern not in patterns:
                 raise entry.error(f"unknown pattern {pattern!r}; valid: {', '.join(patterns)}",
                                   "sparsity")
-            if not isinstance(eff, (int, float)) or not 0 < eff <= 1:
+            if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1:
                 raise entry.error(f"efficiency of {pattern} must be in (0, 1]", "sparsity")
         ops[kinds[kind_name]] = OpCapability(precisions, tuple(groups),
                                              {k: float(v) for k, v in sparse.items()})
@@ -156,7 +159,7 @@ def parse_backend(data, path: str) -> BackendSpec:
         efficiency[kinds[kind_name]] = {d: per_dtype.sourced(d, maximum=1.0)
                                         for d in per_dtype.data}
     tiles = r.sub("default_tile")
-    unknown_isa = sorted(set(tiles.data) - set(ISAS))
+    unknown_isa = sorted(set(tiles.data) - set(ISAS), key=repr)
     if unknown_isa:
         raise tiles.error(f"unknown ISA(s) {unknown_isa}; valid: {', '.join(ISAS)}")
     for kind in ops:

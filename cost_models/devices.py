@@ -146,6 +146,11 @@ class DeviceSpec:
 
 
 # --------------------------------------------------------------------------- parsing helpers
+def _field(where: str, key: Any) -> str:
+    """The dotted path of ``key`` under ``where`` (a YAML key need not be text)."""
+    return ".".join(str(p) for p in (where, key) if p not in (None, ""))
+
+
 class _Reader:
     """Reads fields of one YAML mapping, raising SpecError with file and dotted field path."""
 
@@ -156,7 +161,7 @@ class _Reader:
         self.data = data
 
     def error(self, message: str, key: str | None = None) -> SpecError:
-        at = ".".join(p for p in (self.where, key) if p) or "<top>"
+        at = _field(self.where, key) or "<top>"
         return SpecError(f"{self.path}: field '{at}': {message}")
 
     def sub(self, key: str, *, optional: bool = False) -> "_Reader | None":
@@ -164,7 +169,7 @@ class _Reader:
             if optional:
                 return None
             raise self.error("missing", key)
-        return _Reader(self.path, self.data[key], ".".join(p for p in (self.where, key) if p))
+        return _Reader(self.path, self.data[key], _field(self.where, key))
 
     def str(self, key: str, default: str | None = None) -> str:
         if key not in self.data:
@@ -206,7 +211,7 @@ class _Reader:
         raw = self.data[key]
         if not isinstance(raw, Mapping):
             raise self.error("expected {value: NUMBER, source: KIND, ref: TEXT}", key)
-        sub = _Reader(self.path, raw, ".".join(p for p in (self.where, key) if p))
+        sub = _Reader(self.path, raw, _field(self.where, key))
         value = raw.get("value")
         if isinstance(value, str):
             # YAML 1.1 reads "6.8e10" (no sign in the exponent) as text; accept it as a number.
@@ -236,7 +241,7 @@ def _parse_cluster(r: _Reader) -> CoreCluster:
     missing = [d for d in DTYPES if d not in fpc.data]
     if missing:
         raise fpc.error(f"needs every dtype of {DTYPES}; missing {missing}")
-    unknown = sorted(set(fpc.data) - set(DTYPES))
+    unknown = sorted(set(fpc.data) - set(DTYPES), key=repr)
     if unknown:
         raise fpc.error(f"unknown dtype(s) {unknown}; valid: {', '.join(DTYPES)}")
     sustained, burst = r.sourced("sustained_hz"), r.sourced("burst_hz")
@@ -262,7 +267,7 @@ def _parse_cpu(r: _Reader) -> CpuSpec:
     if len(set(names)) != len(names):
         raise r.error(f"cluster names must be unique, got {names}", "clusters")
     order = r.list("thread_order")
-    if sorted(order) != sorted(names):
+    if not all(isinstance(o, str) for o in order) or sorted(order) != sorted(names):
         raise r.error(f"must list every cluster once ({', '.join(names)}), got {order}",
                       "thread_order")
     isa = r.str("isa", default="aarch64")

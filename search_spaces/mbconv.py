@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from optuna.distributions import CategoricalDistribution
 
 from cost_models.backends import BackendSpec, Precision
-from cost_models.devices import CONFIG_DIR, SpecError, load_yaml
+from cost_models.devices import CONFIG_DIR, SpecError, _Reader, load_yaml
 from cost_models.ir import Op, OpKind
 from cost_models.lowering import insert_precision_boundaries
 from kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
@@ -82,44 +82,84 @@ class MBConvConfig:
             min(self.head_widths))
 
 
+def _ints(r: _Reader, key: str, *, minimum: int = 1, multiple_of: int = 1) -> tuple[int, ...]:
+    """A non-empty list of integers >= ``minimum`` (multiples of ``multiple_of``)."""
+    values = r.list(key)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or v % multiple_of:
+            rule = f" and a multiple of {multiple_of}" if multiple_of > 1 else ""
+            raise r.error(f"expected integers >= {minimum}{rule}, got {v!r}", key)
+    return tuple(values)
+
+
+def _choices(r: _Reader, key: str, valid) -> tuple[str, ...]:
+    values = r.list(key)
+    unknown = [v for v in values if not isinstance(v, str) or v not in valid]
+    if unknown:
+        raise r.error(f"unknown {unknown}; valid: {', '.join(valid)}", key)
+    return tuple(values)
+
+
+def _precisions(r: _Reader, key: str) -> tuple[str, ...]:
+    values = r.list(key)
+    for v in values:
+        try:
+            Precision.parse(v)
+        except ValueError as exc:
+            raise r.error(str(exc), key) from None
+    return tuple(values)
+
+
 def load_mbconv_config(path: Path | None = None) -> MBConvConfig:
-    path = path or CONFIG_DIR / "spaces" / "mbconv.yaml"
-    data, digest = load_yaml(Path(path))
-    try:
-        stages = tuple(StageConfig(tuple(s["widths"]), tuple(s["depths"]), tuple(s["kernels"]),
-                                   tuple(s["expands"]), int(s["stride"]), s["act"])
-                       for s in data["stages"])
-        for i, s in enumerate(stages):
-            if s.act not in ACTIVATIONS:
-                raise SpecError(f"{path}: field 'stages[{i}].act': valid: {', '.join(ACTIVATIONS)}")
-            if any(w % 8 for w in s.widths):
-                raise SpecError(f"{path}: field 'stages[{i}].widths': must be multiples of 8")
-        unknown = [s for s in data["sparsity"] if s not in SPARSITY_CHOICES]
-        if unknown:
-            raise SpecError(f"{path}: field 'sparsity': unknown {unknown}; "
-                            f"valid: {', '.join(SPARSITY_CHOICES)}")
-        config = MBConvConfig(
-            name=data["name"], num_classes=int(data["num_classes"]),
-            deploy_input_shape=tuple(data["deploy_input_shape"]),
-            eval_input_shape=tuple(data["eval_input_shape"]),
-            stem_widths=tuple(data["stem"]["widths"]), stem_stride=int(data["stem"]["stride"]),
-            stem_kernel=int(data["stem"]["kernel"]), stages=stages,
-            head_widths=tuple(data["head"]["widths"]),
-            feature_width=int(data["head"]["feature_width"]),
-            precisions={b: {k: tuple(v) for k, v in kinds.items()}
-                        for b, kinds in data["precisions"].items()},
-            sparsity=tuple(data["sparsity"]),
-            tiles={k: TileSpec(*v) for k, v in data["tiles"].items()},
-            seed=int(data["seed"]), sha256=digest)
-    except SpecError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError(f"{path}: malformed space config: {type(exc).__name__}: {exc}") from None
-    for shape_name in ("deploy_input_shape", "eval_input_shape"):
-        shape = getattr(config, shape_name)
-        if len(shape) != 4 or min(shape[2:]) // config.total_stride < 2 and shape_name == "eval_input_shape":
-            raise SpecError(f"{path}: field '{shape_name}': needs N,C,H,W with H and W at least "
-                            f"2 x the total stride {config.total_stride}")
+    """Read and check a space file; every problem is a ``SpecError`` naming file and field."""
+    path = Path(path or CONFIG_DIR / "spaces" / "mbconv.yaml")
+    data, digest = load_yaml(path)
+    r = _Reader(str(path), data)
+    stages = []
+    for i, raw in enumerate(r.list("stages")):
+        st = _Reader(str(path), raw, f"stages[{i}]")
+        act = st.str("act")
+        if act not in ACTIVATIONS:
+            raise st.error(f"unknown {act!r}; valid: {', '.join(ACTIVATIONS)}", "act")
+        # multiples of 8: 2:4 and 4x4-block sparsity must tile every reduction dimension
+        stages.append(StageConfig(_ints(st, "widths", multiple_of=8), _ints(st, "depths"),
+                                  _ints(st, "kernels"), _ints(st, "expands"), st.int("stride"),
+                                  act))
+    stem, head = r.sub("stem"), r.sub("head")
+    precisions: dict[str, dict[str, tuple[str, ...]]] = {}
+    offered = r.sub("precisions")
+    for backend in offered.data:
+        kinds = offered.sub(str(backend)) if isinstance(backend, str) else None
+        if kinds is None:
+            raise offered.error(f"expected a back-end name, got {backend!r}")
+        precisions[backend] = {kind: _precisions(kinds, kind) for kind in ("conv", "linear")}
+    tiles_r = r.sub("tiles")
+    tiles = {}
+    for name, value in tiles_r.data.items():
+        if not isinstance(name, str) or not isinstance(value, list) or len(value) != 5 or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise tiles_r.error(f"expected NAME: [mc, nc, kc, mr, nr] integers, got {value!r}",
+                                str(name))
+        try:
+            tiles[name] = TileSpec(*value)
+        except ValueError as exc:
+            raise tiles_r.error(str(exc), name) from None
+    shapes = {key: _ints(r, key) for key in ("deploy_input_shape", "eval_input_shape")}
+    config = MBConvConfig(
+        name=r.str("name"), num_classes=r.int("num_classes", minimum=2),
+        deploy_input_shape=shapes["deploy_input_shape"],
+        eval_input_shape=shapes["eval_input_shape"],
+        stem_widths=_ints(stem, "widths", multiple_of=8), stem_stride=stem.int("stride"),
+        stem_kernel=stem.int("kernel"), stages=tuple(stages),
+        head_widths=_ints(head, "widths", multiple_of=8),
+        feature_width=head.int("feature_width"), precisions=precisions,
+        sparsity=_choices(r, "sparsity", tuple(SPARSITY_CHOICES)), tiles=tiles,
+        seed=r.int("seed", minimum=0), sha256=digest)
+    for key, shape in shapes.items():
+        if len(shape) != 4 or (key == "eval_input_shape"
+                               and min(shape[2:]) // config.total_stride < 2):
+            raise r.error(f"needs N,C,H,W with H and W at least 2 x the total stride "
+                          f"{config.total_stride}", key)
     return config
 
 

@@ -158,3 +158,29 @@ def test_repair_journal_cuts_only_a_torn_last_record(tmp_path):
     big = b"x" * 200_000
     path.write_bytes(b'{"a":1}\n' + big)
     assert repair_journal(path) == len(big) and path.read_bytes() == b'{"a":1}\n'
+
+
+def test_damaged_journal_and_unusable_out_are_bad_input(tmp_path, capsys):
+    from codesign.cli import main
+    from codesign.search import SearchConfig, run_search
+
+    run_dir = tmp_path / "run"
+    run_search(SearchConfig(device="pixel8", budget_s=0.01, budget_text="10ms", trials=3,
+                            evaluator="tests.search_helpers:proxy_accuracy", out=run_dir,
+                            progress=False))
+    journal = run_dir / "study.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[len(lines) // 2] = b'{"op_code": 5, "worker_id": "x", "trial_id": \n'
+    journal.write_bytes(b"".join(lines))
+    base = ["search", "--device", "pixel8", "--budget", "10ms", "--trials", "4",
+            "--evaluator", "tests.search_helpers:proxy_accuracy", "--no-progress"]
+    assert main(base + ["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"is damaged at line {len(lines) // 2 + 1}" in err and err.count("\n") == 1
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, message in ((a_file, "exists and is not a directory"),
+                         (a_file / "sub", "cannot create the run directory")):
+        assert main(base + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
