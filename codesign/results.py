@@ -109,6 +109,8 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         "provenance": {
             "spec_sha256": context.device.sha256, "space_sha256": identity["space_sha256"],
             "backend": context.backend.name, "cost_model": context.cost_model_name,
+            # learned/hybrid: which model file priced the front, and its held-out error
+            **{k: v for k, v in identity.items() if k.startswith("cost_model_")},
             "versions": versions(), "seed": config.seed, "sampler": config.sampler,
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

@@ -1,0 +1,112 @@
+"""`codesign search --cost-model learned|hybrid`: a saved model prices the search and says so.
+
+Models are fitted by `codesign calibrate` on ``tests/data/host_mbconv_measured_40.csv`` (40 rows
+of this project's host measurements, see tests/data/README.md); the accuracy is the proxy of
+``tests/search_helpers.py`` so a search takes seconds."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from codesign.calibrate import calibrate
+from codesign.cli import main
+from cost_models.learned import LearnedCostModel
+
+DATA = Path(__file__).parent / "data"
+HOST = DATA / "host_mbconv_measured_40.csv"
+PROXY = "tests.search_helpers:proxy_accuracy"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for kind in ("learned", "hybrid"):
+        out[kind] = root / f"host-xnnpack-{kind}.json"
+        calibrate("mbconv", HOST, "host", None, 30, 0, out[kind], kind=kind, device="host")
+    out["pixel3"] = root / "pixel3.json"
+    calibrate("nasbench201", DATA / "nasbench201_latency_ms_600.csv", "pixel3",
+              ["samsung_a50", "silver_4114"], 10, 0, out["pixel3"])
+    return out
+
+
+def _search(tmp_path, *extra: str) -> list[str]:
+    return ["search", "--device", "host", "--backend", "xnnpack", "--budget", "2s",
+            "--evaluator", PROXY, "--trials", "4", "--out", str(tmp_path / "run"), *extra]
+
+
+def test_search_priced_by_a_learned_model(tmp_path, models, capsys) -> None:
+    assert main(_search(tmp_path, "--cost-model", "learned", "--cost-model-file",
+                        str(models["learned"]), "--json")) == 0
+    pareto = json.loads(capsys.readouterr().out)
+    assert pareto["cost_model"] == "learned"
+    assert pareto["provenance"]["cost_model_file"] == str(models["learned"])
+    model = LearnedCostModel.load(models["learned"])
+    err = model.error_estimate
+    assert pareto["provenance"]["cost_model_cv_rms_log_error"] == pytest.approx(err)
+    from cost_models.backends import load_backend
+    from cost_models.ir import OpBatch
+    from search_spaces.mbconv import MBConvSpace
+
+    space = MBConvSpace(load_backend("xnnpack"), threads_choices=(1,))
+    assert pareto["members"]
+    for member in pareto["members"]:
+        assert member["threads"] == 1  # the thread count the model was measured at
+        ops = space.to_ops(space.decode(member["params"]))
+        expected = float(model.predict(OpBatch.from_oplists([ops])).latency_s[0])
+        assert member["latency_s"] == pytest.approx(expected)
+        lo, hi = member["latency_band_s"]
+        assert (lo, hi) == pytest.approx((expected * math.exp(-err), expected * math.exp(err)))
+    # the table says which model priced the front
+    assert main(_search(tmp_path / "again", "--cost-model", "learned", "--cost-model-file",
+                        str(models["learned"]))) == 0
+    assert "cost model learned" in capsys.readouterr().out
+
+
+def test_hybrid_from_the_default_model_directory(tmp_path, models, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("CODESIGN_MODEL_DIR", str(models["hybrid"].parent))
+    assert main(_search(tmp_path, "--cost-model", "hybrid", "--json")) == 0
+    pareto = json.loads(capsys.readouterr().out)
+    assert pareto["cost_model"] == "hybrid"
+    assert pareto["provenance"]["cost_model_file"] == str(models["hybrid"])
+    # the analytic search prices the same kind of candidates differently
+    assert main(_search(tmp_path / "a", "--json")) == 0
+    analytic = json.loads(capsys.readouterr().out)
+    assert analytic["cost_model"] == "analytic" and "cost_model_file" not in \
+        analytic["provenance"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cost-model", "learned"], "no learned cost model for device host / back-end xnnpack: "
+                                  "looked for"),
+    (["--cost-model", "learned", "--cost-model-file", "/no/such.json"],
+     "--cost-model-file: no such file /no/such.json"),
+    (["--cost-model", "hybrid", "--cost-model-file", "{learned}"],
+     "is a learned model, not a hybrid one"),
+    (["--cost-model", "learned", "--cost-model-file", "{pixel3}"],
+     "was fitted for device 'pixel3', not 'host'"),
+    (["--cost-model", "learned", "--cost-model-file", "{learned}", "--backend", "codesign"],
+     "was fitted on back-end 'xnnpack', this search uses 'codesign'"),
+    (["--cost-model-file", "{learned}"], "--cost-model-file needs --cost-model learned or hybrid"),
+    (["--cost-model", "lookup"], "unknown --cost-model 'lookup'; valid: analytic, learned, hybrid"),
+    (["--cost-model", "learned", "--cost-model-file", "{corrupt}"], "cannot read a learned model"),
+])
+def test_bad_cost_model_input_exits_2(tmp_path, models, capsys, monkeypatch, extra,
+                                      message) -> None:
+    monkeypatch.setenv("CODESIGN_MODEL_DIR", str(tmp_path / "empty"))
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    paths = {**{k: str(v) for k, v in models.items()}, "corrupt": str(corrupt)}
+    extra = [x.format(**paths) for x in extra]
+    assert main(_search(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_calibrate_hybrid_needs_the_device(capsys) -> None:
+    assert main(["calibrate", "--space", "mbconv", "--measurements", str(HOST), "--target",
+                 "host", "--samples", "10", "--cost-model", "hybrid", "--json"]) == 2
+    assert "--cost-model hybrid needs --device" in capsys.readouterr().err
