@@ -9,6 +9,7 @@ sparsity and tile.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shlex
@@ -179,10 +180,8 @@ def dashboard_command(run_dir: Path) -> str:
 
 def write_html(run: RunReport) -> Path:
     """``pareto.html``: Optuna's interactive Pareto-front plot (plotly, self-contained)."""
-    try:
-        import plotly  # noqa: F401 - optuna.visualization needs it
-    except ImportError:
-        raise BadInput("--html needs plotly: pip install plotly") from None
+    if importlib.util.find_spec("plotly") is None:  # optuna.visualization draws with it
+        raise BadInput("--html needs plotly: pip install plotly")
     if run.study is None:
         raise BadInput(f"--html needs the run's Optuna storage ({JOURNAL_FILE}); "
                        f"{run.path} has none")
