@@ -464,7 +464,7 @@ def ingest(results: Path, out: Path, *, device: str | None = None,
         table.append({
             "params": json.dumps(program["params"], sort_keys=True), device: p50, "id": cid,
             "space": space.name, "backend": space.backend.name, "threads": manifest["threads"],
-            "precision": program.get("precision", PRECISION_PER_LAYER),
+            "clock": "wall", "precision": program.get("precision", PRECISION_PER_LAYER),
             "precision_mix": program.get("precision_mix"), "p90_ms": p90,
             "spread": (p90 - p50) / p50 if p90 is not None else None,
             "round_p50s_ms": ";".join(f"{v:.6g}" for v in r.p50_ms),

@@ -5,12 +5,19 @@ For each of N distinct candidates drawn at random (seeded) from the space:
 1. lower it to an XNNPACK ``.pte`` with every layer at the precision its op list states
    (``codesign.measure.candidate_program``), checking the program against the float module;
 2. time it in ``rounds`` rounds, each a fresh program load, the first run timed apart, ``warmup``
-   untimed runs and ``repeats`` timed runs with the threadpool set before loading
-   (``codesign.measure.host_runner.time_pte``);
-3. append one row to the measurement CSV (``codesign.measure.table``): the lowest round median as
-   the latency (other processes only ever add time, so the quietest round is the closest to the
-   program's own cost), that round's p90 and spread, every round's median, the 1-minute load
-   average before and after, and the analytic model's prediction.
+   untimed runs and ``repeats`` timed runs with the threadpool set before loading, every timed
+   run on two clocks (``codesign.measure.dual_clock``): wall time, and the executing thread's CPU
+   time;
+3. append one row to the measurement CSV (``codesign.measure.table``): the lowest round median on
+   the row's ``clock`` as the latency (other processes only ever add time, so the quietest round
+   is the closest to the program's own cost), that round's p90 and spread, every round's median,
+   both clocks' lowest medians, the 1-minute load average before and after, and the analytic
+   model's prediction.
+
+``clock``: ``cpu`` (the default with one thread) reports the thread's CPU time, which a shared
+machine's other processes do not inflate by preempting it (see ``dual_clock``); ``wall`` (the
+only choice with more threads, whose work the calling thread's clock does not see) reports what a
+stopwatch would.
 
 Noise floor, two views: ``round_spread`` per row (run-to-run, minutes apart at most) and, at the
 end, ``noise_candidates`` candidates lowered and timed again (the whole pipeline, tens of minutes
@@ -54,6 +61,11 @@ class MeasureConfig:
     repeats: int = 30
     rounds: int = 2
     noise_candidates: int = 3
+    clock: str = "auto"  # "cpu" with 1 thread, "wall" otherwise; or either explicitly
+
+    @property
+    def resolved_clock(self) -> str:
+        return ("cpu" if self.threads == 1 else "wall") if self.clock == "auto" else self.clock
 
 
 def load_measure_space(ref: str, backend_name: str, threads: int, device: Any = None):
@@ -129,6 +141,11 @@ def _check(config: MeasureConfig) -> None:
                              ("--noise-candidates", config.noise_candidates, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise BadInput(f"{name} must be an integer >= {low}, got {value!r}")
+    if config.clock not in ("auto", "cpu", "wall"):
+        raise BadInput(f"unknown --clock {config.clock!r}; valid: auto, cpu, wall")
+    if config.clock == "cpu" and config.threads != 1:
+        raise BadInput("--clock cpu needs --threads 1: with more threads the work runs on pool "
+                       "threads the calling thread's CPU clock does not see; use --clock wall")
     if config.seed < 0:
         raise BadInput(f"--seed must be a non-negative integer, got {config.seed}")
     cores = os.cpu_count() or 1
@@ -155,12 +172,11 @@ class _Timer:
         ops = apply_tuned_tiles(self.space.to_ops(candidate), self.device, self.space.backend)
         return float(self.analytic.predict(OpBatch.from_oplists([ops])).latency_s[0]) * 1e3
 
-    def time(self, cid: str, lowered) -> list:
-        from codesign.measure.host_runner import time_pte
+    def time(self, lowered) -> list:
+        from codesign.measure.dual_clock import time_pte_dual
 
-        return [time_pte(lowered.pte, lowered.inputs, threads=self.config.threads,
-                         warmup=self.config.warmup, repeats=self.config.repeats, name=cid,
-                         precision="per-layer", host=self.host)
+        return [time_pte_dual(lowered.pte, lowered.inputs, threads=self.config.threads,
+                              warmup=self.config.warmup, repeats=self.config.repeats)
                 for _ in range(self.config.rounds)]
 
     def measure(self, cid: str, params: dict, candidate) -> dict[str, Any]:
@@ -170,20 +186,23 @@ class _Timer:
         lowered = lower_candidate(self.space, candidate, seed=self.config.seed,
                                   threads=self.config.threads)
         before = _loadavg()
-        rounds = self.time(cid, lowered)
+        rounds = self.time(lowered)
         after = _loadavg()
-        best = min(rounds, key=lambda m: m.p50_s)
-        p50s = [m.p50_s * 1e3 for m in rounds]
+        clock = self.config.resolved_clock
+        p50s = [float(np.median(r.samples(clock))) * 1e3 for r in rounds]
+        best = rounds[int(np.argmin(p50s))]
+        p50, p90 = min(p50s), float(np.quantile(best.samples(clock), 0.9)) * 1e3
         return {
-            "params": json.dumps(params, sort_keys=True), "host": best.p50_s * 1e3, "id": cid,
+            "params": json.dumps(params, sort_keys=True), "host": p50, "id": cid,
             "space": self.space.name, "backend": self.space.backend.name,
-            "threads": self.config.threads, "precision": PRECISION_PER_LAYER,
-            "precision_mix": lowered.precision_mix, "p90_ms": best.p90_s * 1e3,
-            "spread": (best.p90_s - best.p50_s) / best.p50_s,
+            "threads": self.config.threads, "clock": clock, "precision": PRECISION_PER_LAYER,
+            "precision_mix": lowered.precision_mix, "p90_ms": p90, "spread": (p90 - p50) / p50,
             "round_p50s_ms": ";".join(f"{v:.6g}" for v in p50s),
             "round_spread": (max(p50s) - min(p50s)) / min(p50s),
-            "first_run_ms": best.first_run_s * 1e3, "load_ms": best.load_s * 1e3,
-            "n_warmup": best.n_warmup, "n_repeats": best.n_repeats,
+            "wall_p50_ms": min(float(np.median(r.wall_s)) for r in rounds) * 1e3,
+            "cpu_p50_ms": min(float(np.median(r.cpu_s)) for r in rounds) * 1e3,
+            "first_run_ms": best.first_run_wall_s * 1e3, "load_ms": best.load_s * 1e3,
+            "n_warmup": self.config.warmup, "n_repeats": self.config.repeats,
             "loadavg_1m_before": before, "loadavg_1m_after": after,
             "analytic_ms": self.analytic_ms(candidate), "max_rel_err": lowered.max_rel_err,
             "undelegated": ";".join(lowered.undelegated), "pte_bytes": len(lowered.pte),
@@ -250,7 +269,8 @@ def run_measure(config: MeasureConfig, *, echo: Callable[[str], None] | None = N
     device = load_device("host")
     space = load_measure_space(config.space, config.backend, config.threads, device)
     table = MeasurementCSV.open(config.out, "host", expect={
-        "space": space.name, "backend": space.backend.name, "threads": str(config.threads)})
+        "space": space.name, "backend": space.backend.name, "threads": str(config.threads),
+        "clock": config.resolved_clock})
     if table.dropped_partial_line:
         echo(f"{config.out}: dropped a half-written last line (an interrupted run)")
     timer = _Timer(space, config, device)
@@ -275,10 +295,10 @@ def run_measure(config: MeasureConfig, *, echo: Callable[[str], None] | None = N
         done.add(cid)
         todo -= 1
         measured_now += 1
-        echo(f"[{len(table.rows)}/{config.n}] {cid} {row['host']:.3f} ms (p90 "
-             f"{row['p90_ms']:.3f}, rounds {row['round_p50s_ms']}, analytic "
-             f"{row['analytic_ms']:.3f}) load {row['loadavg_1m_before']:.2f} "
-             f"[{row['precision_mix']}]")
+        echo(f"[{len(table.rows)}/{config.n}] {cid} {row['host']:.3f} ms {row['clock']} (p90 "
+             f"{row['p90_ms']:.3f}, rounds {row['round_p50s_ms']}, wall "
+             f"{row['wall_p50_ms']:.3f}, analytic {row['analytic_ms']:.3f}) load "
+             f"{row['loadavg_1m_before']:.2f} [{row['precision_mix']}]")
     noise_file = noise_path(config.out)
     noise_rows = _read_noise(noise_file)
     by_id = {r["id"]: r for r in table.rows}

@@ -102,6 +102,9 @@ def test_measure_two_candidates_end_to_end_and_resume(tmp_path, capsys, one_torc
         assert float(row["p90_ms"]) >= float(row["host"]) > 0
         assert float(row["analytic_ms"]) > 0 and row["precision"] == "per-layer"
         assert row["threads"] == "1" and row["undelegated"] == "" and row["loadavg_1m_before"]
+        # one thread: the latency is the executing thread's CPU time; the wall clock beside it
+        assert row["clock"] == "cpu" and float(row["cpu_p50_ms"]) == float(row["host"])
+        assert float(row["wall_p50_ms"]) > 0
         assert json.loads(row["params"])["stem.prec"] in ("w32a32", "w8a8")
     assert rows[0]["id"] != rows[1]["id"]
     noise = list(csv.DictReader((tmp_path / "host.noise.csv").open()))
@@ -119,6 +122,8 @@ def test_measure_two_candidates_end_to_end_and_resume(tmp_path, capsys, one_torc
     (["--space", "tests.search_helpers:not_a_space"], "returned int"),
     (["--n", "0"], "--n must be an integer >= 1"),
     (["--threads", "x"], "--threads must be an integer"),
+    (["--threads", "2", "--clock", "cpu"], "--clock cpu needs --threads 1"),
+    (["--clock", "tsc"], "unknown --clock 'tsc'; valid: auto, cpu, wall"),
     (["--out", "/no/such/dir/m.csv"], "does not exist"),
 ])
 def test_measure_bad_input_exits_2(argv, message, capsys) -> None:

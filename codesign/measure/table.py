@@ -6,8 +6,9 @@ Layout (one row per candidate, a header line first)::
 
 * ``params``: the candidate's space params as a JSON object (the architecture column ``calibrate
   --space mbconv`` parses);
-* ``<device>``: the measured latency in ms (median of the timed runs; the lowest of the rounds'
-  medians, see ``codesign.measure_cmd``), the column named after the device (``host``, ``pixel8``);
+* ``<device>``: the measured latency in ms (median of the timed runs on the row's ``clock``; the
+  lowest of the rounds' medians, see ``codesign.measure_cmd``), the column named after the device
+  (``host``, ``pixel8``);
 * every other column is metadata, listed in ``META_COLUMNS``; ``calibrate`` skips them, so the
   file is a valid ``--measurements`` table with a single latency column.
 
@@ -38,13 +39,16 @@ META_COLUMNS: tuple[str, ...] = (
     "space",              # the space the params belong to
     "backend",            # the runtime back-end (xnnpack)
     "threads",            # runtime threads
+    "clock",              # "cpu" (the executing thread's CPU time, 1 thread) or "wall"
     "precision",          # how precisions were realised: "per-layer" (each layer as priced)
     "precision_mix",      # layers per precision, e.g. "w32a32:35 w8a8:32"
     "p90_ms",             # 90th percentile of the reported round's timed runs
     "spread",             # (p90 - p50) / p50 of that round
     "round_p50s_ms",      # each round's median, ';'-separated (fresh load per round)
     "round_spread",       # (max - min) / min of the rounds' medians: run-to-run noise
-    "first_run_ms",       # first execution after loading
+    "wall_p50_ms",        # lowest round median on the wall clock
+    "cpu_p50_ms",         # lowest round median on the thread-CPU clock (host, 1 thread)
+    "first_run_ms",       # first execution after loading (wall)
     "load_ms",            # program + method load (XNNPACK init, weight packing)
     "n_warmup",
     "n_repeats",

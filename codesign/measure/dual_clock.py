@@ -1,0 +1,82 @@
+"""Time a program on two clocks at once: wall time, and the CPU time of the executing thread.
+
+On a shared machine other processes preempt the benchmark: its wall time then includes time it
+spent waiting for a core, which has nothing to do with the program (on this project's 2-core
+development machine, with a load average of 3-5, two consecutive rounds of the same program
+differed by 2x in wall-clock median while the thread's CPU time differed by 2%). With one runtime
+thread, ExecuTorch's threadpool runs every kernel inline on the calling thread, so the thread's
+CPU time (``time.thread_time``) is the program's own compute time: it equals the wall time on an
+idle machine and ignores preemption (not cache or memory-bandwidth interference, which remains
+noise). With more threads the work runs on pool threads the calling thread's clock does not see,
+so only the wall clock means anything there.
+
+The protocol is ``host_runner.time_pte``'s (threads set before loading, a first run timed apart,
+warm-ups, timed repeats with the garbage collector paused); each timed execution reads both
+clocks.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+
+import torch
+
+from codesign.measure.host_runner import _check_inputs, _load_method, configure_threads
+
+__all__ = ["CLOCKS", "DualTiming", "time_pte_dual"]
+
+CLOCKS = ("cpu", "wall")
+
+
+@dataclass(frozen=True)
+class DualTiming:
+    """One round: per timed execution, wall and thread-CPU seconds (same executions)."""
+
+    wall_s: tuple[float, ...]
+    cpu_s: tuple[float, ...]
+    first_run_wall_s: float
+    load_s: float
+
+    def samples(self, clock: str) -> tuple[float, ...]:
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(CLOCKS)}")
+        return self.cpu_s if clock == "cpu" else self.wall_s
+
+
+def time_pte_dual(pte: bytes, inputs: tuple[torch.Tensor, ...], *, threads: int, warmup: int,
+                  repeats: int) -> DualTiming:
+    """Load ``pte`` and time ``repeats`` executions of ``forward`` on both clocks.
+
+    Raises:
+        ValueError: bad threads/warmup/repeats, or inputs the program does not take.
+    """
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    tensors = _check_inputs(inputs)
+    configure_threads(threads)
+    wall, cpu = time.perf_counter, time.thread_time
+    t0 = wall()
+    _program, method = _load_method(pte, tensors, "forward")
+    load_s = wall() - t0
+    walls, cpus = [], []
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = wall()
+        method.execute(tensors)
+        first = wall() - t0
+        for _ in range(warmup):
+            method.execute(tensors)
+        for _ in range(repeats):
+            c0, t0 = cpu(), wall()
+            method.execute(tensors)
+            walls.append(wall() - t0)
+            cpus.append(cpu() - c0)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return DualTiming(tuple(walls), tuple(cpus), first, load_s)
