@@ -412,7 +412,7 @@ def lower_arch(candidate: Candidate, cfg: MBConvConfig, input_shape: Sequence[in
                 x = ops[-1].name
             prev, cin = x, stage.width
     prev = conv("head", "head", cin, arch.head_width, 1, 1, 1, "hardswish", prev)
-    shape = (n, arch.head_width)
+    shape = (n, arch.head_width, 1, 1)  # kept dims (XNNPACK delegates that form), then flatten
     ops.append(Op("pool", OpKind.GLOBAL_POOL, shape, ((n, arch.head_width, h, w),),
                   flops=float(n * arch.head_width * h * w),
                   quant=ops[-1].quant_for_activation(), inputs=(prev,)))
