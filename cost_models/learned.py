@@ -24,7 +24,9 @@ of the best), and the chosen setting's cross-validated errors are the model's er
 (``Prediction.band``).
 
 Hyperparameters are the module constants below: the same for every device and space, never
-tuned per target (the only per-target choice is the cross-validated grid point above).
+tuned per target (the only per-target choice is the cross-validated grid point above; a target
+with no prior devices is never offered the grid points that drop the analytic terms, which would
+leave a constant).
 
 Persistence: ``save`` writes JSON (format ``codesign.learned``, ``FORMAT_VERSION``): arrays as
 lists, latencies in milliseconds, the op-signature registry with each signature's reference
@@ -518,8 +520,13 @@ def _fit_setting(prior_pred, d, y, setting):
 def _fit_target(name: str, prior_pred: np.ndarray, d: Design, y: np.ndarray) -> DeviceFit:
     n = len(y)
     folds = np.arange(n) % (n if n <= LOO_MAX_ROWS else CV_FOLDS)
+    # Without prior devices the analytic terms are the model's only view of the candidates: a
+    # setting that drops them predicts one constant, which the one-standard-error rule would
+    # pick whenever the target's measurements are noisy.
+    grid = TARGET_GRID if prior_pred.shape[1] else tuple(
+        s for s in TARGET_GRID if math.isfinite(s[0]))
     results = []
-    for setting in TARGET_GRID:
+    for setting in grid:
         errs = np.empty(n)
         for f in np.unique(folds):
             test = folds == f
@@ -532,8 +539,8 @@ def _fit_target(name: str, prior_pred: np.ndarray, d: Design, y: np.ndarray) -> 
     best = min(range(len(results)), key=lambda i: results[i][0])
     limit = results[best][0] + results[best][1]
     chosen = next(i for i in range(len(results)) if results[i][0] <= limit)
-    basis, sig, b = _fit_setting(prior_pred, d, y, TARGET_GRID[chosen])
-    return DeviceFit(name, basis, sig, b, TARGET_GRID[chosen], tuple(results[chosen][2].tolist()))
+    basis, sig, b = _fit_setting(prior_pred, d, y, grid[chosen])
+    return DeviceFit(name, basis, sig, b, grid[chosen], tuple(results[chosen][2].tolist()))
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LearnedCostModel", "PriorStage", "DeviceFit", "Design",
