@@ -95,7 +95,7 @@ def test_a_failed_run_is_recorded_and_the_others_complete(tmp_path, capsys, loca
     assert rc == 1
     runs = {r["run_dir"]: r for r in _sweep_json(out)["runs"]}
     failed, ok = runs[str(out / "pixel8-10ms")], runs[str(out / "pixel8-5ms")]
-    assert failed["status"] == "failed" and "NotADirectoryError" in failed["reason"]
+    assert failed["status"] == "failed" and "exists and is not a directory" in failed["reason"]
     assert ok["status"] == "ok" and len(load_trials(out / "pixel8-5ms")) == 4
     err = capsys.readouterr().err
     assert "1 of 2 runs failed" in err and "pixel8-10ms failed" in (out / "sweep.log").read_text()
