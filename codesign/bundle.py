@@ -1,4 +1,4 @@
-"""``codesign bundle`` / ``codesign ingest``: measure candidates on a phone with ExecuTorch's runner.
+"""``codesign bundle`` / ``codesign ingest``: measure candidates on a phone (``executor_runner``).
 
 ``bundle`` writes a self-contained directory to take to a machine with ``adb`` and a phone::
 
@@ -38,6 +38,7 @@ import json
 import math
 import re
 import sys
+from importlib import metadata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,6 @@ def write_bundle(space_ref: str, n: int, out: Path, *, backend: str = "xnnpack",
         BadInput: ``out`` exists and is not empty, bad counts, unknown space/back-end/device.
     """
     from codesign.measure.candidate_program import lower_candidate
-    from codesign.measure.records import _package_version
     from codesign.measure_cmd import distinct_candidates, load_measure_space
 
     echo = echo or (lambda line: print(line, file=sys.stderr))
@@ -194,7 +194,7 @@ def write_bundle(space_ref: str, n: int, out: Path, *, backend: str = "xnnpack",
                 "threads": threads, "warmup": warmup, "repeats": repeats, "rounds": rounds,
                 "seed": seed,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "versions": {p: _package_version(p) for p in ("executorch", "torch", "torchao")},
+                "versions": {p: metadata.version(p) for p in ("executorch", "torch", "torchao")},
                 "programs": programs}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (out / "programs.txt").write_text("".join(p["id"] + "\n" for p in programs))

@@ -232,7 +232,8 @@ class SearchContext:
         lo, hi = pred.band
         return {"ops": ops, "batch": OpBatch.from_oplists([ops]), "prediction": pred,
                 "latency_s": latency, "latency_band_s": (latency * lo, latency * hi),
-                "model_bytes": model_bytes(ops), "peak_activation_bytes": peak_activation_bytes(ops)}
+                "model_bytes": model_bytes(ops),
+                "peak_activation_bytes": peak_activation_bytes(ops)}
 
     def evaluate(self, candidate, *, split: str = "val") -> TrialOutcome:
         start = time.perf_counter()

@@ -76,9 +76,9 @@ def load_pricer(kind: str, device, backend, path: Path | None) -> LearnedPricer 
         how = ("--cost-model-file: no such file" if path is not None else
                f"no {kind} cost model for device {device.name} / back-end {backend.name}: "
                "looked for")
+        hybrid = f" --cost-model hybrid --device {device.name}" if kind == "hybrid" else ""
         raise BadInput(f"{how} {chosen}; fit one with `codesign calibrate ... --target "
-                       f"{device.name}{' --cost-model hybrid --device ' + device.name if kind == 'hybrid' else ''}"
-                       f" --save {chosen}` or pass --cost-model-file PATH")
+                       f"{device.name}{hybrid} --save {chosen}` or pass --cost-model-file PATH")
     model = LearnedCostModel.load(chosen)
     info = model.target_info
     where = f"--cost-model {kind}: {chosen}"

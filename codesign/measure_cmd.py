@@ -1,4 +1,4 @@
-"""``codesign measure``: time real candidates of a space on this machine with the ExecuTorch runtime.
+"""``codesign measure``: time real candidates of a space on this machine (ExecuTorch runtime).
 
 For each of N distinct candidates drawn at random (seeded) from the space:
 
@@ -101,7 +101,8 @@ def load_measure_space(ref: str, backend_name: str, threads: int, device: Any = 
     return MBConvSpace(backend, threads_choices=(threads,), config=space.config)
 
 
-def distinct_candidates(space, seed: int, *, max_draws: int = 100_000) -> Iterator[tuple[str, dict, Any]]:
+def distinct_candidates(space, seed: int, *, max_draws: int = 100_000
+                        ) -> Iterator[tuple[str, dict, Any]]:
     """(id, params, candidate) of distinct random candidates, the same sequence for a seed."""
     rng = np.random.default_rng(seed)
     seen: set[str] = set()

@@ -1,4 +1,4 @@
-"""`codesign measure`: candidates lowered per layer, timed on the ExecuTorch runtime, one CSV row each.
+"""`codesign measure`: candidates lowered per layer, timed on ExecuTorch, one CSV row each.
 
 The end-to-end runs use the small MBConv space of ``tests/measure_helpers.py`` (a couple of seconds
 to lower a candidate); the per-layer lowering is also checked on it."""

@@ -1,4 +1,4 @@
-"""A search-space candidate as a real ExecuTorch program: torch module -> per-layer precisions -> .pte.
+"""A search-space candidate as a real ExecuTorch program: module, per-layer precisions, .pte.
 
 ``lower_candidate(space, candidate)`` builds the candidate's static MBConv subnet
 (``search_spaces.mbconv_supernet.MBConvSubnet``), folds every BatchNorm into its convolution (the

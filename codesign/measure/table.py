@@ -1,4 +1,4 @@
-"""The measurement CSV that ``codesign measure`` and ``codesign ingest`` write and ``calibrate`` reads.
+"""The measurement CSV ``codesign measure``/``ingest`` write and ``codesign calibrate`` reads.
 
 Layout (one row per candidate, a header line first)::
 
