@@ -176,3 +176,9 @@ def test_export_refuses_a_run_scored_by_another_evaluator(tmp_path, capsys):
     (run_dir / "run.json").write_text(json.dumps(identity))
     assert main(["export", str(run_dir)]) == 2
     assert "scored its candidates with --evaluator" in capsys.readouterr().err
+
+
+def test_a_front_with_no_members_exports_nothing_and_succeeds(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "empty", XNN_SPACE, "xnnpack", [])
+    assert main(["export", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"members": []}

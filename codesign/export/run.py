@@ -349,6 +349,7 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
                                                       "status": "failed", "reason": reason})
             log(f"trial {member['trial']}: failed - {reason}")
             results.append(MemberResult(int(member["trial"]), out, "failed", reason))
+    (run_dir / "export").mkdir(exist_ok=True)
     atomic_write_json(run_dir / "export" / "summary.json", {"members": [
         {"trial": r.trial, "status": r.status, "reason": r.reason, "dir": str(r.directory),
          **{k: r.manifest.get(k) for k in ("latency_s_predicted", "host_latency_s_measured",
