@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rounds", default="2", help="rounds per candidate, fresh load each (default 2)")
     m.add_argument("--noise-candidates", default="3",
                    help="candidates re-lowered and re-timed at the end (default 3)")
+    m.add_argument("--from-pareto", default=None,
+                   help="measure the members of this search's pareto.json (up to --n) instead "
+                        "of random candidates")
     m.add_argument("--clock", default="auto",
                    help="cpu (the executing thread's CPU time: immune to other processes; "
                         "1 thread only), wall, or auto (default: cpu with 1 thread, else wall)")
@@ -330,7 +333,7 @@ def _cmd_measure(args) -> int:
         warmup=_int_arg(args.warmup, "--warmup", 0), repeats=_int_arg(args.repeats, "--repeats", 1),
         rounds=_int_arg(args.rounds, "--rounds", 1),
         noise_candidates=_int_arg(args.noise_candidates, "--noise-candidates", 0),
-        clock=args.clock)
+        clock=args.clock, from_pareto=Path(args.from_pareto) if args.from_pareto else None)
     summary = run_measure(config)
     if args.json:
         print(json.dumps(summary, indent=2))

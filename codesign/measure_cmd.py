@@ -1,6 +1,7 @@
 """``codesign measure``: time real candidates of a space on this machine (ExecuTorch runtime).
 
-For each of N distinct candidates drawn at random (seeded) from the space:
+For each of N distinct candidates drawn at random (seeded) from the space — or, with
+``from_pareto``, the members of a search's front (to check what a search predicted):
 
 1. lower it to an XNNPACK ``.pte`` with every layer at the precision its op list states
    (``codesign.measure.candidate_program``), checking the program against the float module;
@@ -62,6 +63,7 @@ class MeasureConfig:
     rounds: int = 2
     noise_candidates: int = 3
     clock: str = "auto"  # "cpu" with 1 thread, "wall" otherwise; or either explicitly
+    from_pareto: Path | None = None  # measure these members' params instead of random ones
 
     @property
     def resolved_clock(self) -> str:
@@ -113,6 +115,34 @@ def distinct_candidates(space, seed: int, *, max_draws: int = 100_000
         if cid not in seen:
             seen.add(cid)
             yield cid, space.encode(candidate), candidate
+
+
+def pareto_candidates(path: Path, space, threads: int) -> list[tuple[str, dict, Any]]:
+    """(id, params, candidate) of every member of a search's ``pareto.json``.
+
+    Raises:
+        BadInput: unreadable file, a member of another space, or one searched at another
+            thread count than the one measured.
+    """
+    try:
+        pareto = json.loads(Path(path).read_text())
+        members = [m["params"] for m in pareto["members"]]
+    except OSError as exc:
+        raise BadInput(f"--from-pareto {path}: cannot read: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BadInput(f"--from-pareto {path}: not a pareto.json: {exc}") from None
+    out = []
+    for params in members:
+        if params.get("threads", threads) != threads:
+            raise BadInput(f"--from-pareto {path}: a member runs {params['threads']} threads, "
+                           f"this measurement {threads}")
+        try:
+            candidate = space.decode(params)
+        except ValueError as exc:
+            raise BadInput(f"--from-pareto {path}: a member is not a point of space "
+                           f"{space.name}: {exc}") from None
+        out.append(("c-" + candidate.key(), space.encode(candidate), candidate))
+    return out
 
 
 def noise_path(out: Path) -> Path:
@@ -269,6 +299,10 @@ def run_measure(config: MeasureConfig, *, echo: Callable[[str], None] | None = N
     start = time.monotonic()
     device = load_device("host")
     space = load_measure_space(config.space, config.backend, config.threads, device)
+    if config.from_pareto is not None:  # read (and checked) before --out is touched
+        sequence = iter(pareto_candidates(config.from_pareto, space, config.threads))
+    else:
+        sequence = distinct_candidates(space, config.seed)
     table = MeasurementCSV.open(config.out, "host", expect={
         "space": space.name, "backend": space.backend.name, "threads": str(config.threads),
         "clock": config.resolved_clock})
@@ -276,7 +310,6 @@ def run_measure(config: MeasureConfig, *, echo: Callable[[str], None] | None = N
         echo(f"{config.out}: dropped a half-written last line (an interrupted run)")
     timer = _Timer(space, config, device)
     done, failures, measured_now = table.ids, [], 0
-    sequence = distinct_candidates(space, config.seed)
     todo = max(0, config.n - len(done))
     for cid, params, candidate in sequence:
         if todo == 0:

@@ -134,3 +134,23 @@ def test_measure_bad_input_exits_2(argv, message, capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_from_pareto_reads_a_fronts_members(tmp_path, capsys) -> None:
+    from codesign.measure_cmd import load_measure_space, pareto_candidates
+
+    space = load_measure_space(TINY, "xnnpack", 1)
+    params = [space.sample(np.random.default_rng(s)) for s in (0, 1)]
+    pareto = tmp_path / "pareto.json"
+    pareto.write_text(json.dumps({"members": [{"params": p} for p in params]}))
+    got = pareto_candidates(pareto, space, 1)
+    assert [p for _, p, _ in got] == [space.encode(space.decode(p)) for p in params]
+    assert [cid for cid, _, _ in got] == ["c-" + space.decode(p).key() for p in params]
+    pareto.write_text(json.dumps({"members": [{"params": {**params[0], "threads": 2}}]}))
+    assert main(["measure", "--device", "host", "--space", TINY, "--n", "1", "--out",
+                 str(tmp_path / "m.csv"), "--from-pareto", str(pareto)]) == 2
+    assert "a member runs 2 threads, this measurement 1" in capsys.readouterr().err
+    assert not (tmp_path / "m.csv").exists()
+    assert main(["measure", "--device", "host", "--space", TINY, "--n", "1", "--out",
+                 str(tmp_path / "m.csv"), "--from-pareto", str(tmp_path / "none.json")]) == 2
+    assert "--from-pareto" in capsys.readouterr().err
