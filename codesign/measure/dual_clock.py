@@ -1,9 +1,10 @@
 """Time a program on two clocks at once: wall time, and the CPU time of the executing thread.
 
 On a shared machine other processes preempt the benchmark: its wall time then includes time it
-spent waiting for a core, which has nothing to do with the program (on this project's 2-core
-development machine, with a load average of 3-5, two consecutive rounds of the same program
-differed by 2x in wall-clock median while the thread's CPU time differed by 2%). With one runtime
+spent waiting for a core, which has nothing to do with the program (BENCHMARKS.md, issue 5: on
+this project's 2-core development machine under a load average of ~4, the wall-clock medians of
+two rounds of the same program differed by 12 % in the median candidate and 68 % at the p90).
+With one runtime
 thread, ExecuTorch's threadpool runs every kernel inline on the calling thread, so the thread's
 CPU time (``time.thread_time``) is the program's own compute time: it equals the wall time on an
 idle machine and ignores preemption (not cache or memory-bandwidth interference, which remains
