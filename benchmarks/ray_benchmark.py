@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,11 @@ def _span_trials_per_s(run_dir: Path) -> dict:
     span = (end - start).total_seconds()
     return {"trials": len(trials), "complete": sum(t.state.name == "COMPLETE" for t in trials),
             "span_s": round(span, 2), "trials_per_s": len(trials) / span,
-            "worker_pids": len({t.user_attrs.get("worker_pid") for t in trials})}
+            "worker_pids": len({t.user_attrs.get("worker_pid") for t in trials}),
+            # seconds one trial's evaluation took inside its worker: if it grows with more
+            # workers, they slow each other down (shared caches, memory bandwidth)
+            "median_eval_s": round(statistics.median(
+                t.user_attrs.get("eval_seconds", float("nan")) for t in trials), 3)}
 
 
 def search_throughput(workers: int, trials: int, seed: int, root: Path, *, on_ray: bool) -> dict:
@@ -84,7 +89,8 @@ def sweep_vs_sequential(trials: int, seed: int, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24, help="trials per throughput search")
-    parser.add_argument("--sweep-trials", type=int, default=6, help="trials per sweep run")
+    parser.add_argument("--sweep-trials", type=int, default=6,
+                        help="trials per sweep run (0: skip the sweep comparison)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-sequential", action="store_true",
                         help="skip the in-process 1-thread reference search")
@@ -115,7 +121,8 @@ def main() -> None:
             two = search_throughput(2, args.trials, args.seed, root, on_ray=True)
             out["ray_1_worker"], out["ray_2_workers"] = one, two
             out["ratio_2_vs_1_workers"] = two["trials_per_s"] / one["trials_per_s"]
-            out["sweep"] = sweep_vs_sequential(args.sweep_trials, args.seed, root)
+            if args.sweep_trials:
+                out["sweep"] = sweep_vs_sequential(args.sweep_trials, args.seed, root)
         finally:
             ray.shutdown()
     out["loadavg_at_end"] = os.getloadavg()
