@@ -87,6 +87,24 @@ def owner_resolver(op_names: Sequence[str]) -> Callable[[torch.fx.Node], str | N
     return owner
 
 
+def layer_quantizer(admit: Callable[[torch.fx.Node], bool]):
+    """An XNNPACKQuantizer (symmetric per-channel int8 weights, per-tensor int8 activations)
+    annotating only the nodes ``admit`` accepts: one global config behind a node filter, so one
+    annotation pass rather than one per layer. BatchNorm is folded before export, so the
+    conv+BN patterns match nothing and are dropped (each costs pattern exports per pass)."""
+    with quiet_imports():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+
+    class FoldedQuantizer(XNNPACKQuantizer):
+        SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS
+                              if "_bn" not in p.name]
+
+    quantizer = FoldedQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_filter_function(admit)
+    return quantizer
+
+
 def _apply_torchao(model: nn.Module, plans: Sequence[LayerPlan]) -> None:
     dynamic = {p.name: p for p in plans if p.realisation == TORCHAO_DYN}
     if not dynamic:
@@ -134,14 +152,10 @@ def build_program(model: nn.Module, plans: Sequence[LayerPlan], example: torch.T
             exported = torch.export.export(model, (example,))
             return BuiltProgram(exported, model, quantized, None)
         with quiet_imports():
-            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer, get_symmetric_quantization_config)
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         owner = owner_resolver(op_names)
-        quantizer = (XNNPACKQuantizer()
-                     .set_global(get_symmetric_quantization_config(is_per_channel=True))
-                     .set_filter_function(lambda node: owner(node) in int8))
+        quantizer = layer_quantizer(lambda node: owner(node) in int8)
         prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
         for image in calibration:
             prepared(image)

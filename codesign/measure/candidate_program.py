@@ -21,7 +21,6 @@ any values); activation ranges are calibrated on seeded random inputs.
 """
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from codesign.export.program import fold_batchnorm, layer_quantizer, owner_resolver
 from cost_models.ir import Op, OpKind
 
 __all__ = ["LoweredProgram", "layer_precisions", "build_module", "lower_candidate",
@@ -96,23 +96,6 @@ def layer_precisions(ops: list[Op]) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _fold_batchnorm(model: nn.Module) -> nn.Module:
-    """``model`` (a copy, eval mode) with each ``X_bn`` BatchNorm folded into conv ``X``."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Conv2d):
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        bn = getattr(parent, f"{attr}_bn", None)
-        if isinstance(bn, nn.BatchNorm2d):
-            setattr(parent, attr, fuse_conv_bn_eval(module, bn))
-            setattr(parent, f"{attr}_bn", nn.Identity())
-    return model
-
-
 def build_module(space: Any, candidate: Any, *, seed: int = 0) -> nn.Module:
     """The candidate's static subnet (seeded random weights), BatchNorm folded, eval mode."""
     from search_spaces.mbconv_supernet import MBConvSubnet
@@ -120,7 +103,7 @@ def build_module(space: Any, candidate: Any, *, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MBConvSubnet(space.config, candidate.arch)
-    return _fold_batchnorm(model)
+    return fold_batchnorm(model)
 
 
 def _check_modules(model: nn.Module, names: list[str]) -> None:
@@ -147,20 +130,6 @@ def _apply_dynamic(model: nn.Module, plan: dict[str, tuple[str, int]]) -> None:
         quantize_(model, config, filter_fn=lambda _m, fqn, target=name: fqn == target)
 
 
-def _owner_filter(static: set[str]):
-    """Node filter: does the node belong to one of the ``static`` layers (its module path, less
-    an ``_act``/``_bn`` suffix, is the layer's op name)?"""
-    def owned(node) -> bool:
-        for path, _type in node.meta.get("nn_module_stack", {}).values():
-            path = path[len("L['self']."):] if path.startswith("L['self'].") else path
-            for suffix in ("_act", "_bn"):
-                path = path.removesuffix(suffix)
-            if path in static:
-                return True
-        return False
-    return owned
-
-
 def _export(model: nn.Module, x: torch.Tensor, plan: dict[str, tuple[str, int]],
             calibration: list[torch.Tensor]) -> torch.export.ExportedProgram:
     from codesign.measure.pte import quiet_imports
@@ -169,19 +138,10 @@ def _export(model: nn.Module, x: torch.Tensor, plan: dict[str, tuple[str, int]],
     if not static:
         return torch.export.export(model, (x,))
     with quiet_imports():
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    class FoldedQuantizer(XNNPACKQuantizer):
-        # BatchNorm is already folded, so the conv+BN patterns match nothing; each costs several
-        # pattern exports (seconds) per annotation pass.
-        SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS
-                              if "_bn" not in p.name]
-
-    # One global config behind a node filter: one annotation pass, not one per layer.
-    quantizer = FoldedQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_filter_function(_owner_filter(static))
+    owner = owner_resolver(list(plan))
+    quantizer = layer_quantizer(lambda node: owner(node) in static)
     prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
     for batch in calibration:
         prepared(batch)
