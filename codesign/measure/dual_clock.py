@@ -17,13 +17,12 @@ clocks.
 """
 from __future__ import annotations
 
-import gc
-import time
 from dataclasses import dataclass
 
 import torch
 
-from codesign.measure.host_runner import _check_inputs, _load_method, configure_threads
+from codesign.measure.host_runner import (_check_inputs, check_counts, configure_threads,
+                                          timed_runs)
 
 __all__ = ["CLOCKS", "DualTiming", "time_pte_dual"]
 
@@ -52,32 +51,8 @@ def time_pte_dual(pte: bytes, inputs: tuple[torch.Tensor, ...], *, threads: int,
     Raises:
         ValueError: bad threads/warmup/repeats, or inputs the program does not take.
     """
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    check_counts(warmup, repeats)
     tensors = _check_inputs(inputs)
     configure_threads(threads)
-    wall, cpu = time.perf_counter, time.thread_time
-    t0 = wall()
-    _program, method = _load_method(pte, tensors, "forward")
-    load_s = wall() - t0
-    walls, cpus = [], []
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = wall()
-        method.execute(tensors)
-        first = wall() - t0
-        for _ in range(warmup):
-            method.execute(tensors)
-        for _ in range(repeats):
-            c0, t0 = cpu(), wall()
-            method.execute(tensors)
-            walls.append(wall() - t0)
-            cpus.append(cpu() - c0)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return DualTiming(tuple(walls), tuple(cpus), first, load_s)
+    runs = timed_runs(pte, tensors, "forward", warmup, repeats)
+    return DualTiming(runs.wall_s, runs.cpu_s, runs.first_run_s, runs.load_s)

@@ -29,6 +29,7 @@ import gc
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -168,6 +169,56 @@ def _load_average() -> float:
         return float("nan")
 
 
+def check_counts(warmup: int, repeats: int) -> None:
+    """ValueError unless ``warmup`` >= 0 and ``repeats`` >= 1 are ints (not bools)."""
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+
+
+@dataclass(frozen=True)
+class TimedRuns:
+    """One load of a method and its executions: per timed execution the wall time and the
+    executing thread's CPU time (the same executions, both clocks read around each)."""
+
+    wall_s: tuple[float, ...]
+    cpu_s: tuple[float, ...]
+    first_run_s: float
+    load_s: float
+
+
+def timed_runs(pte: bytes, tensors: tuple[torch.Tensor, ...], method: str, warmup: int,
+               repeats: int) -> TimedRuns:
+    """Steps 2-5 of the protocol in the module docstring (threads already configured)."""
+    wall, cpu = time.perf_counter, time.thread_time
+    t0 = wall()
+    _program, loaded = _load_method(pte, tensors, method)
+    load_s = wall() - t0
+    walls: list[float] = []
+    cpus: list[float] = []
+    # A collection pause landing inside one iteration would show up as a
+    # latency outlier that has nothing to do with the program.
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = wall()
+        loaded.execute(tensors)
+        first_run_s = wall() - t0
+        for _ in range(warmup):
+            loaded.execute(tensors)
+        for _ in range(repeats):
+            c0, t0 = cpu(), wall()
+            loaded.execute(tensors)
+            walls.append(wall() - t0)
+            cpus.append(cpu() - c0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return TimedRuns(tuple(walls), tuple(cpus), first_run_s, load_s)
+
+
 def time_pte(
     pte: bytes,
     inputs: tuple[torch.Tensor, ...],
@@ -207,39 +258,13 @@ def time_pte(
             ``pte``, unknown method, or input count/shape mismatch.
         TypeError: if ``inputs`` is not a non-empty sequence of tensors.
     """
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    check_counts(warmup, repeats)
     tensors = _check_inputs(inputs)
     configure_threads(threads)
     backend = _backend_label(pte)
     load_before = _load_average()
-    clock = time.perf_counter
-
-    t0 = clock()
-    _program, loaded = _load_method(pte, tensors, method)
-    load_s = clock() - t0
-
-    samples: list[float] = []
-    # A collection pause landing inside one iteration would show up as a
-    # latency outlier that has nothing to do with the program.
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = clock()
-        loaded.execute(tensors)
-        first_run_s = clock() - t0
-        for _ in range(warmup):
-            loaded.execute(tensors)
-        for _ in range(repeats):
-            t0 = clock()
-            loaded.execute(tensors)
-            samples.append(clock() - t0)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    runs = timed_runs(pte, tensors, method, warmup, repeats)
+    first_run_s, load_s, samples = runs.first_run_s, runs.load_s, list(runs.wall_s)
 
     info = {
         "input_shapes": ";".join("x".join(str(d) for d in x.shape) for x in tensors),
