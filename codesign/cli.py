@@ -41,7 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", help="fp32, fp16 or int8 (default fp32)")
     p.add_argument("--threads", default=None, help="threads (default: the device's)")
     p.add_argument("--backend", default=None, help="one of the device's back-ends")
-    p.add_argument("--cost-model", default="analytic", help="analytic")
+    p.add_argument("--cost-model", default="analytic",
+                   help="analytic (default), or learned/hybrid: a model saved by calibrate --save")
+    p.add_argument("--cost-model-file", default=None,
+                   help="the learned/hybrid model (default: the device's under CODESIGN_MODEL_DIR)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     s = sub.add_parser("search", help="search model x kernel co-designs under a latency budget",
@@ -214,7 +217,9 @@ def _cmd_predict(args) -> int:
     device = load_device(args.device)
     model = build_user_model(args.model)
     priced = price_module(model, shape, device, backend=args.backend, dtype=args.dtype,
-                          threads=threads, cost_model=args.cost_model)
+                          threads=threads, cost_model=args.cost_model,
+                          cost_model_file=Path(args.cost_model_file) if args.cost_model_file
+                          else None)
     if args.json:
         print(json.dumps(priced.to_json(), indent=2))
     else:

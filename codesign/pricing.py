@@ -1,11 +1,19 @@
-"""Pricing a user's model on a device: the engine behind ``codesign predict``."""
+"""Pricing a user's model on a device: the engine behind ``codesign predict``.
+
+``cost_model`` is ``analytic`` (the roofline from the device spec) or ``learned``/``hybrid``: a
+model saved by ``codesign calibrate --save`` for this device and back-end, found as ``search``
+finds it (``codesign.learned_pricing``). A learned model was measured at one thread count, so it
+prices only that one; its per-layer terms are the analytic ones rescaled to its total.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from codesign.learned_pricing import SEARCH_COST_MODELS as COST_MODELS, load_pricer
 from codesign.userinput import BadInput
 from cost_models.analytic import AnalyticCostModel
 from cost_models.backends import backend_for
@@ -14,7 +22,6 @@ from cost_models.devices import DeviceSpec
 from cost_models.ir import OpBatch, Op
 from cost_models.lowering import apply_precision, lower_module
 
-COST_MODELS = ("analytic",)
 DTYPES = ("fp32", "fp16", "int8")
 
 
@@ -46,7 +53,8 @@ class PricedModel:
 
 def price_module(module, input_shape, device: DeviceSpec, *, backend: str | None = None,
                  dtype: str = "fp32", threads: int | None = None,
-                 cost_model: str = "analytic") -> PricedModel:
+                 cost_model: str = "analytic", cost_model_file: Path | None = None
+                 ) -> PricedModel:
     """Lower ``module`` at ``input_shape`` and price it on ``device``.
 
     Raises:
@@ -62,7 +70,15 @@ def price_module(module, input_shape, device: DeviceSpec, *, backend: str | None
         raise BadInput(f"back-end {spec.name} does not let the thread count be chosen")
     if threads is not None and not 1 <= threads <= device.cpu.n_cores:
         raise BadInput(f"--threads {threads}: {device.name} has {device.cpu.n_cores} cores")
-    model = AnalyticCostModel(device, spec, threads=threads)
+    pricer = load_pricer(cost_model, device, spec, cost_model_file)
+    if pricer is not None and threads is not None and threads != pricer.threads:
+        raise BadInput(f"--cost-model {cost_model}: the model was measured at {pricer.threads} "
+                       f"thread(s), not {threads}")
     ops = apply_precision(lower_module(module, input_shape), spec, dtype)
     batch = OpBatch.from_oplists([ops])
-    return PricedModel(device, spec.name, tuple(ops), batch, model.predict(batch))
+    if pricer is None:
+        prediction = AnalyticCostModel(device, spec, threads=threads).predict(batch)
+    else:
+        prediction = pricer.model.predict(batch)
+        prediction.assumptions.update({**pricer.provenance(), "threads": pricer.threads})
+    return PricedModel(device, spec.name, tuple(ops), batch, prediction)

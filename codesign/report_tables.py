@@ -45,6 +45,9 @@ def format_prediction(priced, *, model_name: str, input_shape, dtype: str) -> st
     n_free = sum(1 for op in priced.ops if op.kind.value == "free")
     foot = (f"predicted latency: {total * 1e3:.3f} ms  ({len(rows)} kernels, {n_free} free ops "
             f"priced at zero)\ntime by bound: {shares}")
+    if a.get("cost_model_file"):
+        foot += (f"\npriced by the {a['cost_model']} model {a['cost_model_file']} (cross-validated "
+                 f"error ~{a['cv_rms_log_error']:.0%}; per-layer terms: the analytic ones rescaled)")
     return f"{head}\n{body}\n{foot}"
 
 

@@ -54,7 +54,7 @@ def test_predict_table_mentions_every_kernel(capsys):
     (["--dtype", "int4"], "unknown --dtype 'int4'; valid: fp32, fp16, int8"),
     (["--threads", "0"], "--threads must be a positive integer"),
     (["--threads", "99"], "pixel8 has 9 cores"),
-    (["--cost-model", "magic"], "unknown --cost-model 'magic'; valid: analytic"),
+    (["--cost-model", "magic"], "unknown --cost-model 'magic'; valid: analytic, learned, hybrid"),
 ])
 def test_predict_bad_input_exits_2_with_one_line(args, message, capsys):
     base = {"--device": "pixel8", "--model": "tests.models:small_convnet",

@@ -110,3 +110,48 @@ def test_calibrate_hybrid_needs_the_device(capsys) -> None:
     assert main(["calibrate", "--space", "mbconv", "--measurements", str(HOST), "--target",
                  "host", "--samples", "10", "--cost-model", "hybrid", "--json"]) == 2
     assert "--cost-model hybrid needs --device" in capsys.readouterr().err
+
+
+def _predict(*extra: str) -> list[str]:
+    return ["predict", "--device", "host", "--backend", "xnnpack", "--model",
+            "tests.models:small_convnet", "--input-shape", "1,3,32,32", "--dtype", "int8", *extra]
+
+
+def test_predict_priced_by_a_learned_model(models, capsys) -> None:
+    from cost_models.backends import load_backend
+    from cost_models.devices import load_device
+    from cost_models.ir import OpBatch
+    from cost_models.lowering import apply_precision, lower_module
+    from tests.models import small_convnet
+
+    assert main(_predict("--cost-model", "hybrid", "--cost-model-file", str(models["hybrid"]),
+                         "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    model = LearnedCostModel.load(models["hybrid"])
+    spec = load_backend("xnnpack")
+    assert load_device("host").name == out["device"]
+    ops = apply_precision(lower_module(small_convnet(), (1, 3, 32, 32)), spec, "int8")
+    expected = float(model.predict(OpBatch.from_oplists([ops])).latency_s[0])
+    assert out["latency_s"] == pytest.approx(expected)
+    assert out["latency_s"] == pytest.approx(sum(layer["latency_s"] for layer in out["layers"]))
+    a = out["assumptions"]
+    assert a["cost_model"] == model.name and a["cost_model_file"] == str(models["hybrid"])
+    assert a["threads"] == 1
+    assert main(_predict("--cost-model", "hybrid", "--cost-model-file",
+                         str(models["hybrid"]))) == 0
+    assert f"priced by the {model.name} model {models['hybrid']}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--cost-model", "learned", "--cost-model-file", "{pixel3}"),
+     "was fitted for device 'pixel3', not 'host'"),
+    (("--cost-model", "hybrid", "--cost-model-file", "{hybrid}", "--threads", "2"),
+     "the model was measured at 1 thread(s), not 2"),
+    (("--cost-model", "learned", "--cost-model-file", "{hybrid}"), "is a hybrid model"),
+    (("--cost-model-file", "{hybrid}"), "--cost-model-file needs --cost-model learned or hybrid"),
+])
+def test_predict_refuses_a_model_that_does_not_fit(models, capsys, extra, message) -> None:
+    argv = [x.format(**{k: str(v) for k, v in models.items()}) for x in extra]
+    assert main(_predict(*argv)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
