@@ -7,12 +7,18 @@ context (the KV cache's worst case), tokens/s = 1 / that, the weight-streaming f
 (weight bytes / DRAM bandwidth), time to first token (128-token prompt), and the share of decode
 time per bound. Predictions only: no device here runs them.
 
-    .venv/bin/python -m benchmarks.transformer_pricing [--json]
+With ``--run RUN_DIR`` (a ``--space transformer`` search) it prices that run's front members
+instead, each exactly as searched (its precisions, group sizes, sparsity and tiles, on the run's
+back-end), on every device at the device's default thread count.
+
+    .venv/bin/python -m benchmarks.transformer_pricing [--run RUN_DIR] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +27,8 @@ from cost_models.backends import load_backend
 from cost_models.base import BOUNDS
 from cost_models.devices import load_device
 from cost_models.ir import OpBatch, model_bytes
-from search_spaces.transformer import TransformerSpace, parameter_count
+from search_spaces.transformer import (TransformerConfig, TransformerSpace,
+                                        load_transformer_config, parameter_count)
 
 DEVICES = ("pixel8", "galaxy-s24-snapdragon", "quest3")
 CONFIGS = {  # layers, d_model, heads, gqa_ratio, ffn_mult, context
@@ -31,6 +38,17 @@ CONFIGS = {  # layers, d_model, heads, gqa_ratio, ffn_mult, context
 }
 PRECISION = {"xnnpack": "w4a8-dyn", "codesign": "w4a8"}
 GROUP = 128
+PROMPT_TOKENS = 128
+
+
+def config_with(arch: tuple) -> TransformerConfig:
+    """The default space config with ``arch``'s dimensions offered (and group size GROUP)."""
+    layers, d, heads, ratio, mult, ctx = arch
+    cfg = load_transformer_config()
+    return replace(cfg, layers=(layers,), d_model=(d,), heads=(heads,), gqa_ratios=(ratio,),
+                   ffn_mults=(mult,), context=(ctx,),
+                   prompt_tokens=PROMPT_TOKENS,
+                   group_sizes=tuple(sorted(set(cfg.group_sizes) | {GROUP})))
 
 
 def candidate(space: TransformerSpace, arch: tuple, threads: int):
@@ -45,12 +63,20 @@ def candidate(space: TransformerSpace, arch: tuple, threads: int):
     return space.decode({k: v for k, v in params.items() if k in active})
 
 
-def price(device_name: str, backend_name: str, name: str) -> dict:
+def price(device_name: str, backend_name: str, name: str, params: dict | None = None) -> dict:
+    """Price config ``name`` (or, given ``params``, that searched candidate) on the device."""
     device = load_device(device_name)
     backend = load_backend(backend_name)
     threads = device.default_threads
-    space = TransformerSpace(backend, threads_choices=(threads,))
-    c = candidate(space, CONFIGS[name], threads)
+    if params is None:  # the fixed configs are real-LLM sizes, past the default space's dims
+        space = TransformerSpace(backend, threads_choices=(threads,),
+                                 config=config_with(CONFIGS[name]))
+        c = candidate(space, CONFIGS[name], threads)
+        precision = PRECISION[backend_name]
+    else:  # the searched thread count was the search device's; each device prices its own
+        space = TransformerSpace(backend, threads_choices=(threads,))
+        c = space.decode({**params, "threads": threads} if "threads" in params else params)
+        precision = "/".join(sorted({x.precision for x in (*c.layers, c.head)}))
     cm = AnalyticCostModel(device, backend, threads=threads)
     decode_ops = space.to_ops(c, "decode")
     batch = OpBatch.from_oplists([decode_ops])
@@ -60,7 +86,7 @@ def price(device_name: str, backend_name: str, name: str) -> dict:
     weights = model_bytes(decode_ops)
     shares = np.bincount(pred.op_bound, weights=pred.op_latency_s, minlength=3) / decode_s
     return {"device": device_name, "backend": backend_name, "config": name,
-            "precision": PRECISION[backend_name], "threads": threads,
+            "precision": precision, "threads": threads,
             "params_m": parameter_count(c) / 1e6, "weight_mb": weights / 1e6,
             "kv_cache_mb": space.kv_cache_bytes(c) / 1e6, "context": c.arch.context,
             "decode_ms": decode_s * 1e3, "tokens_per_s": 1 / decode_s,
@@ -72,9 +98,18 @@ def price(device_name: str, backend_name: str, name: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=None,
+                        help="price this transformer run's front members instead")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = [price(d, b, n) for n in CONFIGS for d in DEVICES for b in ("xnnpack", "codesign")]
+    if args.run is None:
+        rows = [price(d, b, n) for n in CONFIGS for d in DEVICES for b in ("xnnpack", "codesign")]
+    else:
+        front = json.loads((args.run / "pareto.json").read_text())
+        if front.get("space") != "transformer":
+            parser.error(f"{args.run} is a {front.get('space')!r} run, not a transformer one")
+        rows = [price(d, front["backend"], f"trial {m['trial']}", m["params"])
+                for m in front["members"] for d in DEVICES]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
