@@ -332,14 +332,19 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
                ) -> list[MemberResult]:
     """Export the selected members of ``run_dir``; a failing member does not stop the others."""
     run_dir = Path(run_dir)
-    run = _Run.open(run_dir, evaluator)
+    if load_run(run_dir)[0].get("space") == "transformer":  # decoders: transformer_run.py
+        from codesign.export.transformer_run import TransformerRun, export_transformer_member
+
+        run, export_one = TransformerRun.open(run_dir), export_transformer_member
+    else:
+        run, export_one = _Run.open(run_dir, evaluator), export_member
     chosen = select_members(run.pareto.get("members", []), members)
     torch.set_num_threads(1)
     results = []
     for member in chosen:
         out = run_dir / "export" / f"trial-{int(member['trial'])}"
         try:
-            results.append(export_member(run, member, out, formats, log))
+            results.append(export_one(run, member, out, formats, log))
         except Exception as exc:  # reported with its reason; the other members go on
             out.mkdir(parents=True, exist_ok=True)
             reason = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,117 @@
+"""What each linear of a ``transformer`` member becomes in its ExecuTorch/XNNPACK program.
+
+The decode op list (``TransformerSpace.to_ops``) fixes every linear's precision; here each one is
+mapped to its module in ExecuTorch's Llama ``Transformer`` (``search_spaces/transformer_model``)
+and to a realisation, following ExecuTorch's LLM export recipe (``export_llama --qmode 8da4w``):
+
+* ``w4a8-dyn`` (group g): torchao ``quantize_`` with ``Int8DynamicActivationIntxWeightConfig(
+  weight_dtype=int4, PerGroup(g))`` on exactly that module;
+* ``w8a8-dyn``: the same config with int8 weights, one scale per output channel (``PerAxis(0)``);
+* ``w16a16``: fp32. The space prices the 16-bit stream (fp16 weights, activations and KV cache);
+  ExecuTorch's XNNPACK on this host runs the layer in fp32 (twice the priced bytes), and the
+  manifest says so;
+* anything else gets no realisation and the member no ``.pte`` (issue 6's policy: a precision is
+  never rounded to another one), with the reason per layer: precisions XNNPACK does not run
+  (the ``codesign`` back-end's sub-byte weights with static or 16-bit activations) and static
+  ``w8a8``, which XNNPACK runs but for which ExecuTorch's LLM recipe has no decoder path
+  (its linears take dynamically quantized activations) and this exporter no calibration.
+
+Pruned (2:4) FFN weights that XNNPACK accepts run dense (no sparse kernels): exact, not faster.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from codesign.export.plan import FP32, TORCHAO_DYN, LayerPlan, precision_label, sparsity_label
+from cost_models.backends import BackendSpec
+from cost_models.ir import Op, OpKind
+from kernels.specs import SparsityPattern
+
+# op-list unit of a block -> the module inside ``layers.{i}``
+BLOCK_LINEARS = {"q": "attention.wq", "k": "attention.wk", "v": "attention.wv",
+                 "o": "attention.wo", "gate": "feed_forward.w1", "up": "feed_forward.w3",
+                 "down": "feed_forward.w2"}
+HEAD_OP, HEAD_MODULE, EMBEDDING_MODULE = "lm_head", "output", "tok_embeddings"
+STATIC_W8A8_REASON = ("static int8 activations on a decoder linear: XNNPACK runs w8a8, but "
+                      "ExecuTorch's LLM export recipe quantizes decoder linears with dynamic "
+                      "int8 activations and this exporter has no static calibration for them; "
+                      "not rounded to w8a8-dyn")
+FP16_NOTE = ("priced as w16a16 (fp16 weights and stream); run as fp32 by XNNPACK on this host "
+             "(the exported layer holds 2x the priced weight bytes)")
+
+
+def module_name(op_name: str) -> str:
+    """``l3.gate`` -> ``layers.3.feed_forward.w1``; ``lm_head`` -> ``output``."""
+    if op_name == HEAD_OP:
+        return HEAD_MODULE
+    unit, _, part = op_name.partition(".")
+    if not unit.startswith("l") or part not in BLOCK_LINEARS:
+        raise ValueError(f"{op_name!r} is not a linear of the transformer op list")
+    return f"layers.{int(unit[1:])}.{BLOCK_LINEARS[part]}"
+
+
+def _realise(op: Op, xnnpack: BackendSpec) -> tuple[str | None, str, str]:
+    """(realisation, reason it has none, note)."""
+    q = op.quant
+    why = xnnpack.why_not(op.kind, q, op.sparsity)
+    if why is not None:
+        return None, why, ""
+    note = ""
+    if op.sparsity.pattern is not SparsityPattern.DENSE:
+        note = "pruned weights stored and run dense (XNNPACK has no sparse kernels)"
+    if q.dynamic_act and q.act_bits == 8 and q.weight_bits in (4, 8):
+        return TORCHAO_DYN, "", note
+    if q.weight_bits == q.act_bits and q.weight_bits in (16, 32):
+        return FP32, "", "; ".join(n for n in (FP16_NOTE if q.weight_bits == 16 else "", note)
+                                   if n)
+    if q.weight_bits == 8 and q.act_bits == 8:
+        return None, STATIC_W8A8_REASON, ""
+    return None, (f"XNNPACK runs linear at {precision_label(q)}, but the exporter has no "
+                  "realisation of it for a decoder"), ""
+
+
+def plan_linears(ops: Sequence[Op], xnnpack: BackendSpec) -> list[LayerPlan]:
+    """One ``LayerPlan`` per linear of the decode op list, named by its module (what
+    ``codesign.export.program._apply_torchao`` filters on), in op-list order."""
+    plans = []
+    for op in ops:
+        if op.kind is not OpKind.LINEAR:
+            continue
+        realisation, reason, note = _realise(op, xnnpack)
+        plans.append(LayerPlan(module_name(op.name), op.kind.value, precision_label(op.quant),
+                               sparsity_label(op), realisation, reason, note,
+                               op.quant.weight_bits, op.quant.group_size))
+    return plans
+
+
+def weight_bytes(elements: int, weight_bits: int, group_size: int, rows: int) -> int:
+    """Bytes of a stored weight at ``weight_bits``: the values plus one 4-byte scale per group
+    (4-bit) or per output row (8-bit); fp32 for 16/32-bit (as exported here)."""
+    if weight_bits >= 16:
+        return 4 * elements
+    scales = elements // group_size if group_size else rows
+    return elements * weight_bits // 8 + 4 * scales
+
+
+def head_tie(plans: Sequence[LayerPlan], vocab: int, d_model: int) -> dict[str, Any]:
+    """How the tied LM head is exported, with the bytes each copy holds."""
+    head = next(p for p in plans if p.name == HEAD_MODULE)
+    table = 4 * vocab * d_model
+    head_bytes = weight_bytes(vocab * d_model, head.weight_bits, head.group_size, vocab)
+    out: dict[str, Any] = {"head_precision": head.precision, "embedding_precision": "fp32",
+                           "embedding_table_bytes": table, "head_weight_bytes": head_bytes,
+                           "priced": "one matrix: the LM head's weight bytes at its precision "
+                                     "(the embedding gather reads a row of it)"}
+    if head.realisation == FP32:
+        out["export"] = ("tied in the module (output.weight is tok_embeddings.weight); in the "
+                         ".pte the embedding gather reads the fp32 table as a program constant "
+                         "and XNNPACK's linear packs its own fp32 copy into the delegate: two "
+                         "stored copies")
+    elif head.realisation == TORCHAO_DYN:
+        out["export"] = (f"untied at export: the head is quantized to {head.precision} from the "
+                         "shared table; the embedding gather keeps the fp32 table. Two stored "
+                         "matrices: the fp32 table and the quantized head")
+    else:
+        out["export"] = "no .pte (the head's precision has no realisation)"
+    out["stored_bytes"] = table + head_bytes
+    return out

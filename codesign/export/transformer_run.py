@@ -1,0 +1,182 @@
+"""``codesign export RUN_DIR`` for a run over the ``transformer`` space.
+
+Per member, in ``RUN_DIR/export/trial-<N>/``: ``model.pte`` (ExecuTorch, XNNPACK-delegated,
+static KV cache, ``transformer.py``), ``model.pt2`` (the ``torch.export`` program it was lowered
+from) and ``manifest.json``: per-linear precision and realisation (``transformer_plan.py``), how
+the tied LM head was exported and the bytes of each copy, the KV cache (buffer bytes in the
+program vs the space's priced bytes), which attention path was used (ExecuTorch's custom SDPA op
+or the plain static cache), the runtime check (decode from position 0 vs the eager quantized
+module), host decode latency at position ``context - 1`` (p50, p90, first run), sizes and sha256.
+
+Weights: the trained LM supernet's (``search_spaces.transformer_lm.candidate_state_dict``) where
+that module is present, else seeded random weights, said in the manifest (latency, sizes and the
+runtime check do not depend on the values; quality does).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from codesign.export.plan import TORCHAO_DYN, unexpressible
+from codesign.export.run import MemberResult, _save_pt2, _sha256, _write_bytes, load_run
+from codesign.export.transformer_plan import head_tie, plan_linears
+from codesign.run_dir import atomic_write_json
+from codesign.userinput import BadInput
+
+WARMUP, REPEATS = 5, 30
+STREAM_NOTE = ("the space prices the residual stream, norms, RoPE, softmax and the KV cache at "
+               "{bits} bits; the exported program runs them in fp32 (XNNPACK on this host)")
+
+
+def member_weights(space, candidate, seed: int) -> tuple[Mapping[str, torch.Tensor] | None, str]:
+    """(state dict or None for seeded random weights, where the weights come from)."""
+    try:
+        from search_spaces.transformer_lm import candidate_state_dict
+    except ImportError:
+        return None, (f"random (torch seed {seed}): this checkout has no trained LM supernet "
+                      "(search_spaces.transformer_lm); latency, sizes and the runtime check do "
+                      "not depend on weight values, quality does")
+    return (candidate_state_dict(space, candidate, seed=seed),
+            f"trained LM supernet (search_spaces.transformer_lm, seed {seed}), candidate's slice")
+
+
+@dataclass
+class TransformerRun:
+    identity: dict[str, Any]
+    pareto: dict[str, Any]
+    device: Any
+    backend: Any
+    xnnpack: Any
+    space: Any
+    seed: int
+    threads_cap: int
+
+    @classmethod
+    def open(cls, run_dir: Path) -> "TransformerRun":
+        from codesign.context import load_space
+        from cost_models.backends import backend_for, load_backend
+        from cost_models.devices import load_device
+
+        identity, pareto = load_run(run_dir)
+        device = load_device(identity["device"])
+        backend = backend_for(device, identity["backend"])
+        space = load_space(identity["space"], backend, device)
+        sha = getattr(space.config, "sha256", "")
+        if sha and identity.get("space_sha256") not in (None, sha):
+            raise BadInput(f"{run_dir}: the run's space_sha256 {identity['space_sha256']} "
+                           f"differs from the space now loaded ({sha}); export would build "
+                           "other decoders than the ones searched")
+        return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
+                   int(identity.get("seed", 0)), os.cpu_count() or 1)
+
+
+def _kv_json(run: TransformerRun, candidate, program) -> dict[str, Any]:
+    priced = run.space.kv_cache_bytes(candidate)
+    return {"context": candidate.arch.context, "program_bytes": program.kv_cache_bytes,
+            "priced_bytes": priced, "program_over_priced": program.kv_cache_bytes / priced,
+            "buffers": len(program.kv_buffers),
+            "note": "K and V of every layer, [1, context, kv_heads, head_dim] fp32, allocated "
+                    "in the program's planned memory (zero at load)"}
+
+
+def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: Path,
+                              formats: Sequence[str], log: Callable[[str], None]
+                              ) -> MemberResult:
+    from codesign.export.transformer import check_decode, export_decoder, time_decode
+    from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
+    from cost_models.ir import model_bytes
+
+    trial = int(member["trial"])
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    space = run.space
+    candidate = space.decode(member["params"])
+    arch = candidate.arch
+    vocab = space.config.vocab
+    ops = space.to_ops(candidate, "decode")
+    plans = plan_linears(ops, run.xnnpack)
+    bad = unexpressible(plans)
+    threads = max(1, min(int(candidate.threads or 1), run.threads_cap))
+    manifest: dict[str, Any] = {
+        "trial": trial, "params": member["params"], "space": run.identity["space"],
+        "device": run.identity["device"], "backend": run.identity["backend"],
+        "budget_s": run.pareto.get("budget_s"),
+        "arch": {"layers": arch.layers, "d_model": arch.d_model, "heads": arch.heads,
+                 "kv_heads": arch.kv_heads, "d_ff": arch.d_ff, "context": arch.context,
+                 "vocab": vocab},
+        "latency_s_predicted": member.get("latency_s"),
+        "latency_s_predicted_means": "one decoded token at position context-1 on "
+                                     f"{run.identity['device']}",
+        "ttft_s_predicted": member.get("ttft_s"),
+        "quality_search": {k: member.get(k) for k in ("accuracy", "accuracy_interval",
+                                                      "test_accuracy") if k in member},
+        "memory": {"model_bytes_predicted": model_bytes(ops),
+                   "kv_cache_bytes_predicted": space.kv_cache_bytes(candidate),
+                   "memory_bytes_predicted": member.get("memory_bytes")},
+        "precision_per_layer": [p.as_json() for p in plans],
+        "lm_head": head_tie(plans, vocab, arch.d_model),
+        "stream": STREAM_NOTE.format(bits=space.config.stream_bits),
+        "threads": threads,
+    }
+    files: dict[str, Path] = {}
+    status, reason = "exported", ""
+    if bad:
+        status = "refused"
+        reason = f"XNNPACK cannot express {len(bad)} linear(s): " + "; ".join(
+            f"{p.name} ({p.precision}): {p.reason}" for p in bad[:3]) + (
+            " ..." if len(bad) > 3 else "")
+        manifest["pte"] = None
+    else:
+        state_dict, source = member_weights(space, candidate, run.seed)
+        manifest["weights"] = source
+        program = export_decoder(candidate, plans, vocab, state_dict, seed=run.seed)
+        timings = dict(program.seconds)
+        manifest["sdpa"] = {"custom_op": program.custom_sdpa, "path": program.sdpa_note}
+        if "pt2" in formats:
+            t0 = time.perf_counter()
+            _save_pt2(out / "model.pt2", program.exported)
+            timings["pt2"] = time.perf_counter() - t0
+            files["model.pt2"] = out / "model.pt2"
+            manifest["pt2_semantics"] = "the torch.export program model.pte was lowered from"
+        quantized = any(p.realisation == TORCHAO_DYN for p in plans)
+        t0 = time.perf_counter()
+        check = check_decode(program.pte, program.reference, quantized=quantized, vocab=vocab,
+                             seed=run.seed, threads=threads)
+        timings["verify"] = time.perf_counter() - t0
+        if "pte" in formats:
+            _write_bytes(out / "model.pte", program.pte)
+            files["model.pte"] = out / "model.pte"
+        t0 = time.perf_counter()
+        timing = time_decode(program.pte, arch.context, threads=threads, warmup=WARMUP,
+                             repeats=REPEATS)
+        timings["time"] = time.perf_counter() - t0
+        mem = planned_memory(program.pte)
+        manifest.update({
+            "host_latency_s_measured": timing.p50_s, "host_latency_p90_s": timing.p90_s,
+            "host_first_run_s": timing.first_run_s, "host_load_s": timing.load_s,
+            "host_decode": timing.as_json(),
+            "max_abs_diff": check.max_abs_diff, "output_check": check.as_json(),
+            "delegates": list(delegate_backends(program.pte)),
+            "undelegated_operators": list(undelegated_operators(program.pte)),
+            "kv_cache": _kv_json(run, candidate, program),
+        })
+        manifest["memory"].update({"pte_bytes": len(program.pte),
+                                   "planned_constant_bytes": mem.constant_bytes,
+                                   "planned_non_constant_bytes": mem.non_constant_bytes,
+                                   "kv_cache_bytes_program": program.kv_cache_bytes})
+        manifest["seconds"] = timings
+        if not check.ok:
+            status = "failed"
+            reason = (f"runtime decode differs from the eager module: max |diff| "
+                      f"{check.max_abs_diff:.3g} ({check.rule})")
+    manifest["status"], manifest["reason"] = status, reason
+    manifest["export_seconds"] = time.perf_counter() - start
+    manifest["sha256"] = {name: _sha256(path) for name, path in files.items()}
+    atomic_write_json(out / "manifest.json", manifest)
+    log(f"trial {trial}: {status}{' - ' + reason if reason else ''}")
+    return MemberResult(trial, out, status, reason, manifest)

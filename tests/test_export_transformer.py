@@ -1,0 +1,115 @@
+"""codesign export of a transformer run: a mixed-precision decoder becomes an XNNPACK .pte with a
+static KV cache that decodes on ExecuTorch's runtime as the eager module does; a member with a
+precision the exporter cannot realise gets no .pte and a reason per layer."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from codesign.cli import main
+from codesign.export.plan import FP32, TORCHAO_DYN
+from codesign.export.transformer_plan import module_name, plan_linears
+from cost_models.backends import load_backend
+from cost_models.devices import load_device
+from search_spaces.transformer import Candidate, LayerChoice, TransformerArch
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _space():
+    from codesign.context import load_space
+
+    return load_space("transformer", load_backend("xnnpack"), load_device("host"))
+
+
+def _candidate(space, first: str) -> Candidate:
+    """The space's smallest decoder: block 0 at ``first``, the others w8a8-dyn, head w16a16."""
+    cfg = space.config
+    heads = min(cfg.heads)
+    arch = TransformerArch(min(cfg.layers), min(cfg.d_model), heads, heads // max(
+        r for r in cfg.gqa_ratios if heads % r == 0), min(cfg.ffn_mults), min(cfg.context))
+    group = min(space.group_choices)
+    blocks = [LayerChoice(first, group if first.startswith("w4") else 0)]
+    blocks += [LayerChoice("w8a8-dyn")] * (arch.layers - 1)
+    return Candidate(arch, tuple(blocks), LayerChoice("w16a16"), threads=1)
+
+
+def _write_run(tmp_path, space, members):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "device": "host", "backend": "xnnpack", "space": "transformer",
+        "space_sha256": space.config.sha256, "seed": 0}))
+    (run / "pareto.json").write_text(json.dumps({"budget_s": 0.01, "members": [
+        {"trial": trial, "params": space.encode(c), "latency_s": 0.001}
+        for trial, c in members]}))
+    return run
+
+
+def test_plan_maps_every_linear_to_its_module_and_refuses_static_int8():
+    space = _space()
+    xnn = load_backend("xnnpack")
+    plans = plan_linears(space.to_ops(_candidate(space, "w8a8")), xnn)
+    assert module_name("l1.gate") == "layers.1.feed_forward.w1"
+    by_name = {p.name: p for p in plans}
+    assert by_name["layers.0.attention.wq"].realisation is None
+    assert "static int8" in by_name["layers.0.attention.wq"].reason
+    assert by_name["layers.1.feed_forward.w2"].realisation == TORCHAO_DYN
+    assert by_name["output"].realisation == FP32 and "fp32" in by_name["output"].note
+    # a codesign-back-end precision XNNPACK does not run is refused with the back-end's reason
+    codesign_space = type(space)(load_backend("codesign"))
+    c = _candidate(space, "w4a8-dyn")
+    c = Candidate(c.arch, (LayerChoice("w4a16", 32),) + c.layers[1:], c.head)
+    plans = plan_linears(codesign_space.to_ops(c), xnn)
+    assert "does not run linear at w4a16" in plans[0].reason
+
+
+@pytest.mark.slow
+def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatch):
+    import codesign.export.transformer_run as tr
+
+    monkeypatch.setattr(tr, "member_weights", lambda space, c, seed: (None, "random (test)"))
+    space = _space()
+    mixed, refused = _candidate(space, "w4a8-dyn"), _candidate(space, "w8a8")
+    run = _write_run(tmp_path, space, [(1, mixed), (2, refused)])
+    assert main(["export", str(run)]) == 0
+
+    out = run / "export" / "trial-1"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "exported", m["reason"]
+    layers = {p["name"]: p for p in m["precision_per_layer"]}
+    assert layers["layers.0.attention.wq"]["precision"].startswith("w4a8-dyn-g")
+    assert layers["layers.0.attention.wq"]["xnnpack"] == TORCHAO_DYN
+    assert layers["output"]["xnnpack"] == FP32
+    assert "tied" in m["lm_head"]["export"]
+    # the runtime decodes as the eager quantized module, step by step from position 0
+    check = m["output_check"]
+    assert check["within_tolerance"] and check["steps"] >= 4
+    assert check["argmax_agree"] >= check["steps"] - 1
+    # every linear runs in XNNPACK: no matrix product outside the delegate
+    assert m["delegates"] == ["XnnpackBackend"]
+    assert not [op for op in m["undelegated_operators"]
+                if op.split(".")[0] in ("aten::mm", "aten::addmm", "aten::linear", "aten::bmm")]
+    a = mixed.arch
+    kv = m["kv_cache"]
+    assert kv["program_bytes"] == a.layers * 2 * a.context * a.kv_heads * a.head_dim * 4
+    assert kv["program_over_priced"] == pytest.approx(2.0)  # fp32 on the host, priced fp16
+    assert isinstance(m["sdpa"]["custom_op"], bool) and m["sdpa"]["path"]
+    for key in ("host_latency_s_measured", "host_latency_p90_s", "host_first_run_s"):
+        assert m[key] > 0
+    assert m["host_decode"]["position"] == a.context - 1
+    pte = (out / "model.pte").read_bytes()
+    assert m["memory"]["pte_bytes"] == len(pte)
+    assert m["sha256"]["model.pte"] == hashlib.sha256(pte).hexdigest()
+    assert m["sha256"]["model.pt2"] == hashlib.sha256((out / "model.pt2").read_bytes()).hexdigest()
+
+    r = json.loads((run / "export" / "trial-2" / "manifest.json").read_text())
+    assert r["status"] == "refused" and r["pte"] is None
+    assert "layers.0.attention.wq (w8a8)" in r["reason"]
+    assert not (run / "export" / "trial-2" / "model.pte").exists()
+    why = {p["name"]: p.get("why_not") for p in r["precision_per_layer"]}
+    assert "static int8" in why["layers.0.attention.wq"]
+    summary = json.loads((run / "export" / "summary.json").read_text())
+    assert [s["status"] for s in summary["members"]] == ["exported", "refused"]
