@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from codesign.evaluation.base import metric_keys, metric_of
 from codesign.userinput import BadInput, load_reference
 from cost_models.analytic import AnalyticCostModel
 from cost_models.backends import BackendSpec, backend_for
@@ -26,7 +27,8 @@ BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
 
 @dataclass
 class TrialOutcome:
-    """What one evaluated trial produced (or why it failed)."""
+    """What one evaluated trial produced (or why it failed). ``accuracy`` holds the value of the
+    evaluator's ``metric`` (perplexity for the transformer space)."""
 
     accuracy: float = float("nan")
     accuracy_interval: tuple[float, float] = (float("nan"), float("nan"))
@@ -44,11 +46,13 @@ class TrialOutcome:
     ttft_s: float | None = None
     memory_bytes: int | None = None
     constraints: dict[str, float] = field(default_factory=dict)
+    metric: str = "accuracy"
 
     def attrs(self) -> dict[str, Any]:
         extra = {k: v for k, v in (("ttft_s", self.ttft_s), ("memory_bytes", self.memory_bytes))
                  if v is not None}
-        return {**extra, "accuracy_interval": list(self.accuracy_interval), "n_eval": self.n_eval,
+        interval = metric_keys(self.metric)["interval"]
+        return {**extra, interval: list(self.accuracy_interval), "n_eval": self.n_eval,
                 "latency_s": self.latency_s, "latency_band_s": list(self.latency_band_s),
                 "model_bytes": self.model_bytes,
                 "peak_activation_bytes": self.peak_activation_bytes,
@@ -111,9 +115,12 @@ def load_evaluator(ref: str | None, space: SearchSpace, seed: int):
         from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
         return SupernetEvaluator(space, seed=seed)
-    if space.name == "transformer":
-        raise BadInput("space 'transformer' has no built-in quality evaluator yet (the perplexity "
-                       "supernet is issue 9 phase 2); pass --evaluator MODULE:FUNC")
+    from search_spaces.transformer import TransformerSpace
+
+    if isinstance(space, TransformerSpace):
+        from codesign.evaluation.perplexity import PerplexityEvaluator
+
+        return PerplexityEvaluator(space, seed=seed)
     raise BadInput(f"space {space.name!r} has no built-in evaluator; pass --evaluator MODULE:FUNC")
 
 
@@ -152,6 +159,15 @@ class SearchContext:
         return self._models[threads]
 
     @property
+    def metric(self) -> str:
+        """What the evaluator scores (``accuracy`` unless it declares another metric)."""
+        return metric_of(self.evaluator)[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return metric_of(self.evaluator)[1]
+
+    @property
     def error_fraction(self) -> float:
         err = self.backend.analytic_error
         return err.value if err is not None else 0.0
@@ -164,6 +180,7 @@ class SearchContext:
                 "cost_model": self.cost_model_name, "seed": config.seed,
                 "sampler": config.sampler,
                 "evaluator": getattr(config, "evaluator", None),
+                "metric": self.metric, "higher_is_better": self.higher_is_better,
                 "deploy_input_shape": list(self.space.deploy_input_shape),
                 "eval_input_shape": list(self.space.eval_input_shape),
                 **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
@@ -241,7 +258,10 @@ class SearchContext:
             priced = self.price(candidate)
             result = self.evaluator.evaluate(candidate, split=split)
             if not np.isfinite(result.accuracy):
-                raise ValueError(f"the evaluator returned accuracy {result.accuracy}")
+                raise ValueError(f"the evaluator returned {self.metric} {result.accuracy}")
+            if getattr(result, "metric", "accuracy") != self.metric:
+                raise ValueError(f"the evaluator returned {result.metric}, but declares "
+                                 f"{self.metric}")
         except Exception as exc:  # a trial that fails is recorded as FAIL, the search goes on
             return TrialOutcome(error=f"{type(exc).__name__}: {exc}", pid=os.getpid(),
                                 eval_seconds=time.perf_counter() - start,
@@ -253,7 +273,7 @@ class SearchContext:
             peak_activation_bytes=priced["peak_activation_bytes"], candidate_key=_key(candidate),
             eval_seconds=time.perf_counter() - start, pid=os.getpid(),
             ttft_s=priced.get("ttft_s"), memory_bytes=priced.get("memory_bytes"),
-            constraints=self.constraints(priced))
+            constraints=self.constraints(priced), metric=self.metric)
 
     def evaluate_params(self, trial) -> TrialOutcome:
         try:

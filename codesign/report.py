@@ -22,7 +22,8 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from codesign.report_tables import _si, _table, format_pareto
+from codesign.evaluation.base import metric_keys
+from codesign.report_tables import _si, _table, format_pareto, metric_label
 from codesign.run_dir import JOURNAL_FILE, RUN_FILE, STUDY_NAME
 from codesign.userinput import BadInput
 
@@ -88,20 +89,22 @@ def load_study(run_dir: Path) -> optuna.Study | None:
             from None
 
 
-def _point(trial: FrozenTrial, front: set[int]) -> TrialPoint:
+def _point(trial: FrozenTrial, front: set[int], metric: str = "accuracy") -> TrialPoint:
     attrs = trial.user_attrs
     latency = float(attrs.get("latency_s", trial.values[1]))
     return TrialPoint(
         number=trial.number, accuracy=float(trial.values[0]),
-        accuracy_interval=tuple(attrs.get("accuracy_interval", (trial.values[0],) * 2)),
+        accuracy_interval=tuple(attrs.get(metric_keys(metric)["interval"],
+                                          (trial.values[0],) * 2)),
         latency_s=latency, latency_band_s=tuple(attrs.get("latency_band_s", (latency,) * 2)),
         model_bytes=float(attrs.get("model_bytes", trial.values[2])),
         feasible=all(v <= 0 for v in trial.constraints.values()),
         on_front=trial.number in front, baseline=bool(attrs.get("baseline", False)))
 
 
-def _member_point(m: dict[str, Any]) -> TrialPoint:
-    return TrialPoint(m["trial"], m["accuracy"], tuple(m["accuracy_interval"]), m["latency_s"],
+def _member_point(m: dict[str, Any], metric: str = "accuracy") -> TrialPoint:
+    keys = metric_keys(metric)
+    return TrialPoint(m["trial"], m[keys["value"]], tuple(m[keys["interval"]]), m["latency_s"],
                       tuple(m["latency_band_s"]), float(m["model_bytes"]), True, True,
                       bool(m.get("baseline", False)))
 
@@ -110,11 +113,12 @@ def load_run(run_dir: Path) -> RunReport:
     pareto = load_pareto(run_dir)
     study = load_study(run_dir)
     front = {m["trial"] for m in pareto["members"]}
+    metric = pareto.get("metric", "accuracy")
     if study is not None:
-        points = tuple(_point(t, front) for t in study.get_trials(
+        points = tuple(_point(t, front, metric) for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,)))
     else:
-        points = tuple(_member_point(m) for m in pareto["members"])
+        points = tuple(_member_point(m, metric) for m in pareto["members"])
     return RunReport(Path(run_dir), pareto, points, study)
 
 
@@ -155,12 +159,21 @@ def format_member(pareto: dict[str, Any], number: int, *, top: int = 5) -> str:
             for layer in layers]
     total = sum(layer["latency_s"] for layer in layers)
     lo, hi = m["latency_band_s"]
-    alo, ahi = m["accuracy_interval"]
+    short, metric, _ = metric_label(pareto)
+    keys = metric_keys(metric)
+    alo, ahi = m[keys["interval"]]
     head = (f"trial {m['trial']}{' (baseline)' if m.get('baseline') else ''} on "
             f"{pareto['device']} / {pareto['backend']}: {m['latency_s'] * 1e3:.3f} ms predicted "
             f"[{lo * 1e3:.3f}, {hi * 1e3:.3f}] (budget {pareto['budget_s'] * 1e3:g} ms), "
-            f"val acc {m['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}], "
+            f"val {short} {m[keys['value']]:.3f} [{alo:.3f}, {ahi:.3f}], "
             f"{m['model_bytes'] / 1e6:.2f} MB, {m.get('threads', '?')} thread(s)")
+    if "ttft_s" in m:
+        head += (f"\n{m['latency_s'] * 1e3:.3f} ms per decoded token (the decode breakdown "
+                 f"below); time to first token {m['ttft_s'] * 1e3:.3f} ms (prefill breakdown "
+                 "after it)")
+    if "memory_bytes" in m:
+        head += (f"\nresident {m['memory_bytes'] / 1e6:.2f} MB (weights + whole KV cache) of "
+                 f"a {m['memory_share_bytes'] / 1e9:.2f} GB RAM share")
     table = _table(["layer", "kind", "ms", "share %", "bound", "bits", "sparsity", "tile",
                     "flops", "bytes"], rows, right={2, 3, 8, 9})
     slowest = sorted(layers, key=lambda layer: -layer["latency_s"])[:top]
@@ -170,7 +183,26 @@ def format_member(pareto: dict[str, Any], number: int, *, top: int = 5) -> str:
             f"time by kind: {_shares(layers, 'kind')}",
             "slowest: " + ", ".join(f"{layer['name']} {layer['share']:.1%} ({layer['bound']})"
                                     for layer in slowest)]
+    if m.get("prefill_layers"):
+        foot += ["", _phase_table("prefill (time to first token)", m["prefill_layers"], top)]
     return "\n".join([head, table, *foot])
+
+
+def _phase_table(title: str, layer_rows: list[dict[str, Any]], top: int) -> str:
+    """A second phase's per-layer breakdown (the transformer's prefill)."""
+    layers = member_layers({"layers": layer_rows})
+    rows = [[layer["name"], layer["kind"], f"{layer['latency_s'] * 1e3:.4f}",
+             f"{layer['share'] * 100:.1f}", layer["bound"],
+             f"w{layer['weight_bits']}a{layer['act_bits']}", str(layer["sparsity"])]
+            for layer in layers]
+    total = sum(layer["latency_s"] for layer in layers)
+    slowest = sorted(layers, key=lambda layer: -layer["latency_s"])[:top]
+    return "\n".join([f"{title}: {total * 1e3:.3f} ms over {len(layers)} kernels",
+                      _table(["layer", "kind", "ms", "share %", "bound", "bits", "sparsity"],
+                             rows, right={2, 3}),
+                      f"time by bound: {_shares(layers, 'bound')}",
+                      "slowest: " + ", ".join(f"{layer['name']} {layer['share']:.1%} "
+                                              f"({layer['bound']})" for layer in slowest)])
 
 
 def dashboard_command(run_dir: Path) -> str:
@@ -188,14 +220,15 @@ def write_html(run: RunReport) -> Path:
     from optuna.visualization import plot_pareto_front
 
     pareto = run.pareto
+    _, metric, note = metric_label(pareto)
     fig = plot_pareto_front(run.study, targets=lambda t: (t.values[1] * 1e3, t.values[0]),
                             target_names=[f"predicted latency on {pareto['device']} (ms)",
-                                          "validation accuracy"])
+                                          f"validation {metric}{note}"])
     budget_ms = pareto["budget_s"] * 1e3
     fig.add_vline(x=budget_ms, line_dash="dash", line_color="firebrick",
                   annotation_text=f"budget {budget_ms:g} ms")
-    fig.update_layout(title=f"{pareto['device']} / {pareto['backend']}: accuracy vs latency "
-                            f"(front over accuracy, latency and model size; grey: over budget)")
+    fig.update_layout(title=f"{pareto['device']} / {pareto['backend']}: {metric} vs latency "
+                            f"(front over {metric}, latency and model size; grey: over budget)")
     path = run.path / HTML_FILE
     fig.write_html(str(path), include_plotlyjs=True)
     return path

@@ -1,4 +1,5 @@
-"""``pareto.png``: accuracy vs predicted latency for every completed trial of a run.
+"""``pareto.png``: accuracy (or the run's metric, e.g. perplexity) vs predicted latency for every
+completed trial of a run.
 
 Each trial is a point with its accuracy interval (vertical error bar) and latency band
 (horizontal error bar); the budget is a vertical line with the over-budget side shaded; feasible
@@ -16,6 +17,8 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
+
+from codesign.report_tables import metric_label  # noqa: E402
 
 FIG_SIZE_IN = (10.0, 6.5)
 DPI = 150
@@ -56,6 +59,7 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
             if not group:
                 continue
             marker, color, size, alpha, label = _STYLE[key]
+            label = label.replace("accuracy", metric_label(pareto)[1])
             _errorbars(ax, group, color, alpha)
             edge = {"edgecolors": "black", "linewidths": 0.6} if key == "front" else {}
             ax.scatter([p.latency_s * 1e3 for p in group], [p.accuracy for p in group],
@@ -73,7 +77,8 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
         ax.axvspan(budget_ms, right, color="firebrick", alpha=0.06, zorder=0)
         ax.set_xlabel(f"predicted latency on {pareto['device']} (ms); bars: latency band")
         n_eval = pareto.get("n_eval")
-        ax.set_ylabel(f"validation accuracy{f' (n={n_eval})' if n_eval else ''}; "
+        _, metric, note = metric_label(pareto)
+        ax.set_ylabel(f"validation {metric}{note}{f' (n={n_eval})' if n_eval else ''}; "
                       "bars: 95% interval")
         ax.grid(True, alpha=0.3)
         fig.suptitle(f"{pareto['device']} / back-end {pareto['backend']}, budget {budget_ms:g} ms"
@@ -82,7 +87,8 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
         handles, labels = ax.get_legend_handles_labels()
         side.legend(handles, labels, loc="upper left", fontsize=8.5, frameon=False,
                     borderaxespad=0)
-        side.text(0, 0.76, _front_table(groups["front"]), transform=side.transAxes,
+        side.text(0, 0.76, _front_table(groups["front"], metric_label(pareto)[0]),
+                  transform=side.transAxes,
                   fontsize=8, family="monospace", va="top", ha="left")
         fig.tight_layout()
         _label_front(ax, groups["front"])  # after the layout: placement needs final positions
@@ -133,8 +139,8 @@ def _label_front(ax, front: Sequence, fontsize: float = 8) -> None:
                 break
 
 
-def _front_table(front: Sequence, limit: int = 24) -> str:
-    lines = ["Pareto front", f"{'trial':>5} {'ms':>6} {'acc':>5} {'MB':>5}"]
+def _front_table(front: Sequence, short: str = "acc", limit: int = 24) -> str:
+    lines = ["Pareto front", f"{'trial':>5} {'ms':>6} {short:>5} {'MB':>5}"]
     lines += [f"{'#' + str(p.number):>5} {p.latency_s * 1e3:6.2f} {p.accuracy:5.3f} "
               f"{p.model_bytes / 1e6:5.1f}" for p in front[:limit]]
     if len(front) > limit:

@@ -126,27 +126,59 @@ def device_json(spec: DeviceSpec, *, brief: bool = False) -> dict[str, Any]:
     return _sourced_json(spec)
 
 
+METRIC_LABELS = {"accuracy": "acc", "perplexity": "ppl"}
+
+
+def metric_label(pareto: dict[str, Any]) -> tuple[str, str, str]:
+    """(short label, full name, direction note) of a run's quality metric."""
+    metric = pareto.get("metric", "accuracy")
+    note = "" if pareto.get("higher_is_better", True) else " (lower is better)"
+    return METRIC_LABELS.get(metric, metric), metric, note
+
+
 def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | None = None) -> str:
-    """The end-of-run table: one row per front member, the baseline marked."""
+    """The end-of-run table: one row per front member, the baseline marked. A space with a
+    prefill phase and a RAM check (transformer) adds time to first token and resident bytes;
+    the quality column is named after the evaluator's metric (``val ppl`` for perplexity)."""
+    from codesign.evaluation.base import metric_keys
+
+    short, metric, note = metric_label(pareto)
+    keys = metric_keys(metric)
     rows = []
     members = list(pareto["members"])
+    phases = any("ttft_s" in m for m in members)
+    memory = any("memory_bytes" in m for m in members)
     for m in members:
-        lo, hi = m["accuracy_interval"]
+        lo, hi = m[keys["interval"]]
         tlo, thi = m["latency_band_s"]
         bits = sorted({f"w{layer['weight_bits']}a{layer['act_bits']}" for layer in m["layers"]
                        if layer["kind"] in ("conv2d", "linear", "depthwise_conv2d")})
         sparse = sorted({layer["sparsity"] for layer in m["layers"]} - {"dense"})
+        extra = []
+        if phases:
+            extra.append(f"{m['ttft_s'] * 1e3:.2f}" if "ttft_s" in m else "-")
+        if memory:
+            extra.append(f"{m['memory_bytes'] / 1e6:.2f}/{m['memory_share_bytes'] / 1e9:.1f}G"
+                         if "memory_bytes" in m else "-")
         rows.append([str(m["trial"]) + (" (baseline)" if m.get("baseline") else ""),
-                     f"{m['accuracy']:.3f} [{lo:.3f},{hi:.3f}]",
-                     f"{m.get('test_accuracy', float('nan')):.3f}",
-                     f"{m['latency_s'] * 1e3:.2f} [{tlo * 1e3:.2f},{thi * 1e3:.2f}]",
+                     f"{m[keys['value']]:.3f} [{lo:.3f},{hi:.3f}]",
+                     f"{m.get(keys['test'], float('nan')):.3f}",
+                     f"{m['latency_s'] * 1e3:.2f} [{tlo * 1e3:.2f},{thi * 1e3:.2f}]", *extra,
                      f"{m['model_bytes'] / 1e6:.2f}", f"{m['peak_activation_bytes'] / 1e6:.2f}",
                      str(m["threads"]), ",".join(bits), ",".join(sparse) or "dense"])
     head = (f"Pareto front: {pareto['device']} / {pareto['backend']}, budget "
-            f"{pareto['budget_s'] * 1e3:g} ms, space {pareto['space']}, cost model "
-            f"{pareto['cost_model']}")
-    table = _table(["trial", "val acc [95% CI]", "test acc", "latency ms [band]", "MB",
-                    "peak act MB", "threads", "precisions", "sparsity"], rows, right={4, 5, 6})
+            f"{pareto['budget_s'] * 1e3:g} ms"
+            + (" per decoded token" if phases else "")
+            + (f", TTFT budget {pareto['ttft_budget_s'] * 1e3:g} ms"
+               if pareto.get("ttft_budget_s") is not None else "")
+            + f", space {pareto['space']}, cost model {pareto['cost_model']}"
+            + (f"; {metric}{note}" if metric != "accuracy" else ""))
+    latency = "decode ms/token [band]" if phases else "latency ms [band]"
+    extra_heads = (["TTFT ms"] if phases else []) + (["RAM MB/share"] if memory else [])
+    n = 4 + len(extra_heads)
+    table = _table(["trial", f"val {short} [95% CI]", f"test {short}", latency, *extra_heads,
+                    "MB", "peak act MB", "threads", "precisions", "sparsity"], rows,
+                   right={*range(4, 4 + len(extra_heads)), n, n + 1, n + 2})
     interrupted = pareto.get("n_interrupted", 0)
     counts = (f"{pareto['trials']} trials: {pareto['n_complete']} complete "
               f"({pareto['n_feasible']} within budget), {pareto['n_failed']} failed"
@@ -155,7 +187,7 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     base = pareto.get("baseline")
     lines = [head, table, counts]
     if base is not None:
-        lines.append(f"baseline (trial {base['trial']}): val acc {base['accuracy']:.3f}, "
+        lines.append(f"baseline (trial {base['trial']}): val {short} {base[keys['value']]:.3f}, "
                      f"{base['latency_s'] * 1e3:.2f} ms, {base['model_bytes'] / 1e6:.2f} MB"
                      + ("" if base["latency_s"] <= pareto["budget_s"] else " — over budget"))
     if run_dir is not None:

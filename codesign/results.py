@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from codesign.evaluation.base import metric_keys, metric_of
 from codesign.run_dir import RunDir
 
 _VERSIONED = ("codesign", "torch", "numpy", "optuna", "numba", "executorch", "torchao", "ray")
@@ -31,13 +32,15 @@ def _feasible(trial: FrozenTrial) -> bool:
 
 
 def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dict[str, Any]:
-    """Everything pareto.json says about one trial: metrics, test accuracy, per-layer breakdown."""
+    """Everything pareto.json says about one trial: metrics, test accuracy (or the evaluator's
+    metric, under its own name: ``perplexity``, ``test_perplexity``...), per-layer breakdown."""
+    keys = metric_keys(metric_of(context.evaluator)[0])
     candidate = context.space.decode(trial.params)
     priced = context.price(candidate)
     record = {
         "trial": trial.number, "params": dict(trial.params),
         "latency_s": priced["latency_s"], "latency_band_s": list(priced["latency_band_s"]),
-        "accuracy": trial.values[0], "accuracy_interval": trial.user_attrs["accuracy_interval"],
+        keys["value"]: trial.values[0], keys["interval"]: trial.user_attrs[keys["interval"]],
         "model_bytes": priced["model_bytes"],
         "peak_activation_bytes": priced["peak_activation_bytes"],
         "threads": getattr(candidate, "threads", context.device.default_threads),
@@ -53,8 +56,8 @@ def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dic
                       memory_share_bytes=priced["memory_share_bytes"])
     if with_test:
         test = context.evaluator.evaluate(candidate, split="test")
-        record["test_accuracy"] = float(test.accuracy)
-        record["test_accuracy_interval"] = list(test.interval)
+        record[keys["test"]] = float(test.accuracy)
+        record[keys["test_interval"]] = list(test.interval)
     return record
 
 
@@ -93,6 +96,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
     n_eval = max((t.user_attrs.get("n_eval", 0) for t in complete), default=0)
     identity = context.identity(config)
+    metric, higher = metric_of(context.evaluator)
     return {
         "device": context.device.name, "backend": context.backend.name,
         "budget_s": context.budget_s, "space": context.space.name,
@@ -101,7 +105,8 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         "cost_model": context.cost_model_name, "trials": len(trials),
         "eval_input_shape": list(context.space.eval_input_shape),
         "deploy_input_shape": list(context.space.deploy_input_shape),
-        "accuracy_split": "val", "n_eval": int(n_eval),
+        "metric": metric, "higher_is_better": higher,
+        metric_keys(metric)["split"]: "val", "n_eval": int(n_eval),
         "n_complete": len(complete),
         "n_failed": sum(t.state == TrialState.FAIL for t in trials),
         "n_interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
@@ -124,12 +129,18 @@ CSV_COLUMNS = ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "test_accuracy
                "threads", "baseline", "params"]
 
 
+def csv_columns(metric: str = "accuracy") -> list[str]:
+    """``CSV_COLUMNS`` with the quality columns named after ``metric``."""
+    return [c.replace("accuracy", metric) for c in CSV_COLUMNS]
+
+
 def pareto_csv(pareto: dict[str, Any]) -> str:
+    keys = metric_keys(pareto.get("metric", "accuracy"))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(csv_columns(pareto.get("metric", "accuracy")))
     for m in pareto["members"]:
-        writer.writerow([m["trial"], m["accuracy"], *m["accuracy_interval"], m["test_accuracy"],
+        writer.writerow([m["trial"], m[keys["value"]], *m[keys["interval"]], m[keys["test"]],
                          m["latency_s"] * 1e3, *(x * 1e3 for x in m["latency_band_s"]),
                          m["model_bytes"], m["peak_activation_bytes"], m["threads"],
                          int(m["baseline"]), json.dumps(m["params"], sort_keys=True)])

@@ -1,7 +1,8 @@
 """The search driver: Optuna over a joint space, priced by a cost model, scored by an evaluator.
 
-Objectives: maximise accuracy (validation split), minimise predicted latency, minimise model
-bytes (scales, zero points and sparse indices included). The latency budget is a constraint set
+Objectives: maximise accuracy (validation split; or minimise / maximise the metric the
+evaluator declares, e.g. the transformer space's perplexity), minimise predicted latency, minimise
+model bytes (scales, zero points and sparse indices included). The latency budget is a constraint set
 with ``trial.set_constraint`` (feasible when <= 0), so infeasible trials never reach the front.
 Trials run through ask/tell, so the same loop serves sequential and parallel evaluation.
 """
@@ -28,6 +29,12 @@ from codesign.userinput import BadInput
 
 SAMPLERS = ("tpe", "nsga2", "random")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_s, model_bytes
+
+
+def directions(higher_is_better: bool = True) -> tuple[str, str, str]:
+    """The study's directions when the quality metric is higher- (accuracy) or lower-better
+    (perplexity); latency and model bytes are always minimised."""
+    return DIRECTIONS if higher_is_better else ("minimize",) + DIRECTIONS[1:]
 log = logging.getLogger("codesign.search")
 
 
@@ -82,12 +89,13 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     raise BadInput(f"unknown --sampler {name!r}; valid: {', '.join(SAMPLERS)}")
 
 
-def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: bool) -> optuna.Study:
+def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: bool,
+               higher_is_better: bool = True) -> optuna.Study:
     storage = JournalStorage(run.journal_backend())
     # A resumed run whose first process died between writing run.json and creating the study
     # has an empty journal: creating the study then is what that process would have done.
     return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
-                               directions=list(DIRECTIONS), load_if_exists=not create)
+                               directions=list(directions(higher_is_better)), load_if_exists=not create)
 
 
 def fail_stale_running(study: optuna.Study) -> int:
@@ -161,11 +169,13 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
                                                                           config.budget_text))
     if config.resume is not None:
         run.check_resume(identity)
-        study = open_study(run, sampler, create=False)
+        study = open_study(run, sampler, create=False,
+                           higher_is_better=context.higher_is_better)
         n_stale = fail_stale_running(study)
     else:
         run.create(identity)
-        study = open_study(run, sampler, create=True)
+        study = open_study(run, sampler, create=True,
+                           higher_is_better=context.higher_is_better)
         n_stale = 0
         if config.baseline is not None:
             study.enqueue_trial(context.baseline_params, user_attrs={"baseline": True})

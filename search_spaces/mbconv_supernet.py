@@ -407,6 +407,21 @@ def cache_path(config: MBConvConfig, seed: int = 0, train: TrainConfig | None = 
     return cache_dir() / "supernets" / f"{config.name}-{cache_key(config, seed, train)}.pt"
 
 
+def save_atomic(blob: dict, path: Path) -> None:
+    """``torch.save(blob)`` to ``path`` through a private temporary file and ``os.replace``:
+    a crash never leaves a half-written cache entry, and two writers each write their own file
+    (the last rename wins)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(blob, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def train_supernet(config: MBConvConfig, seed: int = 0, train: TrainConfig | None = None, *,
                    progress: Callable[[TrainProgress], None] | None = None) -> MBConvSupernet:
     """Train a supernet from scratch on the task's train split (deterministic given ``seed``).
@@ -509,17 +524,9 @@ def get_trained_supernet(config: MBConvConfig, seed: int = 0, *,
                 progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
                                        f"ignoring unreadable cache {path}: {exc}"))
     net = train_supernet(config, seed, train, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"state_dict": net.state_dict(), "key": path.stem,
-                        "train": dataclasses.asdict(train), "seed": seed,
-                        "config_sha256": config_digest(config)}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic({"state_dict": net.state_dict(), "key": path.stem,
+                 "train": dataclasses.asdict(train), "seed": seed,
+                 "config_sha256": config_digest(config)}, path)
     if progress is not None:
         progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"cached {path}"))
     return net

@@ -26,8 +26,11 @@ BOOTSTRAP_RESAMPLES = 1000
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    """Top-1 accuracy on ``split`` of ``n`` examples, with its 95% ``interval`` (lo, hi).
+    """The quality of a candidate on ``split`` of ``n`` examples, with its 95% ``interval``.
 
+    ``metric`` names what ``accuracy`` holds (default ``"accuracy"``: top-1 accuracy in [0, 1];
+    the transformer space's evaluator reports ``"perplexity"``, lower is better, and ``n``
+    counts predicted tokens); ``higher_is_better`` is its direction.
     ``n == 0`` means the number of examples is unknown (a user function returned a bare float);
     the interval is then the point (accuracy, accuracy) and says nothing about uncertainty.
     """
@@ -36,6 +39,25 @@ class AccuracyResult:
     interval: tuple[float, float]
     n: int
     split: str
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+
+
+MetricResult = AccuracyResult  # the name for evaluators whose metric is not accuracy
+
+
+def metric_keys(metric: str = "accuracy") -> dict[str, str]:
+    """The record keys a metric is written under (pareto.json, pareto.csv, trial attributes):
+    ``accuracy`` keeps its historical names (``accuracy``, ``accuracy_interval``,
+    ``test_accuracy``...), any other metric the same pattern with its own name."""
+    return {"value": metric, "interval": f"{metric}_interval", "test": f"test_{metric}",
+            "test_interval": f"test_{metric}_interval", "split": f"{metric}_split"}
+
+
+def metric_of(evaluator: Any) -> tuple[str, bool]:
+    """(metric name, higher is better) an evaluator declares; accuracy, higher, by default."""
+    return (getattr(evaluator, "metric", "accuracy"),
+            bool(getattr(evaluator, "higher_is_better", True)))
 
 
 def check_split(split: str) -> str:
@@ -70,9 +92,13 @@ def result_from_correct(correct: np.ndarray, split: str, seed: int = 0) -> Accur
 
 
 class Evaluator(abc.ABC):
-    """Scores candidates by accuracy (see the module docstring for the contract)."""
+    """Scores candidates by accuracy (see the module docstring for the contract), or by another
+    metric it declares in ``metric`` with its direction in ``higher_is_better`` (the search then
+    optimises that direction and labels results with that name)."""
 
     name: str = "evaluator"
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
     @abc.abstractmethod
     def evaluate(self, candidate: Any, *, split: str = "val") -> AccuracyResult:
@@ -109,6 +135,9 @@ class FunctionEvaluator(Evaluator):
     def __init__(self, func: Callable[[Any, str], Any], *, name: str = "") -> None:
         self.func = func
         self.name = name or getattr(func, "__qualname__", repr(func))
+        # a function may declare another metric: func.metric = "perplexity",
+        # func.higher_is_better = False (then no [0, 1] range check)
+        self.metric, self.higher_is_better = metric_of(func)
 
     def evaluate(self, candidate: Any, *, split: str = "val") -> AccuracyResult:
         check_split(split)
@@ -117,14 +146,17 @@ class FunctionEvaluator(Evaluator):
             if out.split != split:
                 raise ValueError(f"evaluator {self.name} returned a result for split "
                                  f"{out.split!r} when asked for {split!r}")
+            if out.metric != self.metric:
+                raise ValueError(f"evaluator {self.name} returned {out.metric!r}, but declares "
+                                 f"{self.metric!r}")
             result = out
         elif isinstance(out, (int, float, np.floating, np.integer)) and not isinstance(out, bool):
             acc = float(out)
-            result = AccuracyResult(acc, (acc, acc), 0, split)
+            result = AccuracyResult(acc, (acc, acc), 0, split, self.metric, self.higher_is_better)
         else:
             raise ValueError(f"evaluator {self.name} returned {type(out).__name__}; expected a "
-                             "float accuracy or an AccuracyResult")
-        if not 0.0 <= result.accuracy <= 1.0:
+                             f"float {self.metric} or an AccuracyResult")
+        if self.metric == "accuracy" and not 0.0 <= result.accuracy <= 1.0:
             raise ValueError(f"evaluator {self.name} returned accuracy {result.accuracy}, "
                              "outside [0, 1]")
         return result

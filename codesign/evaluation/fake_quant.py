@@ -48,10 +48,15 @@ def _as_matrix(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def quantize_weight(weight: torch.Tensor, quant: QuantSpec) -> torch.Tensor:
+def quantize_weight(weight: torch.Tensor, quant: QuantSpec, *,
+                    symmetric_groups: bool = False) -> torch.Tensor:
     """``weight`` fake-quantized to ``quant.weight_bits`` (a new float32 tensor, same shape).
 
-    Raises ValueError if a group size does not divide the reduction length.
+    ``symmetric_groups``: sub-byte group-wise weights use torchao's *symmetric* mapping per
+    group (levels ``[-2^(b-1), 2^(b-1)-1]``, scale ``max|w| / ((2^b - 1) / 2)``, no zero
+    point): the scheme of torchao's int8-dynamic-activation / intx-weight configs that
+    ExecuTorch's XNNPACK runs for LLM linears. Raises ValueError if a group size does not divide
+    the reduction length.
     """
     bits = quant.weight_bits
     w = weight.detach().float()
@@ -70,6 +75,10 @@ def quantize_weight(weight: torch.Tensor, quant: QuantSpec) -> torch.Tensor:
     if m.shape[1] % g:
         raise ValueError(f"group size {g} does not divide the reduction length {m.shape[1]}")
     groups = m.reshape(m.shape[0], -1, g)
+    if symmetric_groups:
+        qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+        scale = groups.abs().amax(dim=2, keepdim=True).clamp_min(1e-12) / ((qmax - qmin) / 2)
+        return (torch.clamp(torch.round(groups / scale), qmin, qmax) * scale).reshape(w.shape)
     lo = groups.amin(dim=2, keepdim=True).clamp_max(0.0)
     hi = groups.amax(dim=2, keepdim=True).clamp_min(0.0)
     qmax = 2 ** bits - 1
@@ -102,6 +111,18 @@ def fake_quant_dynamic(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     zero = torch.round(-lo / scale)
     shape = (-1,) + (1,) * (x.dim() - 1)
     scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, qmax) - zero) * scale
+
+
+def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-token (every vector along the last dimension) asymmetric fake quantization with the
+    range taken at run time: torchao's int8 dynamic per-token activation quantization (the
+    input of a linear layer in its int8-dynamic-activation configs)."""
+    lo = x.amin(dim=-1, keepdim=True).clamp_max(0.0)
+    hi = x.amax(dim=-1, keepdim=True).clamp_min(0.0)
+    qmax = 2 ** bits - 1
+    scale = ((hi - lo) / qmax).clamp_min(torch.finfo(torch.float32).eps)
+    zero = torch.round(-lo / scale)
     return (torch.clamp(torch.round(x / scale) + zero, 0, qmax) - zero) * scale
 
 

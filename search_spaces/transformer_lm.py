@@ -1,0 +1,381 @@
+"""A byte-level language model for the ``transformer`` space, trained once as a weight-sharing
+supernet (HAT-style), and the weights of any candidate sliced out of it.
+
+Data: the English text that ships with every CPython, ``pydoc_data.topics`` (the help topics,
+joined in sorted key order, UTF-8 bytes: vocabulary 256, one token per byte). Fixed contiguous
+splits: the first 90% trains, the next 5% is ``val`` (drives the search), the last 5% ``test``
+(reported for front members). Nothing is downloaded.
+
+Supernet: one set of weights of the space's largest decoder, in the state-dict names of
+``search_spaces.transformer_model`` (ExecuTorch's Llama ``Transformer``). A subnet takes
+- the first ``layers`` blocks;
+- the leading ``d_model`` columns of every matrix that reads the residual stream (and the
+  leading ``d_model`` entries of the norms and the embedding rows);
+- the leading ``d_model`` rows of Q and O's columns (``heads`` heads of ``d_model / heads``),
+  the leading ``kv_heads * head_dim`` rows of K and V;
+- the leading ``d_ff`` rows of the FFN gate / up and columns of the down projection.
+Every step runs the candidate's own ExecuTorch module (``torch.func.functional_call`` with the
+slices as its parameters), so the function trained is the function scored and exported.
+
+Training: the sandwich rule (the largest, the smallest and ``n_random`` uniformly random
+subnets every step; the non-largest ones learn from the labels and, by in-place distillation,
+from the largest's detached predictions), AdamW with warm-up and cosine decay, on random windows
+of ``seq_len`` bytes of the train split. Deterministic given the seed; cached on disk keyed by
+(space config sha256, corpus sha256, seed, training hyperparameters). The thread count is a
+runtime setting (``threads`` / ``$CODESIGN_LM_THREADS``), not part of the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from search_spaces.mbconv_supernet import (TrainProgress, cache_dir, config_digest,
+                                           save_atomic)
+from search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
+                                       TransformerSpace)
+
+CACHE_FORMAT = 1  # bump when the parameter layout, the data or the training procedure changes
+SPLIT_FRACTIONS = (0.90, 0.05, 0.05)  # train / val / test, contiguous, in this order
+THREADS_ENV = "CODESIGN_LM_THREADS"
+FFN_WEIGHTS = ("w1", "w3", "w2")  # gate, up, down: where 2:4 sparsity lands
+
+
+# ------------------------------------------------------------------------------ data
+@functools.lru_cache(maxsize=1)
+def corpus() -> bytes:
+    """``pydoc_data.topics`` as UTF-8 bytes, topics joined in sorted key order."""
+    from pydoc_data.topics import topics
+
+    return "".join(topics[k] for k in sorted(topics)).encode("utf-8")
+
+
+def corpus_sha256() -> str:
+    return hashlib.sha256(corpus()).hexdigest()
+
+
+def split_tokens(split: str) -> torch.Tensor:
+    """The byte tokens (int64) of ``split`` in {"train", "val", "test"}."""
+    data = corpus()
+    n = len(data)
+    a = int(n * SPLIT_FRACTIONS[0])
+    b = a + int(n * SPLIT_FRACTIONS[1])
+    bounds = {"train": (0, a), "val": (a, b), "test": (b, n)}
+    if split not in bounds:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(bounds)}")
+    lo, hi = bounds[split]
+    return torch.frombuffer(bytearray(data[lo:hi]), dtype=torch.uint8).long()
+
+
+# ------------------------------------------------------------------------------ slicing
+def max_arch(config: TransformerConfig) -> TransformerArch:
+    """The architecture whose weights hold every subnet: widest, deepest, no K/V sharing."""
+    heads = min(config.heads)
+    return TransformerArch(max(config.layers), max(config.d_model), heads,
+                           heads // min(config.gqa_ratios), max(config.ffn_mults),
+                           max(config.context))
+
+
+def check_arch(config: TransformerConfig, arch: TransformerArch) -> None:
+    """ValueError unless every choice of ``arch`` is offered by ``config``."""
+    ratio = arch.heads // arch.kv_heads if arch.kv_heads else 0
+    bad = [f"{name}={value}" for name, value, choices in (
+        ("layers", arch.layers, config.layers), ("d_model", arch.d_model, config.d_model),
+        ("heads", arch.heads, config.heads), ("gqa_ratio", ratio, config.gqa_ratios),
+        ("ffn_mult", arch.ffn_mult, config.ffn_mults), ("context", arch.context, config.context))
+        if value not in choices]
+    if bad or arch.kv_heads * ratio != arch.heads:
+        raise ValueError(f"architecture not in space {config.name}: {', '.join(bad) or arch}")
+
+
+def slice_params(params: Mapping[str, torch.Tensor], arch: TransformerArch
+                 ) -> dict[str, torch.Tensor]:
+    """The leading slices of the max-size ``params`` that make ``arch`` (views, in the state-dict
+    names of ``transformer_model``; ``output.weight`` is left out: it is the embedding)."""
+    d, kv, ff = arch.d_model, arch.kv_heads * arch.head_dim, arch.d_ff
+    out = {"tok_embeddings.weight": params["tok_embeddings.weight"][:, :d],
+           "norm.weight": params["norm.weight"][:d]}
+    for i in range(arch.layers):
+        p = f"layers.{i}."
+        out[p + "attention_norm.weight"] = params[p + "attention_norm.weight"][:d]
+        out[p + "ffn_norm.weight"] = params[p + "ffn_norm.weight"][:d]
+        for name, rows, cols in (("attention.wq", d, d), ("attention.wk", kv, d),
+                                 ("attention.wv", kv, d), ("attention.wo", d, d),
+                                 ("feed_forward.w1", ff, d), ("feed_forward.w3", ff, d),
+                                 ("feed_forward.w2", d, ff)):
+            out[p + name + ".weight"] = params[p + name + ".weight"][:rows, :cols]
+    return out
+
+
+def _init_params(arch: TransformerArch, vocab: int, seed: int) -> dict[str, torch.Tensor]:
+    """GPT-2-style initialisation of the max-size weights (N(0, 0.02); the projections back
+    into the residual stream scaled by 1/sqrt(2 * layers); norms at 1)."""
+    from search_spaces.transformer_model import build_decoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_decoder(arch, vocab, kv_cache=False, full_logits=True)
+        params = {}
+        for name, p in model.named_parameters():
+            t = p.detach().clone()
+            if name.endswith("norm.weight"):
+                t.fill_(1.0)
+            else:
+                std = 0.02 / math.sqrt(2 * arch.layers) if name.endswith(
+                    ("wo.weight", "w2.weight")) else 0.02
+                t.normal_(0.0, std)
+            params[name] = t
+    return params
+
+
+class ModuleCache:
+    """ExecuTorch decoders per architecture, their own parameters dropped (``functional_call``
+    supplies them): only the buffers (RoPE tables, causal mask) are kept."""
+
+    def __init__(self, vocab: int, size: int = 64) -> None:
+        self.vocab, self.size = vocab, size
+        self._modules: OrderedDict[TransformerArch, torch.nn.Module] = OrderedDict()
+
+    def get(self, arch: TransformerArch) -> torch.nn.Module:
+        from search_spaces.transformer_model import build_decoder
+
+        if arch not in self._modules:
+            with torch.random.fork_rng(devices=[]):  # the random init is discarded
+                model = build_decoder(arch, self.vocab, kv_cache=False, full_logits=True)
+            for p in model.parameters():
+                p.data = torch.empty(0)
+            self._modules[arch] = model
+            while len(self._modules) > self.size:
+                self._modules.popitem(last=False)
+        self._modules.move_to_end(arch)
+        return self._modules[arch]
+
+
+def run_subnet(modules: ModuleCache, params: Mapping[str, torch.Tensor], arch: TransformerArch,
+               tokens: torch.Tensor) -> torch.Tensor:
+    """Logits (batch, seq, vocab) of subnet ``arch`` of the supernet ``params``."""
+    return functional_call(modules.get(arch), slice_params(params, arch), (tokens,))
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass(frozen=True)
+class LMTrainConfig:
+    """Supernet training hyperparameters (all of them key the weight cache).
+
+    The defaults fit the default space on a 2-core CPU in about 12 minutes at one thread
+    (BENCHMARKS.md, "Issue 9: perplexity (measured)"). ``seq_len`` 0 = the largest context, so
+    every position a candidate's KV cache can hold is trained.
+    """
+
+    steps: int = 180
+    batch_size: int = 8
+    seq_len: int = 0
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    n_random: int = 1
+    distill_weight: float = 0.5
+
+
+def threads_setting(threads: int | None = None) -> int:
+    """The training / evaluation thread count: ``threads``, else ``$CODESIGN_LM_THREADS``,
+    else torch's current setting (a runtime choice; it is not part of any cache key)."""
+    if threads is None and os.environ.get(THREADS_ENV):
+        threads = int(os.environ[THREADS_ENV])
+    return int(threads) if threads else torch.get_num_threads()
+
+
+def sample_arch(config: TransformerConfig, rng: np.random.Generator) -> TransformerArch:
+    """A uniformly random architecture of ``config`` at the largest context (every knob drawn
+    independently)."""
+    def pick(choices):
+        return choices[int(rng.integers(len(choices)))]
+
+    heads = pick(config.heads)
+    return TransformerArch(pick(config.layers), pick(config.d_model), heads,
+                           heads // pick(config.gqa_ratios), pick(config.ffn_mults),
+                           max(config.context))
+
+
+def min_arch(config: TransformerConfig) -> TransformerArch:
+    heads = max(config.heads)
+    return TransformerArch(min(config.layers), min(config.d_model), heads,
+                           heads // max(config.gqa_ratios), min(config.ffn_mults),
+                           max(config.context))
+
+
+def train_lm_supernet(config: TransformerConfig, seed: int = 0,
+                      train: LMTrainConfig | None = None, *, threads: int | None = None,
+                      progress: Callable[[TrainProgress], None] | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Train the supernet from scratch on the train split (see the module docstring); returns
+    the max-size weights. The caller's global RNG state and thread count are left untouched."""
+    train = train or LMTrainConfig()
+    seq = train.seq_len or max(config.context)
+    data = split_tokens("train")
+    if len(data) <= seq + 1:
+        raise ValueError(f"the train split ({len(data)} bytes) is shorter than seq_len {seq}")
+    big, small = max_arch(config), min_arch(config)
+    params = {k: v.requires_grad_(True) for k, v in _init_params(big, config.vocab, seed).items()}
+    modules = ModuleCache(config.vocab)
+    decay = [p for n, p in params.items() if p.ndim > 1]
+    no_decay = [p for n, p in params.items() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=train.lr)
+
+    def lr_at(step: int) -> float:
+        if step < train.warmup_steps:
+            return train.lr * (step + 1) / train.warmup_steps
+        t = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+        return 0.5 * train.lr * (1 + math.cos(math.pi * t))
+
+    start = time.perf_counter()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_setting(threads))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            rng = np.random.default_rng(seed)
+            for step in range(train.steps):
+                starts = torch.randint(0, len(data) - seq - 1, (train.batch_size,), generator=gen)
+                batch = torch.stack([data[s:s + seq + 1] for s in starts.tolist()])
+                x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step)
+                opt.zero_grad(set_to_none=True)
+                logits = run_subnet(modules, params, big, x).reshape(-1, config.vocab)
+                loss = F.cross_entropy(logits, y)
+                loss.backward()
+                soft = F.softmax(logits.detach(), dim=-1)
+                total = loss.item()
+                archs = [small] + [sample_arch(config, rng) for _ in range(train.n_random)]
+                for arch in archs:
+                    out = run_subnet(modules, params, arch, x).reshape(-1, config.vocab)
+                    kd = F.kl_div(F.log_softmax(out, dim=-1), soft, reduction="batchmean")
+                    loss = train.distill_weight * kd + \
+                        (1 - train.distill_weight) * F.cross_entropy(out, y)
+                    loss.backward()
+                    total += loss.item()
+                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+                opt.step()
+                if progress is not None:
+                    progress(TrainProgress(step + 1, train.steps, 0, total / (1 + len(archs)),
+                                           time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(before)
+    return {k: v.detach() for k, v in params.items()}
+
+
+def cache_key(config: TransformerConfig, seed: int, train: LMTrainConfig) -> str:
+    payload = {"format": CACHE_FORMAT, "config": config_digest(config), "seed": int(seed),
+               "corpus": corpus_sha256(), "splits": SPLIT_FRACTIONS,
+               "train": dataclasses.asdict(train)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_path(config: TransformerConfig, seed: int = 0,
+               train: LMTrainConfig | None = None) -> Path:
+    train = train or LMTrainConfig()
+    return cache_dir() / "supernets" / f"{config.name}-lm-{cache_key(config, seed, train)}.pt"
+
+
+_LOADED: dict[str, dict[str, torch.Tensor]] = {}  # cache key -> weights, per process
+
+
+def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
+                   train: LMTrainConfig | None = None, threads: int | None = None,
+                   progress: Callable[[TrainProgress], None] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The trained supernet's max-size weights for (config, seed, train): from this process's
+    memory, the on-disk cache, or trained now (and cached; written atomically). A cache file
+    that cannot be read is retrained over."""
+    train = train or LMTrainConfig()
+    key = cache_key(config, seed, train)
+    if key in _LOADED:
+        return _LOADED[key]
+    path = cache_path(config, seed, train)
+    params = None
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            params = blob["state_dict"]
+            expected = _init_shapes(config)
+            if {k: tuple(v.shape) for k, v in params.items()} != expected:
+                raise ValueError("parameter shapes do not match the space")
+            if progress is not None:
+                progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {path}"))
+        except Exception as exc:  # a corrupt or stale file: retrain rather than fail the search
+            params = None
+            if progress is not None:
+                progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
+                                       f"ignoring unreadable cache {path}: {exc}"))
+    if params is None:
+        params = train_lm_supernet(config, seed, train, threads=threads, progress=progress)
+        save_atomic({"state_dict": params, "key": path.stem, "train": dataclasses.asdict(train),
+                     "seed": seed, "config_sha256": config_digest(config),
+                     "corpus_sha256": corpus_sha256()}, path)
+        if progress is not None:
+            progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"cached {path}"))
+    _LOADED[key] = params
+    return params
+
+
+def _init_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The max-size weights' shapes (what a cache file must hold)."""
+    arch, vocab = max_arch(config), config.vocab
+    d, kv, ff = arch.d_model, arch.kv_heads * arch.head_dim, arch.d_ff
+    shapes = {"tok_embeddings.weight": (vocab, d), "norm.weight": (d,)}
+    for i in range(arch.layers):
+        p = f"layers.{i}."
+        shapes.update({p + "attention_norm.weight": (d,), p + "ffn_norm.weight": (d,),
+                       p + "attention.wq.weight": (d, d), p + "attention.wk.weight": (kv, d),
+                       p + "attention.wv.weight": (kv, d), p + "attention.wo.weight": (d, d),
+                       p + "feed_forward.w1.weight": (ff, d), p + "feed_forward.w3.weight": (ff, d),
+                       p + "feed_forward.w2.weight": (d, ff)})
+    return shapes
+
+
+# ------------------------------------------------------------------------------ candidates
+def subnet_state_dict(params: Mapping[str, torch.Tensor], candidate: Candidate
+                      ) -> dict[str, torch.Tensor]:
+    """``candidate``'s weights from the supernet ``params``: sliced, fp32, contiguous copies,
+    with magnitude 2:4 masks baked into the FFN weights of every layer whose ``ffn_sparsity``
+    is "2:4" (in every 4 consecutive input weights of an output row, the 2 largest kept)."""
+    from codesign.evaluation.pruning import sparsity_mask
+    from search_spaces.transformer import SPARSITY_CHOICES
+
+    out = {k: v.detach().float().contiguous().clone()
+           for k, v in slice_params(params, candidate.arch).items()}
+    for i, choice in enumerate(candidate.layers):
+        spec = SPARSITY_CHOICES[choice.ffn_sparsity]
+        if choice.ffn_sparsity == "dense":
+            continue
+        for w in FFN_WEIGHTS:
+            name = f"layers.{i}.feed_forward.{w}.weight"
+            out[name].mul_(sparsity_mask(out[name], spec).float())
+    return out
+
+
+def candidate_state_dict(space: TransformerSpace, candidate: Candidate, *, seed: int = 0,
+                         train: LMTrainConfig | None = None) -> dict[str, torch.Tensor]:
+    """The trained supernet's weights for ``candidate`` (trained and cached on first use):
+    sliced, 2:4 masks baked in where a layer's ``ffn_sparsity`` is "2:4", fp32, in
+    ``search_spaces.transformer_model``'s names (``build_decoder(candidate, vocab, sd)`` loads
+    it). Quantization is not applied (export quantizes with torchao; the perplexity evaluator
+    fake-quantizes)."""
+    check_arch(space.config, candidate.arch)
+    return subnet_state_dict(get_trained_lm(space.config, seed, train=train), candidate)
