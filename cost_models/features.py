@@ -9,12 +9,14 @@ Two views of a batch of candidates, both built from *op signatures* (an op's pri
   model's per-op latency, compute, memory and overhead terms (seconds), FLOPs, bytes moved and
   op counts, plus totals.
 
-An op's signature also records whether it is *live*: it reads the model input (directly or
-through other ops) and its result reaches the model output (the last op). Ops that are not live
-compute constants (their inputs are all weights or buffers) or results nobody reads; a runtime that
-folds constants and removes dead code never runs them, one that does not runs them in full, and
-the learned model tells the two apart from the target device's measurements. Liveness needs the
-ops' ``inputs``; a batch without its ``ops`` list counts every op as live.
+An op's signature also records its *liveness state* (``liveness``): live (it reads the model
+input, directly or through other ops, and its result reaches the model output, the last op), dead
+(reads the input, result unused), constant (reads no input, result used) or unused (neither).
+A runtime that folds constants and removes dead code never runs the non-live ops, one that does
+not runs them in full, and converters do one without the other (dead-code elimination is near
+universal, folding of a conv over a constant is not): the states are kept apart so the learned
+model can price each from the target device's measurements. Liveness needs the ops' ``inputs``;
+a batch without its ``ops`` list counts every op as live.
 
 Each distinct signature is priced once, as a one-op candidate on the reference device
 (``FeatureConfig``): a cell network of 15,625 architectures has a few dozen distinct ops, so
@@ -35,7 +37,11 @@ from cost_models.analytic import AnalyticCostModel
 from cost_models.devices import load_device
 from cost_models.ir import KIND_CODES, PRICED_FREE_KINDS, Op, OpBatch, OpKind
 
-FEATURE_VERSION = 1
+# 2: the signature's last column is the liveness state (``LIVE``/``DEAD``/``CONSTANT``/
+# ``UNUSED``); version 1 had a live flag (1 live, 0 any other state). Aggregates are unchanged.
+FEATURE_VERSION = 2
+LIVE, UNUSED, DEAD, CONSTANT = 1.0, 0.0, -1.0, -2.0  # "> 0" is live in both versions
+NONLIVE_STATES = (DEAD, CONSTANT, UNUSED)
 
 KIND_GROUPS: dict[str, tuple[OpKind, ...]] = {
     "conv": (OpKind.CONV2D,),
@@ -67,14 +73,15 @@ for _k in OpKind:
 _SIGNATURE_COLUMNS = ("kind", "m", "n", "k", "groups", "flops", "weight_bytes",
                       "dense_weight_bytes", "out_elems", "act_in_bytes", "act_out_bytes", "dtype",
                       "density", "pattern", "weight_bits", "act_bits", "group_size", "dynamic_act")
-SIGNATURE_WIDTH = len(_SIGNATURE_COLUMNS) + 6  # + the tile (mc, nc, kc, mr, nr) + live
+SIGNATURE_WIDTH = len(_SIGNATURE_COLUMNS) + 6  # + the tile (mc, nc, kc, mr, nr) + state
 
 
-def live_mask(ops: Sequence[Op]) -> np.ndarray:
-    """Per op: does it depend on the model input and reach the model output (the last op)?
+def liveness(ops: Sequence[Op]) -> np.ndarray:
+    """Per op its state: ``LIVE``, ``DEAD``, ``CONSTANT`` or ``UNUSED`` (see the module doc).
 
     An op depends on the input when one of its ``inputs`` is the model input ("") or an op that
-    does; names that are no op (parameters, constant buffers) are constants.
+    does; names that are no op (parameters, constant buffers) are constants. It reaches the output
+    when it is the last op or an op that reaches the output reads it.
     """
     index = {op.name: i for i, op in enumerate(ops)}
     depends = np.zeros(len(ops), dtype=bool)
@@ -89,7 +96,12 @@ def live_mask(ops: Sequence[Op]) -> np.ndarray:
                 j = index.get(src)
                 if j is not None:
                     reaches[j] = True
-    return depends & reaches
+    return np.select([depends & reaches, depends, reaches], [LIVE, DEAD, CONSTANT], UNUSED)
+
+
+def live_mask(ops: Sequence[Op]) -> np.ndarray:
+    """Per op: does it depend on the model input and reach the model output (the last op)?"""
+    return liveness(ops) == LIVE
 
 
 @dataclass(frozen=True)
@@ -125,9 +137,9 @@ class SignatureTable:
         return self.counts.shape[0]
 
 
-def _signature_matrix(batch: OpBatch, live: np.ndarray) -> np.ndarray:
+def _signature_matrix(batch: OpBatch, state: np.ndarray) -> np.ndarray:
     cols = [np.asarray(getattr(batch, c), dtype=np.float64) for c in _SIGNATURE_COLUMNS]
-    return np.column_stack(cols + [batch.tile.astype(np.float64), live.astype(np.float64)]) \
+    return np.column_stack(cols + [batch.tile.astype(np.float64), state.astype(np.float64)]) \
         if len(batch) else np.zeros((0, SIGNATURE_WIDTH))
 
 
@@ -143,10 +155,10 @@ def _take(batch: OpBatch, rows: np.ndarray) -> OpBatch:
 
 def signatures_from_batch(batch: OpBatch) -> SignatureTable:
     """Distinct (non-free) op signatures of ``batch`` and the per-candidate counts."""
-    live = np.ones(len(batch), dtype=bool)
+    live = np.full(len(batch), LIVE)
     if batch.ops:
         bounds = np.flatnonzero(np.diff(batch.candidate)) + 1
-        live = np.concatenate([live_mask(batch.ops[a:b]) for a, b in
+        live = np.concatenate([liveness(batch.ops[a:b]) for a, b in
                                zip(np.r_[0, bounds], np.r_[bounds, len(batch)])]) \
             if len(batch) else live
     keep = np.flatnonzero(_GROUP_OF_KIND[batch.kind] >= 0)
@@ -157,7 +169,7 @@ def signatures_from_batch(batch: OpBatch) -> SignatureTable:
     return SignatureTable(uniq, counts, _take(batch, keep[first]))
 
 
-def _op_key(op: Op, live: bool) -> tuple:
+def _op_key(op: Op, live: float) -> tuple:
     return (op.kind, op.m, op.n, op.k, op.groups, op.flops, op.weight_elems, op.out_channels,
             op.quant, op.sparsity, op.tile, op.in_shapes, op.out_shape, live)
 
@@ -171,12 +183,12 @@ def signatures_from_oplists(oplists: Iterable[Sequence[Op]]) -> SignatureTable:
     """
     index: dict[tuple, int] = {}
     reps: list[Op] = []
-    reps_live: list[bool] = []
+    reps_live: list[float] = []
     rows, cols = [], []
     n_candidates = 0
     for c, ops in enumerate(oplists):
         n_candidates = c + 1
-        for op, live in zip(ops, live_mask(ops).tolist()):
+        for op, live in zip(ops, liveness(ops).tolist()):
             if op.kind in PRICED_FREE_KINDS:
                 continue
             key = _op_key(op, live)
@@ -188,7 +200,7 @@ def signatures_from_oplists(oplists: Iterable[Sequence[Op]]) -> SignatureTable:
             rows.append(c)
             cols.append(j)
     reps_batch = OpBatch.from_oplists([[op] for op in reps])
-    sig = _signature_matrix(reps_batch, np.asarray(reps_live, dtype=bool))
+    sig = _signature_matrix(reps_batch, np.asarray(reps_live, dtype=np.float64))
     # Different fields can still price identically (e.g. names of shapes): merge equal rows.
     uniq, first, inverse = np.unique(sig, axis=0, return_index=True, return_inverse=True)
     cols = inverse.ravel()[np.asarray(cols, dtype=np.int64)]
@@ -252,4 +264,5 @@ class OpFeaturizer:
 
 
 __all__ = ["FEATURE_VERSION", "FEATURE_NAMES", "KIND_GROUPS", "FeatureConfig", "OpFeaturizer",
-           "SignatureTable", "live_mask", "signatures_from_batch", "signatures_from_oplists"]
+           "SignatureTable", "LIVE", "DEAD", "CONSTANT", "UNUSED", "NONLIVE_STATES", "liveness",
+           "live_mask", "signatures_from_batch", "signatures_from_oplists"]

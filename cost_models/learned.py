@@ -35,7 +35,8 @@ stages' coefficients and the target's training rows (so ``update`` can refit), a
 ``target_info`` object saying what was measured (device, back-end, threads, and whether the
 features were the target device's own analytic terms: ``kind`` "hybrid") so ``search`` can check
 it prices the device it was fitted for; files without it stay readable. ``load`` rejects other
-formats and versions.
+formats and versions; version 1 files (features version 1: a live flag where version 2 has the
+liveness state) load and price exactly as when they were saved, and are written back as version 1.
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ from cost_models.features import (FEATURE_NAMES, FEATURE_VERSION, SIGNATURE_WIDT
 from cost_models.ir import OpBatch
 
 FORMAT = "codesign.learned"
-FORMAT_VERSION = 1
+# 2: signatures carry the liveness state (features version 2). Version 1 files (a live flag)
+# still load and predict as they did: ``design`` looks their signatures up by that flag.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # ---------------------------------------------------------------------------- hyperparameters
 HUBER_LOG = 0.1  # |log error| where the loss turns linear: a 10 % miss is the "typical" error
@@ -227,8 +231,10 @@ class LearnedCostModel(CostModel):
     def __init__(self, config: FeatureConfig, signatures: np.ndarray,
                  signature_latency_s: np.ndarray, priors: list[DeviceFit], target: DeviceFit,
                  training: dict[str, Any], featurizer: OpFeaturizer | None = None,
-                 target_info: dict[str, Any] | None = None) -> None:
+                 target_info: dict[str, Any] | None = None, *, feature_version: int = FEATURE_VERSION
+                 ) -> None:
         self.config = config
+        self.feature_version = feature_version  # 1: a model loaded from a version-1 file
         # What the target rows measured: {"kind", "device", "backend", "threads", "column"}
         # (keys present where known). Saved with the model; never read by the fits.
         self.target_info = dict(target_info or {})
@@ -249,7 +255,11 @@ class LearnedCostModel(CostModel):
 
         ``features`` (from an ``OpFeaturizer`` with this model's config) skips featurising.
         """
-        cols = np.array([self._index.get(tuple(row), -1) for row in table.signatures.tolist()],
+        keys = table.signatures
+        if self.feature_version == 1:  # its signatures end with a live flag, not the state
+            keys = keys.copy()
+            keys[:, -1] = keys[:, -1] > 0
+        cols = np.array([self._index.get(tuple(row), -1) for row in keys.tolist()],
                         dtype=np.int64)
         known = np.flatnonzero(cols >= 0)
         if features is None:
@@ -259,8 +269,8 @@ class LearnedCostModel(CostModel):
         X = features * _MS
         counts = table.counts.tocsc()[:, known]
         terms = np.zeros((table.n_candidates, len(self.signatures)))
-        if len(known):
-            terms[:, cols[known]] = counts.toarray()
+        if len(known):  # summed: a version-1 model maps ops of several states to one term
+            np.add.at(terms.T, cols[known], counts.toarray().T)
         return Design(X[:, _PRIOR_COLS], X[:, _TARGET_COLS], terms)
 
     # ------------------------------------------------------------------ prediction
@@ -393,9 +403,10 @@ class LearnedCostModel(CostModel):
     def save(self, path: Path) -> None:
         d: Design = self.training["design"]
         payload = {
-            "format": FORMAT, "version": FORMAT_VERSION, "units": "milliseconds",
+            "format": FORMAT, "version": 1 if self.feature_version == 1 else FORMAT_VERSION,
+            "units": "milliseconds",
             "features": {"device": self.config.device, "backend": self.config.backend,
-                         "threads": self.config.threads, "feature_version": FEATURE_VERSION,
+                         "threads": self.config.threads, "feature_version": self.feature_version,
                          "device_sha256": self.featurizer.analytic.device.sha256},
             "prior_basis": list(PRIOR_BASIS), "target_basis": list(TARGET_BASIS),
             "signatures": self.signatures.tolist(),
@@ -425,12 +436,14 @@ class LearnedCostModel(CostModel):
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else None
             raise ModelFormatError(f"{path}: not a {FORMAT} model (format {found!r})")
-        if payload.get("version") != FORMAT_VERSION:
-            raise ModelFormatError(f"{path}: {FORMAT} version {payload.get('version')!r} is not "
-                                   f"supported; this code reads version {FORMAT_VERSION}")
+        version = payload.get("version")
+        if version not in READABLE_VERSIONS:
+            raise ModelFormatError(f"{path}: {FORMAT} version {version!r} is not supported; this "
+                                   f"code reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+        feature_version = 1 if version == 1 else FEATURE_VERSION
         try:
             feat = payload["features"]
-            if feat["feature_version"] != FEATURE_VERSION or \
+            if feat["feature_version"] != feature_version or \
                     payload["prior_basis"] != list(PRIOR_BASIS) or \
                     payload["target_basis"] != list(TARGET_BASIS):
                 raise ModelFormatError(f"{path}: written with other features (version "
@@ -464,7 +477,7 @@ class LearnedCostModel(CostModel):
                                    f"{type(exc).__name__}: {exc}") from None
         return cls(config, signatures, latency_s, priors, target,
                    {"latency_ms": list(tr["latency_ms"]), "design": design}, featurizer,
-                   target_info)
+                   target_info, feature_version=feature_version)
 
 
 @dataclass(frozen=True)

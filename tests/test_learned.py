@@ -10,8 +10,9 @@ from codesign.calibrate import (calibrate, fit_and_score, metrics, read_measurem
                                 split_rows)
 from codesign.userinput import BadInput
 from cost_models.base import Prediction
-from cost_models.features import (FEATURE_NAMES, FeatureConfig, OpFeaturizer, live_mask,
-                                  signatures_from_batch, signatures_from_oplists)
+from cost_models.features import (CONSTANT, DEAD, FEATURE_NAMES, LIVE, UNUSED, FeatureConfig,
+                                  OpFeaturizer, live_mask, liveness, signatures_from_batch,
+                                  signatures_from_oplists)
 from cost_models.ir import Op, OpBatch, OpKind
 from cost_models.learned import (FORMAT_VERSION, LearnedCostModel, ModelFormatError,
                                  robust_fit)
@@ -64,6 +65,20 @@ def test_live_mask_finds_dead_and_constant_ops():
            Op("const", OpKind.ELEMENTWISE, (4,), ((4,),), inputs=("buffer",)),
            Op("out", OpKind.ADD, (4,), ((4,), (4,)), inputs=("a", "const"))]
     assert live_mask(ops).tolist() == [True, False, False, True]
+    ops.insert(3, Op("unused", OpKind.ELEMENTWISE, (4,), ((4,),), inputs=("buffer",)))
+    assert liveness(ops).tolist() == [LIVE, DEAD, CONSTANT, UNUSED, LIVE]
+
+
+def test_signatures_keep_dead_and_constant_ops_apart():
+    # A conv reading the input whose result nobody reads (dead) and one reading a zero node
+    # (constant) price the same op but are different signatures: converters fold one, not both.
+    lists = [nasbench201.lower_arch(nasbench201.parse_arch_str(a)) for a in (
+        "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|",
+        "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|")]
+    table = signatures_from_oplists(lists)
+    states = table.signatures[:, -1]
+    ran = [set(states[table.counts[i].indices].tolist()) for i in range(2)]
+    assert DEAD in ran[0] and CONSTANT not in ran[0] and CONSTANT in ran[1]
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -166,6 +181,22 @@ def test_load_rejects_unknown_format_and_version(tmp_path, fb_model):
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(ModelFormatError, match="malformed"):
         LearnedCostModel.load(tmp_path / "broken.json")
+
+
+def test_version_1_file_loads_and_prices_as_it_did(tmp_path):
+    """``data/learned_v1_nasbench201.json``: written by format version 1 (features version 1, a
+    live flag in the signatures), fitted on ``nasbench201_latency_ms_600.csv`` (pixel3, 30 rows,
+    3 prior columns); ``..._predictions.json``: what that code predicted for 40 of its rows."""
+    expected = json.loads((DATA / "learned_v1_nasbench201_predictions.json").read_text())
+    lists = [nasbench201.lower_arch(nasbench201.parse_arch_str(a)) for a in expected["arch_str"]]
+    batch = OpBatch.from_oplists(lists)
+    assert not all(live_mask(ops).all() for ops in lists)  # the legacy look-up is exercised
+    model = LearnedCostModel.load(DATA / "learned_v1_nasbench201.json")
+    np.testing.assert_allclose(model.predict(batch).latency_s, expected["latency_s"], rtol=1e-9)
+    model.save(tmp_path / "again.json")  # still a version-1 file: its signatures are v1 keys
+    assert json.loads((tmp_path / "again.json").read_text())["version"] == 1
+    np.testing.assert_allclose(LearnedCostModel.load(tmp_path / "again.json").predict(
+        batch).latency_s, expected["latency_s"], rtol=1e-9)
 
 
 # ------------------------------------------------------------------------------ calibrate
