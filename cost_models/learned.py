@@ -231,8 +231,8 @@ class LearnedCostModel(CostModel):
     def __init__(self, config: FeatureConfig, signatures: np.ndarray,
                  signature_latency_s: np.ndarray, priors: list[DeviceFit], target: DeviceFit,
                  training: dict[str, Any], featurizer: OpFeaturizer | None = None,
-                 target_info: dict[str, Any] | None = None, *, feature_version: int = FEATURE_VERSION
-                 ) -> None:
+                 target_info: dict[str, Any] | None = None, *,
+                 feature_version: int = FEATURE_VERSION) -> None:
         self.config = config
         self.feature_version = feature_version  # 1: a model loaded from a version-1 file
         # What the target rows measured: {"kind", "device", "backend", "threads", "column"}
