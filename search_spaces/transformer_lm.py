@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -51,6 +52,7 @@ from search_spaces.transformer import (Candidate, TransformerArch, TransformerCo
 CACHE_FORMAT = 1  # bump when the parameter layout, the data or the training procedure changes
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)  # train / val / test, contiguous, in this order
 THREADS_ENV = "CODESIGN_LM_THREADS"
+log = logging.getLogger("codesign.transformer_lm")
 FFN_WEIGHTS = ("w1", "w3", "w2")  # gate, up, down: where 2:4 sparsity lands
 
 
@@ -175,17 +177,19 @@ def run_subnet(modules: ModuleCache, params: Mapping[str, torch.Tensor], arch: T
 class LMTrainConfig:
     """Supernet training hyperparameters (all of them key the weight cache).
 
-    The defaults fit the default space on a 2-core CPU in about 12 minutes at one thread
-    (BENCHMARKS.md, "Issue 9: perplexity (measured)"). ``seq_len`` 0 = the largest context, so
-    every position a candidate's KV cache can hold is trained.
+    The defaults fit the default space on a 2-core CPU in 15-20 minutes at one thread
+    (BENCHMARKS.md, "Issue 9: perplexity (measured)"): many small steps (2 windows of 512 bytes)
+    rather than few large ones, since a byte-level model leaves its unigram plateau by the step
+    count, not the token count. ``seq_len`` 0 = the largest context, so every position a
+    candidate's KV cache can hold is trained.
     """
 
-    steps: int = 180
-    batch_size: int = 8
+    steps: int = 640
+    batch_size: int = 2
     seq_len: int = 0
     lr: float = 3e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 10
+    warmup_steps: int = 30
     n_random: int = 1
     distill_weight: float = 0.5
 
@@ -324,7 +328,11 @@ def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
                 progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
                                        f"ignoring unreadable cache {path}: {exc}"))
     if params is None:
+        log.info("training the %s LM supernet (%d steps; cached as %s)", config.name,
+                 train.steps, path)
+        start = time.perf_counter()
         params = train_lm_supernet(config, seed, train, threads=threads, progress=progress)
+        log.info("LM supernet trained in %.0f s", time.perf_counter() - start)
         save_atomic({"state_dict": params, "key": path.stem, "train": dataclasses.asdict(train),
                      "seed": seed, "config_sha256": config_digest(config),
                      "corpus_sha256": corpus_sha256()}, path)

@@ -13,7 +13,7 @@ import torch
 from codesign.context import SearchContext, load_evaluator
 from codesign.evaluation.fake_quant import fake_quant_per_token, quantize_weight
 from codesign.evaluation.perplexity import (PerplexityEvaluator, bootstrap_perplexity,
-                                            quantized_state_dict)
+                                            paired_ratio, quantized_state_dict)
 from codesign.report import report
 from codesign.search import SearchConfig, run_search
 from cost_models.backends import load_backend
@@ -123,7 +123,7 @@ def test_fake_quant_matches_torchao_schemes():
 
 @pytest.fixture(scope="module")
 def evaluator(cache, space, params):
-    return PerplexityEvaluator(space, seed=0, train=tiny_train(), threads=1)
+    return PerplexityEvaluator(space, seed=0, train=tiny_train(), threads=1, max_tokens=8192)
 
 
 def test_perplexity_is_deterministic_with_an_interval(evaluator, space):
@@ -131,8 +131,8 @@ def test_perplexity_is_deterministic_with_an_interval(evaluator, space):
     val = evaluator.evaluate(cand)
     assert val.metric == "perplexity" and not val.higher_is_better
     assert val.interval[0] < val.accuracy < val.interval[1] and 1 < val.accuracy < 256
-    assert val.n == (len(lm.split_tokens("val")) - 1) // 64 * 64
-    evaluator._results.clear()
+    assert val.n == 8192  # max_tokens (the whole split by default)
+    evaluator._units.clear()
     assert evaluator.evaluate(cand) == val
     test = evaluator.evaluate(cand, split="test")
     assert test.split == "test" and test.accuracy != val.accuracy
@@ -154,8 +154,13 @@ def test_four_bit_groups_change_weights_and_perplexity(evaluator, space):
     name = "layers.0.feed_forward.w1.weight"
     assert not torch.equal(q4[name], sd[name])
     assert len(torch.unique(q4[name][0, :128])) <= 16
+    # the head is quantized from the shared table (untied, as exported); the gather reads floats
+    assert torch.equal(q4["tok_embeddings.weight"], sd["tok_embeddings.weight"])
+    assert not torch.equal(q4["output.weight"], sd["tok_embeddings.weight"])
     p16, p4 = evaluator.evaluate(c16), evaluator.evaluate(c4)
     assert p4.accuracy != p16.accuracy and p4.interval != p16.interval
+    ratio, (lo, hi) = paired_ratio(evaluator.unit_nll(c16, "val"), evaluator.unit_nll(c4, "val"))
+    assert lo <= ratio <= hi and ratio == pytest.approx(p4.accuracy / p16.accuracy)
 
 
 def test_bootstrap_interval_brackets_the_mean():

@@ -5,8 +5,9 @@ Per candidate (deterministic):
    with magnitude 2:4 masks baked into the FFN weights of every "2:4" layer;
 2. weights fake-quantized to each layer's precision, as torchao quantizes them for export:
    4-bit *symmetric* per group of ``group_size`` along the reduction dimension, 8-bit symmetric
-   per output channel, 16-bit through fp16. The LM head's precision applies to the one stored
-   matrix it shares with the embedding (tied, as priced);
+   per output channel, 16-bit through fp16. The LM head is quantized at its precision from the
+   table it shares with the embedding, while the embedding gather reads the float table: the
+   head untied as ``codesign export`` untie it (``export/transformer_plan.head_tie``);
 3. the candidate built as ExecuTorch's Llama ``Transformer`` (``build_decoder``, the module
    export lowers) with activation fake quantization on the inputs of its linear layers: int8
    dynamic per-token (asymmetric, range taken at run time) where the precision has 8-bit
@@ -46,8 +47,9 @@ EVAL_TOKENS_PER_BATCH = 8192
 
 def quantized_state_dict(space: TransformerSpace, candidate: Candidate,
                          state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state_dict`` with every linear's weight fake-quantized to its layer's precision (the
-    tied embedding / LM head matrix to the head's)."""
+    """``state_dict`` with every block linear's weight fake-quantized to its layer's precision,
+    and ``output.weight``: the LM head's, quantized to the head's precision from the (float)
+    embedding table."""
     out = dict(state_dict)
     for i, choice in enumerate(candidate.layers):
         quant = _quant(choice.precision, choice.group_size)
@@ -55,8 +57,8 @@ def quantized_state_dict(space: TransformerSpace, candidate: Candidate,
             key = f"layers.{i}.{name}.weight"
             out[key] = quantize_weight(out[key], quant, symmetric_groups=True)
     head = _quant(candidate.head.precision, candidate.head.group_size)
-    out["tok_embeddings.weight"] = quantize_weight(out["tok_embeddings.weight"], head,
-                                                   symmetric_groups=True)
+    out["output.weight"] = quantize_weight(out["tok_embeddings.weight"], head,
+                                           symmetric_groups=True)
     return out
 
 
@@ -107,6 +109,18 @@ def bootstrap_perplexity(unit_nll: np.ndarray, seed: int = 0,
     return float(math.exp(unit_nll.mean())), (float(math.exp(lo)), float(math.exp(hi)))
 
 
+def paired_ratio(unit_a: np.ndarray, unit_b: np.ndarray, seed: int = 0,
+                 resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, tuple[float, float]]:
+    """Perplexity ratio b / a of two candidates scored on the same blocks, with a seeded 95%
+    paired bootstrap interval (the blocks resampled together): the comparison of two candidates
+    on one split, tighter than their separate intervals."""
+    diff = np.asarray(unit_b, dtype=np.float64) - np.asarray(unit_a, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, diff.size, size=(resamples, diff.size))
+    lo, hi = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
+    return float(math.exp(diff.mean())), (float(math.exp(lo)), float(math.exp(hi)))
+
+
 class PerplexityEvaluator(Evaluator):
     """``Evaluator`` for ``TransformerSpace`` candidates (see the module docstring).
 
@@ -140,7 +154,7 @@ class PerplexityEvaluator(Evaluator):
         contexts = space.config.context
         self.unit = math.gcd(*contexts)
         self._params: dict[str, torch.Tensor] | None = None
-        self._results: OrderedDict[tuple[str, str], AccuracyResult] = OrderedDict()
+        self._units: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def __reduce__(self):
         return (_rebuild, (self.space.config, self.space.backend.name, self.seed,
@@ -186,8 +200,10 @@ class PerplexityEvaluator(Evaluator):
         check_arch(self.space.config, candidate.arch)
         sd = quantized_state_dict(self.space, candidate,
                                   subnet_state_dict(self.supernet(), candidate))
+        head = sd.pop("output.weight")
         model = build_decoder(candidate, self.space.config.vocab, sd, kv_cache=False,
                               full_logits=True)
+        model.output.weight = torch.nn.Parameter(head, requires_grad=False)  # untied, as exported
         add_activation_quant(model, self.space, candidate)
         return model
 
@@ -225,21 +241,24 @@ class PerplexityEvaluator(Evaluator):
             torch.set_num_threads(before)
         return torch.cat(out)
 
+    def unit_nll(self, candidate: Candidate, split: str) -> np.ndarray:
+        """The mean NLL of every block of ``unit`` consecutive predicted bytes of ``split``
+        (the bootstrap's resampling unit; the same blocks for every candidate)."""
+        key = (quality_key(candidate), split)
+        if key not in self._units:
+            nll = self.token_nll(candidate, split)
+            self._units[key] = nll.reshape(-1, self.unit).mean(dim=1).double().numpy()
+            while len(self._units) > 4096:
+                self._units.popitem(last=False)
+        return self._units[key]
+
     def evaluate(self, candidate: Candidate, *, split: str = "val") -> AccuracyResult:
         """Perplexity of ``candidate`` as priced (quantized, sparsified) on ``split``."""
         check_split(split)
-        key = (quality_key(candidate), split)
-        if key in self._results:
-            return self._results[key]
-        nll = self.token_nll(candidate, split)
-        units = nll.reshape(-1, self.unit).mean(dim=1).double().numpy()
+        units = self.unit_nll(candidate, split)
         ppl, interval = bootstrap_perplexity(units, self.seed)
-        result = AccuracyResult(ppl, interval, int(nll.numel()), split, metric=self.metric,
-                                higher_is_better=self.higher_is_better)
-        self._results[key] = result
-        while len(self._results) > 4096:
-            self._results.popitem(last=False)
-        return result
+        return AccuracyResult(ppl, interval, int(units.size * self.unit), split,
+                              metric=self.metric, higher_is_better=self.higher_is_better)
 
 
 def _rebuild(config, backend_name: str, seed: int, threads_choices: tuple[int, ...],
