@@ -195,3 +195,15 @@ def test_search_minimises_perplexity_and_labels_it(evaluator, space, tmp_path):
     text = report(result.run_dir, member=pareto["members"][0]["trial"])
     assert "val ppl" in text and "lower is better" in text and "val acc" not in text
     assert "prefill (time to first token)" in text
+
+
+def test_evaluator_pickles_for_workers_and_shares_the_supernet(evaluator, params):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(evaluator))
+    assert copy._params is None and copy.shared_state_key() == evaluator.shared_state_key()
+    copy.use_shared_state(evaluator.shared_state_key(), params)
+    cand = candidate(copy.space)
+    assert copy.evaluate(cand) == evaluator.evaluate(cand)
+    with pytest.raises(ValueError, match="not this evaluator's"):
+        copy.use_shared_state("other", params)
