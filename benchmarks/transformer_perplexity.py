@@ -23,9 +23,10 @@ from search_spaces.transformer import TransformerSpace
 from search_spaces.transformer_lm import subnet_state_dict
 
 SUBNETS = {  # name: (layers, d_model, heads, gqa_ratio, ffn_mult, context)
-    "largest": (6, 256, 4, 1, 3, 512),
+    # the sandwich's two ends (trained every step) and a subnet trained only when sampled
+    "largest": (6, 256, 2, 1, 3, 512),
+    "smallest": (2, 128, 4, 2, 2, 512),
     "middle": (4, 256, 4, 2, 2, 256),
-    "smallest": (2, 128, 2, 2, 2, 128),
 }
 VARIANTS = [  # (label, precision, group, ffn_sparsity)
     ("w16a16", "w16a16", 0, "dense"),

@@ -168,6 +168,16 @@ def test_kv_cache_bytes_grow_linearly_with_context(space):
     assert latencies == sorted(latencies) and latencies[-1] > latencies[0]
 
 
+def test_kv_cache_bytes_linear_in_context_in_the_default_space():
+    space = TransformerSpace(load_backend("codesign"))  # the sizes the perplexity supernet trains
+    base = uniform(space, 4, layers=6, d_model=256, heads=4, gqa_ratio=2, ffn_mult=3, context=128)
+    sizes = {ctx: space.kv_cache_bytes(replace(base, arch=replace(base.arch, context=ctx)))
+             for ctx in space.config.context}
+    assert list(sizes) == [128, 256, 512]
+    assert sizes[512] == 2 * sizes[256] == 4 * sizes[128] == 6 * 2 * 2 * 512 * 64 * 8 // 8
+    assert space.kv_cache_bytes(base, 512) == sizes[512]
+
+
 def test_fewer_weight_bits_decode_faster(space):
     cm = model(space)
     lat = {bits: float(cm.predict(OpBatch.from_oplists([space.to_ops(uniform(space, bits))]))
