@@ -1,6 +1,7 @@
-"""codesign export of a transformer run: a mixed-precision decoder becomes an XNNPACK .pte with a
-static KV cache that decodes on ExecuTorch's runtime as the eager module does; a member with a
-precision the exporter cannot realise gets no .pte and a reason per layer."""
+"""codesign export of a transformer run: a mixed-precision decoder (4-bit dynamic, static int8,
+fp32 head) becomes an XNNPACK .pte with a static KV cache that decodes on ExecuTorch's runtime as
+the eager module does; a member with a precision XNNPACK cannot run gets no .pte and a reason
+per layer."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,7 @@ import json
 import pytest
 
 from codesign.cli import main
-from codesign.export.plan import FP32, TORCHAO_DYN
+from codesign.export.plan import FP32, PT2E_INT8, TORCHAO_DYN
 from codesign.export.transformer_plan import module_name, plan_linears
 from cost_models.backends import load_backend
 from cost_models.devices import load_device
@@ -18,29 +19,32 @@ from search_spaces.transformer import Candidate, LayerChoice, TransformerArch
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 
-def _space():
+def _space(backend: str = "xnnpack"):
     from codesign.context import load_space
 
-    return load_space("transformer", load_backend("xnnpack"), load_device("host"))
+    return load_space("transformer", load_backend(backend), load_device("host"))
 
 
-def _candidate(space, first: str) -> Candidate:
-    """The space's smallest decoder: block 0 at ``first``, the others w8a8-dyn, head w16a16."""
+def _candidate(space, first: str, rest: str = "w8a8", head: str = "w16a16") -> Candidate:
+    """The space's smallest decoder: block 0 at ``first``, the others at ``rest``."""
     cfg = space.config
     heads = min(cfg.heads)
     arch = TransformerArch(min(cfg.layers), min(cfg.d_model), heads, heads // max(
         r for r in cfg.gqa_ratios if heads % r == 0), min(cfg.ffn_mults), min(cfg.context))
     group = min(space.group_choices)
-    blocks = [LayerChoice(first, group if first.startswith("w4") else 0)]
-    blocks += [LayerChoice("w8a8-dyn")] * (arch.layers - 1)
-    return Candidate(arch, tuple(blocks), LayerChoice("w16a16"), threads=1)
+
+    def choice(precision):
+        return LayerChoice(precision, group if precision.startswith("w4") else 0)
+
+    blocks = (choice(first),) + (choice(rest),) * (arch.layers - 1)
+    return Candidate(arch, blocks, choice(head), threads=1)
 
 
-def _write_run(tmp_path, space, members):
-    run = tmp_path / "run"
+def _write_run(tmp_path, space, members, backend="xnnpack"):
+    run = tmp_path / f"run-{backend}"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({
-        "device": "host", "backend": "xnnpack", "space": "transformer",
+        "device": "host", "backend": backend, "space": "transformer",
         "space_sha256": space.config.sha256, "seed": 0}))
     (run / "pareto.json").write_text(json.dumps({"budget_s": 0.01, "members": [
         {"trial": trial, "params": space.encode(c), "latency_s": 0.001}
@@ -48,22 +52,20 @@ def _write_run(tmp_path, space, members):
     return run
 
 
-def test_plan_maps_every_linear_to_its_module_and_refuses_static_int8():
+def test_plan_maps_every_linear_to_its_module_and_refuses_what_xnnpack_cannot_run():
     space = _space()
     xnn = load_backend("xnnpack")
-    plans = plan_linears(space.to_ops(_candidate(space, "w8a8")), xnn)
+    plans = plan_linears(space.to_ops(_candidate(space, "w8a8", "w4a8-dyn")), xnn)
     assert module_name("l1.gate") == "layers.1.feed_forward.w1"
     by_name = {p.name: p for p in plans}
-    assert by_name["layers.0.attention.wq"].realisation is None
-    assert "static int8" in by_name["layers.0.attention.wq"].reason
+    assert by_name["layers.0.attention.wq"].realisation == PT2E_INT8
     assert by_name["layers.1.feed_forward.w2"].realisation == TORCHAO_DYN
     assert by_name["output"].realisation == FP32 and "fp32" in by_name["output"].note
     # a codesign-back-end precision XNNPACK does not run is refused with the back-end's reason
-    codesign_space = type(space)(load_backend("codesign"))
-    c = _candidate(space, "w4a8-dyn")
-    c = Candidate(c.arch, (LayerChoice("w4a16", 32),) + c.layers[1:], c.head)
-    plans = plan_linears(codesign_space.to_ops(c), xnn)
+    codesign_space = _space("codesign")
+    plans = plan_linears(codesign_space.to_ops(_candidate(space, "w4a16", "w8a16")), xnn)
     assert "does not run linear at w4a16" in plans[0].reason
+    assert all(p.realisation is None for p in plans[:-1])
 
 
 @pytest.mark.slow
@@ -72,8 +74,8 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
 
     monkeypatch.setattr(tr, "member_weights", lambda space, c, seed: (None, "random (test)"))
     space = _space()
-    mixed, refused = _candidate(space, "w4a8-dyn"), _candidate(space, "w8a8")
-    run = _write_run(tmp_path, space, [(1, mixed), (2, refused)])
+    mixed = _candidate(space, "w4a8-dyn")  # block 0 4-bit, the others static w8a8, head fp32
+    run = _write_run(tmp_path, space, [(1, mixed)])
     assert main(["export", str(run)]) == 0
 
     out = run / "export" / "trial-1"
@@ -105,11 +107,19 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
     assert m["sha256"]["model.pte"] == hashlib.sha256(pte).hexdigest()
     assert m["sha256"]["model.pt2"] == hashlib.sha256((out / "model.pt2").read_bytes()).hexdigest()
 
+    assert layers["layers.1.attention.wq"]["xnnpack"] == PT2E_INT8
+    assert "random" in m["static_int8_calibration"]
+
+    # a codesign member: XNNPACK cannot run its precisions; no .pte, the reason per layer
+    codesign_space = _space("codesign")
+    refused = _candidate(codesign_space, "w4a16", "w8a16", head="w8a16")
+    run = _write_run(tmp_path, codesign_space, [(2, refused)], backend="codesign")
+    assert main(["export", str(run)]) == 0
     r = json.loads((run / "export" / "trial-2" / "manifest.json").read_text())
     assert r["status"] == "refused" and r["pte"] is None
-    assert "layers.0.attention.wq (w8a8)" in r["reason"]
+    assert "layers.0.attention.wq (w4a16-g" in r["reason"]
     assert not (run / "export" / "trial-2" / "model.pte").exists()
     why = {p["name"]: p.get("why_not") for p in r["precision_per_layer"]}
-    assert "static int8" in why["layers.0.attention.wq"]
+    assert "does not run linear at w8a16" in why["output"]
     summary = json.loads((run / "export" / "summary.json").read_text())
-    assert [s["status"] for s in summary["members"]] == ["exported", "refused"]
+    assert [s["status"] for s in summary["members"]] == ["refused"]

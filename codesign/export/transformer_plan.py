@@ -10,11 +10,12 @@ and to a realisation, following ExecuTorch's LLM export recipe (``export_llama -
 * ``w16a16``: fp32. The space prices the 16-bit stream (fp16 weights, activations and KV cache);
   ExecuTorch's XNNPACK on this host runs the layer in fp32 (twice the priced bytes), and the
   manifest says so;
+* ``w8a8`` (static): PT2E with the XNNPACKQuantizer (per-channel int8 weights, per-tensor int8
+  activations) admitting only the graph nodes of those modules, calibrated by decoding tokens
+  (``transformer.py``); ExecuTorch's LLM recipe itself only quantizes decoder linears dynamically;
 * anything else gets no realisation and the member no ``.pte`` (issue 6's policy: a precision is
   never rounded to another one), with the reason per layer: precisions XNNPACK does not run
-  (the ``codesign`` back-end's sub-byte weights with static or 16-bit activations) and static
-  ``w8a8``, which XNNPACK runs but for which ExecuTorch's LLM recipe has no decoder path
-  (its linears take dynamically quantized activations) and this exporter no calibration.
+  (the ``codesign`` back-end's sub-byte weights with static or 16-bit activations).
 
 Pruned (2:4) FFN weights that XNNPACK accepts run dense (no sparse kernels): exact, not faster.
 """
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from codesign.export.plan import FP32, TORCHAO_DYN, LayerPlan, precision_label, sparsity_label
+from codesign.export.plan import (FP32, PT2E_INT8, TORCHAO_DYN, LayerPlan, precision_label,
+                                  sparsity_label)
 from cost_models.backends import BackendSpec
 from cost_models.ir import Op, OpKind
 from kernels.specs import SparsityPattern
@@ -32,10 +34,6 @@ BLOCK_LINEARS = {"q": "attention.wq", "k": "attention.wk", "v": "attention.wv",
                  "o": "attention.wo", "gate": "feed_forward.w1", "up": "feed_forward.w3",
                  "down": "feed_forward.w2"}
 HEAD_OP, HEAD_MODULE, EMBEDDING_MODULE = "lm_head", "output", "tok_embeddings"
-STATIC_W8A8_REASON = ("static int8 activations on a decoder linear: XNNPACK runs w8a8, but "
-                      "ExecuTorch's LLM export recipe quantizes decoder linears with dynamic "
-                      "int8 activations and this exporter has no static calibration for them; "
-                      "not rounded to w8a8-dyn")
 FP16_NOTE = ("priced as w16a16 (fp16 weights and stream); run as fp32 by XNNPACK on this host "
              "(the exported layer holds 2x the priced weight bytes)")
 
@@ -65,7 +63,7 @@ def _realise(op: Op, xnnpack: BackendSpec) -> tuple[str | None, str, str]:
         return FP32, "", "; ".join(n for n in (FP16_NOTE if q.weight_bits == 16 else "", note)
                                    if n)
     if q.weight_bits == 8 and q.act_bits == 8:
-        return None, STATIC_W8A8_REASON, ""
+        return PT2E_INT8, "", note
     return None, (f"XNNPACK runs linear at {precision_label(q)}, but the exporter has no "
                   "realisation of it for a decoder"), ""
 
@@ -107,7 +105,7 @@ def head_tie(plans: Sequence[LayerPlan], vocab: int, d_model: int) -> dict[str, 
                          ".pte the embedding gather reads the fp32 table as a program constant "
                          "and XNNPACK's linear packs its own fp32 copy into the delegate: two "
                          "stored copies")
-    elif head.realisation == TORCHAO_DYN:
+    elif head.realisation in (TORCHAO_DYN, PT2E_INT8):
         out["export"] = (f"untied at export: the head is quantized to {head.precision} from the "
                          "shared table; the embedding gather keeps the fp32 table. Two stored "
                          "matrices: the fp32 table and the quantized head")

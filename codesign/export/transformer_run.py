@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from codesign.export.plan import TORCHAO_DYN, unexpressible
+from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, unexpressible
 from codesign.export.run import MemberResult, _save_pt2, _sha256, _write_bytes, load_run
 from codesign.export.transformer_plan import head_tie, plan_linears
 from codesign.run_dir import atomic_write_json
@@ -134,7 +134,19 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
     else:
         state_dict, source = member_weights(space, candidate, run.seed)
         manifest["weights"] = source
-        program = export_decoder(candidate, plans, vocab, state_dict, seed=run.seed)
+        calibration = None
+        if state_dict is not None and any(p.realisation == PT2E_INT8 for p in plans):
+            from codesign.export.transformer import CALIBRATION_TOKENS
+            from search_spaces.transformer_lm import split_tokens
+
+            n = min(CALIBRATION_TOKENS, arch.context)
+            calibration = [int(t) for t in split_tokens("train").reshape(-1)[:n]]
+        if any(p.realisation == PT2E_INT8 for p in plans):
+            manifest["static_int8_calibration"] = (
+                f"{len(calibration)} tokens of the LM's training text" if calibration else
+                "seeded random byte tokens (no trained LM)") + ", decoded from position 0"
+        program = export_decoder(candidate, plans, vocab, state_dict, seed=run.seed,
+                                 calibration=calibration)
         timings = dict(program.seconds)
         manifest["sdpa"] = {"custom_op": program.custom_sdpa, "path": program.sdpa_note}
         if "pt2" in formats:
@@ -143,10 +155,10 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
             timings["pt2"] = time.perf_counter() - t0
             files["model.pt2"] = out / "model.pt2"
             manifest["pt2_semantics"] = "the torch.export program model.pte was lowered from"
-        quantized = any(p.realisation == TORCHAO_DYN for p in plans)
+        quantized = any(p.realisation in (TORCHAO_DYN, PT2E_INT8) for p in plans)
         t0 = time.perf_counter()
         check = check_decode(program.pte, program.reference, quantized=quantized, vocab=vocab,
-                             seed=run.seed, threads=threads)
+                             seed=run.seed, threads=threads, output_scale=program.output_scale)
         timings["verify"] = time.perf_counter() - t0
         if "pte" in formats:
             _write_bytes(out / "model.pte", program.pte)
