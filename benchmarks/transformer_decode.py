@@ -250,8 +250,9 @@ def main() -> None:
     print(f"arch: {arch}, vocab {vocab}, threads {args.threads}, clock {timed['clock']}, "
           f"{args.rounds} rounds x {args.repeats} repeats; load average "
           f"{load0:.2f} before, {load1:.2f} after, per round {timed['loadavg']}")
-    print("\n| weights | .pte KB | measured ms (p50) | measured / fp32 | predicted ms (as exported) "
-          "| predicted / fp32 | predicted ms (as priced, 16-bit) | predicted / w16a16 | "
+    print("\n| weights | .pte KB | measured ms (p50) | measured / fp32 "
+          "| predicted ms (as exported) | predicted / fp32 "
+          "| predicted ms (as priced, 16-bit) | predicted / w16a16 | "
           "measured / predicted (as exported) | compute / memory / overhead (as exported) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     pe = {n: info[n]["predicted_exported"]["latency_s"] for n in PRECISIONS}
