@@ -69,7 +69,9 @@ def build_decoder(candidate: Candidate | TransformerArch, vocab: int = 256,
                   state_dict: Mapping[str, torch.Tensor] | None = None, *, kv_cache: bool = True,
                   full_logits: bool = False, sdpa_custom_op: bool = False) -> torch.nn.Module:
     """The candidate's decoder in eval mode, with ``state_dict`` loaded (names in the module
-    docstring; every parameter must be given) and the LM head tied to the embedding table.
+    docstring; every parameter must be given) and the LM head tied to the embedding table —
+    unless the state dict has an ``output.weight`` of its own (a head quantized to another
+    precision than the table, as export realises it): then the head is untied, that tensor.
     Without a state dict the weights are the module's random initialisation (for timing)."""
     arch = candidate.arch if isinstance(candidate, Candidate) else candidate
     lt, _ = _llama()
@@ -91,4 +93,10 @@ def build_decoder(candidate: Candidate | TransformerArch, vocab: int = 256,
                     raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit "
                                      f"{tuple(param.shape)}")
                 param.copy_(value)
+        head = state_dict.get("output.weight")
+        if head is not None:
+            if tuple(head.shape) != tuple(model.output.weight.shape):
+                raise ValueError(f"output.weight: shape {tuple(head.shape)} does not fit "
+                                 f"{tuple(model.output.weight.shape)}")
+            model.output.weight = torch.nn.Parameter(head.detach().clone(), requires_grad=False)
     return model.eval()

@@ -123,3 +123,21 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
     assert "does not run linear at w8a16" in why["output"]
     summary = json.loads((run / "export" / "summary.json").read_text())
     assert [s["status"] for s in summary["members"]] == ["refused"]
+    # ... but the codesign kernels' contract per phase, and the float program on the grid
+    out = run / "export" / "trial-2"
+    kernels = json.loads((out / "kernels.json").read_text())
+    assert kernels["context"] == refused.arch.context
+    for phase, rows in (("decode", 1), ("prefill", codesign_space.config.prompt_tokens)):
+        layers = {k["name"]: k for k in kernels["phases"][phase]}
+        q = layers["l0.q"]
+        assert q["gemm"]["m"] == rows and q["gemm"]["k"] == refused.arch.d_model
+        assert q["precision"].startswith("w4a16") and q["tile"] is not None
+        assert layers["lm_head"]["weight_bits"] == 8
+    assert r["sha256"]["kernels.json"] == hashlib.sha256(
+        (out / "kernels.json").read_bytes()).hexdigest()
+    import torch
+
+    program = torch.export.load(out / "model.pt2").module()
+    logits = program(torch.tensor([[7]]), {"input_pos": torch.tensor([0])})
+    assert logits.shape[-1] == codesign_space.config.vocab and torch.isfinite(logits).all()
+    assert "quantization grid" in r["pt2_semantics"] and r["weights"].startswith("random")

@@ -38,3 +38,14 @@ def test_state_dict_errors_name_the_problem():
     state["norm.weight"] = torch.ones(65)
     with pytest.raises(ValueError, match=r"norm.weight: shape \(65,\)"):
         build_decoder(ARCH, 32, state)
+
+
+def test_a_given_head_unties_it():
+    state = _state()
+    head = torch.randn(32, 64)
+    model = build_decoder(ARCH, 32, {**state, "output.weight": head}, kv_cache=False)
+    assert model.output.weight is not model.tok_embeddings.weight
+    torch.testing.assert_close(model.output.weight.data, head)
+    torch.testing.assert_close(model.tok_embeddings.weight.data, state["tok_embeddings.weight"])
+    with pytest.raises(ValueError, match=r"output.weight: shape \(32, 65\)"):
+        build_decoder(ARCH, 32, {**state, "output.weight": torch.zeros(32, 65)})

@@ -84,6 +84,45 @@ def _kv_json(run: TransformerRun, candidate, program) -> dict[str, Any]:
                     "in the program's planned memory (zero at load)"}
 
 
+def kernel_phases(run: TransformerRun, candidate, member: Mapping[str, Any]) -> dict[str, Any]:
+    """``kernels.json`` of a codesign-back-end member: per phase, every kernel's contract
+    (shape, precision, sparse format, tile, predicted latency; ``plan.kernel_spec``)."""
+    from codesign.export.plan import kernel_spec
+    from kernels.tile_tuner import resolve_tile
+
+    phases = {}
+    for phase, key in (("decode", "layers"), ("prefill", "prefill_layers")):
+        ops = run.space.to_ops(candidate, phase)
+        latency = {layer["name"]: layer["latency_s"] for layer in member.get(key) or []}
+        tiles = {op.name: resolve_tile(run.device, op, run.backend) for op in ops}
+        phases[phase] = kernel_spec(ops, tiles, latency)
+    return {"trial": int(member["trial"]), "device": run.device.name,
+            "context": candidate.arch.context,
+            "prompt_tokens": run.space.config.prompt_tokens, "phases": phases}
+
+
+def on_grid_program(space, candidate, state_dict, seed: int) -> torch.export.ExportedProgram:
+    """The candidate's float decoder with every linear's weights on its quantization grid
+    (the perplexity evaluator's ``quantized_state_dict``), exported as the .pte would be."""
+    from codesign.evaluation.perplexity import quantized_state_dict
+    from codesign.export.transformer import decode_inputs
+    from search_spaces.transformer_model import build_decoder
+
+    vocab = space.config.vocab
+    if state_dict is None:  # seeded random weights, as member_weights says, masks baked in
+        from search_spaces.transformer_lm import subnet_state_dict
+
+        torch.manual_seed(seed)
+        state_dict = subnet_state_dict(dict(build_decoder(candidate, vocab, kv_cache=True)
+                                            .named_parameters()), candidate)
+    model = build_decoder(candidate, vocab, quantized_state_dict(space, candidate,
+                                                                 dict(state_dict)),
+                          kv_cache=True)
+    tokens, pos = decode_inputs(0, 0)
+    with torch.no_grad():
+        return torch.export.export(model, (tokens, {"input_pos": pos}), strict=False)
+
+
 def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: Path,
                               formats: Sequence[str], log: Callable[[str], None]
                               ) -> MemberResult:
@@ -131,6 +170,22 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
             f"{p.name} ({p.precision}): {p.reason}" for p in bad[:3]) + (
             " ..." if len(bad) > 3 else "")
         manifest["pte"] = None
+        if run.backend.name == "codesign":
+            files["kernels.json"] = out / "kernels.json"
+            atomic_write_json(files["kernels.json"], kernel_phases(run, candidate, member))
+        if "pt2" in formats:
+            state_dict, manifest["weights"] = member_weights(space, candidate, run.seed)
+            t0 = time.perf_counter()
+            _save_pt2(out / "model.pt2", on_grid_program(space, candidate, state_dict, run.seed))
+            manifest["seconds"] = {"pt2": time.perf_counter() - t0}
+            files["model.pt2"] = out / "model.pt2"
+            manifest["pt2_semantics"] = (
+                "float decoder with a static KV cache (forward(tokens[1, 1], input_pos[1])); "
+                "weights 2:4-pruned where chosen and on each linear's quantization grid, the LM "
+                "head untied at its own precision; activation precisions and kernels are "
+                "specified in kernels.json" if run.backend.name == "codesign" else
+                "float decoder with a static KV cache; weights on each linear's quantization "
+                "grid")
     else:
         state_dict, source = member_weights(space, candidate, run.seed)
         manifest["weights"] = source
