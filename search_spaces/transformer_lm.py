@@ -177,7 +177,7 @@ def run_subnet(modules: ModuleCache, params: Mapping[str, torch.Tensor], arch: T
 class LMTrainConfig:
     """Supernet training hyperparameters (all of them key the weight cache).
 
-    The defaults fit the default space on a 2-core CPU in 15-20 minutes at one thread
+    The defaults train the default space's supernet on this 2-core CPU in 677 s at one thread
     (BENCHMARKS.md, "Issue 9: perplexity (measured)"): many small steps (2 windows of 512 bytes)
     rather than few large ones, since a byte-level model leaves its unigram plateau by the step
     count, not the token count. ``seq_len`` 0 = the largest context, so every position a

@@ -207,3 +207,23 @@ def test_evaluator_pickles_for_workers_and_shares_the_supernet(evaluator, params
     assert copy.evaluate(cand) == evaluator.evaluate(cand)
     with pytest.raises(ValueError, match="not this evaluator's"):
         copy.use_shared_state("other", params)
+
+
+def test_a_user_function_may_declare_perplexity():
+    from codesign.evaluation.base import AccuracyResult, FunctionEvaluator
+
+    def ppl(candidate, split):
+        return 12.5
+
+    ppl.metric, ppl.higher_is_better = "perplexity", False
+    ev = FunctionEvaluator(ppl)
+    result = ev.evaluate(None)
+    assert (ev.metric, ev.higher_is_better) == ("perplexity", False)
+    assert result.accuracy == 12.5 and result.metric == "perplexity"  # no [0, 1] check
+
+    def mislabelled(candidate, split):
+        return AccuracyResult(0.5, (0.4, 0.6), 10, split)  # says accuracy
+
+    mislabelled.metric = "perplexity"
+    with pytest.raises(ValueError, match="returned 'accuracy', but declares 'perplexity'"):
+        FunctionEvaluator(mislabelled).evaluate(None)
