@@ -157,6 +157,9 @@ def test_four_bit_groups_change_weights_and_perplexity(evaluator, space):
     # the head is quantized from the shared table (untied, as exported); the gather reads floats
     assert torch.equal(q4["tok_embeddings.weight"], sd["tok_embeddings.weight"])
     assert not torch.equal(q4["output.weight"], sd["tok_embeddings.weight"])
+    model = evaluator.build_quantized(c4)
+    assert model.output.weight is not model.tok_embeddings.weight
+    assert torch.equal(model.output.weight, q4["output.weight"])
     p16, p4 = evaluator.evaluate(c16), evaluator.evaluate(c4)
     assert p4.accuracy != p16.accuracy and p4.interval != p16.interval
     ratio, (lo, hi) = paired_ratio(evaluator.unit_nll(c16, "val"), evaluator.unit_nll(c4, "val"))

@@ -200,10 +200,9 @@ class PerplexityEvaluator(Evaluator):
         check_arch(self.space.config, candidate.arch)
         sd = quantized_state_dict(self.space, candidate,
                                   subnet_state_dict(self.supernet(), candidate))
-        head = sd.pop("output.weight")
+        # sd's own output.weight: build_decoder unties the head, as export realises it
         model = build_decoder(candidate, self.space.config.vocab, sd, kv_cache=False,
                               full_logits=True)
-        model.output.weight = torch.nn.Parameter(head, requires_grad=False)  # untied, as exported
         add_activation_quant(model, self.space, candidate)
         return model
 
