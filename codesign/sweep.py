@@ -79,7 +79,8 @@ class SweepRow:
     n_complete: int = 0
     n_failed: int = 0
     n_feasible: int = 0
-    best_accuracy: float | None = None
+    metric: str = "accuracy"  # the evaluator's quality metric (perplexity for transformers)
+    best_quality: float | None = None  # the best front member's, by the metric's direction
     best_latency_s: float | None = None
     elapsed_s: float = 0.0
     attempts: int = 0
@@ -323,11 +324,13 @@ def run_job(job: RunJob, devices: dict[str, Any], shared: tuple[str, Any] | None
         context.evaluator.use_shared_state(*shared)
     result = run_search(config, context=context, run=run)
     members = result.pareto["members"]
-    best = max(members, key=lambda m: m["accuracy"], default=None)
-    return {"n_pareto": len(members), "trials": result.n_trials,
+    metric = result.pareto.get("metric", "accuracy")
+    pick = max if result.pareto.get("higher_is_better", True) else min
+    best = pick(members, key=lambda m: m[metric], default=None)
+    return {"n_pareto": len(members), "trials": result.n_trials, "metric": metric,
             "n_complete": result.pareto["n_complete"], "n_failed": result.n_failed,
             "n_feasible": result.pareto["n_feasible"],
-            "best_accuracy": None if best is None else best["accuracy"],
+            "best_quality": None if best is None else best[metric],
             "best_latency_s": None if best is None else best["latency_s"],
             "elapsed_s": result.elapsed_s, "attempts": attempt,
             "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -451,7 +454,7 @@ def _write_sweep(out: Path, config: SweepConfig, result: SweepResult, elapsed_s:
 
 # ------------------------------------------------------------------ the summary
 SUMMARY_COLUMNS = ["device", "budget", "budget_ms", "status", "trials", "failed_trials",
-                   "feasible", "n_pareto", "best_accuracy", "best_latency_ms", "attempts",
+                   "feasible", "n_pareto", "metric", "best_quality", "best_latency_ms", "attempts",
                    "run_dir", "reason"]
 
 
@@ -461,7 +464,7 @@ def _summary_cells(row: SweepRow) -> list[str]:
 
     return [row.device, row.budget, f"{row.budget_s * 1e3:g}", row.status, str(row.trials),
             str(row.n_failed), str(row.n_feasible), str(row.n_pareto),
-            num(row.best_accuracy, ".3f"),
+            row.metric, num(row.best_quality, ".4g"),
             num(None if row.best_latency_s is None else row.best_latency_s * 1e3, ".2f"),
             str(row.attempts), row.run_dir, row.reason or ""]
 

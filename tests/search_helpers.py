@@ -48,3 +48,12 @@ class FragileSpace(MBConvSpace):
 
 def fragile_space(backend):
     return FragileSpace(backend, threads_choices=(1,))
+
+
+def proxy_perplexity(candidate, split: str) -> float:
+    """A quality that is lower-is-better: the proxy accuracy mapped to a perplexity-like value
+    (for checks that a front, a report or a sweep follows the evaluator's direction)."""
+    return 1.0 / max(proxy_accuracy(candidate, split), 1e-3)
+
+
+proxy_perplexity.metric, proxy_perplexity.higher_is_better = "perplexity", False

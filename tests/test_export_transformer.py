@@ -46,9 +46,10 @@ def _write_run(tmp_path, space, members, backend="xnnpack"):
     (run / "run.json").write_text(json.dumps({
         "device": "host", "backend": backend, "space": "transformer",
         "space_sha256": space.config.sha256, "seed": 0}))
-    (run / "pareto.json").write_text(json.dumps({"budget_s": 0.01, "members": [
-        {"trial": trial, "params": space.encode(c), "latency_s": 0.001}
-        for trial, c in members]}))
+    (run / "pareto.json").write_text(json.dumps({
+        "budget_s": 0.01, "metric": "perplexity", "higher_is_better": False, "members": [
+            {"trial": trial, "params": space.encode(c), "latency_s": 0.001, "perplexity": 9.5,
+             "perplexity_interval": [9.0, 10.0]} for trial, c in members]}))
     return run
 
 
@@ -81,6 +82,7 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
     out = run / "export" / "trial-1"
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "exported", m["reason"]
+    assert m["quality_search"] == {"perplexity": 9.5, "perplexity_interval": [9.0, 10.0]}
     layers = {p["name"]: p for p in m["precision_per_layer"]}
     assert layers["layers.0.attention.wq"]["precision"].startswith("w4a8-dyn-g")
     assert layers["layers.0.attention.wq"]["xnnpack"] == TORCHAO_DYN

@@ -73,7 +73,8 @@ def test_sweep_of_2_devices_x_2_budgets_writes_4_runs(tmp_path, capsys, local_ra
         assert all(m["latency_s"] <= r["budget_s"] for m in pareto["members"])
         assert len(load_trials(run_dir)) == 6
     # a looser budget never has a worse best accuracy
-    best = {(r["device"], r["budget_s"]): r["best_accuracy"] or 0.0 for r in runs}
+    assert {r["metric"] for r in runs} == {"accuracy"}
+    best = {(r["device"], r["budget_s"]): r["best_quality"] or 0.0 for r in runs}
     assert best["pixel8", 0.01] >= best["pixel8", 0.005]
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [row["status"] for row in summary] == ["ok"] * 4
@@ -83,6 +84,21 @@ def test_sweep_of_2_devices_x_2_budgets_writes_4_runs(tmp_path, capsys, local_ra
     rc = main(["search", "--device", "pixel8", "--budget", "5ms", "--seed", "3", "--trials", "8",
                "--evaluator", PROXY, "--resume", str(out / "pixel8-5ms"), "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["trials"] == 8
+
+
+@pytest.mark.slow
+def test_sweep_summary_follows_a_lower_is_better_metric(tmp_path, local_ray):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--devices", "pixel8", "--budgets", "10ms", "--trials", "6",
+                 "--seed", "3", "--evaluator", "tests.search_helpers:proxy_perplexity",
+                 "--out", str(out)]) == 0
+    (row,) = _sweep_json(out)["runs"]
+    members = json.loads((out / "pixel8-10ms" / "pareto.json").read_text())["members"]
+    assert row["metric"] == "perplexity" and members
+    assert row["best_quality"] == min(m["perplexity"] for m in members)
+    (line,) = csv.DictReader((out / "summary.csv").open())
+    assert line["metric"] == "perplexity" and float(line["best_quality"]) == pytest.approx(
+        row["best_quality"], rel=1e-3)
 
 
 @pytest.mark.slow

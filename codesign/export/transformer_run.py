@@ -134,6 +134,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     space = run.space
+    metric = run.pareto.get("metric", "accuracy")  # perplexity, with the built-in evaluator
     candidate = space.decode(member["params"])
     arch = candidate.arch
     vocab = space.config.vocab
@@ -152,8 +153,9 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
         "latency_s_predicted_means": "one decoded token at position context-1 on "
                                      f"{run.identity['device']}",
         "ttft_s_predicted": member.get("ttft_s"),
-        "quality_search": {k: member.get(k) for k in ("accuracy", "accuracy_interval",
-                                                      "test_accuracy") if k in member},
+        "quality_search": {k: member[k] for k in (
+            metric, f"{metric}_interval", f"test_{metric}", f"test_{metric}_interval")
+            if k in member},
         "memory": {"model_bytes_predicted": model_bytes(ops),
                    "kv_cache_bytes_predicted": space.kv_cache_bytes(candidate),
                    "memory_bytes_predicted": member.get("memory_bytes")},
