@@ -9,7 +9,10 @@ For each op (vectorised over an ``OpBatch``):
   latency, and register spills.
 - **memory**: bytes / bandwidth, with the traffic of a GotoBLAS-style blocked GEMM (A re-read
   once per nc panel, C once per kc block) when its operands exceed the caches, and cache
-  bandwidth when the working set fits.
+  bandwidth when the working set fits. Weights (and the KV cache, streamed like weights) that
+  stay in the LLC are re-read every inference: where the device has a measured read bandwidth
+  by working set (``host``: ``cost_models.host.cache_read_curve``) they stream at that
+  bandwidth for the model's weight + KV bytes, else at the cache bandwidth per cycle.
 - **overhead**: the back-end's dispatch cost per op, plus a fork-join barrier when it runs on
   more than one thread.
 latency = max(compute, memory) + overhead; the bound is the largest of the three terms.
@@ -68,9 +71,12 @@ class AnalyticCostModel(CostModel):
     def __init__(self, device: DeviceSpec, backend: BackendSpec | str | None = None, *,
                  threads: int | None = None, burst: bool = False,
                  terms: CacheTerms = CacheTerms(),
-                 tile_terms: TileTerms | None | str = "auto") -> None:
+                 tile_terms: TileTerms | None | str = "auto",
+                 read_curve: tuple | None | str = "auto") -> None:
         """``tile_terms``: calibrated tile terms, None for none, or "auto" (this host's file
-        for device ``host`` + back-end ``codesign``, see :func:`tile_calibration.terms_for`)."""
+        for device ``host`` + back-end ``codesign``, see :func:`tile_calibration.terms_for`).
+        ``read_curve``: ((working-set bytes, bytes/s), ...) one core's measured re-read
+        bandwidth, None for none, or "auto" (this host's probe, :func:`host.cache_read_curve`)."""
         self.device = device
         self.backend = backend if isinstance(backend, BackendSpec) else backend_for(device, backend)
         if self.backend.name not in device.backends:
@@ -81,6 +87,10 @@ class AnalyticCostModel(CostModel):
         self.burst, self.terms = burst, terms
         self.tile_terms = (terms_for(device, self.backend) if isinstance(tile_terms, str)
                            else tile_terms)
+        if isinstance(read_curve, str):
+            from cost_models.host import cache_read_curve
+            read_curve = cache_read_curve(device)
+        self.read_curve = tuple(read_curve) if read_curve else None
         self._prepare()
 
     # ------------------------------------------------------------------ precomputed tables
@@ -111,6 +121,14 @@ class AnalyticCostModel(CostModel):
         self._dw_large_eff = np.full(len(_DTYPES), np.nan)
         for dtype, value in (self.backend.depthwise_large_kernel_efficiency or {}).items():
             self._dw_large_eff[DTYPE_CODES[dtype]] = value.value
+        # group-wise sub-byte weight linears: their own efficiency per measured group size
+        # (an unlisted group takes the nearest listed one's; NaN: as the dense kernel)
+        table = (self.backend.blockwise_weight_efficiency or {}).get(self.device.cpu.isa, {})
+        self._blockwise_groups = np.array(sorted(table), dtype=np.float64)
+        self._blockwise_eff = np.full((max(len(table), 1), len(_DTYPES)), np.nan)
+        for i, group in enumerate(sorted(table)):
+            for dtype, value in table[group].items():
+                self._blockwise_eff[i, DTYPE_CODES[dtype]] = value.value
         self._sparse_eff = np.zeros((n_kinds, n_patterns))
         for kind, cap in self.backend.ops.items():
             for pattern, eff in cap.sparsity.items():
@@ -138,6 +156,7 @@ class AnalyticCostModel(CostModel):
             "dram_bytes_per_s": float(self._cum_dram_bw[-1]),
             "llc_bytes": self._llc,
             "cache_terms": asdict(self.terms),
+            "read_curve": ([[n, bw] for n, bw in self.read_curve] if self.read_curve else None),
             "tile_terms": self.tile_terms.describe() if self.tile_terms else None,
         }
 
@@ -223,6 +242,13 @@ class AnalyticCostModel(CostModel):
             large = ((kind == KIND_CODES[OpKind.DEPTHWISE_CONV2D]) & (k > self._dw_max_taps)
                      & np.isfinite(self._dw_large_eff[dtype]))
             eff = np.where(large, self._dw_large_eff[dtype], eff)
+        if len(self._blockwise_groups):
+            log_g = np.log2(np.maximum(batch.group_size, 1))
+            nearest = np.argmin(np.abs(log_g[:, None] - np.log2(self._blockwise_groups)), axis=1)
+            bw_eff = self._blockwise_eff[nearest, dtype]
+            blockwise = ((kind == KIND_CODES[OpKind.LINEAR]) & (batch.weight_bits < 8)
+                         & (batch.group_size > 0) & np.isfinite(bw_eff))
+            eff = np.where(blockwise, bw_eff, eff)
 
         micro = np.where(tiled, self.micro_kernel_efficiency(mr, nr, dtype), 1.0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -261,7 +287,16 @@ class AnalyticCostModel(CostModel):
         model_w = np.bincount(batch.candidate, weights=w_bytes, minlength=batch.n_candidates)
         resident = model_w[batch.candidate] <= self._llc
         dram_s = np.where(big, traffic, np.where(resident, 0.0, w_bytes)) / self._cum_dram_bw[used]
-        cache_s = traffic / self._cum_cache_bw[used]
+        if self.read_curve is not None:
+            # resident weights re-read at the measured bandwidth for the model's working set
+            # (per core: the curve is one core's, scaled by the cores the op uses)
+            ws, bw = np.array(self.read_curve).T
+            w_bw = np.exp(np.interp(np.log(np.maximum(model_w, 1.0)), np.log(ws), np.log(bw)))
+            w_bw = w_bw[batch.candidate] * (used + 1)
+            w_bw = np.where(resident & ~big, w_bw, self._cum_cache_bw[used])
+            cache_s = (traffic - w_bytes) / self._cum_cache_bw[used] + w_bytes / w_bw
+        else:
+            cache_s = traffic / self._cum_cache_bw[used]
         memory_s = np.maximum(dram_s, cache_s)
 
         overhead_s = np.full(len(kind), self.backend.dispatch_overhead_s.value)

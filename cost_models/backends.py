@@ -64,6 +64,14 @@ class BackendSpec:
     # cover run on a generic path at their own efficiency (per dtype); None: no such limit.
     depthwise_max_taps: int | None = None
     depthwise_large_kernel_efficiency: Mapping[str, Sourced] | None = None
+    # Linears with group-wise sub-byte weights (block-wise scales) run their own kernels at their
+    # own efficiency, measured per ISA: ISA -> group size -> compute dtype -> fraction of peak;
+    # an ISA not listed (None: none listed) prices them as the dense kernel of their dtype.
+    blockwise_weight_efficiency: Mapping[str, Mapping[int, Mapping[str, Sourced]]] | None = None
+    # Decode attention as one fused kernel (op kind ``attention``) inside the program the
+    # back-end's exporter writes: per layer, the layout copies that program runs around it
+    # (``query_transposes``, ``kv_transposes``, ``cache_updates``, ``cache_transposes``).
+    fused_attention: Mapping[str, int] | None = None
     path: str = ""
 
     def default_tile(self, isa: str) -> TileSpec:
@@ -176,6 +184,8 @@ def parse_backend(data, path: str) -> BackendSpec:
         analytic_error=(r.sourced("analytic_error", maximum=1.0)
                         if "analytic_error" in r.data else None),
         **_depthwise_limit(r),
+        blockwise_weight_efficiency=_blockwise(r),
+        fused_attention=_fused_attention(r),
         path=path,
     )
 
@@ -196,6 +206,50 @@ def _depthwise_limit(r: _Reader) -> dict:
     return {"depthwise_max_taps": int(taps.value),
             "depthwise_large_kernel_efficiency": {d: eff.sourced(d, maximum=1.0)
                                                   for d in eff.data}}
+
+
+def _blockwise(r: _Reader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
+    """The optional ``blockwise_weights: {ISA: {efficiency: {GROUP: {DTYPE: sourced}}}}``."""
+    if "blockwise_weights" not in r.data:
+        return None
+    block = r.sub("blockwise_weights")
+    out: dict[str, dict[int, dict[str, Sourced]]] = {}
+    for isa in block.data:
+        if isa not in ISAS:
+            raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
+        eff = block.sub(isa).sub("efficiency")
+        out[isa] = {}
+        for group in eff.data:
+            if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+                raise eff.error(f"expected a positive integer group size, got {group!r}", group)
+            per = eff.sub(group)
+            for d in per.data:
+                if d not in DTYPES:
+                    raise per.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
+            out[isa][group] = {d: per.sourced(d, maximum=1.0) for d in per.data}
+    return out
+
+
+FUSED_ATTENTION_FIELDS = ("query_transposes", "kv_transposes", "cache_updates",
+                          "cache_transposes")
+
+
+def _fused_attention(r: _Reader) -> dict[str, int] | None:
+    """The optional ``fused_attention`` block: per-layer counts of the layout ops the exported
+    attention runs (each sourced); needs the ``attention`` op kind in the table."""
+    if "fused_attention" not in r.data:
+        return None
+    block = r.sub("fused_attention")
+    out = {}
+    for key in FUSED_ATTENTION_FIELDS:
+        value = block.sourced(key, positive=False).value
+        if value != int(value) or value < 0 or (key != "query_transposes" and value % 2):
+            raise block.error(f"expected a non-negative (K and V: even) integer, got {value!r}",
+                              key)
+        out[key] = int(value)
+    if OpKind.ATTENTION.value not in (r.data.get("ops") or {}):
+        raise block.error("a fused attention needs op kind 'attention' in 'ops'")
+    return out
 
 
 def backend_names() -> list[str]:

@@ -149,6 +149,19 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
     return data
 
 
+def cache_read_curve(device) -> tuple[tuple[float, float], ...] | None:
+    """This host's measured read bandwidth by working set, ((bytes, bytes/s), ...) sorted by
+    bytes: one thread re-reading an array of that size (``kernels.host_probe.read_sweep``,
+    stored by ``python -m kernels.host_probe``). None for any other device (a catalog device
+    keeps the cache bandwidth its spec implies) or when this host's profile has no sweep."""
+    if getattr(device, "name", None) != "host":
+        return None
+    profile = _measured_profile()
+    if profile is None or not profile.read_sweep_gbs_1t:
+        return None
+    return tuple(sorted((float(n), float(g) * 1e9) for n, g in profile.read_sweep_gbs_1t))
+
+
 def _measured_profile():
     """The cached host characterisation (``codesign bench kernels`` writes it), if any."""
     try:

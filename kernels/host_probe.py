@@ -158,6 +158,15 @@ def _triad_ser(a, b, c, s):
         a[i] = b[i] + s * c[i]
 
 
+@cfg.kernel("uint32(uint32[::1])")
+def _read_ser(a):
+    # integer sum: associative, so LLVM vectorises it; every byte of ``a`` is loaded once
+    total = np.uint32(0)
+    for i in range(a.shape[0]):
+        total += a[i]
+    return total
+
+
 @dataclass(frozen=True)
 class HostProfile:
     """Measured capabilities of this host (rates of the best of several samples; G = 1e9).
@@ -170,6 +179,14 @@ class HostProfile:
         peak_int8_gops_1t / _all: register-resident vpmaddwd + vpaddd loop (2 ops per MAC).
         stream_copy_gbs_1t / _all, stream_triad_gbs_1t / _all: memory bandwidth, GB/s.
         stream_array_bytes: bytes of each STREAM array.
+        llc_read_gbs_1t: one thread reading (summing) an array of ``llc_read_bytes`` over and
+            over - half the last-level cache (L2 + L3), the case of a model's weights that
+            "fit" the LLC and are re-read every inference: the bandwidth the cache level
+            really delivers there (0.0 in profiles stored before it was measured).
+        llc_read_bytes: the working set of that read.
+        read_sweep_gbs_1t: the same read at working sets from 128 KiB to 128 MiB (L1 to DRAM):
+            the bandwidth a kernel re-reading that many bytes gets, which the analytic model
+            interpolates at a model's weights + KV bytes (``cost_models.host.cache_read_curve``).
     """
 
     host: HostInfo
@@ -184,6 +201,9 @@ class HostProfile:
     stream_triad_gbs_1t: float
     stream_triad_gbs_all: float
     stream_array_bytes: int
+    llc_read_gbs_1t: float = 0.0
+    llc_read_bytes: int = 0
+    read_sweep_gbs_1t: tuple = ()  # ((working-set bytes, GB/s), ...) one thread re-reading
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -195,6 +215,7 @@ class HostProfile:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["host"] = HostInfo.from_dict(d["host"])
+        kw["read_sweep_gbs_1t"] = tuple(tuple(p) for p in kw.get("read_sweep_gbs_1t", ()))
         return cls(**kw)
 
 
@@ -270,6 +291,30 @@ def stream_gbs(threads: int = 1, array_bytes: int | None = None,
     return r[0] / 1e9, r[1] / 1e9
 
 
+def llc_bytes() -> int:
+    """L2 + L3 of cpu0 from sysfs (the last-level capacity the cost model uses), bytes."""
+    from cost_models.host import _cache_sizes
+
+    sizes = _cache_sizes()
+    return sizes.get("l2", 0) + sizes.get("l3", 0) or l3_bytes()
+
+
+def read_gbs(array_bytes: int, repeats: int = 9) -> float:
+    """One thread re-reading (summing) an array of ``array_bytes``, GB/s (bytes read)."""
+    a = np.ones(max(array_bytes // 4, 1024), np.uint32)
+    case = Case(f"read_{array_bytes}", lambda: _read_ser(a), 4.0 * a.shape[0], "B")
+    return _rate([case], 1, repeats)[0] / 1e9
+
+
+SWEEP_BYTES = (1 << 17, 1 << 19, 1 << 21, 1 << 23, 1 << 24, 3 << 23, 1 << 25, 3 << 24, 1 << 27)
+
+
+def read_sweep(sizes=SWEEP_BYTES,
+               repeats: int = 9) -> dict[int, float]:
+    """Read bandwidth (GB/s, one thread) by working set: L1/L2/L3/DRAM in one table."""
+    return {n: read_gbs(n, repeats) for n in sizes}
+
+
 def profile_path(directory: str | os.PathLike | None = None,
                  host: HostInfo | None = None) -> Path:
     """``<dir>/host_profile_<fingerprint>.json`` (dir defaults to the benchmark cache)."""
@@ -327,11 +372,29 @@ def probe_host(quick: bool = False, save: bool = True,
         peak_int8_gops_all=peak_int8_gops(nt, repeats=reps),
         stream_copy_gbs_1t=c1, stream_copy_gbs_all=ca,
         stream_triad_gbs_1t=t1, stream_triad_gbs_all=ta,
-        stream_array_bytes=int(array_bytes or max(4 * l3_bytes(), 64 << 20)))
+        stream_array_bytes=int(array_bytes or max(4 * l3_bytes(), 64 << 20)),
+        llc_read_gbs_1t=read_gbs(llc_bytes() // 2, reps), llc_read_bytes=llc_bytes() // 2,
+        read_sweep_gbs_1t=tuple((n, g) for n, g in read_sweep(repeats=reps).items()))
     if save:
         save_profile(profile, directory)
     return profile
 
 
 if __name__ == "__main__":
-    print(json.dumps(probe_host().to_dict(), indent=1))
+    import sys
+
+    if "--sweep" in sys.argv:
+        # read bandwidth by working set, one thread; --store adds it to this host's stored
+        # profile, leaving its other (earlier measured) figures as they are
+        sweep = read_sweep(repeats=15)
+        print(json.dumps({f"{n >> 10} KiB": round(g, 1) for n, g in sweep.items()}, indent=1))
+        stored = cached_profile()
+        if "--store" in sys.argv and stored is not None:
+            from dataclasses import replace
+
+            half = llc_bytes() // 2
+            print(save_profile(replace(stored, read_sweep_gbs_1t=tuple(sweep.items()),
+                                       llc_read_gbs_1t=read_gbs(half, 15),
+                                       llc_read_bytes=half)))
+    else:
+        print(json.dumps(probe_host().to_dict(), indent=1))

@@ -350,7 +350,6 @@ class TransformerSpace(SearchSpace):
                last_token_logits: bool) -> list[Op]:
         a, cfg = candidate.arch, self.config
         d, hd, kvh = a.d_model, a.head_dim, a.kv_heads
-        ratio = a.heads // kvh
         stream = QuantSpec(cfg.stream_bits, cfg.stream_bits)
         ops: list[Op] = []
 
@@ -373,6 +372,8 @@ class TransformerSpace(SearchSpace):
         # tied table: the LM head's matrix is the one stored; the gather reads t rows of it
         x = add(Op("embed", OpKind.EMBEDDING, (t, d), ((t, d),), flops=0.0, quant=stream,
                    inputs=("",)))
+        fused = (self.backend.fused_attention
+                 if self.backend.capability(OpKind.ATTENTION) is not None else None)
         for i, c in enumerate(candidate.layers):
             u = f"l{i}"
             kv = QuantSpec(self.kv_bits(c), self.kv_bits(c))
@@ -382,17 +383,10 @@ class TransformerSpace(SearchSpace):
             v = linear(f"{u}.v", c, t, d, kvh * hd, h)
             q = elementwise(f"{u}.rope_q", OpKind.ROPE, (t, a.heads, hd), (q,), 3.0)
             k = elementwise(f"{u}.rope_k", OpKind.ROPE, (t, kvh, hd), (k,), 3.0)
-            # scores: per K/V head, its `ratio` query heads x t tokens against the K cache
-            s = add(Op(f"{u}.qk", OpKind.MATMUL, (t, a.heads, attended),
-                       ((t, a.heads, hd), (t, kvh, hd)), m=t * ratio, n=attended, k=hd,
-                       groups=kvh, flops=2.0 * t * a.heads * attended * hd,
-                       weight_elems=kvh * attended * hd, quant=kv, tile=tile,
-                       fused=("scale", "mask"), inputs=(q, k)))
-            s = elementwise(f"{u}.softmax", OpKind.SOFTMAX, (t, a.heads, attended), (s,), 5.0)
-            o = add(Op(f"{u}.pv", OpKind.MATMUL, (t, d), ((t, a.heads, attended), (t, kvh, hd)),
-                       m=t * ratio, n=hd, k=attended, groups=kvh,
-                       flops=2.0 * t * a.heads * attended * hd, weight_elems=kvh * attended * hd,
-                       quant=kv, tile=tile, inputs=(s, v)))
+            if fused is not None:
+                o = self._fused_attention(u, fused, a, t, attended, kv, (q, k, v), add)
+            else:
+                o = self._attention(u, a, t, attended, kv, tile, (q, k, v), add, elementwise)
             o = linear(f"{u}.o", c, t, d, d, o)
             x = elementwise(f"{u}.attn_add", OpKind.ADD, (t, d), (x, o), 1.0)
             h = elementwise(f"{u}.ffn_norm", OpKind.NORM, (t, d), (x,), 4.0)
@@ -405,6 +399,60 @@ class TransformerSpace(SearchSpace):
         x = elementwise("final_norm", OpKind.NORM, (rows, d), (x,), 4.0)
         linear("lm_head", candidate.head, rows, d, cfg.vocab, x)
         return ops
+
+    @staticmethod
+    def _attention(u: str, a, t: int, attended: int, kv: QuantSpec, tile, qkv, add,
+                   elementwise) -> str:
+        """Attention as separate kernels: QK^T, softmax, PV; the K and V caches are the
+        matmuls' streamed operands."""
+        hd, kvh, ratio = a.head_dim, a.kv_heads, a.heads // a.kv_heads
+        q, k, v = qkv
+        # scores: per K/V head, its `ratio` query heads x t tokens against the K cache
+        s = add(Op(f"{u}.qk", OpKind.MATMUL, (t, a.heads, attended),
+                   ((t, a.heads, hd), (t, kvh, hd)), m=t * ratio, n=attended, k=hd,
+                   groups=kvh, flops=2.0 * t * a.heads * attended * hd,
+                   weight_elems=kvh * attended * hd, quant=kv, tile=tile,
+                   fused=("scale", "mask"), inputs=(q, k)))
+        s = elementwise(f"{u}.softmax", OpKind.SOFTMAX, (t, a.heads, attended), (s,), 5.0)
+        o = add(Op(f"{u}.pv", OpKind.MATMUL, (t, a.heads * hd),
+                   ((t, a.heads, attended), (t, kvh, hd)), m=t * ratio, n=hd, k=attended, groups=kvh,
+                   flops=2.0 * t * a.heads * attended * hd, weight_elems=kvh * attended * hd,
+                   quant=kv, tile=tile, inputs=(s, v)))
+        return o
+
+    @staticmethod
+    def _fused_attention(u: str, layout: Mapping[str, int], a, t: int, attended: int,
+                         kv: QuantSpec, qkv: tuple[str, str, str], add) -> str:
+        """Attention as a back-end with a fused decode-attention kernel runs it: ExecuTorch's
+        Llama attention with its custom KV cache and SDPA ops (``codesign.export.transformer``).
+        ``layout`` (the back-end file's ``fused_attention``) counts, per layer, the transposes
+        the exported program runs: q/k/v to [heads, tokens] and back, the whole K and V caches
+        ([context, kv_heads, head_dim]) to [kv_heads, context] and back, and the cache writes
+        (``llama::update_cache``); then one ATTENTION op (``llama::custom_sdpa``): QK, softmax
+        and PV of t tokens over ``attended`` cached positions, reading the caches' copies."""
+        hd, kvh, ctx = a.head_dim, a.kv_heads, a.context
+        q, k, v = qkv
+
+        def move(name: str, shape: tuple[int, ...], prev: str) -> str:
+            # a copy: reads and writes every element, no arithmetic
+            return add(Op(name, OpKind.LAYOUT, shape, (shape,), flops=0.0, quant=kv,
+                          inputs=(prev,)))
+
+        for i in range(layout["query_transposes"]):
+            q = move(f"{u}.q_layout{i}", (t, a.heads, hd), q)
+        for i in range(layout["kv_transposes"] // 2):
+            k = move(f"{u}.k_layout{i}", (t, kvh, hd), k)
+            v = move(f"{u}.v_layout{i}", (t, kvh, hd), v)
+        for i in range(layout["cache_updates"] // 2):
+            k = move(f"{u}.k_cache_write{i}", (t, kvh, hd), k)
+            v = move(f"{u}.v_cache_write{i}", (t, kvh, hd), v)
+        for i in range(layout["cache_transposes"] // 2):
+            k = move(f"{u}.k_cache_layout{i}", (ctx, kvh, hd), k)
+            v = move(f"{u}.v_cache_layout{i}", (ctx, kvh, hd), v)
+        return add(Op(f"{u}.sdpa", OpKind.ATTENTION, (t, a.heads * hd),
+                      ((t, a.heads, hd), (attended, kvh, hd), (attended, kvh, hd)),
+                      flops=t * a.heads * attended * (4.0 * hd + 5.0), quant=kv,
+                      inputs=(q, k, v)))
 
 
 def _drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:

@@ -164,3 +164,40 @@ def test_bad_depthwise_limit_names_file_and_field(tmp_path):
     data["depthwise_large_kernel"]["max_taps"]["value"] = 2.5
     with pytest.raises(SpecError, match="depthwise_large_kernel.max_taps.*positive integer"):
         parse_backend(data, "xnnpack.yaml")
+
+
+def gemv(k=1024, n=4096, quant=QuantSpec(), name="gemv"):
+    return Op(name, OpKind.LINEAR, (1, n), ((1, k),), m=1, n=n, k=k, flops=2.0 * n * k,
+              weight_elems=n * k, out_channels=n, quant=quant)
+
+
+def test_measured_read_curve_prices_resident_weights_at_the_working_set_bandwidth(pixel8):
+    # a catalog device keeps its spec's cache bandwidth; a measured curve (bytes -> bytes/s)
+    # prices LLC-resident weights at the bandwidth of the model's whole weight working set
+    assert AnalyticCostModel(pixel8, "xnnpack").read_curve is None
+    curve = ((1 << 20, 64e9), (1 << 21, 16e9))
+    slow = AnalyticCostModel(pixel8, "xnnpack", threads=1, read_curve=curve)
+    none = AnalyticCostModel(pixel8, "xnnpack", threads=1, read_curve=None)
+    one = [gemv(k=256, n=1024)]                                   # 1 MiB of fp32 weights
+    two = [gemv(k=256, n=1024, name=f"g{i}") for i in range(2)]   # 2 MiB: still LLC-resident
+    w = one[0].weight_bytes()
+    assert 2 * w <= slow.assumptions["llc_bytes"]
+    m1 = slow.predict(OpBatch.from_oplists([one])).op_memory_s[0]
+    assert m1 >= w / 64e9 and m1 < w / 64e9 * 1.1   # the weights dominate the op's traffic
+    # twice the weights: the working set's bandwidth (16 GB/s) prices each GEMV 4x slower
+    m2 = slow.predict(OpBatch.from_oplists([two])).op_memory_s[0]
+    assert m2 > 3.5 * m1
+    assert none.predict(OpBatch.from_oplists([one])).op_memory_s[0] != m1
+
+
+def test_blockwise_four_bit_gemv_uses_its_measured_efficiency_on_its_isa(pixel8):
+    w8 = gemv(quant=QuantSpec(8, 8, 0, True))
+    w4 = {g: gemv(quant=QuantSpec(4, 8, g, True), name=f"w4g{g}") for g in (32, 128, 256)}
+    host = AnalyticCostModel(load_device("host"), "xnnpack", threads=1)
+    c = host.predict(OpBatch.from_oplists([[w8, *w4.values()]])).op_compute_s
+    assert c[1] > c[2] > c[0]      # g32 slower than g128, both slower per MAC than 8-bit
+    assert c[3] == pytest.approx(c[2])  # g256 (not measured) takes the nearest group's term
+    if pixel8.cpu.isa != "x86-64":  # measured on x86 only: AArch64 keeps the dense int8 term
+        p = AnalyticCostModel(pixel8, "xnnpack", threads=1).predict(
+            OpBatch.from_oplists([[w8, w4[128]]])).op_compute_s
+        assert p[1] == pytest.approx(p[0])
