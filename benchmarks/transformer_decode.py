@@ -28,6 +28,10 @@ bytes of each program, its planned (non-constant) memory, and its decode latency
 ``context - 1``, measured and predicted.
 
     .venv/bin/python -m benchmarks.transformer_decode [--json OUT.json] [--quick]
+
+``--repredict RESULT.json``: no export, no timing - price the candidates of an earlier run with
+the current cost model and print them beside that run's measured figures (how a model change
+moves the predictions against measurements already taken).
 """
 from __future__ import annotations
 
@@ -185,7 +189,10 @@ def main() -> None:
                         help="also break one decode step down by event (ExecuTorch ETDump)")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 20 repeats, 2 contexts")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--repredict", help="an earlier --json result: re-price, don't measure")
     args = parser.parse_args()
+    if args.repredict:
+        return _repredict(args.repredict)
     if args.quick:
         args.rounds, args.repeats, args.contexts = 2, 20, "128,256"
     warnings.filterwarnings("ignore")
@@ -300,6 +307,36 @@ def main() -> None:
                        "median_s": med, "ratio_vs_fp32": rounds_ratio,
                        "round_medians_s": timed["round_medians"], "loadavg": [load0, load1],
                        "round_loadavg": timed["loadavg"], "kv": kv_rows}, fh, indent=2)
+
+
+def _repredict(path: str) -> None:
+    from cost_models.backends import load_backend
+    from search_spaces.transformer import TransformerArch, TransformerSpace
+
+    run = json.load(open(path))
+    threads = run["threads"]
+    arch = TransformerArch(**run["arch"])
+    space = TransformerSpace(load_backend("xnnpack"), threads_choices=(threads,))
+    group = 128
+    pe = {n: _predict(*_as_exported(space, _candidate(arch, p, group, threads)), threads)
+          for n, p in PRECISIONS.items()}
+    print("| weights | measured ms (p50) | measured / fp32 | predicted ms (as exported) "
+          "| predicted / fp32 | measured / predicted | ops | compute / memory / overhead |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in PRECISIONS:
+        e, meas = pe[n], run["median_s"][n]
+        print(f"| {n} | {meas * 1e3:.3f} | {run['ratio_vs_fp32'][n]:.2f} | "
+              f"{e['latency_s'] * 1e3:.3f} | {e['latency_s'] / pe['fp32']['latency_s']:.2f} | "
+              f"{meas / e['latency_s']:.2f} | {e['ops']} | {e['compute_share']:.2f} / "
+              f"{e['memory_share']:.2f} / {e['overhead_share']:.2f} |")
+    print("\n| context | measured ms | predicted ms (as exported) | measured / predicted |")
+    print("|---|---|---|---|")
+    for row in run["kv"]:
+        a = replace(arch, context=row["context"])
+        p = _predict(*_as_exported(space, _candidate(a, "w4a8-dyn", group, threads)),
+                     threads)["latency_s"]
+        print(f"| {row['context']} | {row['measured_s'] * 1e3:.3f} | {p * 1e3:.3f} | "
+              f"{row['measured_s'] / p:.2f} |")
 
 
 if __name__ == "__main__":
