@@ -11,7 +11,10 @@ weight bytes it streams, and the time ratio of each format over QC8W.
 
 The median (over shapes, at M = 1) of the QB4W / QC8W time ratio sets the back-end's
 ``blockwise_weights.efficiency`` in ``configs/backends/xnnpack.yaml`` (the int8 linear
-efficiency over that ratio, for group-wise sub-byte linears).
+efficiency over that ratio, for group-wise sub-byte linears). For fp32 at M = 1 it also prints
+the GEMV's efficiency as the analytic model composes it: FLOPs / ((time - the back-end's
+dispatch term) x the host's fp32 peak); its median over LLC-resident shapes (``--shapes
+256x256,256x768,512x512``) sets ``gemv.x86-64.efficiency.fp32``.
 
     .venv/bin/python -m benchmarks.xnnpack_linear_probe [--json OUT.json]
 """
@@ -79,18 +82,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--ms", default="1", help="rows M (1 = the decode GEMV)")
+    parser.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES),
+                        help="K x N of the stacked linears, comma-separated")
     parser.add_argument("--json")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in kn.split("x")) for kn in args.shapes.split(",")]
     warnings.filterwarnings("ignore")
     from codesign.export.transformer import quiet_stderr
     from codesign.measure.host_runner import configure_threads, timed_runs
 
+    from cost_models.backends import load_backend
+    from cost_models.devices import load_device
+
+    core = load_device("host").cpu.cores_for_threads(1)[0]
+    peak = core.flops_per_cycle["fp32"].value * core.sustained_hz.value
+    dispatch = load_backend("xnnpack").dispatch_overhead_s.value
     torch.set_num_threads(1)
     configure_threads(1)
     out = {"loadavg_1m_start": os.getloadavg()[0], "depth": DEPTH, "rows": []}
     ratios: dict[tuple[int, str], list[float]] = {}
     for m in (int(v) for v in args.ms.split(",")):
-        for k, n in SHAPES:
+        for k, n in shapes:
             progs = {f: _program(f, k, n, m) for f in FORMATS}
             x = (torch.randn(m, k),)
             per = {f: [] for f in FORMATS}
@@ -107,6 +119,9 @@ def main() -> None:
                                   for f, v in med.items()},
                    "ratio_over_w8": {f: round(statistics.median(
                        a / b for a, b in zip(per[f], per["w8"])), 2) for f in FORMATS}}
+            if m == 1:
+                row["fp32_gemv_efficiency"] = round(
+                    2.0 * k * n / ((med["fp32"] - dispatch) * peak), 4)
             for f in FORMATS:
                 ratios.setdefault((m, f), []).append(row["ratio_over_w8"][f])
             out["rows"].append(row)

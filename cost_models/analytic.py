@@ -129,6 +129,10 @@ class AnalyticCostModel(CostModel):
         for i, group in enumerate(sorted(table)):
             for dtype, value in table[group].items():
                 self._blockwise_eff[i, DTYPE_CODES[dtype]] = value.value
+        self._gemv_eff = np.full(len(_DTYPES), np.nan)  # measured M = 1 linears (NaN: derived)
+        for dtype, value in (self.backend.gemv_efficiency or {}).get(self.device.cpu.isa,
+                                                                     {}).items():
+            self._gemv_eff[DTYPE_CODES[dtype]] = value.value
         self._sparse_eff = np.zeros((n_kinds, n_patterns))
         for kind, cap in self.backend.ops.items():
             for pattern, eff in cap.sparsity.items():
@@ -251,6 +255,12 @@ class AnalyticCostModel(CostModel):
             eff = np.where(blockwise, bw_eff, eff)
 
         micro = np.where(tiled, self.micro_kernel_efficiency(mr, nr, dtype), 1.0)
+        # a measured one-row (GEMV) efficiency replaces the derived kernel and micro-kernel terms
+        gemv = ((kind == KIND_CODES[OpKind.LINEAR]) & (m == 1) & ~accelerated
+                & np.isfinite(self._gemv_eff[dtype]) & ~((batch.weight_bits < 8)
+                                                         & (batch.group_size > 0)))
+        eff = np.where(gemv, self._gemv_eff[dtype], eff)
+        micro = np.where(gemv, 1.0, micro)
         with np.errstate(invalid="ignore", divide="ignore"):
             util = np.where(tiled, (m * n) / (np.ceil(m / mr) * mr * np.ceil(n / nr) * nr), 1.0)
         w_bytes = np.where(accelerated, batch.weight_bytes, batch.dense_weight_bytes)
@@ -261,6 +271,7 @@ class AnalyticCostModel(CostModel):
         l2_set = np.minimum(mc, m) * np.minimum(kc, k) * act_elem_bytes
         spill = np.where(tiled & (l1_set > self._l1), self.terms.l1_spill_efficiency, 1.0)
         spill *= np.where(tiled & (l2_set > self._l2), self.terms.l2_spill_efficiency, 1.0)
+        spill = np.where(gemv, 1.0, spill)  # the measured GEMV term includes its cache fit
         compute_s = useful_flops / (peak * eff * micro * np.maximum(util, 1e-9) * spill)
         if self.tile_terms is not None:
             # Measured on this host: the calibrated tile term (one core) replaces the derived

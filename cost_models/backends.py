@@ -68,6 +68,9 @@ class BackendSpec:
     # own efficiency, measured per ISA: ISA -> group size -> compute dtype -> fraction of peak;
     # an ISA not listed (None: none listed) prices them as the dense kernel of their dtype.
     blockwise_weight_efficiency: Mapping[str, Mapping[int, Mapping[str, Sourced]]] | None = None
+    # One-row linears (M = 1, the decode GEMV) measured per ISA: ISA -> compute dtype -> fraction
+    # of peak, the micro-kernel term included; unlisted: the derived GEMM terms.
+    gemv_efficiency: Mapping[str, Mapping[str, Sourced]] | None = None
     # Decode attention as one fused kernel (op kind ``attention``) inside the program the
     # back-end's exporter writes: per layer, the layout copies that program runs around it
     # (``query_transposes``, ``kv_transposes``, ``cache_updates``, ``cache_transposes``).
@@ -186,6 +189,7 @@ def parse_backend(data, path: str) -> BackendSpec:
         **_depthwise_limit(r),
         blockwise_weight_efficiency=_blockwise(r),
         fused_attention=_fused_attention(r),
+        gemv_efficiency=_gemv(r),
         path=path,
     )
 
@@ -227,6 +231,23 @@ def _blockwise(r: _Reader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
                 if d not in DTYPES:
                     raise per.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
             out[isa][group] = {d: per.sourced(d, maximum=1.0) for d in per.data}
+    return out
+
+
+def _gemv(r: _Reader) -> dict[str, dict[str, Sourced]] | None:
+    """The optional ``gemv: {ISA: {efficiency: {DTYPE: sourced}}}`` block."""
+    if "gemv" not in r.data:
+        return None
+    block = r.sub("gemv")
+    out: dict[str, dict[str, Sourced]] = {}
+    for isa in block.data:
+        if isa not in ISAS:
+            raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
+        eff = block.sub(isa).sub("efficiency")
+        for d in eff.data:
+            if d not in DTYPES:
+                raise eff.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
+        out[isa] = {d: eff.sourced(d, maximum=1.0) for d in eff.data}
     return out
 
 

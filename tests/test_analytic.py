@@ -201,3 +201,20 @@ def test_blockwise_four_bit_gemv_uses_its_measured_efficiency_on_its_isa(pixel8)
         p = AnalyticCostModel(pixel8, "xnnpack", threads=1).predict(
             OpBatch.from_oplists([[w8, w4[128]]])).op_compute_s
         assert p[1] == pytest.approx(p[0])
+
+
+def test_measured_gemv_efficiency_only_for_one_row_linears_on_its_isa(pixel8):
+    host = AnalyticCostModel(load_device("host"), "xnnpack", threads=1)
+    eff = host.backend.gemv_efficiency["x86-64"]["fp32"].value
+    one = gemv(k=512, n=512)
+    rows = Op("rows", OpKind.LINEAR, (4, 512), ((4, 512),), m=4, n=512, k=512,
+              flops=2.0 * 4 * 512 * 512, weight_elems=512 * 512, out_channels=512)
+    c = host.predict(OpBatch.from_oplists([[one, rows]])).op_compute_s
+    if host.device.cpu.isa == "x86-64":
+        peak = host.assumptions["peak_flops_per_s"]["fp32"]
+        assert c[0] == pytest.approx(one.flops / (peak * eff))
+    assert c[1] != pytest.approx(rows.flops / (host.assumptions["peak_flops_per_s"]["fp32"] * eff))
+    if pixel8.cpu.isa != "x86-64":  # not measured there: the derived terms
+        p = AnalyticCostModel(pixel8, "xnnpack", threads=1)
+        ok = p.predict(OpBatch.from_oplists([[one]])).op_compute_s[0]
+        assert ok != pytest.approx(one.flops / (p.assumptions["peak_flops_per_s"]["fp32"] * eff))
