@@ -233,6 +233,8 @@ class AnalyticCostModel(CostModel):
         elem_units = np.ceil(batch.out_elems / self.terms.work_unit_elems)
         units = np.where(tiled | (kind == KIND_CODES[OpKind.DEPTHWISE_CONV2D]),
                          np.maximum(gemm_units, elem_units), elem_units)
+        # a fused attention kernel splits its work by head (``groups``: the query heads)
+        units = np.where(kind == KIND_CODES[OpKind.ATTENTION], np.maximum(groups, units), units)
         used = np.clip(units, 1, self.threads).astype(np.int64) - 1
         peak = self._cum_peak[dtype, used]
 

@@ -429,7 +429,8 @@ class TransformerSpace(SearchSpace):
         the exported program runs: q/k/v to [heads, tokens] and back, the whole K and V caches
         ([context, kv_heads, head_dim]) to [kv_heads, context] and back, and the cache writes
         (``llama::update_cache``); then one ATTENTION op (``llama::custom_sdpa``): QK, softmax
-        and PV of t tokens over ``attended`` cached positions, reading the caches' copies."""
+        and PV of t tokens over ``attended`` cached positions, reading the caches' copies, its
+        work split by query head (``groups``) across threads."""
         hd, kvh, ctx = a.head_dim, a.kv_heads, a.context
         q, k, v = qkv
 
@@ -451,8 +452,8 @@ class TransformerSpace(SearchSpace):
             v = move(f"{u}.v_cache_layout{i}", (ctx, kvh, hd), v)
         return add(Op(f"{u}.sdpa", OpKind.ATTENTION, (t, a.heads * hd),
                       ((t, a.heads, hd), (attended, kvh, hd), (attended, kvh, hd)),
-                      flops=t * a.heads * attended * (4.0 * hd + 5.0), quant=kv,
-                      inputs=(q, k, v)))
+                      groups=a.heads, flops=t * a.heads * attended * (4.0 * hd + 5.0),
+                      quant=kv, inputs=(q, k, v)))
 
 
 def _drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:
