@@ -8,8 +8,8 @@ context (the KV cache's worst case), tokens/s = 1 / that, the weight-streaming f
 time per bound. Predictions only: no device here runs them.
 
 With ``--run RUN_DIR`` (a ``--space transformer`` search) it prices that run's front members
-instead, each exactly as searched (its precisions, group sizes, sparsity and tiles, on the run's
-back-end), on every device at the device's default thread count.
+instead, each exactly as searched (its precisions, group sizes, sparsity, tiles and thread
+count, on the run's back-end), on every device.
 
     .venv/bin/python -m benchmarks.transformer_pricing [--run RUN_DIR] [--json]
 """
@@ -73,9 +73,10 @@ def price(device_name: str, backend_name: str, name: str, params: dict | None = 
                                  config=config_with(CONFIGS[name]))
         c = candidate(space, CONFIGS[name], threads)
         precision = PRECISION[backend_name]
-    else:  # the searched thread count was the search device's; each device prices its own
+    else:  # the member's searched thread count, where the device has that many cores
+        threads = min(int(params.get("threads", threads)), device.cpu.n_cores)
         space = TransformerSpace(backend, threads_choices=(threads,))
-        c = space.decode({**params, "threads": threads} if "threads" in params else params)
+        c = space.decode({k: v for k, v in params.items() if k != "threads"})
         precision = "/".join(sorted({x.precision for x in (*c.layers, c.head)}))
     cm = AnalyticCostModel(device, backend, threads=threads)
     decode_ops = space.to_ops(c, "decode")
@@ -100,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None,
                         help="price this transformer run's front members instead")
+    parser.add_argument("--members", default=None,
+                        help="with --run: comma-separated trial numbers (default: the whole front)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.run is None:
@@ -108,8 +111,13 @@ def main() -> None:
         front = json.loads((args.run / "pareto.json").read_text())
         if front.get("space") != "transformer":
             parser.error(f"{args.run} is a {front.get('space')!r} run, not a transformer one")
+        wanted = None if args.members is None else {int(t) for t in args.members.split(",")}
+        members = [m for m in front["members"] if wanted is None or m["trial"] in wanted]
+        if wanted is not None and len(members) != len(wanted):
+            parser.error(f"--members: trials {sorted(wanted - {m['trial'] for m in members})} "
+                         f"are not on {args.run}'s front")
         rows = [price(d, front["backend"], f"trial {m['trial']}", m["params"])
-                for m in front["members"] for d in DEVICES]
+                for m in members for d in DEVICES]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -117,10 +125,13 @@ def main() -> None:
           "| weight-stream floor ms | TTFT ms (128 tok) | compute / memory / overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['params_m']:.0f}M | {r['weight_mb']:.1f} | "
-              f"{r['kv_cache_mb']:.1f} ({r['context']}) | {r['device']} | {r['backend']} "
-              f"{r['precision']} | {r['decode_ms']:.2f} | {r['tokens_per_s']:.0f} | "
-              f"{r['weight_stream_floor_ms']:.2f} | {r['ttft_ms']:.0f} | "
+        small = r["params_m"] < 10  # the default space's decoders: show their digits
+        print(f"| {r['config']} | {r['params_m']:.{2 if small else 0}f}M | "
+              f"{r['weight_mb']:.{2 if small else 1}f} | "
+              f"{r['kv_cache_mb']:.{2 if small else 1}f} ({r['context']}) | {r['device']} | "
+              f"{r['backend']} {r['precision']} | {r['decode_ms']:.{3 if small else 2}f} | "
+              f"{r['tokens_per_s']:.0f} | {r['weight_stream_floor_ms']:.{3 if small else 2}f} | "
+              f"{r['ttft_ms']:.{2 if small else 0}f} | "
               f"{r['compute_share']:.2f} / {r['memory_share']:.2f} / {r['overhead_share']:.2f} |")
 
 
