@@ -30,8 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from codesign.export.plan import (LayerPlan, kernel_spec, plan_layers, precision_label,
-                                  unexpressible)
+from codesign.export.plan import kernel_spec, plan_layers, unexpressible
 from codesign.run_dir import RUN_FILE, atomic_write_json
 from codesign.userinput import BadInput
 
@@ -94,6 +93,35 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return files[RUN_FILE], files["pareto.json"]
 
 
+def open_run_specs(run_dir: Path, *, evaluator_given: bool = False):
+    """(identity, pareto, device, back-end) of a finished run, for export.
+
+    Raises:
+        BadInput: not a finished run, or one scored by a user ``--evaluator`` (export builds
+            members with the built-in supernet's trained weights, which that evaluator did not
+            score) unless the caller brings the evaluator that did.
+    """
+    from cost_models.backends import backend_for
+    from cost_models.devices import load_device
+
+    identity, pareto = load_run(run_dir)
+    if identity.get("evaluator") and not evaluator_given:
+        raise BadInput(f"{run_dir}: the run scored its candidates with --evaluator "
+                       f"{identity['evaluator']}; export builds them with the supernet's "
+                       "trained weights, which that evaluator did not score")
+    device = load_device(identity["device"])
+    return identity, pareto, device, backend_for(device, identity["backend"])
+
+
+def check_space_hash(run_dir: Path, identity: dict[str, Any], space) -> None:
+    """BadInput when the space loaded now is not the config the run searched (its hash)."""
+    sha = getattr(getattr(space, "config", None), "sha256", "")  # "" for a user's space
+    if sha and identity.get("space_sha256") not in (None, sha):
+        raise BadInput(f"{run_dir}: the run's space_sha256 {identity['space_sha256']} "
+                       f"differs from the space now loaded ({sha}); export would build "
+                       "other models than the ones searched")
+
+
 # ------------------------------------------------------------------------------ helpers
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -147,17 +175,11 @@ class _Run:
 
     @classmethod
     def open(cls, run_dir: Path, evaluator=None) -> "_Run":
-        from cost_models.backends import backend_for, load_backend
-        from cost_models.devices import load_device
+        from cost_models.backends import load_backend
         from codesign.context import load_space
 
-        identity, pareto = load_run(run_dir)
-        if identity.get("evaluator") and evaluator is None:
-            raise BadInput(f"{run_dir}: the run scored its candidates with --evaluator "
-                           f"{identity['evaluator']}; export builds them with the supernet's "
-                           "trained weights, which that evaluator did not score")
-        device = load_device(identity["device"])
-        backend = backend_for(device, identity["backend"])
+        identity, pareto, device, backend = open_run_specs(
+            run_dir, evaluator_given=evaluator is not None)
         if evaluator is not None:
             space = evaluator.space
         else:
@@ -170,11 +192,7 @@ class _Run:
             evaluator = SupernetEvaluator(space, seed=int(identity.get("seed", 0)))
         if not hasattr(evaluator, "build_deployable"):
             raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules")
-        sha = getattr(space.config, "sha256", "")  # a built-in config's hash; "" for others
-        if sha and identity.get("space_sha256") not in (None, sha):
-            raise BadInput(f"{run_dir}: the run's space_sha256 {identity['space_sha256']} "
-                           f"differs from the space now loaded ({sha}); export would build "
-                           "other networks than the ones searched")
+        check_space_hash(run_dir, identity, space)
         return cls(identity, pareto, device, backend, load_backend("xnnpack"), space, evaluator,
                    os.cpu_count() or 1)
 

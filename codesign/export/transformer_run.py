@@ -23,10 +23,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, unexpressible
-from codesign.export.run import MemberResult, _save_pt2, _sha256, _write_bytes, load_run
+from codesign.export.run import (MemberResult, _save_pt2, _sha256, _write_bytes,
+                                 check_space_hash, open_run_specs)
 from codesign.export.transformer_plan import head_tie, plan_linears
 from codesign.run_dir import atomic_write_json
-from codesign.userinput import BadInput
 
 WARMUP, REPEATS = 5, 30
 STREAM_NOTE = ("the space prices the residual stream, norms, RoPE, softmax and the KV cache at "
@@ -59,18 +59,11 @@ class TransformerRun:
     @classmethod
     def open(cls, run_dir: Path) -> "TransformerRun":
         from codesign.context import load_space
-        from cost_models.backends import backend_for, load_backend
-        from cost_models.devices import load_device
+        from cost_models.backends import load_backend
 
-        identity, pareto = load_run(run_dir)
-        device = load_device(identity["device"])
-        backend = backend_for(device, identity["backend"])
+        identity, pareto, device, backend = open_run_specs(run_dir)
         space = load_space(identity["space"], backend, device)
-        sha = getattr(space.config, "sha256", "")
-        if sha and identity.get("space_sha256") not in (None, sha):
-            raise BadInput(f"{run_dir}: the run's space_sha256 {identity['space_sha256']} "
-                           f"differs from the space now loaded ({sha}); export would build "
-                           "other decoders than the ones searched")
+        check_space_hash(run_dir, identity, space)
         return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
                    int(identity.get("seed", 0)), os.cpu_count() or 1)
 
