@@ -161,8 +161,9 @@ def _on_grid(model: torch.nn.Module, ops) -> torch.nn.Module:
 
 
 @dataclass
-class _Run:
-    """What every member of one run shares: specs, space, evaluator, data at both shapes."""
+class RunSpecs:
+    """What every member of one run shares, whatever its space: the run's record, the specs,
+    XNNPACK's capability table (what a .pte can express), the space, and the thread cap."""
 
     identity: dict[str, Any]
     pareto: dict[str, Any]
@@ -170,8 +171,14 @@ class _Run:
     backend: Any
     xnnpack: Any
     space: Any
-    evaluator: Any
     threads_cap: int
+
+
+@dataclass
+class _Run(RunSpecs):
+    """A CNN run: the specs, and the evaluator whose supernet builds its members."""
+
+    evaluator: Any = None
 
     @classmethod
     def open(cls, run_dir: Path, evaluator=None) -> "_Run":
@@ -193,8 +200,8 @@ class _Run:
         if not hasattr(evaluator, "build_deployable"):
             raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules")
         check_space_hash(run_dir, identity, space)
-        return cls(identity, pareto, device, backend, load_backend("xnnpack"), space, evaluator,
-                   os.cpu_count() or 1)
+        return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
+                   os.cpu_count() or 1, evaluator)
 
     def task_images(self, hw: Sequence[int]):
         from search_spaces.tasks import load_task

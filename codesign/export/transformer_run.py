@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, unexpressible
-from codesign.export.run import (MemberResult, _save_pt2, _sha256, _write_bytes,
+from codesign.export.run import (MemberResult, RunSpecs, _save_pt2, _sha256, _write_bytes,
                                  check_space_hash, open_run_specs)
 from codesign.export.transformer_plan import head_tie, plan_linears
 from codesign.run_dir import atomic_write_json
@@ -46,15 +46,10 @@ def member_weights(space, candidate, seed: int) -> tuple[Mapping[str, torch.Tens
 
 
 @dataclass
-class TransformerRun:
-    identity: dict[str, Any]
-    pareto: dict[str, Any]
-    device: Any
-    backend: Any
-    xnnpack: Any
-    space: Any
-    seed: int
-    threads_cap: int
+class TransformerRun(RunSpecs):
+    """A transformer run: the specs, and the seed of the LM supernet its members come from."""
+
+    seed: int = 0
 
     @classmethod
     def open(cls, run_dir: Path) -> "TransformerRun":
@@ -65,7 +60,7 @@ class TransformerRun:
         space = load_space(identity["space"], backend, device)
         check_space_hash(run_dir, identity, space)
         return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
-                   int(identity.get("seed", 0)), os.cpu_count() or 1)
+                   os.cpu_count() or 1, int(identity.get("seed", 0)))
 
 
 def _kv_json(run: TransformerRun, candidate, program) -> dict[str, Any]:
