@@ -110,6 +110,14 @@ def unexpressible(plans: Sequence[LayerPlan]) -> list[LayerPlan]:
     return [p for p in plans if p.realisation is None]
 
 
+def refusal_reason(bad: Sequence[LayerPlan], unit: str = "layer") -> str:
+    """Why a member gets no .pte: how many of its ``unit``s XNNPACK cannot express, the first
+    three with their reasons."""
+    return (f"XNNPACK cannot express {len(bad)} {unit}(s): "
+            + "; ".join(f"{p.name} ({p.precision}): {p.reason}" for p in bad[:3])
+            + (" ..." if len(bad) > 3 else ""))
+
+
 # ------------------------------------------------------------------------------ kernels.json
 _SPARSE_FORMATS = {SparsityPattern.N_M: "N:M compressed (kept values + in-group indices)",
                    SparsityPattern.BLOCK: "BSR (block compressed sparse rows)",

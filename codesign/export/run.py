@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from codesign.export.plan import kernel_spec, plan_layers, unexpressible
+from codesign.export.plan import kernel_spec, plan_layers, refusal_reason, unexpressible
 from codesign.run_dir import RUN_FILE, atomic_write_json
 from codesign.userinput import BadInput
 
@@ -281,9 +281,7 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
     status, reason = "exported", ""
     if bad:
         status = "pt2-only"
-        reason = f"XNNPACK cannot express {len(bad)} layer(s): " + "; ".join(
-            f"{p.name} ({p.precision}): {p.reason}" for p in bad[:3]) + (
-            " ..." if len(bad) > 3 else "")
+        reason = refusal_reason(bad)
         manifest["pte"] = None
         if "pt2" in formats:
             eval_ops = space.to_ops(candidate, eval_shape)

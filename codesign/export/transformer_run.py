@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, unexpressible
+from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, refusal_reason, unexpressible
 from codesign.export.run import (MemberResult, RunSpecs, _save_pt2, _sha256, _write_bytes,
                                  check_space_hash, open_run_specs)
 from codesign.export.transformer_plan import head_tie, plan_linears
@@ -156,9 +156,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
     status, reason = "exported", ""
     if bad:
         status = "refused"
-        reason = f"XNNPACK cannot express {len(bad)} linear(s): " + "; ".join(
-            f"{p.name} ({p.precision}): {p.reason}" for p in bad[:3]) + (
-            " ..." if len(bad) > 3 else "")
+        reason = refusal_reason(bad, "linear")
         manifest["pte"] = None
         if run.backend.name == "codesign":
             files["kernels.json"] = out / "kernels.json"
