@@ -340,9 +340,17 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
                 status = "failed"
                 reason = (f"runtime outputs differ from the reference: max |diff| "
                           f"{check.max_abs_diff:.3g} > atol {check.atol:.3g} (+rtol {check.rtol})")
-    manifest["status"], manifest["reason"] = status, reason
-    manifest["export_seconds"] = time.perf_counter() - start
     manifest["seconds"] = timings
+    return finish_member(trial, out, manifest, files, status, reason, start, log)
+
+
+def finish_member(trial: int, out: Path, manifest: dict[str, Any], files: dict[str, Path],
+                  status: str, reason: str, started: float, log: Callable[[str], None]
+                  ) -> MemberResult:
+    """Seal a member's export: status, wall time and every file's sha256 into its manifest,
+    written atomically, one log line."""
+    manifest["status"], manifest["reason"] = status, reason
+    manifest["export_seconds"] = time.perf_counter() - started
     manifest["sha256"] = {name: _sha256(path) for name, path in files.items()}
     atomic_write_json(out / "manifest.json", manifest)
     log(f"trial {trial}: {status}{' - ' + reason if reason else ''}")

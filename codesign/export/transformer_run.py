@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, refusal_reason, unexpressible
-from codesign.export.run import (MemberResult, RunSpecs, _save_pt2, _sha256, _write_bytes,
-                                 check_space_hash, open_run_specs)
+from codesign.export.run import (MemberResult, RunSpecs, _save_pt2, _write_bytes,
+                                 check_space_hash, finish_member, open_run_specs)
 from codesign.export.transformer_plan import head_tie, plan_linears
 from codesign.run_dir import atomic_write_json
 
@@ -229,9 +229,4 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
             status = "failed"
             reason = (f"runtime decode differs from the eager module: max |diff| "
                       f"{check.max_abs_diff:.3g} ({check.rule})")
-    manifest["status"], manifest["reason"] = status, reason
-    manifest["export_seconds"] = time.perf_counter() - start
-    manifest["sha256"] = {name: _sha256(path) for name, path in files.items()}
-    atomic_write_json(out / "manifest.json", manifest)
-    log(f"trial {trial}: {status}{' - ' + reason if reason else ''}")
-    return MemberResult(trial, out, status, reason, manifest)
+    return finish_member(trial, out, manifest, files, status, reason, start, log)
