@@ -95,6 +95,9 @@ class AnalyticCostModel(CostModel):
 
     # ------------------------------------------------------------------ precomputed tables
     def _prepare(self) -> None:
+        # the read curve in log-log form, as predict interpolates it
+        self._log_read_curve = (np.log(np.array(self.read_curve)).T if self.read_curve
+                                else None)
         hz = np.array([(c.burst_hz if self.burst else c.sustained_hz).value for c in self.cores])
         self._cum_peak = np.stack([
             np.cumsum([c.flops_per_cycle[d].value for c in self.cores] * hz) for d in _DTYPES])
@@ -124,7 +127,7 @@ class AnalyticCostModel(CostModel):
         # group-wise sub-byte weight linears: their own efficiency per measured group size
         # (an unlisted group takes the nearest listed one's; NaN: as the dense kernel)
         table = (self.backend.blockwise_weight_efficiency or {}).get(self.device.cpu.isa, {})
-        self._blockwise_groups = np.array(sorted(table), dtype=np.float64)
+        self._blockwise_log2_groups = np.log2(np.array(sorted(table), dtype=np.float64))
         self._blockwise_eff = np.full((max(len(table), 1), len(_DTYPES)), np.nan)
         for i, group in enumerate(sorted(table)):
             for dtype, value in table[group].items():
@@ -248,9 +251,9 @@ class AnalyticCostModel(CostModel):
             large = ((kind == KIND_CODES[OpKind.DEPTHWISE_CONV2D]) & (k > self._dw_max_taps)
                      & np.isfinite(self._dw_large_eff[dtype]))
             eff = np.where(large, self._dw_large_eff[dtype], eff)
-        if len(self._blockwise_groups):
+        if len(self._blockwise_log2_groups):
             log_g = np.log2(np.maximum(batch.group_size, 1))
-            nearest = np.argmin(np.abs(log_g[:, None] - np.log2(self._blockwise_groups)), axis=1)
+            nearest = np.argmin(np.abs(log_g[:, None] - self._blockwise_log2_groups), axis=1)
             bw_eff = self._blockwise_eff[nearest, dtype]
             blockwise = ((kind == KIND_CODES[OpKind.LINEAR]) & (batch.weight_bits < 8)
                          & (batch.group_size > 0) & np.isfinite(bw_eff))
@@ -303,8 +306,8 @@ class AnalyticCostModel(CostModel):
         if self.read_curve is not None:
             # resident weights re-read at the measured bandwidth for the model's working set
             # (per core: the curve is one core's, scaled by the cores the op uses)
-            ws, bw = np.array(self.read_curve).T
-            w_bw = np.exp(np.interp(np.log(np.maximum(model_w, 1.0)), np.log(ws), np.log(bw)))
+            log_ws, log_bw = self._log_read_curve
+            w_bw = np.exp(np.interp(np.log(np.maximum(model_w, 1.0)), log_ws, log_bw))
             w_bw = w_bw[batch.candidate] * (used + 1)
             w_bw = np.where(resident & ~big, w_bw, self._cum_cache_bw[used])
             cache_s = (traffic - w_bytes) / self._cum_cache_bw[used] + w_bytes / w_bw
