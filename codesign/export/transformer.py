@@ -43,7 +43,7 @@ import torch
 
 from codesign.export.plan import PT2E_INT8, LayerPlan
 from codesign.export.program import _output_scale
-from codesign.measure.pte import _quiet_export, quiet_imports
+from codesign.measure.pte import _quiet_export, lower_exported, quiet_imports
 
 SDPA_CUSTOM_OPS = ("llama::custom_sdpa.out", "llama::update_cache.out")
 ATOL = RTOL = 1e-3          # fp32 programs: ExecuTorch's XNNPACK tests' tolerance
@@ -175,15 +175,8 @@ class DecoderProgram:
 
 
 def lower_decoder(exported: torch.export.ExportedProgram) -> bytes:
-    with quiet_imports():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-            XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
-        from executorch.exir import to_edge_transform_and_lower
-
-    with _quiet_export():
-        edge = to_edge_transform_and_lower(
-            exported, partitioner=[XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()])
-        return bytes(edge.to_executorch().buffer)
+    """Recipe step 5: the dynamically-quantized-linear partitioner first, then the general one."""
+    return lower_exported(exported, dynamic_linears_first=True)
 
 
 def export_decoder(candidate, plans: Sequence[LayerPlan], vocab: int,

@@ -181,15 +181,22 @@ def lower_to_pte(
         return lower_exported(exported)
 
 
-def lower_exported(exported: torch.export.ExportedProgram) -> bytes:
+def lower_exported(exported: torch.export.ExportedProgram, *,
+                   dynamic_linears_first: bool = False) -> bytes:
     """An exported program (float, or PT2E-converted / torchao-quantized) lowered to a ``.pte``
-    delegated to XNNPACK; XNNPACK fuses the dequant/op/quant patterns into its kernels."""
+    delegated to XNNPACK; XNNPACK fuses the dequant/op/quant patterns into its kernels.
+    ``dynamic_linears_first``: the dynamically-quantized-linear partitioner before the general
+    one (ExecuTorch's LLM recipe with ``--xnnpack-extended-ops``)."""
     with quiet_imports():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
         from executorch.exir import to_edge_transform_and_lower
 
+    partitioners = [XnnpackPartitioner()]
+    if dynamic_linears_first:
+        partitioners.insert(0, XnnpackDynamicallyQuantizedPartitioner())
     with _quiet_export():
-        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(exported, partitioner=partitioners)
         program = edge.to_executorch()
         return bytes(program.buffer)
 
