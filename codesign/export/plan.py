@@ -29,6 +29,7 @@ from kernels.specs import QuantSpec, SparsityPattern, TileSpec
 FP32, PT2E_INT8, TORCHAO_DYN = "fp32", "pt2e-int8", "torchao-dyn"
 # kinds whose precision the exporter realises per layer; other ops follow their neighbours
 PLANNED_KINDS = GEMM_KINDS | {OpKind.ADD}
+PRUNED_NOTE = "pruned weights stored and run dense (XNNPACK has no sparse kernels)"
 
 
 def precision_label(quant: QuantSpec) -> str:
@@ -99,7 +100,7 @@ def plan_layers(ops: Sequence[Op], xnnpack: BackendSpec) -> list[LayerPlan]:
         realisation, reason = _realise(op, xnnpack)
         note = ""
         if op.sparsity.pattern is not SparsityPattern.DENSE and realisation is not None:
-            note = "pruned weights stored and run dense (XNNPACK has no sparse kernels)"
+            note = PRUNED_NOTE
         plans.append(LayerPlan(op.name, op.kind.value, precision_label(op.quant),
                                sparsity_label(op), realisation, reason, note,
                                op.quant.weight_bits, op.quant.group_size))

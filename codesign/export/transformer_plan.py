@@ -21,10 +21,11 @@ Pruned (2:4) FFN weights that XNNPACK accepts run dense (no sparse kernels): exa
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
-from codesign.export.plan import (FP32, PT2E_INT8, TORCHAO_DYN, LayerPlan, precision_label,
-                                  sparsity_label)
+from codesign.export.plan import (FP32, PRUNED_NOTE, PT2E_INT8, TORCHAO_DYN, LayerPlan,
+                                  plan_layers)
 from cost_models.backends import BackendSpec
 from cost_models.ir import Op, OpKind
 from kernels.specs import SparsityPattern
@@ -48,37 +49,20 @@ def module_name(op_name: str) -> str:
     return f"layers.{int(unit[1:])}.{BLOCK_LINEARS[part]}"
 
 
-def _realise(op: Op, xnnpack: BackendSpec) -> tuple[str | None, str, str]:
-    """(realisation, reason it has none, note)."""
-    q = op.quant
-    why = xnnpack.why_not(op.kind, q, op.sparsity)
-    if why is not None:
-        return None, why, ""
-    note = ""
-    if op.sparsity.pattern is not SparsityPattern.DENSE:
-        note = "pruned weights stored and run dense (XNNPACK has no sparse kernels)"
-    if q.dynamic_act and q.act_bits == 8 and q.weight_bits in (4, 8):
-        return TORCHAO_DYN, "", note
-    if q.weight_bits == q.act_bits and q.weight_bits in (16, 32):
-        return FP32, "", "; ".join(n for n in (FP16_NOTE if q.weight_bits == 16 else "", note)
-                                   if n)
-    if q.weight_bits == 8 and q.act_bits == 8:
-        return PT2E_INT8, "", note
-    return None, (f"XNNPACK runs linear at {precision_label(q)}, but the exporter has no "
-                  "realisation of it for a decoder"), ""
-
-
 def plan_linears(ops: Sequence[Op], xnnpack: BackendSpec) -> list[LayerPlan]:
     """One ``LayerPlan`` per linear of the decode op list, named by its module (what
-    ``codesign.export.program._apply_torchao`` filters on), in op-list order."""
+    ``codesign.export.program._apply_torchao`` filters on), in op-list order: issue 6's
+    ``plan_layers``, plus the one realisation a decoder adds — ``w16a16`` as fp32."""
+    linears = [op for op in ops if op.kind is OpKind.LINEAR]
     plans = []
-    for op in ops:
-        if op.kind is not OpKind.LINEAR:
-            continue
-        realisation, reason, note = _realise(op, xnnpack)
-        plans.append(LayerPlan(module_name(op.name), op.kind.value, precision_label(op.quant),
-                               sparsity_label(op), realisation, reason, note,
-                               op.quant.weight_bits, op.quant.group_size))
+    for op, plan in zip(linears, plan_layers(linears, xnnpack)):
+        q = op.quant
+        if (plan.realisation is None and q.weight_bits == q.act_bits == 16
+                and xnnpack.why_not(op.kind, q, op.sparsity) is None):
+            sparse = "" if op.sparsity.pattern is SparsityPattern.DENSE else PRUNED_NOTE
+            plan = replace(plan, realisation=FP32, reason="",
+                           note="; ".join(n for n in (FP16_NOTE, sparse) if n))
+        plans.append(replace(plan, name=module_name(op.name)))
     return plans
 
 
