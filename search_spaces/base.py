@@ -65,6 +65,36 @@ class SearchSpace(abc.ABC):
         (a decoder's weights plus its whole KV cache), or None where weights are all of it."""
         return None
 
+    def active_distributions(self, params: Mapping[str, Any]
+                             ) -> Iterator[tuple[str, optuna.distributions.BaseDistribution]]:
+        """The (name, distribution) pairs ``params`` makes active, in order: every one it
+        sets, then the first one it lacks (a later parameter may depend on that one)."""
+        partial: dict[str, Any] = {}
+        for name, dist in self.iter_distributions(partial):
+            yield name, dist
+            if name not in params:
+                return
+            partial[name] = params[name]
+
+    def active_names(self, params: Mapping[str, Any]) -> set[str]:
+        """Names of the parameters ``params`` makes active (for filtering an encoding)."""
+        return {name for name, _ in self.active_distributions(params)}
+
+    def check_params(self, params: Mapping[str, Any], *, allow_unknown: bool = True) -> None:
+        """ValueError naming the first missing parameter, one off its distribution's choices
+        (categorical), or (``allow_unknown`` False) parameters the space does not have."""
+        expected = dict(self.active_distributions(params))
+        missing = [k for k in expected if k not in params]
+        if missing:
+            raise ValueError(f"space {self.name}: missing params {missing[:5]}")
+        for name, dist in expected.items():
+            if params[name] not in dist.choices:
+                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
+                                 f"{list(dist.choices)}")
+        unknown = sorted(set(params) - set(expected))
+        if unknown and not allow_unknown:
+            raise ValueError(f"space {self.name}: unexpected params {unknown[:5]}")
+
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         """Ask ``trial`` for every active parameter and decode the result."""
         params: dict[str, Any] = {}

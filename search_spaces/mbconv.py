@@ -295,14 +295,7 @@ class MBConvSpace(SearchSpace):
 
     # ------------------------------------------------------------------ mapping
     def decode(self, params: Mapping[str, Any]) -> Candidate:
-        expected = dict(self._expected(params))
-        missing = [k for k in expected if k not in params]
-        if missing:
-            raise ValueError(f"space {self.name}: missing params {missing[:5]}")
-        for name, dist in expected.items():
-            if params[name] not in dist.choices:
-                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
-                                 f"{list(dist.choices)}")
+        self.check_params(params)
         stages = []
         for i in range(len(self.config.stages)):
             depth = params[f"s{i}.depth"]
@@ -314,16 +307,6 @@ class MBConvSpace(SearchSpace):
             (u, LayerChoice(params[f"{u}.prec"], params.get(f"{u}.sparsity", "dense"),
                             params.get(f"{u}.tile", "default"))) for u in units(arch)))
         return Candidate(arch, layers, params.get("threads", self.threads_choices[-1]))
-
-    def _expected(self, params: Mapping[str, Any]):
-        partial: dict[str, Any] = {}
-        gen = self.iter_distributions(partial)
-        for name, dist in gen:
-            if name not in params:
-                yield name, dist
-                return
-            partial[name] = params[name]
-            yield name, dist
 
     def encode(self, candidate: Candidate) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -341,7 +324,7 @@ class MBConvSpace(SearchSpace):
             params[f"{unit}.prec"] = choice.precision
             params[f"{unit}.sparsity"] = choice.sparsity
             params[f"{unit}.tile"] = choice.tile
-        active = {name for name, _ in self._expected(params)}
+        active = self.active_names(params)
         return {k: v for k, v in params.items() if k in active}
 
     # ------------------------------------------------------------------ lowering
