@@ -163,12 +163,7 @@ def parse_backend(data, path: str) -> BackendSpec:
     for kind_name in eff_r.data:
         if kind_name not in kinds:
             raise eff_r.error(f"unknown op kind; valid: {', '.join(kinds)}", kind_name)
-        per_dtype = eff_r.sub(kind_name)
-        for d in per_dtype.data:
-            if d not in DTYPES:
-                raise per_dtype.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
-        efficiency[kinds[kind_name]] = {d: per_dtype.sourced(d, maximum=1.0)
-                                        for d in per_dtype.data}
+        efficiency[kinds[kind_name]] = _dtype_efficiency(eff_r.sub(kind_name))
     tiles = r.sub("default_tile")
     unknown_isa = sorted(set(tiles.data) - set(ISAS), key=repr)
     if unknown_isa:
@@ -203,13 +198,23 @@ def _depthwise_limit(r: _Reader) -> dict:
     taps = block.sourced("max_taps")
     if taps.value != int(taps.value) or taps.value < 1:
         raise block.error(f"expected a positive integer, got {taps.value!r}", "max_taps")
-    eff = block.sub("efficiency")
-    for d in eff.data:
-        if d not in DTYPES:
-            raise eff.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
     return {"depthwise_max_taps": int(taps.value),
-            "depthwise_large_kernel_efficiency": {d: eff.sourced(d, maximum=1.0)
-                                                  for d in eff.data}}
+            "depthwise_large_kernel_efficiency": _dtype_efficiency(block.sub("efficiency"))}
+
+
+def _dtype_efficiency(r: _Reader) -> dict[str, Sourced]:
+    """A ``{DTYPE: sourced fraction of peak}`` block."""
+    for d in r.data:
+        if d not in DTYPES:
+            raise r.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
+    return {d: r.sourced(d, maximum=1.0) for d in r.data}
+
+
+def _isa_efficiency(block: _Reader, isa: str) -> _Reader:
+    """``isa``'s ``efficiency`` block in a per-ISA ``{ISA: {efficiency: ...}}`` block."""
+    if isa not in ISAS:
+        raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
+    return block.sub(isa).sub("efficiency")
 
 
 def _blockwise(r: _Reader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
@@ -219,18 +224,12 @@ def _blockwise(r: _Reader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
     block = r.sub("blockwise_weights")
     out: dict[str, dict[int, dict[str, Sourced]]] = {}
     for isa in block.data:
-        if isa not in ISAS:
-            raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
-        eff = block.sub(isa).sub("efficiency")
+        eff = _isa_efficiency(block, isa)
         out[isa] = {}
         for group in eff.data:
             if isinstance(group, bool) or not isinstance(group, int) or group < 1:
                 raise eff.error(f"expected a positive integer group size, got {group!r}", group)
-            per = eff.sub(group)
-            for d in per.data:
-                if d not in DTYPES:
-                    raise per.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
-            out[isa][group] = {d: per.sourced(d, maximum=1.0) for d in per.data}
+            out[isa][group] = _dtype_efficiency(eff.sub(group))
     return out
 
 
@@ -239,16 +238,7 @@ def _gemv(r: _Reader) -> dict[str, dict[str, Sourced]] | None:
     if "gemv" not in r.data:
         return None
     block = r.sub("gemv")
-    out: dict[str, dict[str, Sourced]] = {}
-    for isa in block.data:
-        if isa not in ISAS:
-            raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
-        eff = block.sub(isa).sub("efficiency")
-        for d in eff.data:
-            if d not in DTYPES:
-                raise eff.error(f"unknown dtype; valid: {', '.join(DTYPES)}", d)
-        out[isa] = {d: eff.sourced(d, maximum=1.0) for d in eff.data}
-    return out
+    return {isa: _dtype_efficiency(_isa_efficiency(block, isa)) for isa in block.data}
 
 
 FUSED_ATTENTION_FIELDS = ("query_transposes", "kv_transposes", "cache_updates",
