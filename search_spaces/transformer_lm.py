@@ -103,21 +103,26 @@ def check_arch(config: TransformerConfig, arch: TransformerArch) -> None:
         raise ValueError(f"architecture not in space {config.name}: {', '.join(bad) or arch}")
 
 
+def _linear_shapes(arch: TransformerArch) -> tuple[tuple[str, int, int], ...]:
+    """(name, rows, columns) of every linear of one of ``arch``'s blocks."""
+    d, kv, ff = arch.d_model, arch.kv_heads * arch.head_dim, arch.d_ff
+    return (("attention.wq", d, d), ("attention.wk", kv, d), ("attention.wv", kv, d),
+            ("attention.wo", d, d), ("feed_forward.w1", ff, d), ("feed_forward.w3", ff, d),
+            ("feed_forward.w2", d, ff))
+
+
 def slice_params(params: Mapping[str, torch.Tensor], arch: TransformerArch
                  ) -> dict[str, torch.Tensor]:
     """The leading slices of the max-size ``params`` that make ``arch`` (views, in the state-dict
     names of ``transformer_model``; ``output.weight`` is left out: it is the embedding)."""
-    d, kv, ff = arch.d_model, arch.kv_heads * arch.head_dim, arch.d_ff
+    d = arch.d_model
     out = {"tok_embeddings.weight": params["tok_embeddings.weight"][:, :d],
            "norm.weight": params["norm.weight"][:d]}
     for i in range(arch.layers):
         p = f"layers.{i}."
         out[p + "attention_norm.weight"] = params[p + "attention_norm.weight"][:d]
         out[p + "ffn_norm.weight"] = params[p + "ffn_norm.weight"][:d]
-        for name, rows, cols in (("attention.wq", d, d), ("attention.wk", kv, d),
-                                 ("attention.wv", kv, d), ("attention.wo", d, d),
-                                 ("feed_forward.w1", ff, d), ("feed_forward.w3", ff, d),
-                                 ("feed_forward.w2", d, ff)):
+        for name, rows, cols in _linear_shapes(arch):
             out[p + name + ".weight"] = params[p + name + ".weight"][:rows, :cols]
     return out
 
@@ -344,16 +349,14 @@ def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
 
 def _init_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     """The max-size weights' shapes (what a cache file must hold)."""
-    arch, vocab = max_arch(config), config.vocab
-    d, kv, ff = arch.d_model, arch.kv_heads * arch.head_dim, arch.d_ff
-    shapes = {"tok_embeddings.weight": (vocab, d), "norm.weight": (d,)}
+    arch = max_arch(config)
+    d = arch.d_model
+    shapes = {"tok_embeddings.weight": (config.vocab, d), "norm.weight": (d,)}
     for i in range(arch.layers):
         p = f"layers.{i}."
-        shapes.update({p + "attention_norm.weight": (d,), p + "ffn_norm.weight": (d,),
-                       p + "attention.wq.weight": (d, d), p + "attention.wk.weight": (kv, d),
-                       p + "attention.wv.weight": (kv, d), p + "attention.wo.weight": (d, d),
-                       p + "feed_forward.w1.weight": (ff, d), p + "feed_forward.w3.weight": (ff, d),
-                       p + "feed_forward.w2.weight": (d, ff)})
+        shapes.update({p + "attention_norm.weight": (d,), p + "ffn_norm.weight": (d,)})
+        shapes.update({p + name + ".weight": (rows, cols)
+                       for name, rows, cols in _linear_shapes(arch)})
     return shapes
 
 
