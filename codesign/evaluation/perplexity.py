@@ -96,6 +96,15 @@ def quality_key(candidate: Candidate) -> str:
     return repr((candidate.arch, candidate.layers, candidate.head))
 
 
+def _exp_bootstrap_mean(values: np.ndarray, seed: int,
+                        resamples: int) -> tuple[float, tuple[float, float]]:
+    """``exp`` of the mean of ``values`` and of its seeded 95% percentile-bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(resamples, values.size))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return float(math.exp(values.mean())), (float(math.exp(lo)), float(math.exp(hi)))
+
+
 def bootstrap_perplexity(unit_nll: np.ndarray, seed: int = 0,
                          resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, tuple[float, float]]:
     """``exp`` of the mean of ``unit_nll`` (the mean NLL of equal-sized blocks of predicted
@@ -103,10 +112,7 @@ def bootstrap_perplexity(unit_nll: np.ndarray, seed: int = 0,
     unit_nll = np.asarray(unit_nll, dtype=np.float64).ravel()
     if unit_nll.size == 0:
         return float("nan"), (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, unit_nll.size, size=(resamples, unit_nll.size))
-    lo, hi = np.percentile(unit_nll[idx].mean(axis=1), [2.5, 97.5])
-    return float(math.exp(unit_nll.mean())), (float(math.exp(lo)), float(math.exp(hi)))
+    return _exp_bootstrap_mean(unit_nll, seed, resamples)
 
 
 def paired_ratio(unit_a: np.ndarray, unit_b: np.ndarray, seed: int = 0,
@@ -115,10 +121,7 @@ def paired_ratio(unit_a: np.ndarray, unit_b: np.ndarray, seed: int = 0,
     paired bootstrap interval (the blocks resampled together): the comparison of two candidates
     on one split, tighter than their separate intervals."""
     diff = np.asarray(unit_b, dtype=np.float64) - np.asarray(unit_a, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, diff.size, size=(resamples, diff.size))
-    lo, hi = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
-    return float(math.exp(diff.mean())), (float(math.exp(lo)), float(math.exp(hi)))
+    return _exp_bootstrap_mean(diff, seed, resamples)
 
 
 class PerplexityEvaluator(Evaluator):
