@@ -26,6 +26,7 @@ runtime setting (``threads`` / ``$CODESIGN_LM_THREADS``), not part of the key.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -37,7 +38,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -207,6 +208,17 @@ def threads_setting(threads: int | None = None) -> int:
     return int(threads) if threads else torch.get_num_threads()
 
 
+@contextlib.contextmanager
+def lm_threads(threads: int | None = None) -> Iterator[None]:
+    """torch's thread count at ``threads_setting(threads)`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_setting(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sample_arch(config: TransformerConfig, rng: np.random.Generator) -> TransformerArch:
     """A uniformly random architecture of ``config`` at the largest context (every knob drawn
     independently)."""
@@ -252,40 +264,35 @@ def train_lm_supernet(config: TransformerConfig, seed: int = 0,
         return 0.5 * train.lr * (1 + math.cos(math.pi * t))
 
     start = time.perf_counter()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads_setting(threads))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            gen = torch.Generator().manual_seed(seed)
-            rng = np.random.default_rng(seed)
-            for step in range(train.steps):
-                starts = torch.randint(0, len(data) - seq - 1, (train.batch_size,), generator=gen)
-                batch = torch.stack([data[s:s + seq + 1] for s in starts.tolist()])
-                x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step)
-                opt.zero_grad(set_to_none=True)
-                logits = run_subnet(modules, params, big, x).reshape(-1, config.vocab)
-                loss = F.cross_entropy(logits, y)
+    with lm_threads(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        for step in range(train.steps):
+            starts = torch.randint(0, len(data) - seq - 1, (train.batch_size,), generator=gen)
+            batch = torch.stack([data[s:s + seq + 1] for s in starts.tolist()])
+            x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            logits = run_subnet(modules, params, big, x).reshape(-1, config.vocab)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            soft = F.softmax(logits.detach(), dim=-1)
+            total = loss.item()
+            archs = [small] + [sample_arch(config, rng) for _ in range(train.n_random)]
+            for arch in archs:
+                out = run_subnet(modules, params, arch, x).reshape(-1, config.vocab)
+                kd = F.kl_div(F.log_softmax(out, dim=-1), soft, reduction="batchmean")
+                loss = train.distill_weight * kd + \
+                    (1 - train.distill_weight) * F.cross_entropy(out, y)
                 loss.backward()
-                soft = F.softmax(logits.detach(), dim=-1)
-                total = loss.item()
-                archs = [small] + [sample_arch(config, rng) for _ in range(train.n_random)]
-                for arch in archs:
-                    out = run_subnet(modules, params, arch, x).reshape(-1, config.vocab)
-                    kd = F.kl_div(F.log_softmax(out, dim=-1), soft, reduction="batchmean")
-                    loss = train.distill_weight * kd + \
-                        (1 - train.distill_weight) * F.cross_entropy(out, y)
-                    loss.backward()
-                    total += loss.item()
-                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-                opt.step()
-                if progress is not None:
-                    progress(TrainProgress(step + 1, train.steps, 0, total / (1 + len(archs)),
-                                           time.perf_counter() - start))
-    finally:
-        torch.set_num_threads(before)
+                total += loss.item()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            opt.step()
+            if progress is not None:
+                progress(TrainProgress(step + 1, train.steps, 0, total / (1 + len(archs)),
+                                       time.perf_counter() - start))
     return {k: v.detach() for k, v in params.items()}
 
 

@@ -226,21 +226,17 @@ class PerplexityEvaluator(Evaluator):
     @torch.no_grad()
     def token_nll(self, candidate: Candidate, split: str) -> torch.Tensor:
         """The NLL (nats) of every predicted byte of ``split``, shaped (windows, context)."""
-        from search_spaces.transformer_lm import threads_setting
+        from search_spaces.transformer_lm import lm_threads
 
         model = self.build_quantized(candidate)
         x, y = self.windows(split, candidate.arch.context)
         per_batch = max(1, EVAL_TOKENS_PER_BATCH // candidate.arch.context)
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads_setting(self.threads))
-        try:
-            out = []
+        out = []
+        with lm_threads(self.threads):
             for start in range(0, len(x), per_batch):
                 logits = model(x[start:start + per_batch]).float()
                 out.append(torch.nn.functional.cross_entropy(
                     logits.transpose(1, 2), y[start:start + per_batch], reduction="none"))
-        finally:
-            torch.set_num_threads(before)
         return torch.cat(out)
 
     def unit_nll(self, candidate: Candidate, split: str) -> np.ndarray:
