@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from codesign.evaluation.base import metric_keys, metric_of
+from codesign.evaluation.base import metric_keys
 from codesign.run_dir import RunDir
 
 _VERSIONED = ("codesign", "torch", "numpy", "optuna", "numba", "executorch", "torchao", "ray")
@@ -34,7 +34,7 @@ def _feasible(trial: FrozenTrial) -> bool:
 def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dict[str, Any]:
     """Everything pareto.json says about one trial: metrics, test accuracy (or the evaluator's
     metric, under its own name: ``perplexity``, ``test_perplexity``...), per-layer breakdown."""
-    keys = metric_keys(metric_of(context.evaluator)[0])
+    keys = metric_keys(context.metric)
     candidate = context.space.decode(trial.params)
     priced = context.price(candidate)
     record = {
@@ -96,7 +96,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
     n_eval = max((t.user_attrs.get("n_eval", 0) for t in complete), default=0)
     identity = context.identity(config)
-    metric, higher = metric_of(context.evaluator)
+    metric, higher = context.metric, context.higher_is_better
     return {
         "device": context.device.name, "backend": context.backend.name,
         "budget_s": context.budget_s, "space": context.space.name,
@@ -135,10 +135,11 @@ def csv_columns(metric: str = "accuracy") -> list[str]:
 
 
 def pareto_csv(pareto: dict[str, Any]) -> str:
-    keys = metric_keys(pareto.get("metric", "accuracy"))
+    metric = pareto.get("metric", "accuracy")
+    keys = metric_keys(metric)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(csv_columns(pareto.get("metric", "accuracy")))
+    writer.writerow(csv_columns(metric))
     for m in pareto["members"]:
         writer.writerow([m["trial"], m[keys["value"]], *m[keys["interval"]], m[keys["test"]],
                          m["latency_s"] * 1e3, *(x * 1e3 for x in m["latency_band_s"]),
