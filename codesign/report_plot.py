@@ -49,6 +49,7 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
     Returns ``path``; the image is ``PNG_SIZE_PX`` pixels.
     """
     budget_ms = pareto["budget_s"] * 1e3
+    short, metric, note = metric_label(pareto)
     groups = {"over": [p for p in points if not p.feasible],
               "feasible": [p for p in points if p.feasible and not p.on_front],
               "front": sorted((p for p in points if p.on_front), key=lambda p: p.latency_s)}
@@ -59,7 +60,7 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
             if not group:
                 continue
             marker, color, size, alpha, label = _STYLE[key]
-            label = label.replace("accuracy", metric_label(pareto)[1])
+            label = label.replace("accuracy", metric)
             _errorbars(ax, group, color, alpha)
             edge = {"edgecolors": "black", "linewidths": 0.6} if key == "front" else {}
             ax.scatter([p.latency_s * 1e3 for p in group], [p.accuracy for p in group],
@@ -77,7 +78,6 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
         ax.axvspan(budget_ms, right, color="firebrick", alpha=0.06, zorder=0)
         ax.set_xlabel(f"predicted latency on {pareto['device']} (ms); bars: latency band")
         n_eval = pareto.get("n_eval")
-        _, metric, note = metric_label(pareto)
         ax.set_ylabel(f"validation {metric}{note}{f' (n={n_eval})' if n_eval else ''}; "
                       "bars: 95% interval")
         ax.grid(True, alpha=0.3)
@@ -87,8 +87,7 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
         handles, labels = ax.get_legend_handles_labels()
         side.legend(handles, labels, loc="upper left", fontsize=8.5, frameon=False,
                     borderaxespad=0)
-        side.text(0, 0.76, _front_table(groups["front"], metric_label(pareto)[0]),
-                  transform=side.transAxes,
+        side.text(0, 0.76, _front_table(groups["front"], short), transform=side.transAxes,
                   fontsize=8, family="monospace", va="top", ha="left")
         fig.tight_layout()
         _label_front(ax, groups["front"])  # after the layout: placement needs final positions
