@@ -29,13 +29,13 @@ from codesign.userinput import BadInput
 
 SAMPLERS = ("tpe", "nsga2", "random")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_s, model_bytes
+log = logging.getLogger("codesign.search")
 
 
 def directions(higher_is_better: bool = True) -> tuple[str, str, str]:
     """The study's directions when the quality metric is higher- (accuracy) or lower-better
     (perplexity); latency and model bytes are always minimised."""
     return DIRECTIONS if higher_is_better else ("minimize",) + DIRECTIONS[1:]
-log = logging.getLogger("codesign.search")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: boo
     # A resumed run whose first process died between writing run.json and creating the study
     # has an empty journal: creating the study then is what that process would have done.
     return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
-                               directions=list(directions(higher_is_better)), load_if_exists=not create)
+                               directions=list(directions(higher_is_better)),
+                               load_if_exists=not create)
 
 
 def fail_stale_running(study: optuna.Study) -> int:
