@@ -100,24 +100,13 @@ def _export(candidate, vocab: int, sdpa: str = "auto"):
 def _interleaved(programs: dict, context_of: dict, *, threads: int, rounds: int, warmup: int,
                  repeats: int) -> dict:
     """Per program: all timed samples (s) on the chosen clock and each round's median."""
-    from codesign.export.transformer import decode_inputs, quiet_stderr
-    from codesign.measure.host_runner import configure_threads, timed_runs
+    from benchmarks.interleaved import interleaved_runs
+    from codesign.export.transformer import decode_inputs
 
-    configure_threads(threads)
-    names = list(programs)
-    samples = {n: [] for n in names}
-    round_medians = {n: [] for n in names}
-    loads = []
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        loads.append(os.getloadavg()[0])
-        for name in order:
-            with quiet_stderr():
-                runs = timed_runs(programs[name], decode_inputs(1, context_of[name] - 1),
-                                  "forward", warmup, repeats)
-            chosen = runs.cpu_s if threads == 1 else runs.wall_s
-            samples[name].extend(chosen)
-            round_medians[name].append(statistics.median(chosen))
+    per, loads = interleaved_runs(programs, lambda n: decode_inputs(1, context_of[n] - 1),
+                                  rounds=rounds, warmup=warmup, repeats=repeats, threads=threads)
+    samples = {n: [t for chosen in v for t in chosen] for n, v in per.items()}
+    round_medians = {n: [statistics.median(chosen) for chosen in v] for n, v in per.items()}
     return {"samples": samples, "round_medians": round_medians, "loadavg": loads,
             "clock": "cpu" if threads == 1 else "wall"}
 

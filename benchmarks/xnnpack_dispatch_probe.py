@@ -63,22 +63,16 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from codesign.export.transformer import quiet_stderr
-    from codesign.measure.host_runner import configure_threads, timed_runs
+    from benchmarks.interleaved import interleaved_runs
 
     torch.set_num_threads(1)
-    configure_threads(1)
     progs = {(k, n): _program(k, n) for k in ("xnn", "break", "portable") for n in COUNTS}
-    names = list(progs)
-    per = {key: [] for key in names}
     out = {"loadavg_1m_start": os.getloadavg()[0]}
     x = (torch.randn(1, 64),)
-    for r in range(args.rounds):
-        for key in names[r % len(names):] + names[:r % len(names)]:
-            with quiet_stderr():
-                runs = timed_runs(progs[key], x, "forward", 10, args.repeats)
-            per[key].append(statistics.median(runs.cpu_s))
-    us = {f"{k}/{n}": statistics.median(v) * 1e6 for (k, n), v in per.items()}
+    per, _ = interleaved_runs(progs, lambda key: x, rounds=args.rounds, warmup=10,
+                              repeats=args.repeats)
+    us = {f"{k}/{n}": statistics.median(statistics.median(s) for s in v) * 1e6
+          for (k, n), v in per.items()}
     slopes = {}
     for kind in ("xnn", "break", "portable"):
         y = [us[f"{kind}/{n}"] for n in COUNTS]

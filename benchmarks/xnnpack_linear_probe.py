@@ -88,9 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in kn.split("x")) for kn in args.shapes.split(",")]
     warnings.filterwarnings("ignore")
-    from codesign.export.transformer import quiet_stderr
-    from codesign.measure.host_runner import configure_threads, timed_runs
-
+    from benchmarks.interleaved import interleaved_runs
     from cost_models.backends import load_backend
     from cost_models.devices import load_device
 
@@ -98,20 +96,15 @@ def main() -> None:
     peak = core.flops_per_cycle["fp32"].value * core.sustained_hz.value
     dispatch = load_backend("xnnpack").dispatch_overhead_s.value
     torch.set_num_threads(1)
-    configure_threads(1)
     out = {"loadavg_1m_start": os.getloadavg()[0], "depth": DEPTH, "rows": []}
     ratios: dict[tuple[int, str], list[float]] = {}
     for m in (int(v) for v in args.ms.split(",")):
         for k, n in shapes:
             progs = {f: _program(f, k, n, m) for f in FORMATS}
             x = (torch.randn(m, k),)
-            per = {f: [] for f in FORMATS}
-            for r in range(args.rounds):
-                order = FORMATS[r % len(FORMATS):] + FORMATS[:r % len(FORMATS)]
-                for f in order:
-                    with quiet_stderr():
-                        runs = timed_runs(progs[f], x, "forward", 5, args.repeats)
-                    per[f].append(statistics.median(runs.cpu_s))
+            runs, _ = interleaved_runs(progs, lambda f: x, rounds=args.rounds, warmup=5,
+                                       repeats=args.repeats)
+            per = {f: [statistics.median(s) for s in v] for f, v in runs.items()}
             med = {f: statistics.median(v) / DEPTH for f, v in per.items()}
             row = {"m": m, "k": k, "n": n, "ms_per_linear": {f: round(v * 1e3, 5)
                                                              for f, v in med.items()},

@@ -68,28 +68,21 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from codesign.export.transformer import quiet_stderr
-    from codesign.measure.host_runner import configure_threads, timed_runs
+    from benchmarks.interleaved import interleaved_runs
     from cost_models.devices import load_device
 
     device = load_device("host")
     core = device.cpu.cores_for_threads(1)[0]
     peak = core.flops_per_cycle["fp32"].value * core.sustained_hz.value
     torch.set_num_threads(1)
-    configure_threads(1)
     out = {"loadavg_1m_start": os.getloadavg()[0], "calls": CALLS, "peak_fp32": peak, "rows": []}
     effs, fixed = [], []
     for heads, kvh, hd in SHAPES:
         progs = {c: _program(heads, kvh, hd, c) for c in CONTEXTS}
-        per = {c: [] for c in CONTEXTS}
-        for r in range(args.rounds):
-            order = CONTEXTS[r % len(CONTEXTS):] + CONTEXTS[:r % len(CONTEXTS)]
-            for c in order:
-                q = torch.randn(1, 1, heads, hd)
-                with quiet_stderr():
-                    runs = timed_runs(progs[c], (q,), "forward", 5, args.repeats)
-                per[c].append(statistics.median(runs.cpu_s) / CALLS)
-        us = {c: statistics.median(v) * 1e6 for c, v in per.items()}
+        per, _ = interleaved_runs(progs, lambda c: (torch.randn(1, 1, heads, hd),),
+                                  rounds=args.rounds, warmup=5, repeats=args.repeats)
+        us = {c: statistics.median(statistics.median(s) / CALLS for s in v) * 1e6
+              for c, v in per.items()}
         slope, icpt = np.polyfit(np.array(CONTEXTS, float), np.array([us[c] for c in CONTEXTS]), 1)
         flops_per_token = 4.0 * heads * hd
         eff = flops_per_token / (slope * 1e-6) / peak
