@@ -47,7 +47,7 @@ def candidate(space, arch, prec, group, sparsity):
     for unit in [f"l{i}" for i in range(layers)] + ["head"]:
         p.update({f"{unit}.prec": prec, f"{unit}.group": group,
                   f"{unit}.ffn_sparsity": sparsity})
-    active = {name for name, _ in space._expected(p)}
+    active = space.active_names(p)
     return space.decode({k: v for k, v in p.items() if k in active})
 
 

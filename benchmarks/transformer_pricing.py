@@ -59,7 +59,7 @@ def candidate(space: TransformerSpace, arch: tuple, threads: int):
     for unit in [f"l{i}" for i in range(layers)] + ["head"]:
         params.update({f"{unit}.prec": PRECISION[space.backend.name], f"{unit}.group": GROUP,
                        f"{unit}.ffn_sparsity": "dense"})
-    active = {name for name, _ in space._expected(params)}
+    active = space.active_names(params)
     return space.decode({k: v for k, v in params.items() if k in active})
 
 

@@ -255,26 +255,8 @@ class TransformerSpace(SearchSpace):
                 yield f"{phase}_tile", CategoricalDistribution(self.tile_choices[phase])
 
     # ------------------------------------------------------------------ mapping
-    def _expected(self, params: Mapping[str, Any]):
-        partial: dict[str, Any] = {}
-        for name, dist in self.iter_distributions(partial):
-            yield name, dist
-            if name not in params:
-                return
-            partial[name] = params[name]
-
     def decode(self, params: Mapping[str, Any]) -> Candidate:
-        expected = dict(self._expected(params))
-        missing = [k for k in expected if k not in params]
-        if missing:
-            raise ValueError(f"space {self.name}: missing params {missing[:5]}")
-        for name, dist in expected.items():
-            if params[name] not in dist.choices:
-                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
-                                 f"{list(dist.choices)}")
-        unknown = sorted(set(params) - set(expected))
-        if unknown:
-            raise ValueError(f"space {self.name}: unexpected params {unknown[:5]}")
+        self.check_params(params, allow_unknown=False)
         arch = TransformerArch(params["layers"], params["d_model"], params["heads"],
                                params["heads"] // params["gqa_ratio"], params["ffn_mult"],
                                params["context"])
@@ -300,7 +282,7 @@ class TransformerSpace(SearchSpace):
             params[f"{unit}.group"] = c.group_size
             params[f"{unit}.ffn_sparsity"] = c.ffn_sparsity
         params["prefill_tile"], params["decode_tile"] = candidate.prefill_tile, candidate.decode_tile
-        active = {name for name, _ in self._expected(params)}
+        active = self.active_names(params)
         return {k: v for k, v in params.items() if k in active}
 
     def describe(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def uniform(space, bits, *, layers=12, d_model=768, heads=8, gqa_ratio=2, ffn_mu
         params.update({f"{unit}.prec": prec, f"{unit}.group": 128,
                        f"{unit}.ffn_sparsity": sparsity})
     params.update(prefill_tile="t6x16", decode_tile=decode_tile)
-    active = {name for name, _ in space._expected(params)}
+    active = space.active_names(params)
     return space.decode({k: v for k, v in params.items() if k in active})
 
 

@@ -53,7 +53,7 @@ def candidate(space, *, layers=2, d_model=256, heads=4, gqa_ratio=2, context=64,
          "ffn_mult": 2, "context": context, "prefill_tile": "default", "decode_tile": "default"}
     for unit in [f"l{i}" for i in range(layers)] + ["head"]:
         p.update({f"{unit}.prec": prec, f"{unit}.group": group, f"{unit}.ffn_sparsity": sparsity})
-    active = {name for name, _ in space._expected(p)}
+    active = space.active_names(p)
     return space.decode({k: v for k, v in p.items() if k in active})
 
 
