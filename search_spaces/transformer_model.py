@@ -35,6 +35,10 @@ import torch
 
 from search_spaces.transformer import Candidate, TransformerArch
 
+# a block's linears: op-list unit (``to_ops``: ``l{i}.q``) -> module inside ``layers.{i}``
+BLOCK_LINEARS = {"q": "attention.wq", "k": "attention.wk", "v": "attention.wv",
+                 "o": "attention.wo", "gate": "feed_forward.w1", "up": "feed_forward.w3",
+                 "down": "feed_forward.w2"}
 NORM_EPS = 1e-5
 ROPE_THETA = 10000.0
 

@@ -39,9 +39,9 @@ from codesign.evaluation.fake_quant import fake_quant_per_token, quantize_weight
 from cost_models.backends import Precision
 from search_spaces.mbconv_supernet import TrainProgress
 from search_spaces.transformer import Candidate, TransformerSpace, _quant
+from search_spaces.transformer_model import BLOCK_LINEARS
 
-LINEARS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
-           "feed_forward.w3", "feed_forward.w2")
+LINEARS = tuple(BLOCK_LINEARS.values())  # a block's linears, module paths in layers.{i}
 EVAL_TOKENS_PER_BATCH = 8192
 
 

@@ -29,11 +29,8 @@ from codesign.export.plan import (FP32, PRUNED_NOTE, PT2E_INT8, TORCHAO_DYN, Lay
 from cost_models.backends import BackendSpec
 from cost_models.ir import Op, OpKind
 from kernels.specs import SparsityPattern
+from search_spaces.transformer_model import BLOCK_LINEARS
 
-# op-list unit of a block -> the module inside ``layers.{i}``
-BLOCK_LINEARS = {"q": "attention.wq", "k": "attention.wk", "v": "attention.wv",
-                 "o": "attention.wo", "gate": "feed_forward.w1", "up": "feed_forward.w3",
-                 "down": "feed_forward.w2"}
 HEAD_OP, HEAD_MODULE, EMBEDDING_MODULE = "lm_head", "output", "tok_embeddings"
 FP16_NOTE = ("priced as w16a16 (fp16 weights and stream); run as fp32 by XNNPACK on this host "
              "(the exported layer holds 2x the priced weight bytes)")
