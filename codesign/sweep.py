@@ -447,7 +447,7 @@ def run_sweep(config: SweepConfig, *, echo: Callable[[str], None] = print) -> Sw
 def _write_sweep(out: Path, config: SweepConfig, result: SweepResult, elapsed_s: float) -> None:
     atomic_write_json(out / SWEEP_FILE, {
         "devices": list(config.devices), "budgets": list(config.budgets),
-        "trials": config.trials, "backend": config.backend or "codesign",
+        "trials": config.trials, "backend": config.backend or "default (each device's first)",
         "space": config.space, "seed": config.seed, "ray_address": config.ray_address,
         "elapsed_s": elapsed_s, "runs": [asdict(r) for r in result.rows]})
 
