@@ -16,22 +16,18 @@ head use hardswish); a block adds its input when stride is 1 and its in and out 
 ``pool``, ``feature``, ``classifier``; the BatchNorm of conv ``X`` is ``X_bn``), so the network
 that is evaluated is the network that is priced.
 
-``get_trained_supernet`` trains with the sandwich rule (largest, smallest and random subnets
-each step, in-place distillation from the largest) on the task's train split only, and caches the
-weights on disk keyed by (space config sha256, seed, training hyperparameters).
+Training (sandwich rule, quantization-aware, cached and shipped weights) is
+``search_spaces.mbconv_training``; every forward here takes an optional per-unit format map
+(``search_spaces.mbconv_qat``) so a subnet can be run as it will be deployed.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import math
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,9 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.mbconv import Arch, MBConvConfig, StageChoice
-from search_spaces.tasks import load_task
+from search_spaces.mbconv_qat import TrainFormat, fake_activation, fake_weight
 
-CACHE_FORMAT = 2  # bump when the parameter layout or the training procedure changes
 _ACTS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "hardswish": nn.Hardswish}
 
 
@@ -80,9 +75,12 @@ class DynamicConv2d(nn.Module):
                 break
         return w
 
-    def forward(self, x: torch.Tensor, cout: int, kernel: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cout: int, kernel: int | None = None,
+                fmt: TrainFormat | None = None, *, prunable: bool = True) -> torch.Tensor:
         cin = x.shape[1]
-        w = trim_kernel(self.active_weight(cin, cout, kernel), self.stride, x.shape[-2:])
+        w = fake_weight(self.active_weight(cin, cout, kernel), fmt,
+                        prunable=prunable and not self.depthwise)
+        w = trim_kernel(w, self.stride, x.shape[-2:])
         return F.conv2d(x, w, None, self.stride, w.shape[-1] // 2, 1, cin if self.depthwise else 1)
 
 
@@ -117,8 +115,10 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 class DynamicLinear(nn.Linear):
     """A linear layer whose input features (first-k) shrink; outputs stay full."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight[:, :x.shape[1]], self.bias)
+    def forward(self, x: torch.Tensor, fmt: TrainFormat | None = None, *,
+                prunable: bool = True) -> torch.Tensor:
+        return F.linear(x, fake_weight(self.weight[:, :x.shape[1]], fmt, prunable=prunable),
+                        self.bias)
 
 
 class MBBlock(nn.Module):
@@ -138,13 +138,15 @@ class MBBlock(nn.Module):
         self.project_bn = DynamicBatchNorm2d(max_out)
         self.act = _ACTS[act]()
 
-    def forward(self, x: torch.Tensor, width: int, kernel: int, expand: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, width: int, kernel: int, expand: int,
+                fmt: TrainFormat | None = None) -> torch.Tensor:
         cin = x.shape[1]
         hidden = cin * expand
-        y = self.act(self.expand_bn(self.expand(x, hidden)))
-        y = self.act(self.dw_bn(self.dw(y, hidden, kernel)))
-        y = self.project_bn(self.project(y, width))
-        return x + y if self.stride == 1 and cin == width else y
+        x = fake_activation(x, fmt)  # the block reads its input at its own precision
+        y = fake_activation(self.act(self.expand_bn(self.expand(x, hidden, fmt=fmt))), fmt)
+        y = fake_activation(self.act(self.dw_bn(self.dw(y, hidden, kernel, fmt=fmt))), fmt)
+        y = fake_activation(self.project_bn(self.project(y, width, fmt=fmt)), fmt)
+        return fake_activation(x + y, fmt) if self.stride == 1 and cin == width else y
 
 
 class MBConvSupernet(nn.Module):
@@ -185,18 +187,32 @@ class MBConvSupernet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.feature_width, config.num_classes)
 
-    def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, arch: Arch | None = None,
+                formats: Mapping[str, TrainFormat] | None = None) -> torch.Tensor:
+        """Run subnet ``arch`` (the largest when None); ``formats`` maps precision units
+        (``stem``, ``s{i}.b{j}``, ``head``, ``feature``, ``classifier``) to the format each runs
+        in (quantization-aware training; None or a missing unit: fp32)."""
         arch = arch or self.config.max_arch()
         check_arch(self.config, arch)
-        x = self.stem_act(self.stem_bn(self.stem(x, arch.stem_width)))
+        fmt = (formats or {}).get
+        x = fake_activation(x, fmt("stem"))
+        x = self.stem_act(self.stem_bn(self.stem(x, arch.stem_width, fmt=fmt("stem"),
+                                                 prunable=False)))
+        x = fake_activation(x, fmt("stem"))
         for name, stage in zip(self.stage_names, arch.stages):
             blocks = getattr(self, name)
             for j in range(stage.depth):
-                x = blocks[f"b{j}"](x, stage.width, stage.kernels[j], stage.expands[j])
-        x = self.head_act(self.head_bn(self.head(x, arch.head_width)))
-        x = x.mean((2, 3))
-        x = self.dropout(self.feature_act(self.feature(x)))
-        return self.classifier(x)
+                x = blocks[f"b{j}"](x, stage.width, stage.kernels[j], stage.expands[j],
+                                    fmt(f"{name}.b{j}"))
+        x = fake_activation(x, fmt("head"))
+        x = self.head_act(self.head_bn(self.head(x, arch.head_width, fmt=fmt("head"))))
+        x = fake_activation(fake_activation(x, fmt("head")).mean((2, 3)), fmt("head"))
+        x = fake_activation(x, fmt("feature"), per_token=True)
+        x = self.dropout(fake_activation(self.feature_act(self.feature(x, fmt("feature"))),
+                                         fmt("feature")))
+        x = fake_activation(x, fmt("classifier"), per_token=True)
+        return F.linear(x, fake_weight(self.classifier.weight, fmt("classifier"), prunable=False),
+                        self.classifier.bias)
 
 
 def check_arch(config: MBConvConfig, arch: Arch) -> None:
@@ -351,29 +367,7 @@ def extract_subnet(supernet: MBConvSupernet, arch_or_candidate) -> MBConvSubnet:
     return sub.eval()
 
 
-# ------------------------------------------------------------------------------ training
-@dataclass(frozen=True)
-class TrainConfig:
-    """Supernet training hyperparameters (all of them key the weight cache).
-
-    The defaults fit the cold-training budget of a 2-core CPU (about 100 sandwich steps of 16
-    images: 1.5 passes over the 1079 training digits). ``epochs`` may be fractional;
-    ``max_steps`` caps the step count (tests train tiny supernets), 0 = no cap.
-    """
-
-    task: str = "digits"
-    epochs: float = 1.5
-    batch_size: int = 16
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    warmup_steps: int = 5
-    n_random: int = 2
-    distill_weight: float = 0.5  # share of the KD loss (vs. labels) for the non-largest subnets
-    label_smoothing: float = 0.0
-    dropout: float = 0.0
-    max_steps: int = 0
-
-
+# ------------------------------------------------------------------------------ training helpers
 @dataclass(frozen=True)
 class TrainProgress:
     """One progress report of supernet training (passed to the ``progress`` callback)."""
@@ -396,17 +390,6 @@ def config_digest(config: MBConvConfig) -> str:
     return config.sha256 or hashlib.sha256(repr(config).encode()).hexdigest()
 
 
-def cache_key(config: MBConvConfig, seed: int, train: TrainConfig) -> str:
-    payload = {"format": CACHE_FORMAT, "config": config_digest(config), "seed": int(seed),
-               "train": dataclasses.asdict(train)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def cache_path(config: MBConvConfig, seed: int = 0, train: TrainConfig | None = None) -> Path:
-    train = train or TrainConfig()
-    return cache_dir() / "supernets" / f"{config.name}-{cache_key(config, seed, train)}.pt"
-
-
 def save_atomic(blob: dict, path: Path) -> None:
     """``torch.save(blob)`` to ``path`` through a private temporary file and ``os.replace``:
     a crash never leaves a half-written cache entry, and two writers each write their own file
@@ -420,113 +403,3 @@ def save_atomic(blob: dict, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def train_supernet(config: MBConvConfig, seed: int = 0, train: TrainConfig | None = None, *,
-                   progress: Callable[[TrainProgress], None] | None = None) -> MBConvSupernet:
-    """Train a supernet from scratch on the task's train split (deterministic given ``seed``).
-
-    Sandwich rule: every step accumulates the gradients of the largest subnet (cross-entropy,
-    optionally label-smoothed), the smallest and ``n_random`` uniformly random ones (a mix of
-    cross-entropy and KL distillation from the largest's detached soft predictions: in-place
-    distillation), then takes one AdamW step (linear warm-up, cosine decay). ``progress`` is
-    called after every step. The caller's global RNG state is left untouched.
-    """
-    train = train or TrainConfig()
-    data = load_task(train.task, tuple(config.eval_input_shape[2:]), seed)
-    if data.num_classes != config.num_classes:
-        raise ValueError(f"task {train.task} has {data.num_classes} classes, space "
-                         f"{config.name} expects {config.num_classes}")
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = MBConvSupernet(config, dropout=train.dropout)
-        gen = torch.Generator().manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        n = len(data.y_train)
-        per_epoch = max(1, n // train.batch_size)  # drop the ragged last batch (BN stats)
-        steps = max(1, int(round(per_epoch * train.epochs)))
-        if train.max_steps:
-            steps = min(steps, train.max_steps)
-        decay, no_decay = [], []
-        for name, p in net.named_parameters():
-            (no_decay if p.ndim <= 1 or "transforms" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=train.lr)
-
-        def lr_at(step: int) -> float:
-            if step < train.warmup_steps:
-                return train.lr * (step + 1) / train.warmup_steps
-            t = (step - train.warmup_steps) / max(1, steps - train.warmup_steps)
-            return 0.5 * train.lr * (1 + math.cos(math.pi * t))
-
-        net.train()
-        big, small = config.max_arch(), config.min_arch()
-        step = 0
-        while step < steps:
-            order = torch.randperm(n, generator=gen)
-            for b in range(per_epoch):
-                if step >= steps:
-                    break
-                idx = order[b * train.batch_size:(b + 1) * train.batch_size]
-                # channels-last: CPU depthwise convolutions train several times faster
-                x = data.x_train[idx].contiguous(memory_format=torch.channels_last)
-                y = data.y_train[idx]
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step)
-                opt.zero_grad(set_to_none=True)
-                logits = net(x, big)
-                loss_big = F.cross_entropy(logits, y, label_smoothing=train.label_smoothing)
-                loss_big.backward()
-                soft = F.softmax(logits.detach(), dim=1)
-                total = loss_big.item()
-                for arch in [small] + [sample_arch(config, rng) for _ in range(train.n_random)]:
-                    out = net(x, arch)
-                    kd = F.kl_div(F.log_softmax(out, dim=1), soft, reduction="batchmean")
-                    ce = F.cross_entropy(out, y, label_smoothing=train.label_smoothing)
-                    loss = train.distill_weight * kd + (1 - train.distill_weight) * ce
-                    loss.backward()
-                    total += loss.item()
-                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                step += 1
-                if progress is not None:
-                    progress(TrainProgress(step, steps, step // per_epoch,
-                                           total / (2 + train.n_random),
-                                           time.perf_counter() - start))
-    return net.eval()
-
-
-def get_trained_supernet(config: MBConvConfig, seed: int = 0, *,
-                         train: TrainConfig | None = None,
-                         progress: Callable[[TrainProgress], None] | None = None
-                         ) -> MBConvSupernet:
-    """The trained supernet for (config, seed, train), from the on-disk cache or trained now.
-
-    The cache file is written to a private temporary file and moved into place with
-    ``os.replace``, so a crash never leaves a half-written entry and two processes training at
-    once each write their own file (the last rename wins; both are identical). A cache file that
-    cannot be read is retrained over.
-    """
-    train = train or TrainConfig()
-    path = cache_path(config, seed, train)
-    if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            with torch.random.fork_rng(devices=[]):  # the init is overwritten: spare the RNG
-                net = MBConvSupernet(config, dropout=train.dropout)
-            net.load_state_dict(blob["state_dict"])
-            if progress is not None:
-                progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {path}"))
-            return net.eval()
-        except Exception as exc:  # a corrupt or stale file: retrain rather than fail the search
-            if progress is not None:
-                progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
-                                       f"ignoring unreadable cache {path}: {exc}"))
-    net = train_supernet(config, seed, train, progress=progress)
-    save_atomic({"state_dict": net.state_dict(), "key": path.stem,
-                 "train": dataclasses.asdict(train), "seed": seed,
-                 "config_sha256": config_digest(config)}, path)
-    if progress is not None:
-        progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"cached {path}"))
-    return net

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from search_spaces.mbconv import MBConvSpace, load_mbconv_config
-from search_spaces.mbconv_supernet import TrainConfig
+from search_spaces.mbconv_training import TrainConfig
 
 TINY_TRAIN = TrainConfig(batch_size=16, max_steps=40, warmup_steps=5)
 SHAPE = (1, 3, 32, 32)

@@ -20,7 +20,7 @@ from cost_models.ir import Op, OpKind
 from cost_models.lowering import insert_precision_boundaries, lower_module
 from kernels.specs import QuantSpec, block, two_four, unstructured
 from search_spaces.mbconv import Candidate, LayerChoice, MBConvSpace, load_mbconv_config, units
-from search_spaces.mbconv_supernet import TrainConfig
+from search_spaces.mbconv_training import TrainConfig
 
 
 

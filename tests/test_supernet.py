@@ -10,8 +10,8 @@ from cost_models.backends import load_backend
 from cost_models.ir import OpKind
 from cost_models.lowering import lower_module
 from search_spaces.mbconv import MBConvSpace, StageChoice
-from search_spaces.mbconv_supernet import (MBConvSupernet, TrainConfig, cache_path,
-                                           extract_subnet, get_trained_supernet, sample_arch)
+from search_spaces.mbconv_supernet import MBConvSupernet, extract_subnet, sample_arch
+from search_spaces.mbconv_training import TrainConfig, cache_path, get_trained_supernet
 from search_spaces.tasks import load_task, stratified_split
 
 
@@ -188,5 +188,5 @@ def test_unreadable_cache_is_retrained(space, tmp_path, monkeypatch):
     path.write_bytes(b"half a file")
     events = []
     get_trained_supernet(cfg, seed=0, train=TINY_TRAIN, progress=events.append)
-    assert events[0].message.startswith("ignoring unreadable cache")
+    assert events[0].message.startswith("ignoring unreadable weights")
     assert torch.load(path, weights_only=True)["seed"] == 0

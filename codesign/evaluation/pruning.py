@@ -18,51 +18,10 @@ import torch
 from torch import nn
 
 from cost_models.ir import Op, OpKind
-from kernels.specs import SparsityPattern, SparsitySpec
+from kernels.specs import SparsityPattern
+from search_spaces.quant_numerics import sparsity_mask  # noqa: F401 (re-exported)
 
 _SPARSE_KINDS = (OpKind.CONV2D, OpKind.LINEAR)
-
-
-def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Boolean mask of the ``keep`` largest entries of the 1-D ``scores`` (stable on ties)."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    mask[order[:keep]] = True
-    return mask
-
-
-def sparsity_mask(weight: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
-    """The keep-mask (bool, shaped like ``weight``) of magnitude pruning ``weight`` to ``spec``.
-
-    Raises ValueError when the pattern does not tile the weight matrix (N:M needs the reduction
-    length divisible by M, a block pattern both dimensions divisible by the block shape).
-    """
-    w = weight.detach().reshape(weight.shape[0], -1).float()
-    rows, k = w.shape
-    if spec.pattern is SparsityPattern.DENSE:
-        return torch.ones_like(weight, dtype=torch.bool)
-    if spec.pattern is SparsityPattern.N_M:
-        if k % spec.m:
-            raise ValueError(f"{spec.label} needs the reduction length {k} divisible by {spec.m}")
-        groups = w.abs().reshape(rows, k // spec.m, spec.m)
-        order = torch.sort(groups, dim=2, descending=True, stable=True).indices
-        mask = torch.zeros_like(groups, dtype=torch.bool)
-        mask.scatter_(2, order[..., :spec.n], True)
-        return mask.reshape(weight.shape)
-    if spec.pattern is SparsityPattern.BLOCK:
-        br, bc = spec.block_rows, spec.block_cols
-        if rows % br or k % bc:
-            raise ValueError(f"{spec.label} needs a weight matrix divisible into {br}x{bc} "
-                             f"blocks, got {rows}x{k}")
-        blocks = w.reshape(rows // br, br, k // bc, bc).permute(0, 2, 1, 3)
-        norms = blocks.pow(2).sum((2, 3)).flatten()
-        keep = _keep_top(norms, int(round(spec.density * norms.numel())))
-        keep = keep.reshape(rows // br, k // bc)[:, :, None, None].expand(-1, -1, br, bc)
-        return keep.permute(0, 2, 1, 3).reshape(weight.shape)
-    if spec.pattern is SparsityPattern.UNSTRUCTURED:
-        keep = _keep_top(w.abs().flatten(), int(round(spec.density * w.numel())))
-        return keep.reshape(weight.shape)
-    raise ValueError(f"unknown sparsity pattern {spec.pattern}")
 
 
 @torch.no_grad()
