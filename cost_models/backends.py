@@ -45,6 +45,14 @@ class OpCapability:
     precisions: frozenset[Precision]
     group_sizes: tuple[int, ...]  # accepted weight group sizes for sub-8-bit weights; () = none
     sparsity: Mapping[str, float]  # accelerated pattern -> efficiency vs dense per useful FLOP
+    # the precisions the sparse kernels take (the project's sparse GEMMs are fp32 only);
+    # None: every precision of the op
+    sparse_precisions: frozenset[Precision] | None = None
+
+    def runs_sparse(self, precision: Precision, pattern: str) -> bool:
+        """True if ``pattern`` is accelerated for weights/activations at ``precision``."""
+        return pattern in self.sparsity and (self.sparse_precisions is None
+                                             or precision in self.sparse_precisions)
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,17 @@ class BackendSpec:
                     f"{kind.value}; valid: {list(cap.group_sizes)}")
         return None
 
-    def accelerates(self, kind: OpKind, sparsity: SparsitySpec) -> bool:
+    def accelerates(self, kind: OpKind, sparsity: SparsitySpec,
+                    quant: QuantSpec | None = None) -> bool:
+        """True if the back-end has a sparse kernel for ``kind`` in this pattern (at ``quant``'s
+        precision, when given)."""
         cap = self.ops.get(kind)
-        return (sparsity.pattern is not SparsityPattern.DENSE and cap is not None
-                and sparsity.pattern.value in cap.sparsity)
+        if sparsity.pattern is SparsityPattern.DENSE or cap is None:
+            return False
+        if quant is None:
+            return sparsity.pattern.value in cap.sparsity
+        return cap.runs_sparse(Precision(quant.weight_bits, quant.act_bits, quant.dynamic_act),
+                               sparsity.pattern.value)
 
 
 def _parse_tile(r: _Reader) -> TileSpec:
@@ -156,8 +171,16 @@ def parse_backend(data, path: str) -> BackendSpec:
                                   "sparsity")
             if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1:
                 raise entry.error(f"efficiency of {pattern} must be in (0, 1]", "sparsity")
+        sparse_precisions = None
+        if "sparse_precisions" in entry.data:
+            try:
+                sparse_precisions = frozenset(Precision.parse(t)
+                                              for t in entry.list("sparse_precisions"))
+            except ValueError as exc:
+                raise entry.error(str(exc), "sparse_precisions") from None
         ops[kinds[kind_name]] = OpCapability(precisions, tuple(groups),
-                                             {k: float(v) for k, v in sparse.items()})
+                                             {k: float(v) for k, v in sparse.items()},
+                                             sparse_precisions)
     eff_r = r.sub("efficiency")
     efficiency: dict[OpKind, dict[str, Sourced]] = {}
     for kind_name in eff_r.data:

@@ -75,6 +75,16 @@ class MBConvConfig:
                         (max(s.expands),) * max(s.depths)) for s in self.stages),
             max(self.head_widths))
 
+    def mid_arch(self) -> "Arch":
+        """Every choice at its middle option (the lower middle of an even count)."""
+        def mid(choices):
+            return sorted(choices)[(len(choices) - 1) // 2]
+
+        return Arch(mid(self.stem_widths), tuple(
+            StageChoice(mid(s.widths), (mid(s.kernels),) * mid(s.depths),
+                        (mid(s.expands),) * mid(s.depths)) for s in self.stages),
+            mid(self.head_widths))
+
     def min_arch(self) -> "Arch":
         return Arch(min(self.stem_widths), tuple(
             StageChoice(min(s.widths), (min(s.kernels),) * min(s.depths),
@@ -192,6 +202,25 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
+class Format:
+    """One numeric format a member's layers can share: a precision and a sparsity pattern
+    (the pattern applies to the unit's GEMM layers: its 1x1 convs and linears; depthwise convs
+    have no sparse kernel and stay dense). Its ``label`` is ``w8a8`` or ``w32a32+2:4``."""
+
+    precision: str
+    sparsity: str = "dense"
+
+    @property
+    def label(self) -> str:
+        return self.precision if self.sparsity == "dense" else f"{self.precision}+{self.sparsity}"
+
+    @classmethod
+    def parse(cls, label: str) -> "Format":
+        precision, _, sparsity = label.partition("+")
+        return cls(precision, sparsity or "dense")
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One point of the joint space; hashable, so it keys caches.
 
@@ -210,6 +239,19 @@ class Candidate:
         text = json.dumps([repr(self.arch), repr(self.layers), self.threads])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def formats(self) -> list[str]:
+        """The distinct formats of the member's units (labels, in unit order)."""
+        seen: dict[str, None] = {}
+        for unit in units(self.arch):
+            choice = self.layer(unit)
+            seen[Format(choice.precision, choice.sparsity).label] = None
+        return list(seen)
+
+
+def astuple_format(label: str) -> tuple[str, str]:
+    fmt = Format.parse(label)
+    return fmt.precision, fmt.sparsity
+
 
 def units(arch: Arch) -> list[str]:
     names = ["stem"]
@@ -220,25 +262,40 @@ def units(arch: Arch) -> list[str]:
 
 @functools.lru_cache(maxsize=4096)
 def _quant(precision: str, k: int, group_sizes: tuple[int, ...]) -> QuantSpec:
+    """Sub-byte weights are group-wise where the activations are dynamic (torchao's
+    int8-dynamic-activation / intx-weight linears, which XNNPACK runs) and per output channel
+    where they are static (the project's int4 GEMM: one scale per column)."""
     p = Precision.parse(precision)
     group = 0
-    if p.weight_bits < 8:
+    if p.weight_bits < 8 and p.dynamic_act:
         divisors = [g for g in sorted(group_sizes, reverse=True) if k % g == 0]
         group = divisors[0] if divisors else 0
     return QuantSpec(p.weight_bits, p.act_bits, group, p.dynamic_act)
 
 
 class MBConvSpace(SearchSpace):
-    """The MBConv family bounded by ``backend``'s capability table."""
+    """The MBConv family bounded by ``backend``'s capability table.
+
+    Precision and sparsity are chosen as a *palette* (OFA/APQ members deploy with a handful of
+    kernels, not one per layer): ``fmt.0`` .. ``fmt.{N-1}`` are the member's formats
+    (``N = max_formats``), ``fmt.0`` one every unit can run (dense, conv and linear), and each
+    unit's ``{unit}.fmt`` names a palette slot. A unit that cannot run its slot's format (a
+    linear-only precision on a conv unit, a sparse format on the stem or the classifier, which
+    have no sparse layer) runs ``fmt.0``. So a member has at most ``max_formats`` formats by
+    construction, and every format is one the back-end runs with a sparse kernel where sparse.
+    """
 
     def __init__(self, backend: BackendSpec, *, threads_choices: Sequence[int] = (1,),
-                 config: MBConvConfig | None = None) -> None:
+                 config: MBConvConfig | None = None, max_formats: int = 3) -> None:
         self.config = config or load_mbconv_config()
         self.backend = backend
         self.name = self.config.name
         self.deploy_input_shape = self.config.deploy_input_shape
         self.eval_input_shape = self.config.eval_input_shape
         self.threads_choices = tuple(sorted(set(threads_choices)))
+        if isinstance(max_formats, bool) or not isinstance(max_formats, int) or max_formats < 1:
+            raise ValueError(f"max_formats must be an integer >= 1, got {max_formats!r}")
+        self.max_formats = max_formats
         offered = self.config.precisions.get(backend.name)
         if offered is None:
             raise SpecError(f"space {self.name} offers no precisions for back-end "
@@ -247,14 +304,24 @@ class MBConvSpace(SearchSpace):
         self.conv_precisions = tuple(p for p in offered["conv"] if all(
             self._runs(kind, p) for kind in conv_kinds))
         self.linear_precisions = tuple(p for p in offered["linear"] if self._runs(OpKind.LINEAR, p))
-        cap = backend.capability(OpKind.CONV2D)
-        self.sparsity_choices = tuple(s for s in self.config.sparsity if s == "dense" or (
-            cap is not None and SPARSITY_CHOICES[s].pattern.value in cap.sparsity))
         self.tile_choices = ("default",) + (tuple(self.config.tiles)
                                             if backend.tiles_choosable else ())
         if not self.conv_precisions or not self.linear_precisions:
             raise SpecError(f"back-end {backend.name} runs none of the precisions space "
                             f"{self.name} offers")
+        self._unit_formats = {kind: self._formats_for(kind) for kind in
+                              ("conv", "conv_dense", "linear", "linear_dense")}
+        common = [f for f in self._unit_formats["conv_dense"]
+                  if f in self._unit_formats["linear_dense"]]
+        if not common:
+            raise SpecError(f"back-end {backend.name}: no precision of space {self.name} runs "
+                            "on both convolutions and linear layers")
+        self.common_formats = tuple(f.label for f in common)
+        every = dict.fromkeys(f.label for kind in ("conv", "linear")
+                              for f in self._unit_formats[kind])
+        self.formats = tuple(every)
+        self.sparsity_choices = tuple(dict.fromkeys(Format.parse(f).sparsity
+                                                    for f in self.formats))
 
     def _runs(self, kind: OpKind, precision: str) -> bool:
         p = Precision.parse(precision)
@@ -265,12 +332,33 @@ class MBConvSpace(SearchSpace):
         return self.backend.why_not(kind, QuantSpec(p.weight_bits, p.act_bits, group,
                                                     p.dynamic_act), DENSE) is None
 
+    def _formats_for(self, kind: str) -> list[Format]:
+        """Formats a unit of ``kind`` runs: ``conv``/``linear`` (with the sparse formats the
+        back-end accelerates at that precision), ``*_dense`` (units with no sparse layer)."""
+        linear = kind.startswith("linear")
+        precisions = self.linear_precisions if linear else self.conv_precisions
+        cap = self.backend.capability(OpKind.LINEAR if linear else OpKind.CONV2D)
+        out = []
+        for precision in precisions:
+            out.append(Format(precision))
+            if kind.endswith("_dense") or cap is None:
+                continue
+            for name in self.config.sparsity:
+                if name != "dense" and cap.runs_sparse(Precision.parse(precision),
+                                                       SPARSITY_CHOICES[name].pattern.value):
+                    out.append(Format(precision, name))
+        return out
+
+    def unit_formats(self, unit: str) -> tuple[str, ...]:
+        """Labels of the formats ``unit`` can run."""
+        kind = "linear" if unit in ("feature", "classifier") else "conv"
+        dense = unit in ("stem", "classifier")  # no sparse layer in them
+        return tuple(f.label for f in self._unit_formats[kind + ("_dense" if dense else "")])
+
     # ------------------------------------------------------------------ distributions
-    def _unit_distributions(self, unit: str, *, linear: bool, sparse: bool, tiled: bool):
-        yield f"{unit}.prec", CategoricalDistribution(
-            self.linear_precisions if linear else self.conv_precisions)
-        if sparse and len(self.sparsity_choices) > 1:
-            yield f"{unit}.sparsity", CategoricalDistribution(self.sparsity_choices)
+    def _unit_distributions(self, unit: str, *, tiled: bool):
+        if self.max_formats > 1:
+            yield f"{unit}.fmt", CategoricalDistribution(tuple(range(self.max_formats)))
         if tiled and len(self.tile_choices) > 1:
             yield f"{unit}.tile", CategoricalDistribution(self.tile_choices)
 
@@ -278,20 +366,22 @@ class MBConvSpace(SearchSpace):
         cfg = self.config
         if len(self.threads_choices) > 1:
             yield "threads", CategoricalDistribution(self.threads_choices)
+        yield "fmt.0", CategoricalDistribution(self.common_formats)
+        for slot in range(1, self.max_formats):
+            yield f"fmt.{slot}", CategoricalDistribution(self.formats)
         yield "stem.width", CategoricalDistribution(cfg.stem_widths)
-        yield from self._unit_distributions("stem", linear=False, sparse=False, tiled=True)
+        yield from self._unit_distributions("stem", tiled=True)
         for i, stage in enumerate(cfg.stages):
             yield f"s{i}.width", CategoricalDistribution(stage.widths)
             yield f"s{i}.depth", CategoricalDistribution(stage.depths)
             for j in range(params[f"s{i}.depth"]):
                 yield f"s{i}.b{j}.kernel", CategoricalDistribution(stage.kernels)
                 yield f"s{i}.b{j}.expand", CategoricalDistribution(stage.expands)
-                yield from self._unit_distributions(f"s{i}.b{j}", linear=False, sparse=True,
-                                                    tiled=True)
+                yield from self._unit_distributions(f"s{i}.b{j}", tiled=True)
         yield "head.width", CategoricalDistribution(cfg.head_widths)
-        yield from self._unit_distributions("head", linear=False, sparse=True, tiled=True)
-        yield from self._unit_distributions("feature", linear=True, sparse=True, tiled=True)
-        yield from self._unit_distributions("classifier", linear=True, sparse=False, tiled=False)
+        yield from self._unit_distributions("head", tiled=True)
+        yield from self._unit_distributions("feature", tiled=True)
+        yield from self._unit_distributions("classifier", tiled=False)
 
     # ------------------------------------------------------------------ mapping
     def decode(self, params: Mapping[str, Any]) -> Candidate:
@@ -303,15 +393,33 @@ class MBConvSpace(SearchSpace):
                                       tuple(params[f"s{i}.b{j}.kernel"] for j in range(depth)),
                                       tuple(params[f"s{i}.b{j}.expand"] for j in range(depth))))
         arch = Arch(params["stem.width"], tuple(stages), params["head.width"])
-        layers = tuple(sorted(
-            (u, LayerChoice(params[f"{u}.prec"], params.get(f"{u}.sparsity", "dense"),
-                            params.get(f"{u}.tile", "default"))) for u in units(arch)))
-        return Candidate(arch, layers, params.get("threads", self.threads_choices[-1]))
+        palette = [params[f"fmt.{slot}"] for slot in range(self.max_formats)]
+        layers = []
+        for u in units(arch):
+            label = palette[params.get(f"{u}.fmt", 0)]
+            if label not in self.unit_formats(u):
+                label = palette[0]  # runnable by every unit (see the class docstring)
+            fmt = Format.parse(label)
+            layers.append((u, LayerChoice(fmt.precision, fmt.sparsity,
+                                          params.get(f"{u}.tile", "default"))))
+        return Candidate(arch, tuple(sorted(layers)),
+                         params.get("threads", self.threads_choices[-1]))
 
     def encode(self, candidate: Candidate) -> dict[str, Any]:
+        """The params of ``candidate``: its distinct formats as the palette (one every unit can
+        run first). ValueError if it has more than ``max_formats`` formats or none that every
+        unit runs."""
+        used = candidate.formats()
+        first = next((f for f in used if f in self.common_formats), None)
+        if first is None or len(used) > self.max_formats:
+            raise ValueError(f"space {self.name}: formats {used} do not form a palette of at "
+                             f"most {self.max_formats} with one of {list(self.common_formats)}")
+        palette = [first] + [f for f in used if f != first]
+        palette += [first] * (self.max_formats - len(palette))
         params: dict[str, Any] = {}
         if len(self.threads_choices) > 1:
             params["threads"] = candidate.threads
+        params.update({f"fmt.{slot}": label for slot, label in enumerate(palette)})
         params["stem.width"] = candidate.arch.stem_width
         for i, stage in enumerate(candidate.arch.stages):
             params[f"s{i}.width"] = stage.width
@@ -321,11 +429,33 @@ class MBConvSpace(SearchSpace):
                 params[f"s{i}.b{j}.expand"] = stage.expands[j]
         params["head.width"] = candidate.arch.head_width
         for unit, choice in candidate.layers:
-            params[f"{unit}.prec"] = choice.precision
-            params[f"{unit}.sparsity"] = choice.sparsity
+            params[f"{unit}.fmt"] = palette.index(Format(choice.precision, choice.sparsity).label)
             params[f"{unit}.tile"] = choice.tile
         active = self.active_names(params)
         return {k: v for k, v in params.items() if k in active}
+
+    def seed_params(self) -> list[dict[str, Any]]:
+        """Params a search evaluates first: the largest, middle and smallest architectures,
+        each uniformly in fp32 and in int8 (the back-end's stock formats), where offered."""
+        cfg = self.config
+        seeds = []
+        for label in ("w8a8", "w32a32"):
+            if label not in self.common_formats:
+                continue
+            for arch in (cfg.mid_arch(), cfg.max_arch(), cfg.min_arch()):
+                seeds.append(self.encode(self.uniform(arch, label)))
+        return seeds
+
+    def uniform(self, arch: Arch, label: str, threads: int | None = None, *,
+                fallback: str | None = None) -> Candidate:
+        """``arch`` with every unit in format ``label`` where it can run it, else in
+        ``fallback`` (default: ``label`` if every unit runs it, else the first common format):
+        the seeds a search starts from."""
+        if fallback is None:
+            fallback = label if label in self.common_formats else self.common_formats[0]
+        layers = tuple(sorted((u, LayerChoice(*astuple_format(
+            label if label in self.unit_formats(u) else fallback))) for u in units(arch)))
+        return Candidate(arch, layers, threads or self.threads_choices[-1])
 
     # ------------------------------------------------------------------ lowering
     def to_ops(self, candidate: Candidate, input_shape: Sequence[int] | None = None) -> list[Op]:
