@@ -55,7 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    "(--space transformer: per decoded token)")
     s.add_argument("--ttft-budget", default=None,
                    help="--space transformer: time-to-first-token budget, e.g. 500ms")
-    s.add_argument("--backend", default=None, help="codesign (default) or xnnpack")
+    s.add_argument("--backend", default=None,
+                   help="one of the device's back-ends (default: its first, xnnpack on phones)")
     s.add_argument("--space", default="mbconv", help="mbconv or MODULE:FACTORY")
     s.add_argument("--trials", default="50", help="total trials (default 50)")
     s.add_argument("--timeout", default=None, help="stop after this many seconds")
@@ -77,6 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--export", action="store_true", help="export the Pareto front at the end "
                    "(as codesign export RUN_DIR)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--min-accuracy", default=None,
+                   help="accuracy floor in [0, 1], a constraint like the budget (default: the "
+                        "built-in task's reference model's val accuracy)")
+    s.add_argument("--max-formats", default="3",
+                   help="distinct (weight bits, activation bits, sparsity) formats per member "
+                        "(default 3)")
 
     c = sub.add_parser("calibrate", help="fit the learned cost model for a device from measurements",
                        description="Fit the learned model for --target from N sampled rows (plus "
@@ -181,7 +188,8 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--devices", required=True, help="A,B,...: catalog names or device YAML paths")
     w.add_argument("--budgets", required=True, help="5ms,10ms,...: latency budgets with units")
     w.add_argument("--trials", default="50", help="trials per run (default 50)")
-    w.add_argument("--backend", default=None, help="codesign (default) or xnnpack")
+    w.add_argument("--backend", default=None,
+                   help="one of the device's back-ends (default: its first, xnnpack on phones)")
     w.add_argument("--space", default="mbconv", help="mbconv or MODULE:FACTORY")
     w.add_argument("--seed", default="0", help="random seed of every run (default 0)")
     w.add_argument("--sampler", default="tpe", help="tpe (default), nsga2 or random")
@@ -255,6 +263,15 @@ def _cmd_search(args) -> int:
             raise BadInput(f"--timeout must be seconds, got {args.timeout!r}") from None
         if not timeout > 0:
             raise BadInput(f"--timeout must be positive seconds, got {args.timeout!r}")
+    min_accuracy = None
+    if args.min_accuracy is not None:
+        try:
+            min_accuracy = float(args.min_accuracy)
+        except ValueError:
+            raise BadInput(f"--min-accuracy must be a number in [0, 1], got "
+                           f"{args.min_accuracy!r}") from None
+        if not 0.0 <= min_accuracy <= 1.0:
+            raise BadInput(f"--min-accuracy must be in [0, 1], got {args.min_accuracy!r}")
     config = SearchConfig(
         device=args.device, budget_s=budget, budget_text=args.budget, backend=args.backend,
         space=args.space, trials=parse_positive_int(args.trials, "--trials"), timeout_s=timeout,
@@ -264,6 +281,8 @@ def _cmd_search(args) -> int:
         baseline=Path(args.baseline) if args.baseline else None,
         out=Path(args.out) if args.out else None,
         resume=Path(args.resume) if args.resume else None, ttft_budget_s=ttft_budget,
+        min_accuracy=min_accuracy,
+        max_formats=parse_positive_int(args.max_formats, "--max-formats"),
         progress=not (args.no_progress or args.json) and sys.stderr.isatty())
     result = run_search(config)
     if args.json:

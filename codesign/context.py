@@ -69,13 +69,15 @@ def threads_choices(device: DeviceSpec, backend: BackendSpec) -> tuple[int, ...]
 
 
 def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
-               threads: tuple[int, ...] | None = None) -> SearchSpace:
+               threads: tuple[int, ...] | None = None, *, max_formats: int = 3) -> SearchSpace:
     """The space ``ref``; ``threads`` fixes the MBConv thread choices (a learned cost model
-    prices the thread count it was measured at, nothing else)."""
+    prices the thread count it was measured at, nothing else); ``max_formats`` bounds the
+    formats of an MBConv member."""
     if ref == "mbconv":
         from search_spaces.mbconv import MBConvSpace
 
-        return MBConvSpace(backend, threads_choices=threads or threads_choices(device, backend))
+        return MBConvSpace(backend, threads_choices=threads or threads_choices(device, backend),
+                           max_formats=max_formats)
     if ref == "nasbench201":
         from search_spaces.nasbench201 import NASBench201Space
 
@@ -114,7 +116,7 @@ def load_evaluator(ref: str | None, space: SearchSpace, seed: int):
     if isinstance(space, MBConvSpace):
         from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
-        return SupernetEvaluator(space, seed=seed)
+        return SupernetEvaluator(space)  # the space file's seed: --seed seeds the sampler only
     from search_spaces.transformer import TransformerSpace
 
     if isinstance(space, TransformerSpace):
@@ -151,6 +153,9 @@ class SearchContext:
     baseline_params: dict[str, Any] | None = None
     learned: Any = None  # codesign.learned_pricing.LearnedPricer for learned/hybrid, else None
     ttft_budget_s: float | None = None  # spaces with a prefill phase: time-to-first-token budget
+    # the accuracy floor (a constraint like the budget) and the reference model it came from
+    min_accuracy: float | None = None
+    reference: dict[str, Any] | None = None
     _models: dict[int, AnalyticCostModel] = field(default_factory=dict, repr=False)
 
     def cost_model(self, threads: int) -> AnalyticCostModel:
@@ -184,6 +189,9 @@ class SearchContext:
                 "deploy_input_shape": list(self.space.deploy_input_shape),
                 "eval_input_shape": list(self.space.eval_input_shape),
                 **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
+                **({"min_accuracy": self.min_accuracy} if self.min_accuracy is not None else {}),
+                **({"max_formats": self.space.max_formats}
+                   if hasattr(self.space, "max_formats") else {}),
                 **(self.learned.provenance() if self.learned is not None else {})}
 
     def price(self, candidate) -> dict[str, Any]:
@@ -223,6 +231,11 @@ class SearchContext:
             out.update(memory_bytes=int(resident),
                        memory_share_bytes=int(self.device.memory.app_ram_bytes))
         return out
+
+    def seed_params(self) -> list[dict[str, Any]]:
+        """The space's starting points for a search (none where it declares none)."""
+        seeds = getattr(self.space, "seed_params", None)
+        return list(seeds()) if callable(seeds) else []
 
     def constraints(self, priced: dict[str, Any]) -> dict[str, float]:
         """Constraints beyond the latency budget (feasible when <= 0)."""
@@ -273,7 +286,13 @@ class SearchContext:
             peak_activation_bytes=priced["peak_activation_bytes"], candidate_key=_key(candidate),
             eval_seconds=time.perf_counter() - start, pid=os.getpid(),
             ttft_s=priced.get("ttft_s"), memory_bytes=priced.get("memory_bytes"),
-            constraints=self.constraints(priced), metric=self.metric)
+            constraints={**self.constraints(priced), **self._floor(result.accuracy)},
+            metric=self.metric)
+
+    def _floor(self, accuracy: float) -> dict[str, float]:
+        if self.min_accuracy is None:
+            return {}
+        return {"accuracy_below_floor": self.min_accuracy - float(accuracy)}
 
     def evaluate_params(self, trial) -> TrialOutcome:
         try:
@@ -295,11 +314,12 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     from codesign.learned_pricing import load_pricer
 
     device = device if device is not None else load_device(config.device)
-    backend = backend_for(device, config.backend or "codesign")
+    backend = backend_for(device, config.backend)
     learned = load_pricer(config.cost_model, device, backend,
                           getattr(config, "cost_model_file", None))
     space = load_space(config.space, backend, device,
-                       (learned.threads,) if learned is not None else None)
+                       (learned.threads,) if learned is not None else None,
+                       max_formats=getattr(config, "max_formats", 3))
     ttft_budget_s = getattr(config, "ttft_budget_s", None)
     if ttft_budget_s is not None and type(space).prefill_ops is SearchSpace.prefill_ops:
         raise BadInput(f"--ttft-budget: space {space.name!r} has no prefill phase (it applies "
@@ -309,6 +329,14 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
                        f"phase spaces; space {space.name!r} is priced with --cost-model analytic")
     evaluator = load_evaluator(config.evaluator, space, config.seed)
     baseline = load_baseline(config.baseline, space) if config.baseline else None
+    reference = evaluator.reference() if callable(getattr(evaluator, "reference", None)) \
+        else None
+    min_accuracy = getattr(config, "min_accuracy", None)
+    if min_accuracy is not None and not metric_of(evaluator)[1]:
+        raise BadInput(f"--min-accuracy: space {space.name!r} is scored by "
+                       f"{metric_of(evaluator)[0]}, not accuracy")
+    if min_accuracy is None and reference is not None:
+        min_accuracy = reference["accuracy"]
     return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
-                         baseline, learned, ttft_budget_s)
+                         baseline, learned, ttft_budget_s, min_accuracy, reference)
 

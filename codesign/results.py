@@ -45,6 +45,8 @@ def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dic
         "peak_activation_bytes": priced["peak_activation_bytes"],
         "threads": getattr(candidate, "threads", context.device.default_threads),
         "baseline": bool(trial.user_attrs.get("baseline", False)),
+        **({"formats": candidate.formats()} if callable(getattr(candidate, "formats", None))
+           else {}),
         "layers": _layer_rows(priced["prediction"], priced["batch"]),
     }
     if "ttft_s" in priced:  # a space with a prefill phase: latency_s is per decoded token
@@ -119,6 +121,9 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
             "versions": versions(), "seed": config.seed, "sampler": config.sampler,
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
+        "reference": getattr(context, "reference", None),
+        "min_accuracy": getattr(context, "min_accuracy", None),
+        "max_formats": getattr(context.space, "max_formats", None),
         "baseline": member_record(baseline, context) if baseline is not None else None,
         "members": members,
     }

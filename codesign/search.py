@@ -60,6 +60,8 @@ class SearchConfig:
     resume: Path | None = None
     progress: bool = True
     ttft_budget_s: float | None = None  # --space transformer: time-to-first-token budget
+    min_accuracy: float | None = None  # None: the built-in task's reference model's val accuracy
+    max_formats: int = 3  # distinct (weight bits, activation bits, sparsity) formats per member
 
 
 @dataclass
@@ -160,6 +162,10 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         raise BadInput(f"--timeout must be positive seconds, got {config.timeout_s}")
     if config.workers < 1:
         raise BadInput(f"--workers must be >= 1, got {config.workers}")
+    if config.min_accuracy is not None and not 0.0 <= config.min_accuracy <= 1.0:
+        raise BadInput(f"--min-accuracy must be in [0, 1], got {config.min_accuracy}")
+    if config.max_formats < 1:
+        raise BadInput(f"--max-formats must be >= 1, got {config.max_formats}")
     sampler = make_sampler(config.sampler, config.seed, config.trials)
     context = context if context is not None else build_context(config)
     identity = context.identity(config)
@@ -180,6 +186,11 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         n_stale = 0
         if config.baseline is not None:
             study.enqueue_trial(context.baseline_params, user_attrs={"baseline": True})
+        # sensible starting points (uniform fp32 / int8 at three sizes): TPE's random start
+        # then begins from known-good models instead of 2-bit, 7x7, all-sparse draws
+        seeds = context.seed_params()[:max(0, config.trials - (config.baseline is not None))]
+        for params in seeds:
+            study.enqueue_trial(params, user_attrs={"seed_point": True})
     handler = run.log_handler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("codesign").addHandler(handler)

@@ -117,3 +117,26 @@ def _load(name: str, hw: tuple[int, int], seed: int) -> TaskData:
 
     (xtr, ytr), (xva, yva), (xte, yte) = prep(train), prep(val), prep(test)
     return TaskData(name, num_classes, hw, seed, xtr, ytr, xva, yva, xte, yte, mean, std)
+
+
+@functools.lru_cache(maxsize=8)
+def reference_model(name: str = "digits", seed: int = 0) -> dict:
+    """The classical baseline a searched model must beat, on the same split: multinomial
+    logistic regression on the task's raw pixels (standardised with train statistics, fitted on
+    the train split only). Returns ``{"model", "accuracy" (val), "test_accuracy"}``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(task_names())}")
+    images, labels, _ = _TASKS[name]()
+    flat = images.reshape(len(images), -1)
+    train, val, test = stratified_split(labels, seed)
+    scaler = StandardScaler().fit(flat[train])
+    model = LogisticRegression(max_iter=5000, C=1.0).fit(scaler.transform(flat[train]),
+                                                         labels[train])
+    score = {split: float((model.predict(scaler.transform(flat[idx])) == labels[idx]).mean())
+             for split, idx in (("val", val), ("test", test))}
+    h, w = images.shape[1:]
+    return {"model": f"logistic regression on the raw {h}x{w} pixels (sklearn, C=1)",
+            "accuracy": score["val"], "test_accuracy": score["test"]}

@@ -84,6 +84,21 @@ def bootstrap_interval(correct: np.ndarray, seed: int = 0,
     return (float(lo), float(hi))
 
 
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0,
+                      resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float]:
+    """(accuracy of a - accuracy of b, 95% lower, upper): a paired percentile bootstrap that
+    resamples the same examples for both, the comparison a 360-image test split supports."""
+    a = np.asarray(correct_a, dtype=np.float64).ravel()
+    b = np.asarray(correct_b, dtype=np.float64).ravel()
+    if a.size != b.size or a.size == 0:
+        raise ValueError(f"paired examples needed, got {a.size} and {b.size}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(resamples, a.size))
+    diffs = (a[idx] - b[idx]).mean(axis=1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
 def result_from_correct(correct: np.ndarray, split: str, seed: int = 0) -> AccuracyResult:
     """An ``AccuracyResult`` from per-example correctness (bootstrap interval, seeded)."""
     correct = np.asarray(correct, dtype=np.float64).ravel()

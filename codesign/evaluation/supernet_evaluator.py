@@ -32,10 +32,10 @@ from codesign.evaluation.base import (AccuracyResult, Evaluator, check_split,
 from codesign.evaluation.fake_quant import OpListExecutor
 from codesign.evaluation.pruning import prune_to_ops
 from search_spaces.mbconv import Candidate, MBConvConfig, MBConvSpace
-from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainConfig,
-                                           TrainProgress, cache_key, check_arch, extract_subnet,
-                                           get_trained_supernet)
-from search_spaces.tasks import TaskData, load_task
+from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
+                                           check_arch, extract_subnet)
+from search_spaces.mbconv_training import TrainConfig, cache_key, get_trained_supernet
+from search_spaces.tasks import TaskData, load_task, reference_model
 
 
 class SupernetEvaluator(Evaluator):
@@ -44,7 +44,8 @@ class SupernetEvaluator(Evaluator):
     Args:
         space: the space whose ``to_ops`` gives each candidate's layers and precisions.
         seed: seeds the supernet training, the data split, the calibration images and the
-            bootstrap; the same seed gives the same results.
+            bootstrap; the same seed gives the same results. None: the space file's ``seed``
+            (the search's ``--seed`` seeds its sampler only, never the data or the weights).
         calib_images: training images in the single calibration batch (BN + activation ranges).
         eval_batch: images per forward pass when scoring a split (bounds memory).
         train: supernet training hyperparameters (None: ``TrainConfig()``, the cached default).
@@ -55,14 +56,14 @@ class SupernetEvaluator(Evaluator):
 
     name = "supernet"
 
-    def __init__(self, space: MBConvSpace, *, seed: int = 0, calib_images: int = 128,
+    def __init__(self, space: MBConvSpace, *, seed: int | None = None, calib_images: int = 128,
                  eval_batch: int = 256, train: TrainConfig | None = None,
                  progress: Callable[[TrainProgress], None] | None = None,
                  cache_size: int = 2) -> None:
         if calib_images < 1 or eval_batch < 1:
             raise ValueError("calib_images and eval_batch must be positive")
         self.space = space
-        self.seed = int(seed)
+        self.seed = int(space.config.seed if seed is None else seed)
         self.calib_images = int(calib_images)
         self.eval_batch = int(eval_batch)
         self.train = train or TrainConfig()
@@ -129,6 +130,11 @@ class SupernetEvaluator(Evaluator):
             self._data = load_task(self.train.task, hw, self.seed)
         return self._data
 
+    def reference(self) -> dict:
+        """The classical model a member must beat on the same split (its val accuracy is the
+        search's default accuracy floor): ``{"model", "accuracy", "test_accuracy"}``."""
+        return reference_model(self.train.task, self.seed)
+
     def calibration_batch(self) -> torch.Tensor:
         """The fixed training images every candidate is calibrated on."""
         x = self.data().x_train
@@ -164,17 +170,22 @@ class SupernetEvaluator(Evaluator):
         check_split(split)
         self._check(candidate)
         key = (candidate.key(), split)
-        if key in self._results:
-            return self._results[key]
+        if key not in self._results:
+            self._results[key] = result_from_correct(self.correctness(candidate, split), split,
+                                                     seed=self.seed)
+        return self._results[key]
+
+    def correctness(self, candidate: Candidate, split: str = "val") -> np.ndarray:
+        """Per-example top-1 correctness (bool) of ``candidate`` on ``split``: what paired
+        comparisons of two candidates on the same images need."""
+        check_split(split)
         _, executor = self._prepare_candidate(candidate)
         x, y = self.data().split(split)
         correct = []
         for start in range(0, len(y), self.eval_batch):
             logits = executor(x[start:start + self.eval_batch])
             correct.append((logits.argmax(dim=1) == y[start:start + self.eval_batch]).numpy())
-        result = result_from_correct(np.concatenate(correct), split, seed=self.seed)
-        self._results[key] = result
-        return result
+        return np.concatenate(correct)
 
     def build_deployable(self, candidate: Candidate) -> nn.Module:
         """The float subnet to export: pruned (masks baked into the weights), BatchNorm
