@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from codesign.export.program import owner_resolver
 from codesign.export.run import export_run
 from codesign.measure.host_runner import run_pte
 from cost_models.backends import load_backend
-from tests.export_helpers import TINY_TRAIN, small_space, write_run
+from tests.export_helpers import SHAPE, TINY_TRAIN, small_space, write_run
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
@@ -100,6 +102,25 @@ def test_fp32_program_matches_eager_within_1e3(xnn_export):
     # the .pt2 holds the same program
     loaded = torch.export.load(str(out / "model.pt2")).module()
     torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trial", [1, 2])
+def test_pt2_keeps_one_deploy_shaped_example_input(xnn_export, trial):
+    """torch.export.save writes the program's example inputs into the archive: a batch-1 view
+    of the test split used to carry the split's whole storage with it (282 MB beside an 11 MB
+    .pte); one image is 4 x 3 x 32 x 32 bytes."""
+    ev, run_dir, _ = xnn_export
+    path = run_dir / "export" / f"trial-{trial}" / "model.pt2"
+    with zipfile.ZipFile(path) as archive:
+        [inputs] = [i.file_size for i in archive.infolist() if "sample_inputs/" in i.filename]
+    assert inputs < 4 * math.prod(SHAPE) + 16 * 1024
+    assert len(ev.data().x_test) > 1  # the split is larger than one image, so this can fail
+    loaded = torch.export.load(str(path))
+    [[example], _] = loaded.example_inputs
+    assert tuple(example.shape) == SHAPE
+    x = ev.data().x_test[5:6]
+    out = loaded.module()(x)
+    assert out.shape[0] == 1 and torch.isfinite(out).all()
 
 
 def test_mixed_precision_survives_per_layer(xnn_export):
