@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,15 +14,19 @@ from codesign.cli import main
 from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, plan_layers
 from codesign.export.program import owner_resolver
-from codesign.export.run import export_run
+from codesign.export.run import export_run, format_results
 from codesign.measure.host_runner import run_pte
+from cost_models.analytic import AnalyticCostModel
 from cost_models.backends import load_backend
-from tests.export_helpers import TINY_TRAIN, small_space, write_run
+from cost_models.devices import load_device
+from cost_models.ir import OpBatch
+from tests.export_helpers import SHAPE, TINY_TRAIN, small_space, write_run
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 XNN_SPACE = "tests.export_helpers:small_space"
 MANIFEST_KEYS = {"params", "latency_s_predicted", "host_latency_s_measured", "max_abs_diff",
+                 "host_latency_s_predicted", "host_prediction", "target_prediction",
                  "accuracy_exported", "precision_per_layer", "sha256", "device", "backend",
                  "budget_s", "memory", "status"}
 
@@ -88,6 +94,44 @@ def test_manifest_keys_and_hashes(xnn_export, trial):
     assert abs(manifest["accuracy_exported"] - manifest["accuracy_search_test"]) <= 0.02
 
 
+@pytest.mark.parametrize("trial", [1, 2])
+def test_host_prediction_sits_beside_the_host_measurement(xnn_export, trial):
+    """The host measurement is set beside the host's own analytic prediction of the program
+    (device host, XNNPACK, the measurement's thread count), the target's prediction apart."""
+    ev, run_dir, results = xnn_export
+    manifest = json.loads((run_dir / "export" / f"trial-{trial}" / "manifest.json").read_text())
+    host = manifest["host_prediction"]
+    assert (host["device"], host["backend"], host["cost_model"]) == ("host", "xnnpack",
+                                                                     "analytic")
+    assert host["threads"] == manifest["threads"] and "why_not" not in host
+    ops = ev.space.to_ops(ev.space.decode(manifest["params"]))
+    expected = AnalyticCostModel(load_device("host"), load_backend("xnnpack"),
+                                 threads=host["threads"]).predict(OpBatch.from_oplists([ops]))
+    assert manifest["host_latency_s_predicted"] > 0
+    assert manifest["host_latency_s_predicted"] == pytest.approx(float(expected.latency_s[0]))
+    assert manifest["latency_s_predicted"] == 0.004  # the search's pixel8 prediction, kept
+    assert manifest["target_prediction"] == {"device": "pixel8", "backend": "xnnpack",
+                                             "threads": 1, "cost_model": "analytic"}
+    summary = json.loads((run_dir / "export" / "summary.json").read_text())
+    [row] = [m for m in summary["members"] if m["trial"] == trial]
+    assert row["host_latency_s_predicted"] == manifest["host_latency_s_predicted"]
+
+
+def test_export_table_pairs_host_prediction_with_host_measurement(xnn_export):
+    _, _, results = xnn_export
+    groups, header, *rows = format_results([results[t] for t in (1, 2, 3)]).splitlines()
+    host_group, target_group = [g.strip() for g in groups.split("|")[1:3]]
+    assert host_group.startswith("host") and "pixel8" in target_group
+    assert header.split("|")[1].split() == ["thr", "pred", "ms", "meas", "ms", "meas/pred"]
+    assert header.split("|")[2].split() == ["thr", "pred", "ms"]
+    m = results[1].manifest
+    host_cells, target_cells = (rows[0].split("|")[i].split() for i in (1, 2))
+    pred, meas = m["host_latency_s_predicted"], m["host_latency_s_measured"]
+    assert host_cells == ["1", f"{pred * 1e3:.2f}", f"{meas * 1e3:.2f}", f"{meas / pred:.2f}"]
+    assert target_cells == ["1", "4.00"]
+    assert rows[2].split("|")[1].split() == ["-"] * 4  # the failed member measured nothing
+
+
 def test_fp32_program_matches_eager_within_1e3(xnn_export):
     ev, run_dir, results = xnn_export
     out = run_dir / "export" / "trial-1"
@@ -100,6 +144,25 @@ def test_fp32_program_matches_eager_within_1e3(xnn_export):
     # the .pt2 holds the same program
     loaded = torch.export.load(str(out / "model.pt2")).module()
     torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trial", [1, 2])
+def test_pt2_keeps_one_deploy_shaped_example_input(xnn_export, trial):
+    """torch.export.save writes the program's example inputs into the archive: a batch-1 view
+    of the test split used to carry the split's whole storage with it (282 MB beside an 11 MB
+    .pte); one image is 4 x 3 x 32 x 32 bytes."""
+    ev, run_dir, _ = xnn_export
+    path = run_dir / "export" / f"trial-{trial}" / "model.pt2"
+    with zipfile.ZipFile(path) as archive:
+        [inputs] = [i.file_size for i in archive.infolist() if "sample_inputs/" in i.filename]
+    assert inputs < 4 * math.prod(SHAPE) + 16 * 1024
+    assert len(ev.data().x_test) > 1  # the split is larger than one image, so this can fail
+    loaded = torch.export.load(str(path))
+    [[example], _] = loaded.example_inputs
+    assert tuple(example.shape) == SHAPE
+    x = ev.data().x_test[5:6]
+    out = loaded.module()(x)
+    assert out.shape[0] == 1 and torch.isfinite(out).all()
 
 
 def test_mixed_precision_survives_per_layer(xnn_export):

@@ -70,7 +70,7 @@ def test_plan_maps_every_linear_to_its_module_and_refuses_what_xnnpack_cannot_ru
 
 
 @pytest.mark.slow
-def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatch):
+def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatch, capsys):
     import codesign.export.transformer_run as tr
 
     monkeypatch.setattr(tr, "member_weights", lambda space, c, seed: (None, "random (test)"))
@@ -78,6 +78,8 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
     mixed = _candidate(space, "w4a8-dyn")  # block 0 4-bit, the others static w8a8, head fp32
     run = _write_run(tmp_path, space, [(1, mixed)])
     assert main(["export", str(run)]) == 0
+    groups = capsys.readouterr().out.splitlines()[0]
+    assert "host: this machine, XNNPACK" in groups and "target: host, as searched" in groups
 
     out = run / "export" / "trial-1"
     m = json.loads((out / "manifest.json").read_text())
@@ -104,6 +106,13 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
     for key in ("host_latency_s_measured", "host_latency_p90_s", "host_first_run_s"):
         assert m[key] > 0
     assert m["host_decode"]["position"] == a.context - 1
+    # beside the host measurement, the host's own prediction of the program at its threads
+    assert m["host_latency_s_predicted"] > 0
+    assert m["host_prediction"]["threads"] == m["host_decode"]["threads"] == m["threads"]
+    assert (m["host_prediction"]["device"], m["host_prediction"]["backend"]) == ("host",
+                                                                                 "xnnpack")
+    assert m["latency_s_predicted"] == 0.001  # the target's prediction (the search's) is kept
+    assert m["target_prediction"]["device"] == "host" and m["target_prediction"]["threads"] == 1
     pte = (out / "model.pte").read_bytes()
     assert m["memory"]["pte_bytes"] == len(pte)
     assert m["sha256"]["model.pte"] == hashlib.sha256(pte).hexdigest()

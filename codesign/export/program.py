@@ -143,6 +143,9 @@ def build_program(model: nn.Module, plans: Sequence[LayerPlan], example: torch.T
     missing = [p.name for p in plans if p.realisation is None]
     if missing:
         raise ValueError(f"layers with no XNNPACK realisation: {', '.join(missing)}")
+    # the program keeps its example inputs and torch.export.save writes them into model.pt2:
+    # a one-image view of a whole split would carry the split's entire storage with it
+    example = example.detach().clone()
     model = fold_batchnorm(model)
     _apply_torchao(model, plans)
     int8 = {p.name for p in plans if p.realisation == PT2E_INT8}

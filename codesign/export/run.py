@@ -10,7 +10,9 @@ Per member, in ``RUN_DIR/export/trial-<N>/``:
   every weight on its layer's quantization grid and pruned; activation precisions are then only in
   ``kernels.json``, and the manifest says so.
 * ``kernels.json`` (``codesign`` back-end): per layer the kernel contract (``plan.kernel_spec``).
-* ``manifest.json``: what was built, how it was checked, what it measured, file hashes.
+* ``manifest.json``: what was built, how it was checked, what it measured, file hashes. The
+  host's measurement of the ``.pte`` sits beside the host's own prediction of it
+  (``host_latency_s_predicted``, ``host_check.py``); ``latency_s_predicted`` is the target's.
 
 The accuracy of the exported program is measured on a twin lowered by the same pipeline at the
 task's evaluation shape (the shipped program's input is the deploy shape; the task's images are
@@ -30,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from codesign.export.host_check import host_prediction, target_prediction
 from codesign.export.plan import kernel_spec, plan_layers, refusal_reason, unexpressible
 from codesign.run_dir import RUN_FILE, atomic_write_json
 from codesign.userinput import BadInput
@@ -265,6 +268,7 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
         "deploy_input_shape": list(deploy_shape), "eval_input_shape": list(eval_shape),
         "latency_s_predicted": member.get("latency_s"),
         "latency_band_s_predicted": member.get("latency_band_s"),
+        "target_prediction": target_prediction(run.identity, run.device, run.backend, candidate),
         "accuracy_search_val": member.get("accuracy"),
         "accuracy_search_test": member.get("test_accuracy"),
         "memory": {"model_bytes_predicted": member.get("model_bytes"),
@@ -320,6 +324,7 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
             with timer("accuracy"):
                 acc = program_accuracy(twin, test.x_test, test.y_test)
             mem = planned_memory(pte)
+            manifest.update(host_prediction(ops, threads))
             manifest.update({
                 "host_latency_s_measured": meas.p50_s, "host_latency_p90_s": meas.p90_s,
                 "host_first_run_s": meas.first_run_s, "host_load_s": meas.load_s,
@@ -388,7 +393,8 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
     (run_dir / "export").mkdir(exist_ok=True)
     atomic_write_json(run_dir / "export" / "summary.json", {"members": [
         {"trial": r.trial, "status": r.status, "reason": r.reason, "dir": str(r.directory),
-         **{k: r.manifest.get(k) for k in ("latency_s_predicted", "host_latency_s_measured",
+         **{k: r.manifest.get(k) for k in ("latency_s_predicted", "host_latency_s_predicted",
+                                           "host_latency_s_measured",
                                            "max_abs_diff", "accuracy_search_test",
                                            "accuracy_exported", "export_seconds")}}
         for r in results]})
@@ -396,21 +402,44 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
 
 
 def format_results(results: Sequence[MemberResult]) -> str:
+    """The export table. The host's prediction and measurement of the same program, at the
+    same thread count, side by side (their ratio checks the cost model); the target device's
+    prediction apart, under the device's name, at its own thread count."""
     def ms(v):
-        return f"{v * 1e3:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"
+        return f"{v * 1e3:.2f}" if isinstance(v, (int, float)) else "-"
 
     def num(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-    lines = [f"{'trial':>5}  {'status':<9} {'pred ms':>8} {'host ms':>8} {'max|d|':>9} "
-             f"{'acc test':>8} {'acc pte':>8} {'pte KiB':>8}  reason"]
+    target = next((r.manifest["device"] for r in results if r.manifest.get("device")), "target")
+    groups = [("host: this machine, XNNPACK", (("thr", 3), ("pred ms", 8), ("meas ms", 8),
+                                                ("meas/pred", 9))),
+              (f"target: {target}, as searched", (("thr", 3), ("pred ms", 8)))]
+    widths = [max(len(label), sum(w for _, w in cols) + len(cols) - 1) for label, cols in groups]
+
+    def section(cells, cols, width):
+        return " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)).rjust(width)
+
+    lead = f"{'trial':>5}  {'status':<9}"
+    tail = f"{'max|d|':>9} {'acc test':>8} {'acc pte':>8} {'pte KiB':>8}  reason"
+    lines = [" " * len(lead) + " | " + " | ".join(label.ljust(w) for (label, _), w
+                                                  in zip(groups, widths)) + " |",
+             lead + " | " + " | ".join(section([name for name, _ in cols], cols, w)
+                                       for (_, cols), w in zip(groups, widths)) + " | " + tail]
     for r in results:
         m = r.manifest
         kib = m.get("memory", {}).get("pte_bytes")
-        lines.append(f"{r.trial:>5}  {r.status:<9} {ms(m.get('latency_s_predicted'))} "
-                     f"{ms(m.get('host_latency_s_measured'))} "
+        pred, meas = m.get("host_latency_s_predicted"), m.get("host_latency_s_measured")
+        ratio = meas / pred if isinstance(pred, float) and isinstance(meas, float) else None
+        host = [num(m.get("threads") if meas is not None else None, "d"), ms(pred), ms(meas),
+                num(ratio, ".2f")]
+        on_target = [num((m.get("target_prediction") or {}).get("threads"), "d"),
+                     ms(m.get("latency_s_predicted"))]
+        cells = " | ".join(section(c, cols, w) for c, (_, cols), w
+                           in zip((host, on_target), groups, widths))
+        lines.append(f"{r.trial:>5}  {r.status:<9} | {cells} | "
                      f"{num(m.get('max_abs_diff'), '.2e'):>9} "
                      f"{num(m.get('accuracy_search_test'), '.3f'):>8} "
                      f"{num(m.get('accuracy_exported'), '.3f'):>8} "
                      f"{num(kib / 1024 if kib else None, '.0f'):>8}  {r.reason[:100]}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

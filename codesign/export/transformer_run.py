@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from codesign.export.host_check import host_prediction, target_prediction
 from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, refusal_reason, unexpressible
 from codesign.export.run import (MemberResult, RunSpecs, _save_pt2, _write_bytes,
                                  check_space_hash, finish_member, open_run_specs)
@@ -140,6 +141,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
         "latency_s_predicted": member.get("latency_s"),
         "latency_s_predicted_means": "one decoded token at position context-1 on "
                                      f"{run.identity['device']}",
+        "target_prediction": target_prediction(run.identity, run.device, run.backend, candidate),
         "ttft_s_predicted": member.get("ttft_s"),
         "quality_search": {k: member[k] for k in (
             metric, f"{metric}_interval", f"test_{metric}", f"test_{metric}_interval")
@@ -211,6 +213,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
                              repeats=REPEATS)
         timings["time"] = time.perf_counter() - t0
         mem = planned_memory(program.pte)
+        manifest.update(host_prediction(ops, threads))
         manifest.update({
             "host_latency_s_measured": timing.p50_s, "host_latency_p90_s": timing.p90_s,
             "host_first_run_s": timing.first_run_s, "host_load_s": timing.load_s,
