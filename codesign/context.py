@@ -20,6 +20,7 @@ from cost_models.analytic import AnalyticCostModel
 from cost_models.backends import BackendSpec, backend_for
 from cost_models.devices import DeviceSpec, load_device
 from cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
+from kernels.cache_paths import cache_dir
 from search_spaces.base import SearchSpace
 
 BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
@@ -184,7 +185,8 @@ class SearchContext:
                 "deploy_input_shape": list(self.space.deploy_input_shape),
                 "eval_input_shape": list(self.space.eval_input_shape),
                 **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
-                **(self.learned.provenance() if self.learned is not None else {})}
+                **(self.learned.provenance() if self.learned is not None else {}),
+                "cache_dir": str(cache_dir())}
 
     def price(self, candidate) -> dict[str, Any]:
         from kernels.tile_tuner import apply_tuned_tiles

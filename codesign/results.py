@@ -116,6 +116,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
             "backend": context.backend.name, "cost_model": context.cost_model_name,
             # learned/hybrid: which model file priced the front, and its held-out error
             **{k: v for k, v in identity.items() if k.startswith("cost_model_")},
+            "cache_dir": identity.get("cache_dir"),
             "versions": versions(), "seed": config.seed, "sampler": config.sampler,
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

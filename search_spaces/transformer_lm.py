@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from search_spaces.mbconv_supernet import (TrainProgress, cache_dir, config_digest,
-                                           save_atomic)
+from kernels.cache_paths import cache_dir
+from search_spaces.mbconv_supernet import TrainProgress, config_digest, save_atomic
 from search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
                                        TransformerSpace)
 
@@ -305,8 +305,9 @@ def cache_key(config: TransformerConfig, seed: int, train: LMTrainConfig) -> str
 
 def cache_path(config: TransformerConfig, seed: int = 0,
                train: LMTrainConfig | None = None) -> Path:
+    """The trained weights' file in the user cache (``kernels.cache_paths``)."""
     train = train or LMTrainConfig()
-    return cache_dir() / "supernets" / f"{config.name}-lm-{cache_key(config, seed, train)}.pt"
+    return cache_dir("supernets") / f"{config.name}-lm-{cache_key(config, seed, train)}.pt"
 
 
 _LOADED: dict[str, dict[str, torch.Tensor]] = {}  # cache key -> weights, per process

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,15 @@ def test_search_priced_by_a_learned_model(tmp_path, models, capsys) -> None:
 
 
 def test_hybrid_from_the_default_model_directory(tmp_path, models, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("CODESIGN_MODEL_DIR", str(models["hybrid"].parent))
+    # the default model file: models/<device>-<backend>-<kind>.json in the cache directory
+    default = tmp_path / "cache" / "models" / models["hybrid"].name
+    default.parent.mkdir(parents=True)
+    shutil.copy(models["hybrid"], default)
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "cache"))
     assert main(_search(tmp_path, "--cost-model", "hybrid", "--json")) == 0
     pareto = json.loads(capsys.readouterr().out)
     assert pareto["cost_model"] == "hybrid"
-    assert pareto["provenance"]["cost_model_file"] == str(models["hybrid"])
+    assert pareto["provenance"]["cost_model_file"] == str(default)
     # the analytic search prices the same kind of candidates differently
     assert main(_search(tmp_path / "a", "--json")) == 0
     analytic = json.loads(capsys.readouterr().out)
@@ -96,7 +101,7 @@ def test_hybrid_from_the_default_model_directory(tmp_path, models, capsys, monke
 ])
 def test_bad_cost_model_input_exits_2(tmp_path, models, capsys, monkeypatch, extra,
                                       message) -> None:
-    monkeypatch.setenv("CODESIGN_MODEL_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "empty"))
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text("{not json")
     paths = {**{k: str(v) for k, v in models.items()}, "corrupt": str(corrupt)}
