@@ -6,6 +6,7 @@ a candidate and can run anywhere the context can be rebuilt (a Ray worker includ
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -188,6 +189,33 @@ class SearchContext:
                 **(self.learned.provenance() if self.learned is not None else {}),
                 "cache_dir": str(cache_dir())}
 
+    def latency_band(self) -> dict[str, Any]:
+        """What every member's ``latency_band_s`` is, for pareto.json's ``latency_band``:
+        ``lower_fraction`` / ``upper_fraction`` below / above the latency, ``fraction`` the
+        larger, and which measured error it is (``source``, ``ref``, ``file``, ``field``) on
+        which ``devices``."""
+        if self.learned is not None:
+            model = self.learned.model
+            e = float(model.error_estimate)
+            lo, hi = (1 - math.exp(-e), math.exp(e) - 1) if math.isfinite(e) else (0.0, 0.0)
+            device = model.target_info.get("device") or model.target.name
+            n = len(model.training["latency_ms"])
+            return {"fraction": hi, "lower_fraction": lo, "upper_fraction": hi,
+                    "source": "measured",
+                    "ref": f"cross-validated RMS |log error| {e:.3f} of the {self.learned.kind} "
+                           f"model on its {n} measured training rows",
+                    "file": str(self.learned.path), "field": "cost_model_cv_rms_log_error",
+                    "devices": [device]}
+        err = self.backend.analytic_error
+        if err is None:
+            return {"fraction": 0.0, "lower_fraction": 0.0, "upper_fraction": 0.0,
+                    "source": "none", "ref": "the back-end file states no analytic_error: "
+                    "the band is the point estimate", "file": _config_path(self.backend.path),
+                    "field": "analytic_error", "devices": []}
+        return {"fraction": err.value, "lower_fraction": err.value, "upper_fraction": err.value,
+                "source": err.source, "ref": err.ref, "file": _config_path(self.backend.path),
+                "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
+
     def price(self, candidate) -> dict[str, Any]:
         from kernels.tile_tuner import apply_tuned_tiles
 
@@ -284,6 +312,16 @@ class SearchContext:
             return TrialOutcome(error=f"cannot build candidate: {type(exc).__name__}: {exc}",
                                 pid=os.getpid())
         return self.evaluate(candidate)
+
+
+def _config_path(path: str) -> str:
+    """``path`` relative to the project (``configs/backends/NAME.yaml``) when it is in it."""
+    from cost_models.devices import CONFIG_DIR
+
+    try:
+        return str(Path(path).resolve().relative_to(CONFIG_DIR.resolve().parent))
+    except ValueError:
+        return path
 
 
 def _key(candidate) -> str:

@@ -120,6 +120,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
             "versions": versions(), "seed": config.seed, "sampler": config.sampler,
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
+        "latency_band": context.latency_band(),  # what latency_band_s is, and its provenance
         "baseline": member_record(baseline, context) if baseline is not None else None,
         "members": members,
     }

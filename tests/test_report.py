@@ -107,3 +107,35 @@ def test_report_bad_input_exits_2(run_dir, tmp_path, capsys):
         assert main(["report", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_the_latency_band_says_what_it_is_and_where_it_was_measured(run_dir, capsys):
+    from cost_models.backends import load_backend
+
+    error = load_backend("codesign").analytic_error
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["latency_band"] == {
+        "fraction": 0.5, "lower_fraction": 0.5, "upper_fraction": 0.5, "source": "estimated",
+        "ref": error.ref, "file": "configs/backends/codesign.yaml", "field": "analytic_error",
+        "devices": ["host"]}
+    for m in pareto["members"]:
+        assert m["latency_band_s"] == pytest.approx([m["latency_s"] * 0.5, m["latency_s"] * 1.5])
+    assert main(["report", str(run_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("latency band: ±50% of the predicted latency, measured on host, "
+                     "not on pixel8")
+    assert lines[at + 1] == ("  = configs/backends/codesign.yaml analytic_error (estimated): "
+                             "xnnpack's measured host MAPE (0.33) widened by half for kernels not "
+                             "yet measured end to end")
+    assert lines[at - 1].startswith(str(pareto["members"][-1]["trial"]))  # under the table
+
+
+def test_an_xnnpack_band_is_its_measured_error(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["search", "--device", "host", "--backend", "xnnpack", "--budget", "1s",
+                 "--trials", "2", "--evaluator", PROXY, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "latency band: ±35% of the predicted latency, measured on host\n" in text
+    assert "  = configs/backends/xnnpack.yaml analytic_error (measured): host reality check" in text
+    band = json.loads((out / "pareto.json").read_text())["latency_band"]
+    assert (band["fraction"], band["source"], band["devices"]) == (0.35, "measured", ["host"])

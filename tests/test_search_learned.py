@@ -61,10 +61,20 @@ def test_search_priced_by_a_learned_model(tmp_path, models, capsys) -> None:
         assert member["latency_s"] == pytest.approx(expected)
         lo, hi = member["latency_band_s"]
         assert (lo, hi) == pytest.approx((expected * math.exp(-err), expected * math.exp(err)))
-    # the table says which model priced the front
+    band = pareto["latency_band"]  # the band is the model's own cross-validated error
+    assert band["fraction"] == pytest.approx(math.exp(err) - 1)
+    assert band["lower_fraction"] == pytest.approx(1 - math.exp(-err))
+    assert (band["source"], band["file"], band["devices"]) == \
+        ("measured", str(models["learned"]), ["host"])
+    assert "on its 30 measured training rows" in band["ref"]
+    # the table says which model priced the front, and what its band is
     assert main(_search(tmp_path / "again", "--cost-model", "learned", "--cost-model-file",
                         str(models["learned"]))) == 0
-    assert "cost model learned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cost model learned" in out
+    assert (f"latency band: -{(1 - math.exp(-err)) * 100:.3g}%/+{(math.exp(err) - 1) * 100:.3g}% "
+            "of the predicted latency, measured on host\n") in out
+    assert f"  = {models['learned']} cost_model_cv_rms_log_error (measured): " in out
 
 
 def test_hybrid_from_the_default_model_directory(tmp_path, models, capsys, monkeypatch) -> None:
