@@ -109,6 +109,52 @@ def test_report_bad_input_exits_2(run_dir, tmp_path, capsys):
         assert message in err and err.count("\n") == 1, err
 
 
+@pytest.fixture()
+def saved_figures(monkeypatch):
+    """Every figure ``pareto.png`` is drawn on: (suptitle, x label, y label)."""
+    from matplotlib.figure import Figure
+
+    seen, save = [], Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen.append((fig._suptitle.get_text(), ax.get_xlabel(), ax.get_ylabel()))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def _search_table(tmp_path, space: str, capsys) -> tuple[str, str]:
+    out = tmp_path / space.rsplit(":", 1)[1]
+    assert main(["search", "--device", "pixel8", "--budget", "20ms", "--trials", "3",
+                 "--space", space, "--evaluator", PROXY, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    return table, capsys.readouterr().out
+
+
+def test_table_plot_and_report_state_both_input_shapes_when_they_differ(tmp_path, capsys,
+                                                                        saved_figures):
+    table, report_out = _search_table(tmp_path, "tests.search_helpers:resized_space", capsys)
+    note = "latency priced at 1x3x256x256; accuracy measured at 1x3x64x64"
+    for text in (table, report_out):
+        lines = text.splitlines()
+        assert lines[0].startswith("Pareto front: pixel8") and lines[1] == note
+        assert lines[2].startswith("trial ")  # the note heads the table
+    (title, xlabel, ylabel), = saved_figures
+    assert title.endswith("\n" + note)
+    assert xlabel.startswith("predicted latency on pixel8 at 1x3x256x256 (ms)")
+    assert ylabel.startswith("validation accuracy at 1x3x64x64")
+
+
+def test_nothing_said_about_shapes_when_they_are_equal(tmp_path, capsys, saved_figures):
+    table, report_out = _search_table(tmp_path, "tests.search_helpers:same_size_space", capsys)
+    assert "priced at" not in table and "priced at" not in report_out
+    (title, xlabel, ylabel), = saved_figures
+    assert "\n" not in title and " at 1x3x" not in xlabel + ylabel
+
+
 def test_the_latency_band_says_what_it_is_and_where_it_was_measured(run_dir, capsys):
     from cost_models.backends import load_backend
 
