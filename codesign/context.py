@@ -106,23 +106,33 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
     return space
 
 
-def load_evaluator(ref: str | None, space: SearchSpace, seed: int):
+def load_evaluator(ref: str | None, space: SearchSpace, seed: int, *,
+                   progress_bar: bool | None = None):
+    """The evaluator ``--evaluator ref`` names, else the space's built-in one. ``progress_bar``
+    not None: a built-in evaluator's supernet training reports to a
+    ``codesign.progress.TrainingProgress`` on stderr (a bar if True and stderr is a terminal,
+    plain lines otherwise)."""
     from codesign.evaluation.base import FunctionEvaluator
+    from codesign.progress import TrainingProgress
 
     if ref is not None:
         return FunctionEvaluator(load_reference(ref, "--evaluator"), name=ref)
+
+    def progress(label: str):
+        return None if progress_bar is None else TrainingProgress(label, bar=progress_bar)
+
     from search_spaces.mbconv import MBConvSpace
 
     if isinstance(space, MBConvSpace):
         from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
-        return SupernetEvaluator(space, seed=seed)
+        return SupernetEvaluator(space, seed=seed, progress=progress("MBConv supernet training"))
     from search_spaces.transformer import TransformerSpace
 
     if isinstance(space, TransformerSpace):
         from codesign.evaluation.perplexity import PerplexityEvaluator
 
-        return PerplexityEvaluator(space, seed=seed)
+        return PerplexityEvaluator(space, seed=seed, progress=progress("LM supernet training"))
     raise BadInput(f"space {space.name!r} has no built-in evaluator; pass --evaluator MODULE:FUNC")
 
 
@@ -347,7 +357,8 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     if learned is not None and type(space).prefill_ops is not SearchSpace.prefill_ops:
         raise BadInput(f"--cost-model {config.cost_model}: learned models are fitted on single-"
                        f"phase spaces; space {space.name!r} is priced with --cost-model analytic")
-    evaluator = load_evaluator(config.evaluator, space, config.seed)
+    evaluator = load_evaluator(config.evaluator, space, config.seed,
+                               progress_bar=bool(getattr(config, "progress", False)))
     baseline = load_baseline(config.baseline, space) if config.baseline else None
     return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
                          baseline, learned, ttft_budget_s)

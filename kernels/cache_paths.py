@@ -4,7 +4,7 @@
 ``$XDG_CACHE_HOME``; ``~/Library/Caches/codesign`` on macOS), or ``$CODESIGN_CACHE_DIR`` when set.
 One sub-folder per kind of entry:
 
-- ``supernets``: trained supernet weights (MBConv and the LM);
+- ``supernets``: trained supernet weights (MBConv and the LM), and LM training checkpoints;
 - ``tile_tuner``: the tile tuner's measurements and decisions (one JSON per host);
 - ``kernel_bench``: the host probe's and kernel benchmarks' records (one JSON per host);
 - ``models``: learned / hybrid cost models (``codesign calibrate --save`` targets for search).
