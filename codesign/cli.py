@@ -44,7 +44,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-model", default="analytic",
                    help="analytic (default), or learned/hybrid: a model saved by calibrate --save")
     p.add_argument("--cost-model-file", default=None,
-                   help="the learned/hybrid model (default: the device's under CODESIGN_MODEL_DIR)")
+                   help="the learned/hybrid model (default: the device's in the cache directory's "
+                        "models/; CODESIGN_CACHE_DIR sets the cache directory)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     s = sub.add_parser("search", help="search model x kernel co-designs under a latency budget",
@@ -65,8 +66,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cost-model", default="analytic",
                    help="analytic (default), learned or hybrid (a model from calibrate --save)")
     s.add_argument("--cost-model-file", default=None,
-                   help="learned/hybrid model JSON (default: $CODESIGN_MODEL_DIR/"
-                        "<device>-<backend>-<kind>.json)")
+                   help="learned/hybrid model JSON (default: <cache>/models/"
+                        "<device>-<backend>-<kind>.json; <cache> is $CODESIGN_CACHE_DIR or "
+                        "the user cache directory)")
     s.add_argument("--workers", default="1", help="trials evaluated in parallel on Ray (default 1: "
                    "no Ray)")
     s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: a local Ray)")
@@ -285,6 +287,9 @@ def _cmd_search(args) -> int:
         max_formats=parse_positive_int(args.max_formats, "--max-formats"),
         progress=not (args.no_progress or args.json) and sys.stderr.isatty())
     result = run_search(config)
+    # stderr: --json keeps stdout for the JSON alone
+    print(f"cache directory: {result.pareto.get('provenance', {}).get('cache_dir')} "
+          "(set CODESIGN_CACHE_DIR to move it)", file=sys.stderr)
     if args.json:
         print(json.dumps(result.pareto, indent=2))
     else:

@@ -6,6 +6,7 @@ a candidate and can run anywhere the context can be rebuilt (a Ray worker includ
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from cost_models.analytic import AnalyticCostModel
 from cost_models.backends import BackendSpec, backend_for
 from cost_models.devices import DeviceSpec, load_device
 from cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
+from kernels.cache_paths import cache_dir
 from search_spaces.base import SearchSpace
 
 BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
@@ -106,23 +108,34 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
     return space
 
 
-def load_evaluator(ref: str | None, space: SearchSpace, seed: int):
+def load_evaluator(ref: str | None, space: SearchSpace, seed: int, *,
+                   progress_bar: bool | None = None):
+    """The evaluator ``--evaluator ref`` names, else the space's built-in one. ``progress_bar``
+    not None: a built-in evaluator's supernet training reports to a
+    ``codesign.progress.TrainingProgress`` on stderr (a bar if True and stderr is a terminal,
+    plain lines otherwise)."""
     from codesign.evaluation.base import FunctionEvaluator
+    from codesign.progress import TrainingProgress
 
     if ref is not None:
         return FunctionEvaluator(load_reference(ref, "--evaluator"), name=ref)
+
+    def progress(label: str):
+        return None if progress_bar is None else TrainingProgress(label, bar=progress_bar)
+
     from search_spaces.mbconv import MBConvSpace
 
     if isinstance(space, MBConvSpace):
         from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
-        return SupernetEvaluator(space)  # the space file's seed: --seed seeds the sampler only
+        # the space file's seed: --seed seeds the sampler only
+        return SupernetEvaluator(space, progress=progress("MBConv supernet training"))
     from search_spaces.transformer import TransformerSpace
 
     if isinstance(space, TransformerSpace):
         from codesign.evaluation.perplexity import PerplexityEvaluator
 
-        return PerplexityEvaluator(space, seed=seed)
+        return PerplexityEvaluator(space, seed=seed, progress=progress("LM supernet training"))
     raise BadInput(f"space {space.name!r} has no built-in evaluator; pass --evaluator MODULE:FUNC")
 
 
@@ -192,7 +205,35 @@ class SearchContext:
                 **({"min_accuracy": self.min_accuracy} if self.min_accuracy is not None else {}),
                 **({"max_formats": self.space.max_formats}
                    if hasattr(self.space, "max_formats") else {}),
-                **(self.learned.provenance() if self.learned is not None else {})}
+                **(self.learned.provenance() if self.learned is not None else {}),
+                "cache_dir": str(cache_dir())}
+
+    def latency_band(self) -> dict[str, Any]:
+        """What every member's ``latency_band_s`` is, for pareto.json's ``latency_band``:
+        ``lower_fraction`` / ``upper_fraction`` below / above the latency, ``fraction`` the
+        larger, and which measured error it is (``source``, ``ref``, ``file``, ``field``) on
+        which ``devices``."""
+        if self.learned is not None:
+            model = self.learned.model
+            e = float(model.error_estimate)
+            lo, hi = (1 - math.exp(-e), math.exp(e) - 1) if math.isfinite(e) else (0.0, 0.0)
+            device = model.target_info.get("device") or model.target.name
+            n = len(model.training["latency_ms"])
+            return {"fraction": hi, "lower_fraction": lo, "upper_fraction": hi,
+                    "source": "measured",
+                    "ref": f"cross-validated RMS |log error| {e:.3f} of the {self.learned.kind} "
+                           f"model on its {n} measured training rows",
+                    "file": str(self.learned.path), "field": "cost_model_cv_rms_log_error",
+                    "devices": [device]}
+        err = self.backend.analytic_error
+        if err is None:
+            return {"fraction": 0.0, "lower_fraction": 0.0, "upper_fraction": 0.0,
+                    "source": "none", "ref": "the back-end file states no analytic_error: "
+                    "the band is the point estimate", "file": _config_path(self.backend.path),
+                    "field": "analytic_error", "devices": []}
+        return {"fraction": err.value, "lower_fraction": err.value, "upper_fraction": err.value,
+                "source": err.source, "ref": err.ref, "file": _config_path(self.backend.path),
+                "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
 
     def price(self, candidate) -> dict[str, Any]:
         from kernels.tile_tuner import apply_tuned_tiles
@@ -303,6 +344,16 @@ class SearchContext:
         return self.evaluate(candidate)
 
 
+def _config_path(path: str) -> str:
+    """``path`` relative to the project (``configs/backends/NAME.yaml``) when it is in it."""
+    from cost_models.devices import CONFIG_DIR
+
+    try:
+        return str(Path(path).resolve().relative_to(CONFIG_DIR.resolve().parent))
+    except ValueError:
+        return path
+
+
 def _key(candidate) -> str:
     key = getattr(candidate, "key", None)
     return key() if callable(key) else str(hash(candidate))
@@ -327,7 +378,8 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     if learned is not None and type(space).prefill_ops is not SearchSpace.prefill_ops:
         raise BadInput(f"--cost-model {config.cost_model}: learned models are fitted on single-"
                        f"phase spaces; space {space.name!r} is priced with --cost-model analytic")
-    evaluator = load_evaluator(config.evaluator, space, config.seed)
+    evaluator = load_evaluator(config.evaluator, space, config.seed,
+                               progress_bar=bool(getattr(config, "progress", False)))
     baseline = load_baseline(config.baseline, space) if config.baseline else None
     reference = evaluator.reference() if callable(getattr(evaluator, "reference", None)) \
         else None

@@ -2,10 +2,11 @@
 
 ``--cost-model learned|hybrid`` reads a model written by ``codesign calibrate --save`` (the
 versioned JSON of ``cost_models.learned``): ``--cost-model-file PATH``, or by default
-``$CODESIGN_MODEL_DIR/<device>-<backend>-<kind>.json`` (``CODESIGN_MODEL_DIR`` defaults to
-``~/.cache/codesign/cost_models``). The model must have been fitted for the search's device (its
-target column or recorded device), back-end and — for a hybrid — on that device's own analytic
-terms; anything else is bad input, never a silent fallback to the analytic model.
+``models/<device>-<backend>-<kind>.json`` in the user cache directory
+(``kernels.cache_paths.cache_dir``: ``$CODESIGN_CACHE_DIR``, else the platform's user cache).
+The model must have been fitted for the search's device (its target column or recorded device),
+back-end and — for a hybrid — on that device's own analytic terms; anything else is bad input,
+never a silent fallback to the analytic model.
 
 A learned model was measured at one thread count, so a search it prices offers only that thread
 count. Its latency band is its cross-validated error on its own training rows: latency x
@@ -14,12 +15,12 @@ exp(-/+ RMS |log error|) (``LearnedCostModel.predict``).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from codesign.userinput import BadInput
+from kernels.cache_paths import cache_dir
 
 __all__ = ["SEARCH_COST_MODELS", "LearnedPricer", "default_model_path", "load_pricer"]
 
@@ -27,9 +28,8 @@ SEARCH_COST_MODELS = ("analytic", "learned", "hybrid")
 
 
 def default_model_path(device: str, backend: str, kind: str) -> Path:
-    root = os.environ.get("CODESIGN_MODEL_DIR") or Path.home() / ".cache" / "codesign" / \
-        "cost_models"
-    return Path(root) / f"{device}-{backend}-{kind}.json"
+    """``models/<device>-<backend>-<kind>.json`` in the user cache directory."""
+    return cache_dir("models") / f"{device}-{backend}-{kind}.json"
 
 
 @dataclass

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 
-from codesign.report_tables import metric_label  # noqa: E402
+from codesign.report_tables import input_shapes, metric_label, shapes_note  # noqa: E402
 
 FIG_SIZE_IN = (10.0, 6.5)
 DPI = 150
@@ -76,13 +76,18 @@ def plot_pareto(pareto: dict[str, Any], points: Sequence, path: Path) -> Path:
         ax.axvline(budget_ms, color="firebrick", linestyle="--", linewidth=1.5, zorder=1,
                    label=f"budget {budget_ms:g} ms")
         ax.axvspan(budget_ms, right, color="firebrick", alpha=0.06, zorder=0)
-        ax.set_xlabel(f"predicted latency on {pareto['device']} (ms); bars: latency band")
+        shapes = input_shapes(pareto)  # (deploy, eval) where latency and metric inputs differ
+        deploy_at, eval_at = (f" at {shapes[0]}", f" at {shapes[1]}") if shapes else ("", "")
+        ax.set_xlabel(f"predicted latency on {pareto['device']}{deploy_at} (ms); "
+                      "bars: latency band")
         n_eval = pareto.get("n_eval")
-        ax.set_ylabel(f"validation {metric}{note}{f' (n={n_eval})' if n_eval else ''}; "
+        ax.set_ylabel(f"validation {metric}{eval_at}{note}{f' (n={n_eval})' if n_eval else ''}; "
                       "bars: 95% interval")
         ax.grid(True, alpha=0.3)
+        note_line = shapes_note(pareto)
         fig.suptitle(f"{pareto['device']} / back-end {pareto['backend']}, budget {budget_ms:g} ms"
-                     f" — {_counts(pareto, points)}", fontsize=11)
+                     f" — {_counts(pareto, points)}" + (f"\n{note_line}" if note_line else ""),
+                     fontsize=11)
         side.axis("off")
         handles, labels = ax.get_legend_handles_labels()
         side.legend(handles, labels, loc="upper left", fontsize=8.5, frameon=False,

@@ -136,6 +136,53 @@ def metric_label(pareto: dict[str, Any]) -> tuple[str, str, str]:
     return METRIC_LABELS.get(metric, metric), metric, note
 
 
+def _shape(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def input_shapes(pareto: dict[str, Any]) -> tuple[str, str] | None:
+    """(deploy, eval) input shapes as ``1x3x256x256`` text when a run priced latency at another
+    input than it measured its metric at; None when they are the same (or not recorded)."""
+    deploy, evaluated = pareto.get("deploy_input_shape"), pareto.get("eval_input_shape")
+    if not deploy or not evaluated or list(deploy) == list(evaluated):
+        return None
+    return _shape(deploy), _shape(evaluated)
+
+
+def shapes_note(pareto: dict[str, Any]) -> str | None:
+    """``latency priced at 1x3x256x256; accuracy measured at 1x3x64x64`` where they differ."""
+    shapes = input_shapes(pareto)
+    if shapes is None:
+        return None
+    return (f"latency priced at {shapes[0]}; {pareto.get('metric', 'accuracy')} measured at "
+            f"{shapes[1]}")
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.3g}%"
+
+
+def band_note(pareto: dict[str, Any]) -> str | None:
+    """What the latency band of every member is and where it comes from (pareto.json's
+    ``latency_band``): which measured error, its source and reference, on which devices."""
+    band = pareto.get("latency_band")
+    if not band:
+        return None
+    lo, hi = band.get("lower_fraction", band["fraction"]), band.get("upper_fraction",
+                                                                    band["fraction"])
+    size = f"±{_percent(hi)}" if abs(lo - hi) < 5e-4 else f"-{_percent(lo)}/+{_percent(hi)}"
+    if band.get("source") == "none":
+        return f"latency band: none ({band.get('file', '')}: {band.get('ref', '')})"
+    devices = list(band.get("devices") or [])
+    device = pareto.get("device")
+    where = (f"measured on {', '.join(devices)}" if devices else "devices not stated")
+    if devices and device and device not in devices:
+        where += f", not on {device}"
+    return (f"latency band: {size} of the predicted latency, {where}\n"
+            f"  = {band.get('file', '?')} {band.get('field', '')} ({band.get('source', '?')}): "
+            f"{band.get('ref', '')}")
+
+
 def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | None = None) -> str:
     """The end-of-run table: one row per front member, the baseline marked. A space with a
     prefill phase and a RAM check (transformer) adds time to first token and resident bytes;
@@ -185,7 +232,8 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
               + (f" ({interrupted} interrupted by a crash)" if interrupted else "")
               + f"; {len(members)} on the front")
     base = pareto.get("baseline")
-    lines = [head, table, counts]
+    shapes, band = shapes_note(pareto), band_note(pareto)
+    lines = [head, *([shapes] if shapes else []), table, *([band] if band else []), counts]
     if base is not None:
         lines.append(f"baseline (trial {base['trial']}): val {short} {base[keys['value']]:.3f}, "
                      f"{base['latency_s'] * 1e3:.2f} ms, {base['model_bytes'] / 1e6:.2f} MB"

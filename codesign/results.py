@@ -118,12 +118,14 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
             "backend": context.backend.name, "cost_model": context.cost_model_name,
             # learned/hybrid: which model file priced the front, and its held-out error
             **{k: v for k, v in identity.items() if k.startswith("cost_model_")},
+            "cache_dir": identity.get("cache_dir"),
             "versions": versions(), "seed": config.seed, "sampler": config.sampler,
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
         "reference": getattr(context, "reference", None),
         "min_accuracy": getattr(context, "min_accuracy", None),
         "max_formats": getattr(context.space, "max_formats", None),
+        "latency_band": context.latency_band(),  # what latency_band_s is, and its provenance
         "baseline": member_record(baseline, context) if baseline is not None else None,
         "members": members,
     }

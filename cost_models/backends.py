@@ -68,6 +68,7 @@ class BackendSpec:
     thread_sync_overhead_s: Sourced
     requant_bytes_per_elem: float  # extra traffic of a quantize/dequantize at a boundary
     analytic_error: Sourced | None = None  # the analytic model's known relative error here
+    analytic_error_devices: tuple[str, ...] = ()  # the devices whose measurements it comes from
     # Depthwise kernels with more taps (kh x kw) than the back-end's dedicated micro-kernels
     # cover run on a generic path at their own efficiency (per dtype); None: no such limit.
     depthwise_max_taps: int | None = None
@@ -204,12 +205,24 @@ def parse_backend(data, path: str) -> BackendSpec:
         requant_bytes_per_elem=float(r.sourced("requant_bytes_per_elem").value),
         analytic_error=(r.sourced("analytic_error", maximum=1.0)
                         if "analytic_error" in r.data else None),
+        analytic_error_devices=_error_devices(r),
         **_depthwise_limit(r),
         blockwise_weight_efficiency=_blockwise(r),
         fused_attention=_fused_attention(r),
         gemv_efficiency=_gemv(r),
         path=path,
     )
+
+
+def _error_devices(r: _Reader) -> tuple[str, ...]:
+    """``analytic_error.devices``: the devices whose measurements the error comes from."""
+    sub = r.sub("analytic_error", optional=True)
+    if sub is None or "devices" not in sub.data:
+        return ()
+    names = sub.list("devices")
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise sub.error(f"expected a list of device names, got {names!r}", "devices")
+    return tuple(names)
 
 
 def _depthwise_limit(r: _Reader) -> dict:

@@ -361,10 +361,10 @@ def best_speedup(reference: BenchRecord, candidate: BenchRecord) -> float:
 
 
 def default_cache_dir() -> Path:
-    """``$CODESIGN_CACHE_DIR/kernel_bench`` or ``~/.cache/codesign/kernel_bench``."""
-    root = os.environ.get("CODESIGN_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "codesign"
-    return base / "kernel_bench"
+    """``kernel_bench`` in the user cache directory (:func:`kernels.cache_paths.cache_dir`)."""
+    from .cache_paths import cache_dir
+
+    return cache_dir("kernel_bench")
 
 
 def per_process_numba_cache_dir(root: str | os.PathLike | None = None) -> str:

@@ -15,11 +15,11 @@ the BLIS-like middle blocks first, then the block variants. The back-end's defau
 always among them, so the tuned tile never loses to it on the tuning measurements.
 
 Cache: :class:`TunerCache` (a :class:`kernels.bench_harness.ResultCache`, one JSON file per host
-fingerprint under ``$CODESIGN_CACHE_DIR/tile_tuner``, ``fcntl``-locked, atomic replace, so
-concurrent processes may tune at once) holds every candidate's record and one ``tile_tuned``
-decision record per (shape, dtype, sparsity). A decision's ``tile`` param is the tuned tile;
-re-tuning adds a newer decision, and the newest wins. The host is :func:`kernel_host`: the
-harness's :class:`~kernels.bench_harness.HostInfo` without its BLAS field, which these numba
+fingerprint under ``tile_tuner/`` of ``kernels.cache_paths.cache_dir()``, ``fcntl``-locked, atomic
+replace, so concurrent processes may tune at once) holds every candidate's record and one
+``tile_tuned`` decision record per (shape, dtype, sparsity). A decision's ``tile`` param is the
+tuned tile; re-tuning adds a newer decision, and the newest wins. The host is :func:`kernel_host`:
+the harness's :class:`~kernels.bench_harness.HostInfo` without its BLAS field, which these numba
 kernels never call and which changes with import order (``threadpoolctl`` lists scipy's
 OpenBLAS first once ``scipy.linalg`` is loaded, so the same process state would otherwise get
 two fingerprints).
@@ -143,9 +143,10 @@ def parse_tile(label: str) -> TileSpec:
 
 # ------------------------------------------------------------------------------ cache
 def default_cache_dir() -> Path:
-    """``$CODESIGN_CACHE_DIR/tile_tuner`` or ``~/.cache/codesign/tile_tuner``."""
-    root = os.environ.get("CODESIGN_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "codesign") / "tile_tuner"
+    """``tile_tuner`` in the user cache directory (:func:`kernels.cache_paths.cache_dir`)."""
+    from .cache_paths import cache_dir
+
+    return cache_dir("tile_tuner")
 
 
 def kernel_host():

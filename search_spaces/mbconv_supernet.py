@@ -381,8 +381,10 @@ class TrainProgress:
 
 
 def cache_dir() -> Path:
-    """``$CODESIGN_CACHE_DIR`` or ``.cache/codesign`` in the current directory."""
-    return Path(os.environ.get("CODESIGN_CACHE_DIR") or Path.cwd() / ".cache" / "codesign")
+    """The user cache directory (``kernels.cache_paths.cache_dir``), whatever the current one."""
+    from kernels.cache_paths import cache_dir as user_cache_dir
+
+    return user_cache_dir()
 
 
 def config_digest(config: MBConvConfig) -> str:

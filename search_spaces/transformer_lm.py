@@ -23,6 +23,11 @@ from the largest's detached predictions), AdamW with warm-up and cosine decay, o
 of ``seq_len`` bytes of the train split. Deterministic given the seed; cached on disk keyed by
 (space config sha256, corpus sha256, seed, training hyperparameters). The thread count is a
 runtime setting (``threads`` / ``$CODESIGN_LM_THREADS``), not part of the key.
+
+Checkpoints: every ``CHECKPOINT_EVERY`` steps the training state (weights, AdamW state, the
+step, every random generator) is written atomically beside the cache file
+(``<cache file stem>.ckpt.pt``); an interrupted training resumes there and ends with the same
+weights as an uninterrupted one. The checkpoint is removed once the weights are cached.
 """
 from __future__ import annotations
 
@@ -45,14 +50,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from search_spaces.mbconv_supernet import (TrainProgress, cache_dir, config_digest,
-                                           save_atomic)
+from kernels.cache_paths import cache_dir
+from search_spaces.mbconv_supernet import TrainProgress, config_digest, save_atomic
 from search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
                                        TransformerSpace)
 
 CACHE_FORMAT = 1  # bump when the parameter layout, the data or the training procedure changes
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)  # train / val / test, contiguous, in this order
 THREADS_ENV = "CODESIGN_LM_THREADS"
+CHECKPOINT_EVERY = 64  # training steps between checkpoints (~1 min of the default training)
 log = logging.getLogger("codesign.transformer_lm")
 FFN_WEIGHTS = ("w1", "w3", "w2")  # gate, up, down: where 2:4 sparsity lands
 
@@ -238,13 +244,41 @@ def min_arch(config: TransformerConfig) -> TransformerArch:
                            max(config.context))
 
 
+def checkpoint_path(path: Path) -> Path:
+    """The training checkpoint of the cache file ``path`` (beside it)."""
+    return path.with_name(path.stem + ".ckpt.pt")
+
+
+def _load_checkpoint(path: Path | None, key: str, steps: int) -> dict | None:
+    """The checkpoint at ``path`` if it is one of this training (same cache key, a step before
+    the last); None otherwise (missing, unreadable, another training's)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged checkpoint costs the steps it held, not the search
+        log.warning("ignoring unreadable LM training checkpoint %s: %s", path, exc)
+        return None
+    if blob.get("key") != key or not 0 < int(blob.get("step", 0)) < steps:
+        return None
+    return blob
+
+
 def train_lm_supernet(config: TransformerConfig, seed: int = 0,
                       train: LMTrainConfig | None = None, *, threads: int | None = None,
-                      progress: Callable[[TrainProgress], None] | None = None
+                      progress: Callable[[TrainProgress], None] | None = None,
+                      checkpoint: Path | None = None, checkpoint_every: int = CHECKPOINT_EVERY
                       ) -> dict[str, torch.Tensor]:
-    """Train the supernet from scratch on the train split (see the module docstring); returns
-    the max-size weights. The caller's global RNG state and thread count are left untouched."""
+    """Train the supernet on the train split (see the module docstring); returns the max-size
+    weights. The caller's global RNG state and thread count are left untouched.
+
+    Args:
+        progress: called after every step with ``TrainProgress`` (and with messages).
+        checkpoint: where the training state is saved every ``checkpoint_every`` steps, and
+            resumed from when it holds this training's state (None: no checkpoints).
+    """
     train = train or LMTrainConfig()
+    key = cache_key(config, seed, train)
     seq = train.seq_len or max(config.context)
     data = split_tokens("train")
     if len(data) <= seq + 1:
@@ -268,7 +302,21 @@ def train_lm_supernet(config: TransformerConfig, seed: int = 0,
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
-        for step in range(train.steps):
+        first = 0
+        state = _load_checkpoint(checkpoint, key, train.steps)
+        if state is not None:
+            with torch.no_grad():
+                for name, value in state["params"].items():
+                    params[name].copy_(value)
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            first = int(state["step"])
+            if progress is not None:
+                progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
+                                       f"resumed at step {first}/{train.steps} from {checkpoint}"))
+        for step in range(first, train.steps):
             starts = torch.randint(0, len(data) - seq - 1, (train.batch_size,), generator=gen)
             batch = torch.stack([data[s:s + seq + 1] for s in starts.tolist()])
             x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
@@ -290,6 +338,13 @@ def train_lm_supernet(config: TransformerConfig, seed: int = 0,
                 total += loss.item()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
             opt.step()
+            if checkpoint is not None and checkpoint_every > 0 and \
+                    (step + 1) % checkpoint_every == 0 and step + 1 < train.steps:
+                save_atomic({"key": key, "step": step + 1,
+                             "params": {k: v.detach() for k, v in params.items()},
+                             "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                             "torch_rng": torch.get_rng_state(),
+                             "numpy_rng": json.dumps(rng.bit_generator.state)}, checkpoint)
             if progress is not None:
                 progress(TrainProgress(step + 1, train.steps, 0, total / (1 + len(archs)),
                                        time.perf_counter() - start))
@@ -305,8 +360,9 @@ def cache_key(config: TransformerConfig, seed: int, train: LMTrainConfig) -> str
 
 def cache_path(config: TransformerConfig, seed: int = 0,
                train: LMTrainConfig | None = None) -> Path:
+    """The trained weights' file in the user cache (``kernels.cache_paths``)."""
     train = train or LMTrainConfig()
-    return cache_dir() / "supernets" / f"{config.name}-lm-{cache_key(config, seed, train)}.pt"
+    return cache_dir("supernets") / f"{config.name}-lm-{cache_key(config, seed, train)}.pt"
 
 
 _LOADED: dict[str, dict[str, torch.Tensor]] = {}  # cache key -> weights, per process
@@ -314,11 +370,12 @@ _LOADED: dict[str, dict[str, torch.Tensor]] = {}  # cache key -> weights, per pr
 
 def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
                    train: LMTrainConfig | None = None, threads: int | None = None,
-                   progress: Callable[[TrainProgress], None] | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   progress: Callable[[TrainProgress], None] | None = None,
+                   checkpoint_every: int = CHECKPOINT_EVERY) -> dict[str, torch.Tensor]:
     """The trained supernet's max-size weights for (config, seed, train): from this process's
     memory, the on-disk cache, or trained now (and cached; written atomically). A cache file
-    that cannot be read is retrained over."""
+    that cannot be read is retrained over. Training checkpoints beside the cache file every
+    ``checkpoint_every`` steps and resumes from a checkpoint an interrupted training left."""
     train = train or LMTrainConfig()
     key = cache_key(config, seed, train)
     if key in _LOADED:
@@ -342,12 +399,19 @@ def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
     if params is None:
         log.info("training the %s LM supernet (%d steps; cached as %s)", config.name,
                  train.steps, path)
+        if progress is not None:
+            progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
+                                   f"training the {config.name} LM supernet ({train.steps} steps, "
+                                   f"once; cached as {path})"))
         start = time.perf_counter()
-        params = train_lm_supernet(config, seed, train, threads=threads, progress=progress)
+        ckpt = checkpoint_path(path)
+        params = train_lm_supernet(config, seed, train, threads=threads, progress=progress,
+                                   checkpoint=ckpt, checkpoint_every=checkpoint_every)
         log.info("LM supernet trained in %.0f s", time.perf_counter() - start)
         save_atomic({"state_dict": params, "key": path.stem, "train": dataclasses.asdict(train),
                      "seed": seed, "config_sha256": config_digest(config),
                      "corpus_sha256": corpus_sha256()}, path)
+        ckpt.unlink(missing_ok=True)
         if progress is not None:
             progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"cached {path}"))
     _LOADED[key] = params

@@ -57,3 +57,24 @@ def proxy_perplexity(candidate, split: str) -> float:
 
 
 proxy_perplexity.metric, proxy_perplexity.higher_is_better = "perplexity", False
+
+
+def _shaped_space(backend, deploy, evaluated):
+    from dataclasses import replace
+
+    from search_spaces.mbconv import load_mbconv_config
+
+    config = replace(load_mbconv_config(), deploy_input_shape=deploy, eval_input_shape=evaluated,
+                     sha256="")
+    return MBConvSpace(backend, threads_choices=(1,), config=config)
+
+
+def resized_space(backend):
+    """The MBConv family priced at 256x256 but scored at 64x64 (latency and accuracy at
+    different inputs, as the built-in space was in issue 16)."""
+    return _shaped_space(backend, (1, 3, 256, 256), (1, 3, 64, 64))
+
+
+def same_size_space(backend):
+    """The MBConv family priced and scored at 64x64."""
+    return _shaped_space(backend, (1, 3, 64, 64), (1, 3, 64, 64))

@@ -107,3 +107,81 @@ def test_report_bad_input_exits_2(run_dir, tmp_path, capsys):
         assert main(["report", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+@pytest.fixture()
+def saved_figures(monkeypatch):
+    """Every figure ``pareto.png`` is drawn on: (suptitle, x label, y label)."""
+    from matplotlib.figure import Figure
+
+    seen, save = [], Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen.append((fig._suptitle.get_text(), ax.get_xlabel(), ax.get_ylabel()))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def _search_table(tmp_path, space: str, capsys) -> tuple[str, str]:
+    out = tmp_path / space.rsplit(":", 1)[1]
+    assert main(["search", "--device", "pixel8", "--budget", "20ms", "--trials", "3",
+                 "--space", space, "--evaluator", PROXY, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    return table, capsys.readouterr().out
+
+
+def test_table_plot_and_report_state_both_input_shapes_when_they_differ(tmp_path, capsys,
+                                                                        saved_figures):
+    table, report_out = _search_table(tmp_path, "tests.search_helpers:resized_space", capsys)
+    note = "latency priced at 1x3x256x256; accuracy measured at 1x3x64x64"
+    for text in (table, report_out):
+        lines = text.splitlines()
+        assert lines[0].startswith("Pareto front: pixel8") and lines[1] == note
+        assert lines[2].startswith("trial ")  # the note heads the table
+    (title, xlabel, ylabel), = saved_figures
+    assert title.endswith("\n" + note)
+    assert xlabel.startswith("predicted latency on pixel8 at 1x3x256x256 (ms)")
+    assert ylabel.startswith("validation accuracy at 1x3x64x64")
+
+
+def test_nothing_said_about_shapes_when_they_are_equal(tmp_path, capsys, saved_figures):
+    table, report_out = _search_table(tmp_path, "tests.search_helpers:same_size_space", capsys)
+    assert "priced at" not in table and "priced at" not in report_out
+    (title, xlabel, ylabel), = saved_figures
+    assert "\n" not in title and " at 1x3x" not in xlabel + ylabel
+
+
+def test_the_latency_band_says_what_it_is_and_where_it_was_measured(run_dir, capsys):
+    from cost_models.backends import load_backend
+
+    error = load_backend("codesign").analytic_error
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["latency_band"] == {
+        "fraction": 0.5, "lower_fraction": 0.5, "upper_fraction": 0.5, "source": "estimated",
+        "ref": error.ref, "file": "configs/backends/codesign.yaml", "field": "analytic_error",
+        "devices": ["host"]}
+    for m in pareto["members"]:
+        assert m["latency_band_s"] == pytest.approx([m["latency_s"] * 0.5, m["latency_s"] * 1.5])
+    assert main(["report", str(run_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("latency band: ±50% of the predicted latency, measured on host, "
+                     "not on pixel8")
+    assert lines[at + 1] == ("  = configs/backends/codesign.yaml analytic_error (estimated): "
+                             "xnnpack's measured host MAPE (0.33) widened by half for kernels not "
+                             "yet measured end to end")
+    assert lines[at - 1].startswith(str(pareto["members"][-1]["trial"]))  # under the table
+
+
+def test_an_xnnpack_band_is_its_measured_error(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["search", "--device", "host", "--backend", "xnnpack", "--budget", "1s",
+                 "--trials", "2", "--evaluator", PROXY, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "latency band: ±35% of the predicted latency, measured on host\n" in text
+    assert "  = configs/backends/xnnpack.yaml analytic_error (measured): host reality check" in text
+    band = json.loads((out / "pareto.json").read_text())["latency_band"]
+    assert (band["fraction"], band["source"], band["devices"]) == (0.35, "measured", ["host"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,18 +61,32 @@ def test_search_priced_by_a_learned_model(tmp_path, models, capsys) -> None:
         assert member["latency_s"] == pytest.approx(expected)
         lo, hi = member["latency_band_s"]
         assert (lo, hi) == pytest.approx((expected * math.exp(-err), expected * math.exp(err)))
-    # the table says which model priced the front
+    band = pareto["latency_band"]  # the band is the model's own cross-validated error
+    assert band["fraction"] == pytest.approx(math.exp(err) - 1)
+    assert band["lower_fraction"] == pytest.approx(1 - math.exp(-err))
+    assert (band["source"], band["file"], band["devices"]) == \
+        ("measured", str(models["learned"]), ["host"])
+    assert "on its 30 measured training rows" in band["ref"]
+    # the table says which model priced the front, and what its band is
     assert main(_search(tmp_path / "again", "--cost-model", "learned", "--cost-model-file",
                         str(models["learned"]))) == 0
-    assert "cost model learned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cost model learned" in out
+    assert (f"latency band: -{(1 - math.exp(-err)) * 100:.3g}%/+{(math.exp(err) - 1) * 100:.3g}% "
+            "of the predicted latency, measured on host\n") in out
+    assert f"  = {models['learned']} cost_model_cv_rms_log_error (measured): " in out
 
 
 def test_hybrid_from_the_default_model_directory(tmp_path, models, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("CODESIGN_MODEL_DIR", str(models["hybrid"].parent))
+    # the default model file: models/<device>-<backend>-<kind>.json in the cache directory
+    default = tmp_path / "cache" / "models" / models["hybrid"].name
+    default.parent.mkdir(parents=True)
+    shutil.copy(models["hybrid"], default)
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "cache"))
     assert main(_search(tmp_path, "--cost-model", "hybrid", "--json")) == 0
     pareto = json.loads(capsys.readouterr().out)
     assert pareto["cost_model"] == "hybrid"
-    assert pareto["provenance"]["cost_model_file"] == str(models["hybrid"])
+    assert pareto["provenance"]["cost_model_file"] == str(default)
     # the analytic search prices the same kind of candidates differently
     assert main(_search(tmp_path / "a", "--json")) == 0
     analytic = json.loads(capsys.readouterr().out)
@@ -96,7 +111,7 @@ def test_hybrid_from_the_default_model_directory(tmp_path, models, capsys, monke
 ])
 def test_bad_cost_model_input_exits_2(tmp_path, models, capsys, monkeypatch, extra,
                                       message) -> None:
-    monkeypatch.setenv("CODESIGN_MODEL_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "empty"))
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text("{not json")
     paths = {**{k: str(v) for k, v in models.items()}, "corrupt": str(corrupt)}

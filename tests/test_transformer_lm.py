@@ -78,6 +78,81 @@ def test_training_is_cached_and_deterministic(cache, space, params):
     assert other != lm.cache_key(space.config, 0, tiny_train())
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(space, tmp_path, monkeypatch):
+    """A cold start killed after step 5 resumes at the step-4 checkpoint (not at 0) and ends
+    with exactly the weights of a training that was never interrupted."""
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path))
+    train = dataclasses.replace(tiny_train(), steps=7)
+    path = lm.cache_path(space.config, 0, train)
+    ckpt = lm.checkpoint_path(path)
+    assert ckpt.parent == path.parent == tmp_path / "supernets"
+
+    def stop_after_5(report):
+        if report.step == 5:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        lm.get_trained_lm(space.config, 0, train=train, threads=1, progress=stop_after_5,
+                          checkpoint_every=2)
+    assert not path.exists()
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
+    reports = []
+    try:
+        resumed = lm.get_trained_lm(space.config, 0, train=train, threads=1,
+                                    progress=reports.append, checkpoint_every=2)
+    finally:
+        lm._LOADED.clear()
+    steps = [r.step for r in reports if r.steps]
+    assert steps == [5, 6, 7]  # steps 1-4 came from the checkpoint
+    assert any(f"resumed at step 4/7 from {ckpt}" in r.message for r in reports)
+    assert path.is_file() and not ckpt.exists()  # the checkpoint goes once the weights are cached
+    straight = lm.train_lm_supernet(space.config, 0, train, threads=1)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_checkpoint_of_another_training_is_not_resumed(space, tmp_path):
+    train = dataclasses.replace(tiny_train(), steps=4)
+    ckpt = tmp_path / "x.ckpt.pt"
+    with pytest.raises(_Interrupted):
+        lm.train_lm_supernet(space.config, 0, train, threads=1, checkpoint=ckpt,
+                             checkpoint_every=2, progress=lambda r: _raise_at(r, 3))
+    reports = []
+    lm.train_lm_supernet(space.config, 1, train, threads=1, checkpoint=ckpt,  # another seed
+                         checkpoint_every=0, progress=reports.append)
+    assert [r.step for r in reports if r.steps][0] == 1
+
+
+def _raise_at(report, step):
+    if report.step == step:
+        raise _Interrupted
+
+
+def test_lm_training_reports_progress_on_stderr_only(space, tmp_path, monkeypatch, capsys):
+    from codesign.progress import TrainingProgress
+
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path))
+    train = dataclasses.replace(tiny_train(), steps=10)
+    try:
+        lm.get_trained_lm(space.config, 0, train=train, threads=1,
+                          progress=TrainingProgress("LM supernet training"))
+    finally:
+        lm._LOADED.clear()
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("LM supernet training: training the ")
+    steps = [line for line in lines if ": step " in line]
+    assert [line.split("step ")[1].split(" ")[0] for line in steps] == \
+        [f"{k}/10" for k in range(1, 11)]  # not a terminal: a line each 10%
+    assert "loss" in steps[-1] and "ETA 0s" in steps[-1]
+    assert lines[-1] == f"LM supernet training: cached {lm.cache_path(space.config, 0, train)}"
+
+
 def test_candidate_state_dict_is_the_subnet_in_executorch_names(space, params):
     for arch_kw in ({}, {"layers": 1, "d_model": 128, "heads": 2, "gqa_ratio": 1},
                     {"d_model": 128, "heads": 4, "gqa_ratio": 2, "context": 32}):
@@ -176,6 +251,17 @@ def test_bootstrap_interval_brackets_the_mean():
 def test_transformer_space_gets_the_perplexity_evaluator_built_in():
     ev = load_evaluator(None, TransformerSpace(load_backend("codesign")), 0)
     assert isinstance(ev, PerplexityEvaluator) and ev._params is None  # nothing trained yet
+
+
+def test_a_search_renders_lm_training_progress():
+    from codesign.context import build_context
+    from codesign.progress import TrainingProgress
+
+    config = SearchConfig(device="pixel8", budget_s=0.01, budget_text="10ms",
+                          space="transformer", progress=False)
+    progress = build_context(config).evaluator.progress
+    assert isinstance(progress, TrainingProgress) and progress.label == "LM supernet training"
+    assert progress.bar is False  # --no-progress / --json / not a terminal: plain lines
 
 
 def test_search_minimises_perplexity_and_labels_it(evaluator, space, tmp_path):
