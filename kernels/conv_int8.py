@@ -29,8 +29,8 @@ import numpy as np
 
 from . import _numba_config as cfg
 from .conv import IM2COL_CHUNK_BYTES, _resolve_padding, output_size
-from .gemm_int8 import (DEFAULT_INT_TILE, PackedIntWeights, gemm_int_kernel, pack_weights_int4,
-                        pack_weights_int8, requantize_i32_i8)
+from .gemm_int8 import (DEFAULT_INT_TILE, PackedIntWeights, _requantize, gemm_int_kernel,
+                        pack_weights_int4, pack_weights_int8)
 from .specs import TileSpec
 
 #: Longest reduction whose int32 sum cannot overflow (see module docstring).
@@ -186,6 +186,16 @@ def im2col_int8(x: np.ndarray, kh: int, kw: int, stride: int = 1,
     return cols
 
 
+def _epilogue(acc: np.ndarray, y: np.ndarray, multipliers: np.ndarray | None,
+              bias: np.ndarray | None, zero_point: int) -> None:
+    """Requantise the int32 block ``acc`` into its int8 rows ``y``; without multipliers
+    (``acc is y``), add the bias in place."""
+    if multipliers is not None:
+        _requantize(acc, bias, multipliers, int(zero_point), y)
+    elif bias is not None:
+        acc += bias
+
+
 def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | None = None,
                 bias: np.ndarray | None = None, stride: int = 1, padding: int | str = 0,
                 zero_point: int = 0, tile: TileSpec = DEFAULT_INT_TILE) -> np.ndarray:
@@ -240,23 +250,17 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
     if y.size == 0:
         return y.reshape(nb, oh, ow, cout)
     data, kpairs = w.gemm.data, w.gemm.kpairs
-
-    def epilogue(acc: np.ndarray, r0: int) -> None:
-        # int8 output: requantise each chunk while its int32 block is still in cache
-        rows = acc.shape[0]
-        if requant:
-            requantize_i32_i8(acc, multipliers, bias, int(zero_point), y[r0:r0 + rows])
-        elif bias is not None:
-            acc += bias
-
+    if requant and bias is None:
+        bias = np.zeros(cout, np.int32)
     if kh == 1 and kw == 1 and stride == 1 and pad == 0:
         # a 1x1 conv is a plain GEMM in NHWC
         acc = np.empty((m, cout), np.int32) if requant else y
         gemm(x.reshape(m, cin), data, acc, kpairs, tile.mc, tile.nc, tile.kc)
-        epilogue(acc, 0)
+        _epilogue(acc, y, multipliers, bias, zero_point)
     else:
         # im2col in row chunks into one reused buffer (as kernels.conv.conv2d): the chunk is
-        # still in cache when the GEMM packs it; no full patch matrix is allocated
+        # still in cache when the GEMM packs it, and its int32 block when it is requantised;
+        # no full patch matrix is allocated
         rows = max(tile.mc, IM2COL_CHUNK_BYTES // k // tile.mc * tile.mc)
         buf = np.empty((min(rows, m), k), np.int8)
         accbuf = np.empty((min(rows, m), cout), np.int32) if requant else None
@@ -266,7 +270,7 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
             _im2col_i8(x, kh, kw, stride, pad, oh, ow, r0, cols)
             acc = accbuf[:n_rows] if requant else y[r0:r0 + n_rows]
             gemm(cols, data, acc, kpairs, tile.mc, tile.nc, tile.kc)
-            epilogue(acc, r0)
+            _epilogue(acc, y[r0:r0 + n_rows], multipliers, bias, zero_point)
     return y.reshape(nb, oh, ow, cout)
 
 
