@@ -204,8 +204,8 @@ def measure_peaks(repeats: int, clock) -> dict:
 CLOCKS = {"thread": time.thread_time, "wall": time.perf_counter}
 
 
-def run(repeats: int = 21, min_sample_s: float = 0.01, seed: int = 0, clock: str = "thread",
-        passes: int = 3) -> dict:
+def run(repeats: int = 21, min_sample_s: float = 0.002, seed: int = 0, clock: str = "thread",
+        passes: int = 5) -> dict:
     """Measure every (layer, format) case and the peaks; returns the JSON document.
 
     The whole layer set is measured ``passes`` times, ``repeats`` samples per case each, and
@@ -323,16 +323,18 @@ def table(doc: dict) -> str:
     lines.append("")
     lines.append("call overhead (1-pixel, 8-channel call, best, us): " + ", ".join(
         f"{k} {v:.1f}" for k, v in doc["call_overhead_us"].items()))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="write the full results here")
     ap.add_argument("--repeats", type=int, default=21, help="samples per case and pass")
-    ap.add_argument("--passes", type=int, default=3,
+    ap.add_argument("--passes", type=int, default=5,
                     help="measure the layer set this many times, pooling the samples")
-    ap.add_argument("--min-sample-s", type=float, default=0.01)
+    ap.add_argument("--min-sample-s", type=float, default=0.002,
+                    help="calibrate calls per sample to at least this long (short samples: "
+                         "more chances for an undisturbed one)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="thread",
                     help="sample clock of the layer cases: this thread's CPU time (default; "
                          "leaves out time spent waiting for a core on a shared machine) or "
