@@ -13,6 +13,7 @@ Modules:
     sparse_formats  N:M, BSR and CSR weight formats and pruning helpers
     sparse          sparse-weight GEMMs (2:4, BSR 4x4 / 1x4, CSR)
     conv            NHWC conv2d (im2col + GEMM) and direct depthwise conv
+    conv_int8       the same two for int8 activations x int8/int4 weights, requantised to int8
     bench_harness   pyperf-style measurement, host metadata, on-disk result cache
     bench           ``run_kernel_benchmarks`` and ``measure_gemm``
     host_probe      peak FLOP/s, int8 op/s and STREAM bandwidth of this host
@@ -27,6 +28,9 @@ import importlib
 _EXPORTS = {
     "conv": ("conv2d", "depthwise_conv2d", "depthwise_weights_from_oihw", "im2col",
              "weights_from_oihw"),
+    "conv_int8": ("PackedConvWeights", "PackedDepthwiseInt4", "conv2d_int8",
+                  "depthwise_conv2d_int8", "im2col_int8", "pack_conv_weights",
+                  "pack_depthwise_weights_int4"),
     "gemm_f32": ("SUPPORTED_MICRO_TILES", "gemm_f32"),
     "gemm_int8": ("SUPPORTED_I4_MICRO_TILES", "SUPPORTED_I8_MICRO_TILES", "PackedIntWeights",
                   "gemm_i8_i32", "linear_i8", "pack_weights_int4", "pack_weights_int8",

@@ -292,7 +292,8 @@ def _calibrate(fn: Callable[[], object], min_sample_s: float) -> int:
 
 
 def measure_interleaved(cases: Sequence[Case], *, threads: int = 1, warmups: int = 2,
-                        repeats: int = 15, min_sample_s: float = 0.01) -> list[BenchRecord]:
+                        repeats: int = 15, min_sample_s: float = 0.01,
+                        clock: Callable[[], float] = time.perf_counter) -> list[BenchRecord]:
     """Time several cases round-robin (one sample of each per round); see module docstring.
 
     Args:
@@ -301,6 +302,10 @@ def measure_interleaved(cases: Sequence[Case], *, threads: int = 1, warmups: int
         warmups: untimed calls per case after the first (compiling) call.
         repeats: samples per case.
         min_sample_s: calibrate loops so one sample lasts at least this long.
+        clock: the sample clock. ``time.thread_time`` (the calling thread's CPU time) leaves
+            out the time the thread waits for a core, which on a machine shared with other
+            processes disturbs even the best wall-clock sample; it counts only the calling
+            thread, so it suits serial kernels (``threads=1``) only.
 
     Returns:
         One :class:`BenchRecord` per case, in order.
@@ -322,10 +327,10 @@ def measure_interleaved(cases: Sequence[Case], *, threads: int = 1, warmups: int
             for _ in range(repeats):
                 for i, c in enumerate(cases):
                     fn, n = c.fn, loops[i]
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     for _ in range(n):
                         fn()
-                    samples[i].append((time.perf_counter() - t0) / n)
+                    samples[i].append((clock() - t0) / n)
         finally:
             if gc_was_enabled:
                 gc.enable()

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -235,32 +236,41 @@ def l3_bytes() -> int:
     return best or (32 << 20)
 
 
-def _rate(cases, threads, repeats):
+def _rate(cases, threads, repeats, clock=time.perf_counter):
     # capabilities are ceilings: rate of the best sample (the STREAM convention), which is
     # also what survives other processes briefly sharing the core on a loaded machine
     # many short samples give the best one a chance to land in an undisturbed time slice
     return [r.work / r.min_s for r in measure_interleaved(cases, threads=threads, warmups=1,
-                                                          repeats=repeats, min_sample_s=0.005)]
+                                                          repeats=repeats, min_sample_s=0.005,
+                                                          clock=clock)]
 
 
-def peak_fp32_gflops(threads: int = 1, steps: int = 200_000, repeats: int = 5) -> float:
-    """Register-resident FMA throughput, GFLOP/s, on ``threads`` threads."""
+def peak_fp32_gflops(threads: int = 1, steps: int = 200_000, repeats: int = 5,
+                     clock=time.perf_counter) -> float:
+    """Register-resident FMA throughput, GFLOP/s, on ``threads`` threads.
+
+    ``clock`` times the samples: ``time.thread_time`` (one thread only) leaves out the time the
+    thread waits for a core on a shared machine; use it when kernels timed on that clock are
+    divided by this peak.
+    """
     if threads == 1:
         case = Case("peak_fp32", lambda: _fma_serial(steps), FMA_FLOP_PER_STEP * steps)
     else:
         case = Case("peak_fp32", lambda: _fma_parallel(steps, threads),
                     FMA_FLOP_PER_STEP * steps * threads)
-    return _rate([case], threads, repeats)[0] / 1e9
+    return _rate([case], threads, repeats, clock)[0] / 1e9
 
 
-def peak_int8_gops(threads: int = 1, steps: int = 200_000, repeats: int = 5) -> float:
-    """Register-resident vpmaddwd + vpaddd throughput, G int ops/s (2 per MAC)."""
+def peak_int8_gops(threads: int = 1, steps: int = 200_000, repeats: int = 5,
+                   clock=time.perf_counter) -> float:
+    """Register-resident vpmaddwd + vpaddd throughput, G int ops/s (2 per MAC); ``clock`` as
+    :func:`peak_fp32_gflops`."""
     if threads == 1:
         case = Case("peak_int8", lambda: _madd_serial(steps), MADD_OP_PER_STEP * steps, "OP")
     else:
         case = Case("peak_int8", lambda: _madd_parallel(steps, threads),
                     MADD_OP_PER_STEP * steps * threads, "OP")
-    return _rate([case], threads, repeats)[0] / 1e9
+    return _rate([case], threads, repeats, clock)[0] / 1e9
 
 
 def gemm_tile_gflops(repeats: int = 5, calls: int = 2000) -> float:

@@ -63,6 +63,15 @@ def test_interleaved_measurement_orders_cases():
                                                        host))
 
 
+def test_interleaved_measurement_uses_the_given_clock():
+    # a fake clock that advances 0.5 s per reading: every timed sample is one reading apart
+    ticks = iter(range(10_000))
+    recs = bench_harness.measure_interleaved(
+        [Case("noop", lambda: None, 1.0)], repeats=4, min_sample_s=0.0,
+        clock=lambda: 0.5 * next(ticks))
+    assert recs[0].times_s == (0.5 / recs[0].loops,) * 4
+
+
 _WRITER = """
 import json, sys
 from kernels.bench_harness import BenchRecord, HostInfo, ResultCache
