@@ -18,6 +18,8 @@ from pathlib import Path
 from codesign.userinput import BadInput, parse_positive_int, parse_shape
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+# QAT fine-tune steps per front member with the built-in evaluator (see BENCHMARKS.md)
+DEFAULT_FINETUNE_STEPS = 40
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-formats", default="3",
                    help="distinct (weight bits, activation bits, sparsity) formats per member "
                         "(default 3)")
+    s.add_argument("--finetune-steps", default=None,
+                   help="QAT fine-tune steps for each front member (default: "
+                        f"{DEFAULT_FINETUNE_STEPS} with the built-in evaluator, 0 with --evaluator)")
 
     c = sub.add_parser("calibrate", help="fit the learned cost model for a device from measurements",
                        description="Fit the learned model for --target from N sampled rows (plus "
@@ -284,6 +289,9 @@ def _cmd_search(args) -> int:
         out=Path(args.out) if args.out else None,
         resume=Path(args.resume) if args.resume else None, ttft_budget_s=ttft_budget,
         min_accuracy=min_accuracy,
+        finetune_steps=(_int_arg(args.finetune_steps, "--finetune-steps", 0)
+                        if args.finetune_steps is not None
+                        else 0 if args.evaluator else DEFAULT_FINETUNE_STEPS),
         max_formats=parse_positive_int(args.max_formats, "--max-formats"),
         progress=not (args.no_progress or args.json) and sys.stderr.isatty())
     result = run_search(config)

@@ -56,6 +56,14 @@ def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dic
     if "memory_bytes" in priced:
         record.update(memory_bytes=priced["memory_bytes"],
                       memory_share_bytes=priced["memory_share_bytes"])
+    finetuned = getattr(context.evaluator, "finetuned_path", None)
+    finetuned = finetuned(candidate) if callable(finetuned) else None
+    if finetuned is not None and finetuned.is_file():  # scored again with its fine-tuned weights
+        after = context.evaluator.evaluate(candidate, split="val")
+        record.update({"accuracy_before_finetune": trial.values[0],
+                       "accuracy_before_finetune_interval": trial.user_attrs[keys["interval"]],
+                       keys["value"]: float(after.accuracy),
+                       keys["interval"]: list(after.interval)})
     if with_test:
         test = context.evaluator.evaluate(candidate, split="test")
         record[keys["test"]] = float(test.accuracy)
@@ -155,8 +163,26 @@ def pareto_csv(pareto: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def write_results(run: RunDir, study: optuna.Study, context, config) -> dict[str, Any]:
+def finetune_front(run: RunDir, study: optuna.Study, context, config, progress=None) -> int:
+    """Fine-tune every front member for ``config.finetune_steps`` steps (evaluators that can;
+    weights kept in ``RUN/finetuned``, reused on resume). Returns the steps used (0: none)."""
+    steps = int(getattr(config, "finetune_steps", 0) or 0)
+    finetune = getattr(context.evaluator, "finetune", None)
+    if steps <= 0 or not callable(finetune):
+        return 0
+    context.evaluator.finetuned_dir = run.path / "finetuned"
+    front = unique_candidates(sorted(study.best_trials, key=lambda t: (t.values[1], t.number)))
+    for i, trial in enumerate(front):
+        candidate = context.space.decode(trial.params)
+        finetune(candidate, steps, progress=progress(i, len(front)) if progress else None)
+    return steps
+
+
+def write_results(run: RunDir, study: optuna.Study, context, config,
+                  progress=None) -> dict[str, Any]:
+    steps = finetune_front(run, study, context, config, progress)
     pareto = build_pareto(study, context, config)
+    pareto["finetune_steps"] = steps
     run.write_json("pareto.json", pareto)
     run.write_text("pareto.csv", pareto_csv(pareto))
     return pareto

@@ -62,6 +62,7 @@ class SearchConfig:
     ttft_budget_s: float | None = None  # --space transformer: time-to-first-token budget
     min_accuracy: float | None = None  # None: the built-in task's reference model's val accuracy
     max_formats: int = 3  # distinct (weight bits, activation bits, sparsity) formats per member
+    finetune_steps: int = 0  # a QAT fine-tune of each front member (evaluators that can)
 
 
 @dataclass
@@ -164,6 +165,8 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         raise BadInput(f"--workers must be >= 1, got {config.workers}")
     if config.min_accuracy is not None and not 0.0 <= config.min_accuracy <= 1.0:
         raise BadInput(f"--min-accuracy must be in [0, 1], got {config.min_accuracy}")
+    if config.finetune_steps < 0:
+        raise BadInput(f"--finetune-steps must be >= 0, got {config.finetune_steps}")
     if config.max_formats < 1:
         raise BadInput(f"--max-formats must be >= 1, got {config.max_formats}")
     sampler = make_sampler(config.sampler, config.seed, config.trials)
@@ -203,7 +206,9 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         done_before = counted_trials(study)
         evaluated = _optimize(study, context, config, done_before, start, on_trial)
         elapsed = time.monotonic() - start
-        pareto = write_results(run, study, context, config)
+        pareto = write_results(run, study, context, config,
+                               progress=_finetune_progress(config) if config.progress is not None
+                               else None)
         trials = study.get_trials(deepcopy=False)
         n_failed = sum(t.state == TrialState.FAIL for t in trials)
         log.info("done: %d trials (%d failed), %d on the front, %.1f s", len(trials), n_failed,
@@ -244,6 +249,16 @@ def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,
         if bar is not None:
             bar.close()
     return evaluated
+
+
+def _finetune_progress(config: SearchConfig):
+    """A progress renderer per fine-tuned member (a bar on a terminal, plain lines elsewhere)."""
+    from codesign.progress import TrainingProgress
+
+    def make(i: int, n: int):
+        return TrainingProgress(f"fine-tune member {i + 1}/{n}", bar=bool(config.progress))
+
+    return make
 
 
 def feasible_share(latencies: np.ndarray, budget_s: float) -> float:

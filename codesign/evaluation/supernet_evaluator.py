@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +53,8 @@ class SupernetEvaluator(Evaluator):
         progress: called with ``TrainProgress`` while the supernet trains or loads (not pickled).
         cache_size: prepared (calibrated, quantized) candidates kept in memory, so scoring one
             candidate on val then test calibrates once.
+        finetuned_dir: where fine-tuned members' weights live (``RUN/finetuned``): a candidate
+            with a file there is scored and built from it instead of the supernet's slice.
     """
 
     name = "supernet"
@@ -59,7 +62,7 @@ class SupernetEvaluator(Evaluator):
     def __init__(self, space: MBConvSpace, *, seed: int | None = None, calib_images: int = 128,
                  eval_batch: int = 256, train: TrainConfig | None = None,
                  progress: Callable[[TrainProgress], None] | None = None,
-                 cache_size: int = 2) -> None:
+                 cache_size: int = 2, finetuned_dir: Path | None = None) -> None:
         if calib_images < 1 or eval_batch < 1:
             raise ValueError("calib_images and eval_batch must be positive")
         self.space = space
@@ -69,6 +72,7 @@ class SupernetEvaluator(Evaluator):
         self.train = train or TrainConfig()
         self.progress = progress
         self.cache_size = int(cache_size)
+        self.finetuned_dir = Path(finetuned_dir) if finetuned_dir is not None else None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -80,17 +84,19 @@ class SupernetEvaluator(Evaluator):
     # -------------------------------------------------------------- pickling / rebuilding
     @classmethod
     def rebuild(cls, config: MBConvConfig, backend_name: str, seed: int = 0,
-                threads_choices: tuple[int, ...] = (1,), **kwargs: Any) -> "SupernetEvaluator":
+                threads_choices: tuple[int, ...] = (1,), max_formats: int = 3,
+                **kwargs: Any) -> "SupernetEvaluator":
         """The evaluator for space ``config`` on back-end ``backend_name`` (in any process)."""
         from cost_models.backends import load_backend
 
         space = MBConvSpace(load_backend(backend_name), threads_choices=threads_choices,
-                            config=config)
+                            config=config, max_formats=max_formats)
         return cls(space, seed=seed, **kwargs)
 
     def __reduce__(self):
         kwargs = {"calib_images": self.calib_images, "eval_batch": self.eval_batch,
-                  "train": self.train, "cache_size": self.cache_size}
+                  "train": self.train, "cache_size": self.cache_size,
+                  "max_formats": self.space.max_formats, "finetuned_dir": self.finetuned_dir}
         return (_rebuild, (self.space.config, self.space.backend.name, self.seed,
                            self.space.threads_choices, kwargs))
 
@@ -155,7 +161,7 @@ class SupernetEvaluator(Evaluator):
             self._prepared.move_to_end(key)
             return self._prepared[key]
         ops = self.space.to_ops(candidate, self.space.eval_input_shape)
-        subnet = extract_subnet(self.supernet(), candidate)
+        subnet = self._finetuned_subnet(candidate) or extract_subnet(self.supernet(), candidate)
         prune_to_ops(subnet, ops)
         executor = OpListExecutor(subnet, ops)
         executor.calibrate([self.calibration_batch()])
@@ -186,6 +192,50 @@ class SupernetEvaluator(Evaluator):
             logits = executor(x[start:start + self.eval_batch])
             correct.append((logits.argmax(dim=1) == y[start:start + self.eval_batch]).numpy())
         return np.concatenate(correct)
+
+    # -------------------------------------------------------------- fine-tuning
+    def finetuned_path(self, candidate: Candidate) -> Path | None:
+        if self.finetuned_dir is None:
+            return None
+        return self.finetuned_dir / f"{candidate.key()}.safetensors"
+
+    def _finetuned_subnet(self, candidate: Candidate) -> MBConvSubnet | None:
+        path = self.finetuned_path(candidate)
+        if path is None or not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        subnet = MBConvSubnet(self.space.config, candidate.arch)
+        subnet.load_state_dict(load_file(str(path)))
+        return subnet.eval()
+
+    def finetune(self, candidate: Candidate, steps: int, *,
+                 progress: Callable[[TrainProgress], None] | None = None) -> bool:
+        """Fine-tune ``candidate`` in its own formats for ``steps`` steps (see
+        ``codesign.evaluation.finetune``) and keep the weights in ``finetuned_dir``; later
+        scores and ``build_deployable`` use them. False (nothing done) when its weights are
+        already there. Raises ValueError without a ``finetuned_dir``."""
+        from safetensors.torch import save_file
+
+        from codesign.evaluation.finetune import finetune_subnet
+
+        self._check(candidate)
+        path = self.finetuned_path(candidate)
+        if path is None:
+            raise ValueError("fine-tuning needs a finetuned_dir to keep the weights in")
+        key = candidate.key()
+        self._prepared.pop(key, None)  # scored before from the supernet's slice
+        for split in ("val", "test"):
+            self._results.pop((key, split), None)
+        if path.is_file():
+            return False
+        subnet = finetune_subnet(self.supernet(), candidate, self.data(), steps,
+                                 seed=self.seed, progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in subnet.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+        return True
 
     def build_deployable(self, candidate: Candidate) -> nn.Module:
         """The float subnet to export: pruned (masks baked into the weights), BatchNorm

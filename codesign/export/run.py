@@ -193,15 +193,18 @@ class _Run(RunSpecs):
         if evaluator is not None:
             space = evaluator.space
         else:
-            space = load_space(identity["space"], backend, device)
+            space = load_space(identity["space"], backend, device,
+                               max_formats=int(identity.get("max_formats", 3)))
             if not hasattr(space, "config"):
                 raise BadInput(f"{run_dir}: space {identity['space']!r} has no trained weights "
                                "to export (export supports the built-in mbconv space)")
             from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
-            evaluator = SupernetEvaluator(space, seed=int(identity.get("seed", 0)))
+            evaluator = SupernetEvaluator(space)  # the space file's seed, as the search used
         if not hasattr(evaluator, "build_deployable"):
             raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules")
+        if (run_dir / "finetuned").is_dir() and hasattr(evaluator, "finetuned_dir"):
+            evaluator.finetuned_dir = run_dir / "finetuned"  # members ship fine-tuned
         check_space_hash(run_dir, identity, space)
         return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
                    os.cpu_count() or 1, evaluator)

@@ -1,0 +1,56 @@
+"""A short quantization-aware fine-tune of one searched member, in its own formats.
+
+The member's architecture is trained as a slice of a private copy of the supernet, its units in
+their formats (``search_spaces.mbconv_qat``: fake-quantized weights with a straight-through
+gradient, int8 activations, sparse layers masked). A pruned weight gets no gradient and weight
+decay keeps it at zero, so the masks stay those the member was scored with (a fixed-mask
+fine-tune). Cross-entropy on the train split with the supernet's augmentation, AdamW at a small
+constant rate after a short warm-up. Returns the member as a static subnet (module names = op
+names), ready for the evaluator's calibration and for export.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from search_spaces.mbconv import Candidate, Format
+from search_spaces.mbconv_qat import train_format
+from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
+                                           extract_subnet)
+from search_spaces.mbconv_training import random_shift
+from search_spaces.tasks import TaskData
+
+
+def finetune_subnet(supernet: MBConvSupernet, candidate: Candidate, data: TaskData, steps: int,
+                    *, seed: int = 0, lr: float = 3e-4, batch_size: int = 32,
+                    shift_px: int = 6,
+                    progress: Callable[[TrainProgress], None] | None = None) -> MBConvSubnet:
+    """``candidate`` fine-tuned for ``steps`` steps (see the module docstring); deterministic
+    given ``seed``. The supernet is not modified."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    formats = {unit: train_format(Format(c.precision, c.sparsity).label)
+               for unit, c in candidate.layers}
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = copy.deepcopy(supernet).train()
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
+        gen = torch.Generator().manual_seed(seed + 7)
+        n = len(data.y_train)
+        warmup = max(1, steps // 10)
+        for step in range(steps):
+            idx = torch.randint(0, n, (batch_size,), generator=gen)
+            x = random_shift(data.x_train[idx], shift_px, gen).contiguous(
+                memory_format=torch.channels_last)
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warmup)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x, candidate.arch, formats), data.y_train[idx])
+            loss.backward()
+            opt.step()
+            if progress is not None:
+                progress(TrainProgress(step + 1, steps, 0, float(loss), 0.0))
+    return extract_subnet(net.eval(), candidate)

@@ -1,0 +1,103 @@
+"""What a front is worth: the accuracy floor and its reference, few formats per member, and
+fine-tuned members whose weights are what is scored and exported."""
+import json
+
+import pytest
+
+from codesign.cli import main
+from codesign.context import build_context
+from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+from codesign.search import SearchConfig, run_search
+from tests.export_helpers import TINY_TRAIN
+
+PROXY = "tests.search_helpers:proxy_accuracy"
+
+
+def _config(tmp_path, **kw):
+    base = dict(device="pixel8", budget_s=0.01, budget_text="10ms", trials=16, seed=0,
+                evaluator=PROXY, out=tmp_path / "run", progress=False)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_members_clear_the_accuracy_floor_and_list_few_formats(tmp_path):
+    result = run_search(_config(tmp_path, min_accuracy=0.9, max_formats=2))
+    pareto = result.pareto
+    assert pareto["min_accuracy"] == 0.9 and pareto["max_formats"] == 2
+    assert pareto["reference"] is None  # a user evaluator brings no reference model
+    assert pareto["members"]
+    for m in pareto["members"]:
+        assert m["accuracy"] >= 0.9
+        assert 1 <= len(m["formats"]) <= 2
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["min_accuracy"] == 0.9
+
+
+def test_search_starts_from_uniform_seed_points(tmp_path):
+    result = run_search(_config(tmp_path, trials=8))
+    from codesign.context import load_space
+    from cost_models.backends import load_backend
+    from cost_models.devices import load_device
+    space = load_space("mbconv", load_backend("xnnpack"), load_device("pixel8"))
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    study = optuna.load_study(study_name="codesign", storage=JournalStorage(
+        JournalFileBackend(str(result.run_dir / "study.journal"))))
+    first = [space.decode(t.params) for t in study.get_trials()[:6]]
+    assert [c.formats() for c in first] == [["w8a8"]] * 3 + [["w32a32"]] * 3
+
+
+def test_builtin_evaluator_reports_its_reference_model():
+    from cost_models.backends import load_backend
+    from search_spaces.mbconv import MBConvSpace
+    ref = SupernetEvaluator(MBConvSpace(load_backend("xnnpack"))).reference()
+    assert ref["model"].startswith("logistic regression on the raw 8x8 pixels")
+    assert 0.9 < ref["accuracy"] < 1.0 and 0.9 < ref["test_accuracy"] < 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-accuracy", "1.5"], "--min-accuracy must be in [0, 1]"),
+    (["--min-accuracy", "high"], "--min-accuracy must be a number in [0, 1]"),
+    (["--max-formats", "0"], "--max-formats"),
+    (["--finetune-steps", "-1"], "--finetune-steps must be an integer >= 0"),
+])
+def test_quality_flags_are_validated(argv, message, capsys, tmp_path):
+    code = main(["search", "--device", "pixel8", "--budget", "10ms", "--out",
+                 str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.slow
+def test_front_members_are_finetuned_and_scored_with_their_new_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "cache"))
+    config = _config(tmp_path, evaluator=None, space="tests.export_helpers:small_space",
+                     trials=8, finetune_steps=3, min_accuracy=0.0, budget_s=0.02,
+                     budget_text="20ms")
+    context = build_context(config)
+    context.evaluator = SupernetEvaluator(context.space, train=TINY_TRAIN)
+    result = run_search(config, context=context)
+    members = result.pareto["members"]
+    assert result.pareto["finetune_steps"] == 3 and members
+    files = sorted((result.run_dir / "finetuned").glob("*.safetensors"))
+    assert len(files) == len(members)
+    for m in members:
+        assert "accuracy_before_finetune" in m and len(m["accuracy_before_finetune_interval"]) == 2
+        candidate = context.space.decode(m["params"])
+        assert (result.run_dir / "finetuned" / f"{candidate.key()}.safetensors").is_file()
+    # the scores are those of the fine-tuned weights: a fresh evaluator reading the files agrees
+    fresh = SupernetEvaluator(context.space, train=TINY_TRAIN,
+                              finetuned_dir=result.run_dir / "finetuned")
+    for m in members:
+        candidate = context.space.decode(m["params"])
+        assert fresh.evaluate(candidate).accuracy == pytest.approx(m["accuracy"])
+        assert fresh.evaluate(candidate, split="test").accuracy == pytest.approx(
+            m["test_accuracy"])
+    # a resumed run reuses the weights instead of fine-tuning again
+    stamps = [f.stat().st_mtime_ns for f in files]
+    resumed = run_search(_config(tmp_path, evaluator=None, space="tests.export_helpers:small_space",
+                                 trials=8, finetune_steps=3, min_accuracy=0.0, budget_s=0.02,
+                                 budget_text="20ms", out=None, resume=result.run_dir),
+                         context=context)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert resumed.pareto["members"] == members
