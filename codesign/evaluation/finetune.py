@@ -52,5 +52,5 @@ def finetune_subnet(supernet: MBConvSupernet, candidate: Candidate, data: TaskDa
             loss.backward()
             opt.step()
             if progress is not None:
-                progress(TrainProgress(step + 1, steps, 0, float(loss), 0.0))
+                progress(TrainProgress(step + 1, steps, 0, loss.item(), 0.0))
     return extract_subnet(net.eval(), candidate)

@@ -129,7 +129,11 @@ def _reference_kernel(op: Op) -> str:
     """The project's numba kernel that implements this layer on the host, if there is one."""
     q, pattern = op.quant, op.sparsity.pattern
     if op.kind is OpKind.DEPTHWISE_CONV2D:
-        return "kernels.conv.depthwise_conv2d" if q.weight_bits >= 32 else ""
+        if q.weight_bits >= 32:
+            return "kernels.conv.depthwise_conv2d"
+        if q.act_bits == 8 and q.weight_bits in (4, 8):
+            return "kernels.conv_int8.depthwise_conv2d_int8"
+        return ""
     if op.kind not in GEMM_KINDS:
         return ""
     if pattern is SparsityPattern.N_M:
@@ -140,6 +144,8 @@ def _reference_kernel(op: Op) -> str:
         return "kernels.sparse.spmm_csr"
     if q.weight_bits == 32:
         return "kernels.conv.conv2d" if op.kind is OpKind.CONV2D else "kernels.gemm_f32.gemm_f32"
+    if q.act_bits == 8 and q.weight_bits in (4, 8) and op.kind is OpKind.CONV2D:
+        return f"kernels.conv_int8.conv2d_int8 (pack_conv_weights bits={q.weight_bits})"
     if q.weight_bits == 8 and q.act_bits == 8:
         return "kernels.gemm_int8.gemm_i8_i32 (pack_weights_int8)"
     if q.weight_bits == 4 and q.act_bits == 8:
