@@ -33,7 +33,7 @@ def test_search_writes_valid_front_and_keeps_every_trial(tmp_path):
                 "provenance", "members"):
         assert key in pareto
     assert pareto["trials"] == 24 and len(load_trials(result.run_dir)) == 24
-    assert pareto["backend"] == "codesign" and pareto["deploy_input_shape"] == [1, 3, 256, 256]
+    assert pareto["backend"] == "xnnpack" and pareto["deploy_input_shape"] == [1, 3, 64, 64]
     assert set(pareto["provenance"]) >= {"spec_sha256", "versions", "seed"}
     assert pareto["members"], "a 10 ms budget on pixel8 has feasible candidates"
     for m in pareto["members"]:
