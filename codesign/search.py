@@ -188,6 +188,9 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         log.info("search %s", identity)
         if n_stale:
             log.warning("%d trial(s) left RUNNING by a dead process marked FAIL", n_stale)
+        # Train or load the evaluator's shared state (a supernet) before the first trial, on
+        # every path: trained lazily it would be built inside the evaluator's no_grad scoring.
+        context.evaluator.prepare()
         start = time.monotonic()
         done_before = counted_trials(study)
         evaluated = _optimize(study, context, config, done_before, start, on_trial)
