@@ -123,6 +123,7 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutco
                    budget_s: float) -> None:
     """Attach an evaluated outcome to its trial and tell the study."""
     if outcome.error is not None:
+        log.warning("trial %d failed: %s", trial.number, outcome.error)
         trial.set_user_attr("fail_reason", outcome.error)
         study.tell(trial, state=TrialState.FAIL)
         return

@@ -9,8 +9,9 @@ Every run is a normal run directory ``DIR/<device>-<budget>/`` on the *driver's*
 another node reaches it only through ``RunStore``, one actor pinned to the driver's node that owns
 the Optuna journals, the result files and the logs. So a task that Ray retries (its worker
 process or node died) resumes its run's journal — the trials it finished are kept, the one it was
-running is marked FAIL — instead of starting over. A run that fails for good is recorded in
-``sweep.json`` with status ``failed`` and the reason; the others complete.
+running is marked FAIL — instead of starting over. A run that fails for good (or whose every
+trial failed) is recorded in ``sweep.json`` with status ``failed`` and the reason, a run whose
+trials completed but none fits its budget with status ``no-feasible``; the others complete.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class SweepRow:
     budget_s: float
     run_dir: str
     n_pareto: int = 0
-    status: str = "failed"  # "ok" or "failed"
+    status: str = "failed"  # "ok", "no-feasible" (no trial fits the budget) or "failed"
     reason: str | None = None
     budget: str = ""
     trials: int = 0
@@ -95,7 +96,11 @@ class SweepResult:
 
     @property
     def n_failed(self) -> int:
-        return sum(r.status != "ok" for r in self.rows)
+        return sum(r.status == "failed" for r in self.rows)
+
+    @property
+    def n_no_feasible(self) -> int:
+        return sum(r.status == "no-feasible" for r in self.rows)
 
 
 # ------------------------------------------------------------------ input
@@ -311,6 +316,7 @@ def run_job(job: RunJob, devices: dict[str, Any], shared: tuple[str, Any] | None
 
     from codesign.context import build_context
     from codesign.parallel import set_thread_counts
+    from codesign.results import run_status
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     set_thread_counts(job.search.threads_per_worker)
@@ -327,7 +333,9 @@ def run_job(job: RunJob, devices: dict[str, Any], shared: tuple[str, Any] | None
     metric = result.pareto.get("metric", "accuracy")
     pick = max if result.pareto.get("higher_is_better", True) else min
     best = pick(members, key=lambda m: m[metric], default=None)
-    return {"n_pareto": len(members), "trials": result.n_trials, "metric": metric,
+    status, why = run_status(result.pareto)  # a run with no trial completed counts as failed
+    return {"status": status, "reason": why, "n_pareto": len(members),
+            "trials": result.n_trials, "metric": metric,
             "n_complete": result.pareto["n_complete"], "n_failed": result.n_failed,
             "n_feasible": result.pareto["n_feasible"],
             "best_quality": None if best is None else best[metric],
@@ -422,8 +430,7 @@ def run_sweep(config: SweepConfig, *, echo: Callable[[str], None] = print) -> Sw
                     for key, value in ray.get(ready[0]).items():
                         if hasattr(row, key):
                             setattr(row, key, value)
-                    row.status = "ok"
-                    echo(f"[{len(jobs) - len(pending)}/{len(jobs)}] {job.name}: ok, "
+                    echo(f"[{len(jobs) - len(pending)}/{len(jobs)}] {job.name}: {row.status}, "
                          f"{row.trials} trials, {row.n_pareto} on the front "
                          f"({row.elapsed_s:.0f} s, attempt {row.attempts})")
                 except Exception as exc:  # a RayError or the task's own exception
@@ -489,8 +496,9 @@ def format_summary(result: SweepResult) -> str:
     lines = [_table(headers, rows, right={2, 3, 4, 5, 6, 7, 8})]
     for r in result.rows:
         if r.status != "ok":
-            lines.append(f"{Path(r.run_dir).name} failed: {r.reason}")
-    lines.append(f"{len(result.rows) - result.n_failed} of {len(result.rows)} runs ok in "
+            lines.append(f"{Path(r.run_dir).name} {r.status}: {r.reason}")
+    n_ok = sum(r.status == "ok" for r in result.rows)
+    lines.append(f"{n_ok} of {len(result.rows)} runs ok in "
                  f"{result.elapsed_s:.0f} s; {result.out / SWEEP_FILE}, "
                  f"{result.out / SUMMARY_FILE}")
     return "\n".join(lines)

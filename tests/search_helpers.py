@@ -57,3 +57,8 @@ def proxy_perplexity(candidate, split: str) -> float:
 
 
 proxy_perplexity.metric, proxy_perplexity.higher_is_better = "perplexity", False
+
+
+def failing_evaluator(candidate, split: str) -> float:
+    """Every trial fails (a data set that cannot be read, say)."""
+    raise RuntimeError("the validation data is not there")

@@ -33,6 +33,7 @@ def test_search_writes_valid_front_and_keeps_every_trial(tmp_path):
                 "provenance", "members"):
         assert key in pareto
     assert pareto["trials"] == 24 and len(load_trials(result.run_dir)) == 24
+    assert pareto["status"] == "ok"
     assert pareto["backend"] == "codesign" and pareto["deploy_input_shape"] == [1, 3, 256, 256]
     assert set(pareto["provenance"]) >= {"spec_sha256", "versions", "seed"}
     assert pareto["members"], "a 10 ms budget on pixel8 has feasible candidates"
@@ -200,3 +201,40 @@ def test_a_candidate_proposed_twice_is_one_member():
     for number, trial in enumerate(trials):
         trial.number = number
     assert [t.number for t in unique_candidates(trials)] == [0, 1]
+
+
+def test_search_exits_0_with_a_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--device", "pixel8", "--budget", "10ms", "--trials", "4",
+                 "--seed", "3", "--evaluator", PROXY, "--out", str(out), "--json"]) == 0
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["status"] == "ok" and pareto["members"]
+    assert capsys.readouterr().err == ""
+
+
+def test_search_exits_3_when_no_completed_trial_fits_the_budget(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["search", "--device", "pixel8", "--budget", "1us", "--trials", "3",
+                 "--evaluator", PROXY, "--out", str(out), "--no-progress"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none of the 3 completed trials fits" in err, err
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["status"] == "no-feasible" and pareto["members"] == []
+    assert pareto["n_complete"] == 3 and pareto["n_feasible"] == 0
+
+
+def test_search_exits_1_when_no_trial_completes(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["search", "--device", "pixel8", "--budget", "10ms", "--trials", "3",
+                 "--evaluator", "tests.search_helpers:failing_evaluator", "--out", str(out),
+                 "--no-progress", "--export"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no trial completed: all 3 trials failed" in err, err
+    assert "RuntimeError: the validation data is not there" in err
+    assert f"log: {out / 'search.log'}" in err
+    assert "the validation data is not there" in (out / "search.log").read_text()
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["status"] == "no-feasible" and pareto["n_complete"] == 0
+    assert not (out / "export").exists(), "nothing to export"

@@ -213,3 +213,32 @@ def test_the_supernet_is_shipped_as_shared_state_not_retrained(tmp_path, monkeyp
                               train=tiny)
     with pytest.raises(ValueError, match="not this evaluator's"):
         other.use_shared_state(key, state)
+
+
+@pytest.mark.slow
+def test_sweep_exits_3_when_a_run_has_no_feasible_candidate(tmp_path, capsys, local_ray):
+    out = tmp_path / "sweep"
+    rc = main(["sweep", "--devices", "pixel8", "--budgets", "10ms,1us", "--trials", "3",
+               "--seed", "3", "--evaluator", PROXY, "--out", str(out)])
+    assert rc == 3
+    runs = {r["budget"]: r for r in _sweep_json(out)["runs"]}
+    assert runs["10ms"]["status"] == "ok" and runs["10ms"]["n_pareto"] > 0
+    assert runs["1us"]["status"] == "no-feasible" and runs["1us"]["n_pareto"] == 0
+    assert "none of the 3 completed trials fits" in runs["1us"]["reason"]
+    pareto = json.loads((out / "pixel8-1us" / "pareto.json").read_text())
+    assert pareto["status"] == "no-feasible"
+    captured = capsys.readouterr()
+    assert "1 of 2 runs have no feasible candidate" in captured.err.splitlines()[-1]
+    assert "pixel8-1us no-feasible: no feasible candidate" in captured.out
+
+
+@pytest.mark.slow
+def test_sweep_exits_1_when_every_trial_of_a_run_failed(tmp_path, capsys, local_ray):
+    out = tmp_path / "sweep"
+    rc = main(["sweep", "--devices", "pixel8", "--budgets", "10ms", "--trials", "2",
+               "--evaluator", "tests.search_helpers:failing_evaluator", "--out", str(out)])
+    assert rc == 1
+    (run,) = _sweep_json(out)["runs"]
+    assert run["status"] == "failed" and run["n_complete"] == 0
+    assert "no trial completed: all 2 trials failed" in run["reason"]
+    assert "1 of 1 runs failed" in capsys.readouterr().err
