@@ -485,14 +485,17 @@ def summary_csv(rows: list[SweepRow]) -> str:
 
 
 def format_summary(result: SweepResult) -> str:
-    from codesign.report_tables import _table
+    from codesign.report_tables import _table, metric_label
 
-    headers = ["run", "status", "trials", "failed", "feasible", "front", "best val acc",
-               "its ms", "attempts"]
+    metric = result.rows[0].metric if result.rows else "accuracy"
+    headers = ["run", "status", "trials", "failed", "feasible", "front",
+               f"best val {metric_label({'metric': metric})[0]}", "its ms", "attempts"]
     rows = []
     for r in result.rows:
-        cells = _summary_cells(r)
-        rows.append([Path(r.run_dir).name, r.status, *cells[4:10], cells[10]])
+        cells = dict(zip(SUMMARY_COLUMNS, _summary_cells(r)))  # by name: the table's order
+        rows.append([Path(r.run_dir).name, *(cells[c] for c in (  # is not the CSV's
+            "status", "trials", "failed_trials", "feasible", "n_pareto", "best_quality",
+            "best_latency_ms", "attempts"))])
     lines = [_table(headers, rows, right={2, 3, 4, 5, 6, 7, 8})]
     for r in result.rows:
         if r.status != "ok":

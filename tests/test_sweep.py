@@ -215,6 +215,46 @@ def test_the_supernet_is_shipped_as_shared_state_not_retrained(tmp_path, monkeyp
         other.use_shared_state(key, state)
 
 
+def _printed_rows(text, n):
+    """The printed summary table's ``n`` data rows (below the header and its rule), split into
+    cells (no cell holds a space)."""
+    return [line.split() for line in text.splitlines()[2:2 + n]]
+
+
+def test_printed_summary_cells_sit_under_their_headers(tmp_path):
+    from codesign.sweep import SweepResult, SweepRow, format_summary
+
+    rows = [SweepRow(device="pixel8", budget_s=0.01, run_dir=str(tmp_path / "pixel8-10ms"),
+                     n_pareto=3, status="ok", budget="10ms", trials=20, n_complete=19,
+                     n_failed=1, n_feasible=7, best_quality=0.8125, best_latency_s=0.00912,
+                     attempts=2),
+            SweepRow(device="rpi5", budget_s=0.001, run_dir=str(tmp_path / "rpi5-1ms"),
+                     n_pareto=0, status="no-feasible", reason="no feasible candidate",
+                     budget="1ms", trials=20, n_complete=20, n_failed=0, n_feasible=0,
+                     attempts=1)]
+    text = format_summary(SweepResult(tmp_path, rows, 12.0))
+    header = text.splitlines()[0]
+    assert header.split("  ")[0] == "run" and "best val acc" in header
+    names = ["run", "status", "trials", "failed", "feasible", "front", "best", "ms", "attempts"]
+    ok, none = _printed_rows(text, 2)
+    assert dict(zip(names, ok)) == {"run": "pixel8-10ms", "status": "ok", "trials": "20",
+                                    "failed": "1", "feasible": "7", "front": "3",
+                                    "best": "0.8125", "ms": "9.12", "attempts": "2"}, text
+    assert none == ["rpi5-1ms", "no-feasible", "20", "0", "0", "0", "1"], text  # no best, ms
+    assert "rpi5-1ms no-feasible: no feasible candidate" in text
+    assert "1 of 2 runs ok" in text
+
+
+def test_printed_summary_names_a_lower_is_better_metric(tmp_path):
+    from codesign.sweep import SweepResult, SweepRow, format_summary
+
+    row = SweepRow(device="pixel8", budget_s=0.01, run_dir=str(tmp_path / "pixel8-10ms"),
+                   n_pareto=1, status="ok", budget="10ms", trials=4, metric="perplexity",
+                   best_quality=3.25, best_latency_s=0.005, attempts=1)
+    header = format_summary(SweepResult(tmp_path, [row], 1.0)).splitlines()[0]
+    assert "best val ppl" in header and "acc" not in header
+
+
 @pytest.mark.slow
 def test_sweep_exits_3_when_a_run_has_no_feasible_candidate(tmp_path, capsys, local_ray):
     out = tmp_path / "sweep"
