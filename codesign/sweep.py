@@ -355,9 +355,10 @@ def _shared_states(jobs: list[RunJob], echo: Callable[[str], None]
     states: dict[str, tuple[str, Any]] = {}
     per_run: dict[str, tuple[str, Any] | None] = {}
     contexts: dict[str, Any] = {}
+    # Every input checked before any shared state is built (training a supernet takes minutes):
+    # BadInput/SpecError here, before Ray starts, for a bad device, back-end, space or --out.
     for job in jobs:
         if job.device not in contexts:
-            # BadInput/SpecError here, before Ray starts, for a bad device, back-end or space
             contexts[job.device] = build_context(job.search)
             devices[job.device] = contexts[job.device].device
         context = contexts[job.device]
@@ -369,6 +370,8 @@ def _shared_states(jobs: list[RunJob], echo: Callable[[str], None]
             except BadInput as exc:
                 raise BadInput(f"--out: {job.name} holds another search; give another --out "
                                f"({str(exc).split(': ', 1)[-1]})") from None
+    for job in jobs:
+        context = contexts[job.device]
         key = context.evaluator.shared_state_key()
         if key is not None and key not in states:
             echo(f"{context.evaluator.name} evaluator: building its shared state once ({key})")

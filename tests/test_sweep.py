@@ -282,3 +282,22 @@ def test_sweep_exits_1_when_every_trial_of_a_run_failed(tmp_path, capsys, local_
     assert run["status"] == "failed" and run["n_complete"] == 0
     assert "no trial completed: all 2 trials failed" in run["reason"]
     assert "1 of 1 runs failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [("pixel9", "unknown device 'pixel9'"),
+                                          ("missing.yaml", "missing.yaml: no such device file")])
+def test_every_device_is_checked_before_any_supernet_is_built(tmp_path, monkeypatch, capsys,
+                                                              bad, message):
+    """A bad second device is exit 2 at once, not after the first device's supernet trained."""
+    import ray
+
+    from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+
+    built = []
+    monkeypatch.setattr(SupernetEvaluator, "shared_state", lambda self: built.append(self) or {})
+    rc = main(["sweep", "--devices", f"pixel8,{tmp_path / bad if '.' in bad else bad}",
+               "--budgets", "5ms", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "\n" not in err, err
+    assert built == [], "no shared state is built before every device is known good"
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
