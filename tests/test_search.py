@@ -238,3 +238,50 @@ def test_search_exits_1_when_no_trial_completes(tmp_path, capsys):
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["status"] == "no-feasible" and pareto["n_complete"] == 0
     assert not (out / "export").exists(), "nothing to export"
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"seed": 4}, ["--seed 4 (the run's: 3)"]),
+    ({"sampler": "random"}, ["--sampler 'random' (the run's: 'tpe')"]),
+    ({"seed": 5, "sampler": "random"}, ["--seed 5 (the run's: 3), --sampler 'random'"]),
+    ({"evaluator": "tests.search_helpers:broken_evaluator"}, ["--evaluator"]),
+])
+def test_resume_refuses_other_study_options_naming_them(tmp_path, change, named):
+    first = run_search(config(tmp_path, trials=2))
+    with pytest.raises(BadInput) as info:
+        run_search(config(tmp_path, out=None, resume=first.run_dir, trials=3, **change))
+    message = str(info.value)
+    assert "\n" not in message and all(n in message for n in named), message
+    assert len(load_trials(first.run_dir)) == 2, "nothing ran"
+
+
+def test_resume_refuses_another_seed_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["search", "--device", "pixel8", "--budget", "10ms", "--evaluator", PROXY,
+            "--no-progress", "--seed", "3"]
+    assert main(base + ["--trials", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(base[:-1] + ["4", "--trials", "3", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed 4 (the run's: 3)" in err, err
+    # how long and how wide it runs may change, and the same budget written another way
+    assert main(["search", "--device", "pixel8", "--budget", "10 ms", "--evaluator", PROXY,
+                 "--no-progress", "--seed", "3", "--trials", "3", "--timeout", "600",
+                 "--resume", str(out)]) == 0
+    assert len(load_trials(out)) == 3
+
+
+def test_a_field_added_to_search_config_is_part_of_the_fingerprint(tmp_path):
+    """Room for the options other issues add (--min-accuracy...): a new SearchConfig field is
+    checked on resume without further code."""
+    import dataclasses
+
+    Extended = dataclasses.make_dataclass("Extended", [("min_accuracy", float, 0.0)],
+                                          bases=(SearchConfig,), frozen=True)
+    first = run_search(Extended(**vars(config(tmp_path, trials=2)), min_accuracy=0.5))
+    run_json = json.loads((first.run_dir / "run.json").read_text())
+    assert run_json["options"]["min_accuracy"] == 0.5
+    assert not {"trials", "out", "resume", "progress"} & set(run_json["options"])
+    with pytest.raises(BadInput, match=r"--min-accuracy 0\.6 \(the run's: 0\.5\)"):
+        run_search(Extended(**vars(config(tmp_path, out=None, resume=first.run_dir, trials=3)),
+                            min_accuracy=0.6))
