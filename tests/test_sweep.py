@@ -56,12 +56,13 @@ def test_bad_input_is_exit_2_before_ray_starts(tmp_path, capsys):
 @pytest.mark.slow
 def test_sweep_of_2_devices_x_2_budgets_writes_4_runs(tmp_path, capsys, local_ray):
     out = tmp_path / "sweep"
-    rc = main(["sweep", "--devices", "pixel8,rpi5", "--budgets", "5ms,10ms", "--trials", "6",
+    # budgets every run meets in 6 trials (a run with no front makes the sweep exit 3)
+    rc = main(["sweep", "--devices", "pixel8,rpi5", "--budgets", "10ms,20ms", "--trials", "6",
                "--evaluator", PROXY, "--seed", "3", "--out", str(out)])
     assert rc == 0
     runs = _sweep_json(out)["runs"]
     assert [(r["device"], r["budget_s"]) for r in runs] == [
-        ("pixel8", 0.005), ("pixel8", 0.01), ("rpi5", 0.005), ("rpi5", 0.01)]
+        ("pixel8", 0.01), ("pixel8", 0.02), ("rpi5", 0.01), ("rpi5", 0.02)]
     for r in runs:
         assert {"device", "budget_s", "run_dir", "n_pareto", "status"} <= set(r)
         assert r["status"] == "ok" and r["attempts"] == 1
@@ -75,14 +76,14 @@ def test_sweep_of_2_devices_x_2_budgets_writes_4_runs(tmp_path, capsys, local_ra
     # a looser budget never has a worse best accuracy
     assert {r["metric"] for r in runs} == {"accuracy"}
     best = {(r["device"], r["budget_s"]): r["best_quality"] or 0.0 for r in runs}
-    assert best["pixel8", 0.01] >= best["pixel8", 0.005]
+    assert best["pixel8", 0.02] >= best["pixel8", 0.01]
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [row["status"] for row in summary] == ["ok"] * 4
     printed = capsys.readouterr().out
     assert "rpi5-10ms" in printed and "4 of 4 runs ok" in printed
     # an ordinary run directory: `search --resume` continues it
-    rc = main(["search", "--device", "pixel8", "--budget", "5ms", "--seed", "3", "--trials", "8",
-               "--evaluator", PROXY, "--resume", str(out / "pixel8-5ms"), "--json"])
+    rc = main(["search", "--device", "pixel8", "--budget", "10ms", "--seed", "3", "--trials", "8",
+               "--evaluator", PROXY, "--resume", str(out / "pixel8-10ms"), "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["trials"] == 8
 
 
@@ -106,13 +107,13 @@ def test_a_failed_run_is_recorded_and_the_others_complete(tmp_path, capsys, loca
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "pixel8-10ms").write_text("a file where the run directory should go")
-    rc = main(["sweep", "--devices", "pixel8", "--budgets", "5ms,10ms", "--trials", "4",
+    rc = main(["sweep", "--devices", "pixel8", "--budgets", "20ms,10ms", "--trials", "4",
                "--evaluator", PROXY, "--out", str(out)])
     assert rc == 1
     runs = {r["run_dir"]: r for r in _sweep_json(out)["runs"]}
-    failed, ok = runs[str(out / "pixel8-10ms")], runs[str(out / "pixel8-5ms")]
+    failed, ok = runs[str(out / "pixel8-10ms")], runs[str(out / "pixel8-20ms")]
     assert failed["status"] == "failed" and "exists and is not a directory" in failed["reason"]
-    assert ok["status"] == "ok" and len(load_trials(out / "pixel8-5ms")) == 4
+    assert ok["status"] == "ok" and len(load_trials(out / "pixel8-20ms")) == 4
     err = capsys.readouterr().err
     assert "1 of 2 runs failed" in err and "pixel8-10ms failed" in (out / "sweep.log").read_text()
 
@@ -124,7 +125,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_resumes_its_journal(tmp_path, 
     monkeypatch.setenv(HOLD_DIR_ENV, str(hold))
     start_local_ray(2, {HOLD_DIR_ENV: str(hold)})
     out = tmp_path / "sweep"
-    config = SweepConfig(devices=("pixel8",), budgets=("5ms", "10ms"), out=out, trials=6,
+    config = SweepConfig(devices=("pixel8",), budgets=("10ms", "20ms"), out=out, trials=6,
                          seed=4, evaluator="tests.ray_helpers:hold_once_accuracy")
     sweep = Background(lambda: run_sweep(config, echo=lambda line: None))
     victim = kill_victim(hold)
