@@ -143,7 +143,8 @@ def run_status(pareto: dict[str, Any]) -> tuple[str, str | None]:
     if pareto.get("ttft_budget_s") is not None:
         limits += f" and the {pareto['ttft_budget_s'] * 1e3:g} ms TTFT budget"
     return "no-feasible", (f"no feasible candidate: none of the {n_complete} completed trials "
-                           f"fits {limits} and constraints; try a looser budget or more trials")
+                           f"fits {limits} and every other constraint; try a looser budget or more "
+                           "trials")
 
 
 CSV_COLUMNS = ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "test_accuracy", "latency_ms",
