@@ -1,7 +1,8 @@
 """The ``codesign`` command line (contract: ../shared/CLI.md).
 
 Exit codes: 0 success; 2 bad input (one line on stderr naming the problem, no traceback);
-1 a failure while running (message + the path of a log holding the traceback).
+1 a failure while running (message + the path of a log holding the traceback); 3 (search,
+sweep) trials completed but no candidate fits the budget.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from codesign.userinput import BadInput, parse_positive_int, parse_shape
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_NO_FEASIBLE = 3  # search / sweep: trials completed, but no candidate fits the budget
 # QAT fine-tune steps per front member with the built-in evaluator (see BENCHMARKS.md)
 DEFAULT_FINETUNE_STEPS = 40
 
@@ -244,6 +246,8 @@ def _cmd_predict(args) -> int:
 
 def _cmd_search(args) -> int:
     from codesign.report_tables import format_pareto
+    from codesign.results import run_status
+    from codesign.run_dir import LOG_FILE
     from codesign.search import SAMPLERS, SearchConfig, run_search
     from codesign.userinput import parse_budget
 
@@ -302,6 +306,13 @@ def _cmd_search(args) -> int:
         print(json.dumps(result.pareto, indent=2))
     else:
         print(format_pareto(result.pareto, run_dir=result.run_dir, elapsed_s=result.elapsed_s))
+    status, why = run_status(result.pareto)
+    if status == "failed":
+        print(f"codesign search: {why}; log: {Path(result.run_dir) / LOG_FILE}", file=sys.stderr)
+        return EXIT_FAILURE
+    if status == "no-feasible":
+        print(f"codesign search: {why}", file=sys.stderr)
+        return EXIT_NO_FEASIBLE
     if args.export:
         return _export(Path(result.run_dir), "pte,pt2", "all", as_json=False)
     return EXIT_OK
@@ -474,6 +485,11 @@ def _cmd_sweep(args) -> int:
         print(f"codesign sweep: {result.n_failed} of {len(result.rows)} runs failed "
               f"(log: {result.out / 'sweep.log'})", file=sys.stderr)
         return EXIT_FAILURE
+    if result.n_no_feasible:
+        print(f"codesign sweep: {result.n_no_feasible} of {len(result.rows)} runs have no "
+              f"feasible candidate (status no-feasible in {result.out / 'sweep.json'})",
+              file=sys.stderr)
+        return EXIT_NO_FEASIBLE
     return EXIT_OK
 
 

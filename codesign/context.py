@@ -25,6 +25,34 @@ from kernels.cache_paths import cache_dir
 from search_spaces.base import SearchSpace
 
 BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
+# SearchConfig fields a --resume may change: how long, how wide and where the study runs, not
+# what it is. Every other field is in the study's fingerprint (run.json "options"), so a field
+# added to SearchConfig is checked on resume without further code.
+RESUMABLE_OPTIONS = frozenset({"trials", "timeout_s", "workers", "threads_per_worker",
+                               "ray_address", "out", "resume", "progress"})
+# Fields compared by what they resolve to, in the identity's own keys (run_dir.IDENTITY_KEYS):
+# a device by its name and spec sha256 (a catalog name or its YAML path), the back-end by name
+# (given or default), the budget in seconds ("10ms" or "10 ms"), the space by name and sha256,
+# a learned cost model by its file's sha256.
+RESOLVED_OPTIONS = frozenset({"device", "backend", "budget_s", "budget_text", "space",
+                              "cost_model", "cost_model_file"})
+
+
+def study_options(config, baseline_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of ``config`` (a SearchConfig) that define its study and are not in the
+    identity already, by field name, as JSON values; ``baseline`` by its params (the same
+    file under another path is the same study)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(config):
+        return {}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.name in RESUMABLE_OPTIONS or f.name in RESOLVED_OPTIONS:
+            continue
+        value = baseline_params if f.name == "baseline" else getattr(config, f.name)
+        out[f.name] = json.loads(json.dumps(value, default=str))
+    return out
 
 
 @dataclass
@@ -206,7 +234,8 @@ class SearchContext:
                 **({"max_formats": self.space.max_formats}
                    if hasattr(self.space, "max_formats") else {}),
                 **(self.learned.provenance() if self.learned is not None else {}),
-                "cache_dir": str(cache_dir())}
+                "cache_dir": str(cache_dir()),
+                "options": study_options(config, self.baseline_params)}
 
     def latency_band(self) -> dict[str, Any]:
         """What every member's ``latency_band_s`` is, for pareto.json's ``latency_band``:

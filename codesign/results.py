@@ -107,7 +107,10 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     n_eval = max((t.user_attrs.get("n_eval", 0) for t in complete), default=0)
     identity = context.identity(config)
     metric, higher = context.metric, context.higher_is_better
+    failed = [t for t in trials if t.state == TrialState.FAIL
+              and not t.user_attrs.get("interrupted")]
     return {
+        "status": "ok" if members else "no-feasible",
         "device": context.device.name, "backend": context.backend.name,
         "budget_s": context.budget_s, "space": context.space.name,
         **({"ttft_budget_s": context.ttft_budget_s}
@@ -119,6 +122,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         metric_keys(metric)["split"]: "val", "n_eval": int(n_eval),
         "n_complete": len(complete),
         "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "first_fail_reason": failed[0].user_attrs.get("fail_reason") if failed else None,
         "n_interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
         "n_feasible": sum(_feasible(t) for t in complete),
         "provenance": {
@@ -137,6 +141,25 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         "baseline": member_record(baseline, context) if baseline is not None else None,
         "members": members,
     }
+
+
+def run_status(pareto: dict[str, Any]) -> tuple[str, str | None]:
+    """(status, one line saying why) of a finished search: ``ok`` (a front; no line),
+    ``no-feasible`` (trials completed, none fits the budget and constraints) or ``failed``
+    (no trial completed)."""
+    n_complete, n_trials = pareto["n_complete"], pareto["trials"]
+    if n_complete == 0:
+        first = " ".join(str(pareto.get("first_fail_reason") or "").split())
+        return "failed", (f"no trial completed: all {n_trials} trials failed"
+                          + (f" (first: {first})" if first else ""))
+    if pareto["members"]:
+        return "ok", None
+    limits = f"the {pareto['budget_s'] * 1e3:g} ms budget"
+    if pareto.get("ttft_budget_s") is not None:
+        limits += f" and the {pareto['ttft_budget_s'] * 1e3:g} ms TTFT budget"
+    return "no-feasible", (f"no feasible candidate: none of the {n_complete} completed trials "
+                           f"fits {limits} and every other constraint; try a looser budget or more "
+                           "trials")
 
 
 CSV_COLUMNS = ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "test_accuracy", "latency_ms",

@@ -31,8 +31,11 @@ JOURNAL_FILE = "study.journal"
 LOG_FILE = "search.log"
 STUDY_NAME = "codesign"
 # What must match for --resume to continue a study: anything else would mix incomparable trials.
+# So must every option in the identity's "options" (context.study_options).
 IDENTITY_KEYS = ("device", "device_sha256", "backend", "budget_s", "space", "space_sha256",
-                 "cost_model")
+                 "cost_model", "cost_model_sha256")
+# The options a run made before run.json had "options" recorded at its top level.
+_LEGACY_OPTIONS = ("seed", "sampler", "evaluator")
 # Only one driver writes a journal, and each write holds the lock for milliseconds: a lock older
 # than a few seconds was left by a killed process, so break it instead of waiting Optuna's 30 s.
 LOCK_GRACE_S = 5
@@ -196,6 +199,10 @@ class RunDir:
             if stored.get(key) != identity.get(key):
                 raise BadInput(f"--resume {self.path}: the run's {key} is {stored.get(key)!r}, "
                                f"this search's is {identity.get(key)!r}; they must match")
+        differ = differing_options(stored, identity)
+        if differ:
+            raise BadInput(f"--resume {self.path}: the study's options differ: "
+                           f"{', '.join(differ)}; resume with the run's, or start a new --out")
         if not self.journal.exists():
             raise BadInput(f"--resume {self.path}: no Optuna storage ({JOURNAL_FILE}) in it")
         self.clean_after_crash()
@@ -210,6 +217,26 @@ class RunDir:
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         check_journal(self.journal)
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a SearchConfig field: ``ttft_budget_s`` -> ``--ttft-budget``."""
+    return "--" + name.removesuffix("_s").replace("_", "-")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def differing_options(stored: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """``--flag now (the run's: then)`` for every study option of ``identity`` that differs
+    from the run's. An option the run did not record (added to SearchConfig since) is not
+    compared: nothing says what it was."""
+    then = stored.get("options", {k: stored[k] for k in _LEGACY_OPTIONS if k in stored})
+    now = identity.get("options", {})
+    return [f"{option_flag(name)} {_short(now[name])} (the run's: {_short(then[name])})"
+            for name in now if name in then and then[name] != now[name]]
 
 
 def check_journal(path: Path) -> None:

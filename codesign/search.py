@@ -126,6 +126,7 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutco
                    budget_s: float) -> None:
     """Attach an evaluated outcome to its trial and tell the study."""
     if outcome.error is not None:
+        log.warning("trial %d failed: %s", trial.number, outcome.error)
         trial.set_user_attr("fail_reason", outcome.error)
         study.tell(trial, state=TrialState.FAIL)
         return
@@ -202,6 +203,9 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         log.info("search %s", identity)
         if n_stale:
             log.warning("%d trial(s) left RUNNING by a dead process marked FAIL", n_stale)
+        # Train or load the evaluator's shared state (a supernet) before the first trial, on
+        # every path: trained lazily it would be built inside the evaluator's no_grad scoring.
+        context.evaluator.prepare()
         start = time.monotonic()
         done_before = counted_trials(study)
         evaluated = _optimize(study, context, config, done_before, start, on_trial)

@@ -9,8 +9,9 @@ Every run is a normal run directory ``DIR/<device>-<budget>/`` on the *driver's*
 another node reaches it only through ``RunStore``, one actor pinned to the driver's node that owns
 the Optuna journals, the result files and the logs. So a task that Ray retries (its worker
 process or node died) resumes its run's journal — the trials it finished are kept, the one it was
-running is marked FAIL — instead of starting over. A run that fails for good is recorded in
-``sweep.json`` with status ``failed`` and the reason; the others complete.
+running is marked FAIL — instead of starting over. A run that fails for good (or whose every
+trial failed) is recorded in ``sweep.json`` with status ``failed`` and the reason, a run whose
+trials completed but none fits its budget with status ``no-feasible``; the others complete.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class SweepRow:
     budget_s: float
     run_dir: str
     n_pareto: int = 0
-    status: str = "failed"  # "ok" or "failed"
+    status: str = "failed"  # "ok", "no-feasible" (no trial fits the budget) or "failed"
     reason: str | None = None
     budget: str = ""
     trials: int = 0
@@ -95,7 +96,11 @@ class SweepResult:
 
     @property
     def n_failed(self) -> int:
-        return sum(r.status != "ok" for r in self.rows)
+        return sum(r.status == "failed" for r in self.rows)
+
+    @property
+    def n_no_feasible(self) -> int:
+        return sum(r.status == "no-feasible" for r in self.rows)
 
 
 # ------------------------------------------------------------------ input
@@ -311,6 +316,7 @@ def run_job(job: RunJob, devices: dict[str, Any], shared: tuple[str, Any] | None
 
     from codesign.context import build_context
     from codesign.parallel import set_thread_counts
+    from codesign.results import run_status
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     set_thread_counts(job.search.threads_per_worker)
@@ -327,7 +333,9 @@ def run_job(job: RunJob, devices: dict[str, Any], shared: tuple[str, Any] | None
     metric = result.pareto.get("metric", "accuracy")
     pick = max if result.pareto.get("higher_is_better", True) else min
     best = pick(members, key=lambda m: m[metric], default=None)
-    return {"n_pareto": len(members), "trials": result.n_trials, "metric": metric,
+    status, why = run_status(result.pareto)  # a run with no trial completed counts as failed
+    return {"status": status, "reason": why, "n_pareto": len(members),
+            "trials": result.n_trials, "metric": metric,
             "n_complete": result.pareto["n_complete"], "n_failed": result.n_failed,
             "n_feasible": result.pareto["n_feasible"],
             "best_quality": None if best is None else best[metric],
@@ -347,9 +355,10 @@ def _shared_states(jobs: list[RunJob], echo: Callable[[str], None]
     states: dict[str, tuple[str, Any]] = {}
     per_run: dict[str, tuple[str, Any] | None] = {}
     contexts: dict[str, Any] = {}
+    # Every input checked before any shared state is built (training a supernet takes minutes):
+    # BadInput/SpecError here, before Ray starts, for a bad device, back-end, space or --out.
     for job in jobs:
         if job.device not in contexts:
-            # BadInput/SpecError here, before Ray starts, for a bad device, back-end or space
             contexts[job.device] = build_context(job.search)
             devices[job.device] = contexts[job.device].device
         context = contexts[job.device]
@@ -361,6 +370,8 @@ def _shared_states(jobs: list[RunJob], echo: Callable[[str], None]
             except BadInput as exc:
                 raise BadInput(f"--out: {job.name} holds another search; give another --out "
                                f"({str(exc).split(': ', 1)[-1]})") from None
+    for job in jobs:
+        context = contexts[job.device]
         key = context.evaluator.shared_state_key()
         if key is not None and key not in states:
             echo(f"{context.evaluator.name} evaluator: building its shared state once ({key})")
@@ -422,8 +433,7 @@ def run_sweep(config: SweepConfig, *, echo: Callable[[str], None] = print) -> Sw
                     for key, value in ray.get(ready[0]).items():
                         if hasattr(row, key):
                             setattr(row, key, value)
-                    row.status = "ok"
-                    echo(f"[{len(jobs) - len(pending)}/{len(jobs)}] {job.name}: ok, "
+                    echo(f"[{len(jobs) - len(pending)}/{len(jobs)}] {job.name}: {row.status}, "
                          f"{row.trials} trials, {row.n_pareto} on the front "
                          f"({row.elapsed_s:.0f} s, attempt {row.attempts})")
                 except Exception as exc:  # a RayError or the task's own exception
@@ -478,19 +488,23 @@ def summary_csv(rows: list[SweepRow]) -> str:
 
 
 def format_summary(result: SweepResult) -> str:
-    from codesign.report_tables import _table
+    from codesign.report_tables import _table, metric_label
 
-    headers = ["run", "status", "trials", "failed", "feasible", "front", "best val acc",
-               "its ms", "attempts"]
+    metric = result.rows[0].metric if result.rows else "accuracy"
+    headers = ["run", "status", "trials", "failed", "feasible", "front",
+               f"best val {metric_label({'metric': metric})[0]}", "its ms", "attempts"]
     rows = []
     for r in result.rows:
-        cells = _summary_cells(r)
-        rows.append([Path(r.run_dir).name, r.status, *cells[4:10], cells[10]])
+        cells = dict(zip(SUMMARY_COLUMNS, _summary_cells(r)))  # by name: the table's order
+        rows.append([Path(r.run_dir).name, *(cells[c] for c in (  # is not the CSV's
+            "status", "trials", "failed_trials", "feasible", "n_pareto", "best_quality",
+            "best_latency_ms", "attempts"))])
     lines = [_table(headers, rows, right={2, 3, 4, 5, 6, 7, 8})]
     for r in result.rows:
         if r.status != "ok":
-            lines.append(f"{Path(r.run_dir).name} failed: {r.reason}")
-    lines.append(f"{len(result.rows) - result.n_failed} of {len(result.rows)} runs ok in "
+            lines.append(f"{Path(r.run_dir).name} {r.status}: {r.reason}")
+    n_ok = sum(r.status == "ok" for r in result.rows)
+    lines.append(f"{n_ok} of {len(result.rows)} runs ok in "
                  f"{result.elapsed_s:.0f} s; {result.out / SWEEP_FILE}, "
                  f"{result.out / SUMMARY_FILE}")
     return "\n".join(lines)

@@ -298,7 +298,8 @@ def train_lm_supernet(config: TransformerConfig, seed: int = 0,
         return 0.5 * train.lr * (1 + math.cos(math.pi * t))
 
     start = time.perf_counter()
-    with lm_threads(threads), torch.random.fork_rng(devices=[]):
+    # enable_grad: the evaluator's scoring runs under no_grad, and a cache miss trains from there
+    with lm_threads(threads), torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)

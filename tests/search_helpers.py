@@ -78,3 +78,8 @@ def resized_space(backend):
 def same_size_space(backend):
     """The MBConv family priced and scored at 64x64."""
     return _shaped_space(backend, (1, 3, 64, 64), (1, 3, 64, 64))
+
+
+def failing_evaluator(candidate, split: str) -> float:
+    """Every trial fails (a data set that cannot be read, say)."""
+    raise RuntimeError("the validation data is not there")

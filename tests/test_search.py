@@ -33,6 +33,7 @@ def test_search_writes_valid_front_and_keeps_every_trial(tmp_path):
                 "provenance", "members"):
         assert key in pareto
     assert pareto["trials"] == 24 and len(load_trials(result.run_dir)) == 24
+    assert pareto["status"] == "ok"
     assert pareto["backend"] == "xnnpack" and pareto["deploy_input_shape"] == [1, 3, 64, 64]
     assert set(pareto["provenance"]) >= {"spec_sha256", "versions", "seed"}
     assert pareto["members"], "a 10 ms budget on pixel8 has feasible candidates"
@@ -200,3 +201,87 @@ def test_a_candidate_proposed_twice_is_one_member():
     for number, trial in enumerate(trials):
         trial.number = number
     assert [t.number for t in unique_candidates(trials)] == [0, 1]
+
+
+def test_search_exits_0_with_a_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--device", "pixel8", "--budget", "10ms", "--trials", "4",
+                 "--seed", "3", "--evaluator", PROXY, "--out", str(out), "--json"]) == 0
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["status"] == "ok" and pareto["members"]
+    assert capsys.readouterr().err == ""
+
+
+def test_search_exits_3_when_no_completed_trial_fits_the_budget(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["search", "--device", "pixel8", "--budget", "1us", "--trials", "3",
+                 "--evaluator", PROXY, "--out", str(out), "--no-progress"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none of the 3 completed trials fits" in err, err
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["status"] == "no-feasible" and pareto["members"] == []
+    assert pareto["n_complete"] == 3 and pareto["n_feasible"] == 0
+
+
+def test_search_exits_1_when_no_trial_completes(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["search", "--device", "pixel8", "--budget", "10ms", "--trials", "3",
+                 "--evaluator", "tests.search_helpers:failing_evaluator", "--out", str(out),
+                 "--no-progress", "--export"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no trial completed: all 3 trials failed" in err, err
+    assert "RuntimeError: the validation data is not there" in err
+    assert f"log: {out / 'search.log'}" in err
+    assert "the validation data is not there" in (out / "search.log").read_text()
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["status"] == "no-feasible" and pareto["n_complete"] == 0
+    assert not (out / "export").exists(), "nothing to export"
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"seed": 4}, ["--seed 4 (the run's: 3)"]),
+    ({"sampler": "random"}, ["--sampler 'random' (the run's: 'tpe')"]),
+    ({"seed": 5, "sampler": "random"}, ["--seed 5 (the run's: 3), --sampler 'random'"]),
+    ({"evaluator": "tests.search_helpers:broken_evaluator"}, ["--evaluator"]),
+])
+def test_resume_refuses_other_study_options_naming_them(tmp_path, change, named):
+    first = run_search(config(tmp_path, trials=2))
+    with pytest.raises(BadInput) as info:
+        run_search(config(tmp_path, out=None, resume=first.run_dir, trials=3, **change))
+    message = str(info.value)
+    assert "\n" not in message and all(n in message for n in named), message
+    assert len(load_trials(first.run_dir)) == 2, "nothing ran"
+
+
+def test_resume_refuses_another_seed_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["search", "--device", "pixel8", "--budget", "10ms", "--evaluator", PROXY,
+            "--no-progress", "--seed", "3"]
+    assert main(base + ["--trials", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(base[:-1] + ["4", "--trials", "3", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed 4 (the run's: 3)" in err, err
+    # how long and how wide it runs may change, and the same budget written another way
+    assert main(["search", "--device", "pixel8", "--budget", "10 ms", "--evaluator", PROXY,
+                 "--no-progress", "--seed", "3", "--trials", "3", "--timeout", "600",
+                 "--resume", str(out)]) == 0
+    assert len(load_trials(out)) == 3
+
+
+def test_a_field_added_to_search_config_is_part_of_the_fingerprint(tmp_path):
+    """Room for the options other issues add (--min-accuracy...): a new SearchConfig field is
+    checked on resume without further code."""
+    import dataclasses
+
+    Extended = dataclasses.make_dataclass("Extended", [("min_accuracy", float, 0.0)],
+                                          bases=(SearchConfig,), frozen=True)
+    first = run_search(Extended(**vars(config(tmp_path, trials=2)), min_accuracy=0.5))
+    run_json = json.loads((first.run_dir / "run.json").read_text())
+    assert run_json["options"]["min_accuracy"] == 0.5
+    assert not {"trials", "out", "resume", "progress"} & set(run_json["options"])
+    with pytest.raises(BadInput, match=r"--min-accuracy 0\.6 \(the run's: 0\.5\)"):
+        run_search(Extended(**vars(config(tmp_path, out=None, resume=first.run_dir, trials=3)),
+                            min_accuracy=0.6))

@@ -56,12 +56,13 @@ def test_bad_input_is_exit_2_before_ray_starts(tmp_path, capsys):
 @pytest.mark.slow
 def test_sweep_of_2_devices_x_2_budgets_writes_4_runs(tmp_path, capsys, local_ray):
     out = tmp_path / "sweep"
-    rc = main(["sweep", "--devices", "pixel8,rpi5", "--budgets", "5ms,10ms", "--trials", "6",
+    # budgets every run meets in 6 trials (a run with no front makes the sweep exit 3)
+    rc = main(["sweep", "--devices", "pixel8,rpi5", "--budgets", "10ms,20ms", "--trials", "6",
                "--evaluator", PROXY, "--seed", "3", "--out", str(out)])
     assert rc == 0
     runs = _sweep_json(out)["runs"]
     assert [(r["device"], r["budget_s"]) for r in runs] == [
-        ("pixel8", 0.005), ("pixel8", 0.01), ("rpi5", 0.005), ("rpi5", 0.01)]
+        ("pixel8", 0.01), ("pixel8", 0.02), ("rpi5", 0.01), ("rpi5", 0.02)]
     for r in runs:
         assert {"device", "budget_s", "run_dir", "n_pareto", "status"} <= set(r)
         assert r["status"] == "ok" and r["attempts"] == 1
@@ -75,14 +76,14 @@ def test_sweep_of_2_devices_x_2_budgets_writes_4_runs(tmp_path, capsys, local_ra
     # a looser budget never has a worse best accuracy
     assert {r["metric"] for r in runs} == {"accuracy"}
     best = {(r["device"], r["budget_s"]): r["best_quality"] or 0.0 for r in runs}
-    assert best["pixel8", 0.01] >= best["pixel8", 0.005]
+    assert best["pixel8", 0.02] >= best["pixel8", 0.01]
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [row["status"] for row in summary] == ["ok"] * 4
     printed = capsys.readouterr().out
     assert "rpi5-10ms" in printed and "4 of 4 runs ok" in printed
     # an ordinary run directory: `search --resume` continues it
-    rc = main(["search", "--device", "pixel8", "--budget", "5ms", "--seed", "3", "--trials", "8",
-               "--evaluator", PROXY, "--resume", str(out / "pixel8-5ms"), "--json"])
+    rc = main(["search", "--device", "pixel8", "--budget", "10ms", "--seed", "3", "--trials", "8",
+               "--evaluator", PROXY, "--resume", str(out / "pixel8-10ms"), "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["trials"] == 8
 
 
@@ -106,13 +107,13 @@ def test_a_failed_run_is_recorded_and_the_others_complete(tmp_path, capsys, loca
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "pixel8-10ms").write_text("a file where the run directory should go")
-    rc = main(["sweep", "--devices", "pixel8", "--budgets", "5ms,10ms", "--trials", "4",
+    rc = main(["sweep", "--devices", "pixel8", "--budgets", "20ms,10ms", "--trials", "4",
                "--evaluator", PROXY, "--out", str(out)])
     assert rc == 1
     runs = {r["run_dir"]: r for r in _sweep_json(out)["runs"]}
-    failed, ok = runs[str(out / "pixel8-10ms")], runs[str(out / "pixel8-5ms")]
+    failed, ok = runs[str(out / "pixel8-10ms")], runs[str(out / "pixel8-20ms")]
     assert failed["status"] == "failed" and "exists and is not a directory" in failed["reason"]
-    assert ok["status"] == "ok" and len(load_trials(out / "pixel8-5ms")) == 4
+    assert ok["status"] == "ok" and len(load_trials(out / "pixel8-20ms")) == 4
     err = capsys.readouterr().err
     assert "1 of 2 runs failed" in err and "pixel8-10ms failed" in (out / "sweep.log").read_text()
 
@@ -124,7 +125,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_resumes_its_journal(tmp_path, 
     monkeypatch.setenv(HOLD_DIR_ENV, str(hold))
     start_local_ray(2, {HOLD_DIR_ENV: str(hold)})
     out = tmp_path / "sweep"
-    config = SweepConfig(devices=("pixel8",), budgets=("5ms", "10ms"), out=out, trials=6,
+    config = SweepConfig(devices=("pixel8",), budgets=("10ms", "20ms"), out=out, trials=6,
                          seed=4, evaluator="tests.ray_helpers:hold_once_accuracy")
     sweep = Background(lambda: run_sweep(config, echo=lambda line: None))
     victim = kill_victim(hold)
@@ -213,3 +214,91 @@ def test_the_supernet_is_shipped_as_shared_state_not_retrained(tmp_path, monkeyp
                               train=tiny)
     with pytest.raises(ValueError, match="not this evaluator's"):
         other.use_shared_state(key, state)
+
+
+def _printed_rows(text, n):
+    """The printed summary table's ``n`` data rows (below the header and its rule), split into
+    cells (no cell holds a space)."""
+    return [line.split() for line in text.splitlines()[2:2 + n]]
+
+
+def test_printed_summary_cells_sit_under_their_headers(tmp_path):
+    from codesign.sweep import SweepResult, SweepRow, format_summary
+
+    rows = [SweepRow(device="pixel8", budget_s=0.01, run_dir=str(tmp_path / "pixel8-10ms"),
+                     n_pareto=3, status="ok", budget="10ms", trials=20, n_complete=19,
+                     n_failed=1, n_feasible=7, best_quality=0.8125, best_latency_s=0.00912,
+                     attempts=2),
+            SweepRow(device="rpi5", budget_s=0.001, run_dir=str(tmp_path / "rpi5-1ms"),
+                     n_pareto=0, status="no-feasible", reason="no feasible candidate",
+                     budget="1ms", trials=20, n_complete=20, n_failed=0, n_feasible=0,
+                     attempts=1)]
+    text = format_summary(SweepResult(tmp_path, rows, 12.0))
+    header = text.splitlines()[0]
+    assert header.split("  ")[0] == "run" and "best val acc" in header
+    names = ["run", "status", "trials", "failed", "feasible", "front", "best", "ms", "attempts"]
+    ok, none = _printed_rows(text, 2)
+    assert dict(zip(names, ok)) == {"run": "pixel8-10ms", "status": "ok", "trials": "20",
+                                    "failed": "1", "feasible": "7", "front": "3",
+                                    "best": "0.8125", "ms": "9.12", "attempts": "2"}, text
+    assert none == ["rpi5-1ms", "no-feasible", "20", "0", "0", "0", "1"], text  # no best, ms
+    assert "rpi5-1ms no-feasible: no feasible candidate" in text
+    assert "1 of 2 runs ok" in text
+
+
+def test_printed_summary_names_a_lower_is_better_metric(tmp_path):
+    from codesign.sweep import SweepResult, SweepRow, format_summary
+
+    row = SweepRow(device="pixel8", budget_s=0.01, run_dir=str(tmp_path / "pixel8-10ms"),
+                   n_pareto=1, status="ok", budget="10ms", trials=4, metric="perplexity",
+                   best_quality=3.25, best_latency_s=0.005, attempts=1)
+    header = format_summary(SweepResult(tmp_path, [row], 1.0)).splitlines()[0]
+    assert "best val ppl" in header and "acc" not in header
+
+
+@pytest.mark.slow
+def test_sweep_exits_3_when_a_run_has_no_feasible_candidate(tmp_path, capsys, local_ray):
+    out = tmp_path / "sweep"
+    rc = main(["sweep", "--devices", "pixel8", "--budgets", "10ms,1us", "--trials", "3",
+               "--seed", "3", "--evaluator", PROXY, "--out", str(out)])
+    assert rc == 3
+    runs = {r["budget"]: r for r in _sweep_json(out)["runs"]}
+    assert runs["10ms"]["status"] == "ok" and runs["10ms"]["n_pareto"] > 0
+    assert runs["1us"]["status"] == "no-feasible" and runs["1us"]["n_pareto"] == 0
+    assert "none of the 3 completed trials fits" in runs["1us"]["reason"]
+    pareto = json.loads((out / "pixel8-1us" / "pareto.json").read_text())
+    assert pareto["status"] == "no-feasible"
+    captured = capsys.readouterr()
+    assert "1 of 2 runs have no feasible candidate" in captured.err.splitlines()[-1]
+    assert "pixel8-1us no-feasible: no feasible candidate" in captured.out
+
+
+@pytest.mark.slow
+def test_sweep_exits_1_when_every_trial_of_a_run_failed(tmp_path, capsys, local_ray):
+    out = tmp_path / "sweep"
+    rc = main(["sweep", "--devices", "pixel8", "--budgets", "10ms", "--trials", "2",
+               "--evaluator", "tests.search_helpers:failing_evaluator", "--out", str(out)])
+    assert rc == 1
+    (run,) = _sweep_json(out)["runs"]
+    assert run["status"] == "failed" and run["n_complete"] == 0
+    assert "no trial completed: all 2 trials failed" in run["reason"]
+    assert "1 of 1 runs failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [("pixel9", "unknown device 'pixel9'"),
+                                          ("missing.yaml", "missing.yaml: no such device file")])
+def test_every_device_is_checked_before_any_supernet_is_built(tmp_path, monkeypatch, capsys,
+                                                              bad, message):
+    """A bad second device is exit 2 at once, not after the first device's supernet trained."""
+    import ray
+
+    from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+
+    built = []
+    monkeypatch.setattr(SupernetEvaluator, "shared_state", lambda self: built.append(self) or {})
+    rc = main(["sweep", "--devices", f"pixel8,{tmp_path / bad if '.' in bad else bad}",
+               "--budgets", "5ms", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and "\n" not in err, err
+    assert built == [], "no shared state is built before every device is known good"
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()

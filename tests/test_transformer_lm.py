@@ -316,3 +316,37 @@ def test_a_user_function_may_declare_perplexity():
     mislabelled.metric = "perplexity"
     with pytest.raises(ValueError, match="returned 'accuracy', but declares 'perplexity'"):
         FunctionEvaluator(mislabelled).evaluate(None)
+
+
+def test_training_under_no_grad_trains_the_same_weights(cache, space, params):
+    """A scoring path runs under torch.no_grad(); a supernet trained from there is the same."""
+    with torch.no_grad():
+        trained = lm.train_lm_supernet(space.config, 0, tiny_train(), threads=1)
+    assert all(torch.equal(params[k], trained[k]) for k in params)
+
+
+def test_search_on_a_cold_cache_trains_the_supernet_before_the_first_trial(space, tmp_path,
+                                                                           monkeypatch):
+    """Issue 16: with no cached supernet every trial used to FAIL ("element 0 of tensors does
+    not require grad"): the evaluator trained it lazily inside its no_grad scoring."""
+    cold = tmp_path / "cold-cache"
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(cold))
+    monkeypatch.setattr(lm, "_LOADED", {})
+    evaluator = PerplexityEvaluator(space, seed=0, train=tiny_train(), threads=1,
+                                    max_tokens=4096)
+    cached_at_first_trial = []
+    score = evaluator.evaluate
+
+    def spy(candidate, *, split="val"):
+        if not cached_at_first_trial:
+            cached_at_first_trial.append(lm.cache_path(space.config, 0, tiny_train()).is_file())
+        return score(candidate, split=split)
+
+    monkeypatch.setattr(evaluator, "evaluate", spy)
+    ctx = SearchContext(PIXEL8, space.backend, space, evaluator, 0.01, "analytic")
+    config = SearchConfig(device="pixel8", budget_s=0.01, budget_text="10ms",
+                          space="transformer", trials=3, out=tmp_path / "run", progress=False)
+    result = run_search(config, context=ctx)
+    assert cached_at_first_trial == [True], "the supernet is trained before the first trial"
+    assert result.n_failed == 0 and result.pareto["n_complete"] == 3
+    assert result.pareto["members"]
