@@ -299,14 +299,14 @@ def _cmd_search(args) -> int:
         max_formats=parse_positive_int(args.max_formats, "--max-formats"),
         progress=not (args.no_progress or args.json) and sys.stderr.isatty())
     result = run_search(config)
-    # stderr: --json keeps stdout for the JSON alone
-    print(f"cache directory: {result.pareto.get('provenance', {}).get('cache_dir')} "
-          "(set CODESIGN_CACHE_DIR to move it)", file=sys.stderr)
     if args.json:
         print(json.dumps(result.pareto, indent=2))
     else:
         print(format_pareto(result.pareto, run_dir=result.run_dir, elapsed_s=result.elapsed_s))
     status, why = run_status(result.pareto)
+    if status == "ok":  # stderr (--json keeps stdout for the JSON); a failure says one line
+        print(f"cache directory: {result.pareto.get('provenance', {}).get('cache_dir')} "
+              "(set CODESIGN_CACHE_DIR to move it)", file=sys.stderr)
     if status == "failed":
         print(f"codesign search: {why}; log: {Path(result.run_dir) / LOG_FILE}", file=sys.stderr)
         return EXIT_FAILURE

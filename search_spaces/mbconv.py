@@ -385,6 +385,8 @@ class MBConvSpace(SearchSpace):
 
     # ------------------------------------------------------------------ mapping
     def decode(self, params: Mapping[str, Any]) -> Candidate:
+        if "fmt.0" not in params and "stem.prec" in params:
+            return self._decode_per_unit(params)
         self.check_params(params)
         stages = []
         for i in range(len(self.config.stages)):
@@ -404,6 +406,31 @@ class MBConvSpace(SearchSpace):
                                           params.get(f"{u}.tile", "default"))))
         return Candidate(arch, tuple(sorted(layers)),
                          params.get("threads", self.threads_choices[-1]))
+
+    def _decode_per_unit(self, params: Mapping[str, Any]) -> Candidate:
+        """Params written before palettes (a ``{unit}.prec`` / ``.sparsity`` per unit, as in
+        older runs, bundles and measurement files): still readable, each unit as it says."""
+        try:
+            stages = []
+            for i in range(len(self.config.stages)):
+                depth = params[f"s{i}.depth"]
+                stages.append(StageChoice(
+                    params[f"s{i}.width"],
+                    tuple(params[f"s{i}.b{j}.kernel"] for j in range(depth)),
+                    tuple(params[f"s{i}.b{j}.expand"] for j in range(depth))))
+            arch = Arch(params["stem.width"], tuple(stages), params["head.width"])
+            layers = tuple(sorted((u, LayerChoice(params[f"{u}.prec"],
+                                                  params.get(f"{u}.sparsity", "dense"),
+                                                  params.get(f"{u}.tile", "default")))
+                                  for u in units(arch)))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"space {self.name}: missing params [{exc}]") from None
+        for _, choice in layers:
+            Precision.parse(choice.precision)
+            if choice.sparsity not in SPARSITY_CHOICES:
+                raise ValueError(f"space {self.name}: sparsity {choice.sparsity!r} not one of "
+                                 f"{list(SPARSITY_CHOICES)}")
+        return Candidate(arch, layers, params.get("threads", self.threads_choices[-1]))
 
     def encode(self, candidate: Candidate) -> dict[str, Any]:
         """The params of ``candidate``: its distinct formats as the palette (one every unit can

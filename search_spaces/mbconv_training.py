@@ -103,7 +103,7 @@ def shipped_path(config: MBConvConfig, seed: int = 0, train: TrainConfig | None 
     return WEIGHTS_DIR / f"{config.name}-{cache_key(config, seed, train)}.safetensors"
 
 
-def _shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     """Each image translated by its own random (dy, dx) in [-shift, shift], edges replicated
     (the digits' border is background)."""
     if shift <= 0:
@@ -176,7 +176,7 @@ def train_supernet(config: MBConvConfig, seed: int = 0, train: TrainConfig | Non
             rng = np.random.default_rng([seed, step])
             idx = order[b * train.batch_size:(b + 1) * train.batch_size]
             # channels-last: CPU depthwise convolutions train several times faster
-            x = _shifted(data.x_train[idx], train.shift_px, gen).contiguous(
+            x = random_shift(data.x_train[idx], train.shift_px, gen).contiguous(
                 memory_format=torch.channels_last)
             y = data.y_train[idx]
             for group in opt.param_groups:

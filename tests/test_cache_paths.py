@@ -10,7 +10,7 @@ from codesign.cli import main
 from codesign.learned_pricing import default_model_path
 from kernels import bench_harness, tile_tuner
 from kernels.cache_paths import cache_dir
-from search_spaces import mbconv_supernet, transformer_lm
+from search_spaces import mbconv_training, transformer_lm
 from search_spaces.mbconv import load_mbconv_config
 from search_spaces.transformer import load_transformer_config
 
@@ -18,7 +18,7 @@ PROXY = "tests.search_helpers:proxy_accuracy"
 
 
 def every_cache_path() -> dict[str, object]:
-    return {"mbconv supernet": mbconv_supernet.cache_path(load_mbconv_config()).parent,
+    return {"mbconv supernet": mbconv_training.cache_path(load_mbconv_config()).parent,
             "lm supernet": transformer_lm.cache_path(load_transformer_config()).parent,
             "tile tuner": tile_tuner.default_cache_dir(),
             "kernel bench": bench_harness.default_cache_dir(),

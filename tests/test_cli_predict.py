@@ -44,7 +44,7 @@ def test_predict_table_mentions_every_kernel(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--device", "pixel9"], "unknown device 'pixel9'; valid: "),
-    (["--backend", "tflite"], "has no back-end 'tflite'; valid: codesign, xnnpack"),
+    (["--backend", "tflite"], "has no back-end 'tflite'; valid: xnnpack, codesign"),
     (["--model", "nomodule_xyz:f"], "cannot import module 'nomodule_xyz'"),
     (["--model", "tests.models"], "must be MODULE:NAME"),
     (["--model", "tests.models:nothing"], "has no attribute 'nothing'"),

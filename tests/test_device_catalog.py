@@ -80,7 +80,7 @@ def test_documented_devices_detect_nothing(name):
 @pytest.mark.parametrize("name", DOCUMENTED)
 def test_backends_and_dtypes(name):
     spec = load_device(name)
-    assert spec.backends == ("codesign", "xnnpack")
+    assert spec.backends == ("xnnpack", "codesign")
     for c in spec.cpu.clusters:
         assert set(c.flops_per_cycle) == set(DTYPES)
         assert c.burst_hz.value >= c.sustained_hz.value

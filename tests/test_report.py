@@ -19,7 +19,8 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
     # a tight budget: some trials over it, some within, a front of several members
     run_search(SearchConfig(device="pixel8", budget_s=0.006, budget_text="6ms", trials=20, seed=5,
-                            sampler="random", evaluator=PROXY, out=out, progress=False))
+                            sampler="random", evaluator=PROXY, out=out, progress=False,
+                            backend="codesign"))
     return out
 
 
