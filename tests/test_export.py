@@ -21,6 +21,7 @@ from cost_models.backends import load_backend
 from cost_models.devices import load_device
 from cost_models.ir import OpBatch
 from tests.export_helpers import SHAPE, TINY_TRAIN, small_space, write_run
+from search_spaces.mbconv import Candidate, LayerChoice, units
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
@@ -32,11 +33,10 @@ MANIFEST_KEYS = {"params", "latency_s_predicted", "host_latency_s_measured", "ma
 
 
 def _params(space, seed: int, precision_of) -> dict:
-    params = space.sample(np.random.default_rng(seed))
-    for key in params:
-        if key.endswith(".prec"):
-            params[key] = precision_of(key[:-len(".prec")])
-    return params
+    """A sampled architecture with each unit at ``precision_of(unit)``, as palette params."""
+    arch = space.decode(space.sample(np.random.default_rng(seed))).arch
+    layers = tuple(sorted((u, LayerChoice(precision_of(u))) for u in units(arch)))
+    return space.encode(Candidate(arch, layers, 1))
 
 
 def _member(evaluator, trial: int, params: dict) -> dict:
@@ -190,32 +190,37 @@ def test_mixed_precision_survives_per_layer(xnn_export):
 def test_codesign_member_gets_kernels_json_and_no_pte_when_xnnpack_cannot_run_it(cache, tmp_path):
     space = small_space(load_backend("codesign"))
     ev = SupernetEvaluator(space, seed=0, train=TINY_TRAIN)
-    params = _params(space, 4, lambda unit: "w2a8" if unit[1:2].isdigit() else "w32a32")
+    # w4a8 (per-channel int4 weights, int8 activations): the project's int4 kernels run it,
+    # XNNPACK has no 4-bit convolution
+    params = _params(space, 4, lambda unit: "w4a8" if unit[1:2].isdigit() else "w32a32")
     run_dir = write_run(tmp_path / "cd", "tests.export_helpers:small_space", "codesign",
                         [_member(ev, 7, params)])
     [result] = export_run(run_dir, evaluator=ev)
     out = run_dir / "export" / "trial-7"
     assert result.status == "pt2-only" and not (out / "model.pte").exists()
-    assert "w2a8" in result.reason
+    assert "w4a8" in result.reason
     manifest = json.loads((out / "manifest.json").read_text())
     why = {p["name"]: p.get("why_not") for p in manifest["precision_per_layer"]}
-    assert why["stem"] is None and "w2a8" in why["s0.b0.expand"]
+    assert why["stem"] is None and "w4a8" in why["s0.b0.expand"]
     kernels = json.loads((out / "kernels.json").read_text())["layers"]
     first = next(k for k in kernels if k["name"] == "s0.b0.expand")
-    assert first["weight_bits"] == 2 and first["act_bits"] == 8 and first["gemm"]["k"] > 0
+    assert first["weight_bits"] == 4 and first["act_bits"] == 8 and first["gemm"]["k"] > 0
+    assert first["reference_kernel"].startswith("kernels.conv_int8.conv2d_int8")
+    dw = next(k for k in kernels if k["name"] == "s0.b0.dw")
+    assert dw["reference_kernel"] == "kernels.conv_int8.depthwise_conv2d_int8"
     assert set(manifest["sha256"]) == {"kernels.json", "model.pt2"}
-    # the .pt2 holds 2-bit weights: at most 4 distinct values per output channel
+    # the .pt2 holds 4-bit weights: at most 16 distinct values per output channel
     program = torch.export.load(str(out / "model.pt2"))
     weight = program.state_dict["s0.b0.expand.weight"]
-    assert max(len(torch.unique(row)) for row in weight.reshape(weight.shape[0], -1)) <= 4
+    assert max(len(torch.unique(row)) for row in weight.reshape(weight.shape[0], -1)) <= 16
 
 
 def test_plan_refuses_to_round_precisions():
     xnnpack = load_backend("xnnpack")
     space = small_space(load_backend("codesign"))
-    params = _params(space, 0, lambda unit: "w16a16" if unit == "stem" else "w32a32")
+    params = _params(space, 0, lambda unit: "w4a8" if unit == "stem" else "w32a32")
     plans = {p.name: p for p in plan_layers(space.to_ops(space.decode(params)), xnnpack)}
-    assert plans["stem"].realisation is None and "w16a16" in plans["stem"].reason
+    assert plans["stem"].realisation is None and "w4a8" in plans["stem"].reason
     assert plans["s0.b0.expand"].realisation == "fp32"
 
 

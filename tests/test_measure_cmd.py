@@ -66,8 +66,10 @@ def test_candidate_is_lowered_at_each_layers_priced_precision(one_torch_thread) 
     from tests.measure_helpers import tiny_mbconv
 
     space = tiny_mbconv(load_backend("xnnpack"))
-    # seed 0 draws w8a8, w32a32 and w4a8-dyn layers in one candidate
-    candidate = space.decode(space.sample(np.random.default_rng(0)))
+    # the first sampled candidate whose palette mixes w8a8, w32a32 and w4a8-dyn layers
+    rng = np.random.default_rng(0)
+    candidate = next(c for c in (space.decode(space.sample(rng)) for _ in range(500))
+                     if set(c.formats()) == {"w32a32", "w8a8", "w4a8-dyn"})
     lowered = lower_candidate(space, candidate)
     priced = {op.name: f"w{op.quant.weight_bits}a{op.quant.act_bits}"
               + ("-dyn" if op.quant.dynamic_act else "") for op in space.to_ops(candidate)
@@ -78,8 +80,7 @@ def test_candidate_is_lowered_at_each_layers_priced_precision(one_torch_thread) 
     # quantized layers differ from the float module, but not by much (a wrong graph would)
     assert 0 < lowered.max_rel_err < 0.1
     # an all-float candidate matches the float module to float rounding
-    fp32 = space.decode({**space.encode(candidate), **{
-        k: "w32a32" for k in space.encode(candidate) if k.endswith(".prec")}})
+    fp32 = space.uniform(candidate.arch, "w32a32")
     assert lower_candidate(space, fp32).max_rel_err < 1e-4
 
 
@@ -105,7 +106,7 @@ def test_measure_two_candidates_end_to_end_and_resume(tmp_path, capsys, one_torc
         # one thread: the latency is the executing thread's CPU time; the wall clock beside it
         assert row["clock"] == "cpu" and float(row["cpu_p50_ms"]) == float(row["host"])
         assert float(row["wall_p50_ms"]) > 0
-        assert json.loads(row["params"])["stem.prec"] in ("w32a32", "w8a8")
+        assert json.loads(row["params"])["fmt.0"] in ("w32a32", "w8a8")
     assert rows[0]["id"] != rows[1]["id"]
     noise = list(csv.DictReader((tmp_path / "host.noise.csv").open()))
     assert len(noise) == 1 and noise[0]["id"] == rows[0]["id"]

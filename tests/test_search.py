@@ -9,6 +9,7 @@ from codesign.cli import main
 from codesign.search import SearchConfig, run_search
 from codesign.userinput import BadInput
 from cost_models.backends import Precision, load_backend
+from search_spaces.mbconv import MBConvSpace
 
 PROXY = "tests.search_helpers:proxy_accuracy"
 
@@ -80,14 +81,14 @@ def test_xnnpack_members_use_only_xnnpack_choices(tmp_path):
     result = run_search(config(tmp_path, backend="xnnpack", trials=16))
     assert result.pareto["backend"] == "xnnpack"
     cap = load_backend("xnnpack")
+    space = MBConvSpace(load_backend("xnnpack"), threads_choices=(1, 2, 4))
     for t in load_trials(result.run_dir):
-        for name, value in t.params.items():
-            assert not name.endswith((".sparsity", ".tile")), name
-            if name.endswith(".prec"):
-                p = Precision.parse(value)
-                assert p.label in {"w32a32", "w8a8", "w4a8-dyn"}
-                if p.weight_bits == 4:
-                    assert name.startswith(("feature", "classifier")), "4-bit only on linears"
+        assert not any(name.endswith(".tile") for name in t.params)
+        for unit, choice in space.decode(t.params).layers:
+            p = Precision.parse(choice.precision)
+            assert p.label in {"w32a32", "w8a8", "w4a8-dyn"} and choice.sparsity == "dense"
+            if p.weight_bits == 4:
+                assert unit in ("feature", "classifier"), "4-bit only on linears"
     for m in result.pareto["members"]:
         assert all(layer["sparsity"] == "dense" and layer["tile"] == "default"
                    for layer in m["layers"])
