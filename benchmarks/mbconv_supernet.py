@@ -46,9 +46,10 @@ def rows(train: TrainConfig) -> list[dict]:
         for arch_name, arch in (("largest", big), ("smallest", small)):
             labels = space.formats if arch_name == "largest" else ("w32a32",)
             for label in labels:
-                # a linear-only format: the convs in the back-end's int8 (XNNPACK's 4-bit recipe)
-                cand = space.uniform(arch, label, fallback=None if label in space.common_formats
-                                     or "w8a8" not in space.common_formats else "w8a8")
+                # a linear-only format: the convs in the back-end's int8 (XNNPACK's 4-bit recipe);
+                # a sparse one: the stem and classifier (no sparse layer) in fp32
+                linear_only = label not in space.unit_formats("stem") and "+" not in label
+                cand = space.uniform(arch, label, fallback="w8a8" if linear_only else None)
                 val = ev.evaluate(cand, split="val")
                 test_correct = ev.correctness(cand, "test")
                 row = {"backend": backend, "arch": arch_name, "format": label,
