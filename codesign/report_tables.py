@@ -183,6 +183,18 @@ def band_note(pareto: dict[str, Any]) -> str | None:
             f"{band.get('ref', '')}")
 
 
+def floor_note(pareto: dict[str, Any]) -> str:
+    """The accuracy floor the members clear, and the reference model it came from."""
+    floor, ref = pareto.get("min_accuracy"), pareto.get("reference")
+    if floor is None:
+        return ""
+    line = f"accuracy floor: val >= {floor:.3f}"
+    if ref:
+        line += (f" ({ref['model']} on the same split: val {ref['accuracy']:.3f}, "
+                 f"test {ref['test_accuracy']:.3f})")
+    return line
+
+
 def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | None = None) -> str:
     """The end-of-run table: one row per front member, the baseline marked. A space with a
     prefill phase and a RAM check (transformer) adds time to first token and resident bytes;
@@ -195,6 +207,7 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     members = list(pareto["members"])
     phases = any("ttft_s" in m for m in members)
     memory = any("memory_bytes" in m for m in members)
+    tuned = any("accuracy_before_finetune" in m for m in members)
     for m in members:
         lo, hi = m[keys["interval"]]
         tlo, thi = m["latency_band_s"]
@@ -202,6 +215,9 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
                        if layer["kind"] in ("conv2d", "linear", "depthwise_conv2d")})
         sparse = sorted({layer["sparsity"] for layer in m["layers"]} - {"dense"})
         extra = []
+        if tuned:
+            extra.append(f"{m['accuracy_before_finetune']:.3f}"
+                         if "accuracy_before_finetune" in m else "-")
         if phases:
             extra.append(f"{m['ttft_s'] * 1e3:.2f}" if "ttft_s" in m else "-")
         if memory:
@@ -212,7 +228,8 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
                      f"{m.get(keys['test'], float('nan')):.3f}",
                      f"{m['latency_s'] * 1e3:.2f} [{tlo * 1e3:.2f},{thi * 1e3:.2f}]", *extra,
                      f"{m['model_bytes'] / 1e6:.2f}", f"{m['peak_activation_bytes'] / 1e6:.2f}",
-                     str(m["threads"]), ",".join(bits), ",".join(sparse) or "dense"])
+                     str(m["threads"]), ",".join(m.get("formats") or bits),
+                     ",".join(sparse) or "dense"])
     head = (f"Pareto front: {pareto['device']} / {pareto['backend']}, budget "
             f"{pareto['budget_s'] * 1e3:g} ms"
             + (" per decoded token" if phases else "")
@@ -221,10 +238,11 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
             + f", space {pareto['space']}, cost model {pareto['cost_model']}"
             + (f"; {metric}{note}" if metric != "accuracy" else ""))
     latency = "decode ms/token [band]" if phases else "latency ms [band]"
-    extra_heads = (["TTFT ms"] if phases else []) + (["RAM MB/share"] if memory else [])
+    extra_heads = ((["before fine-tune"] if tuned else []) + (["TTFT ms"] if phases else [])
+                   + (["RAM MB/share"] if memory else []))
     n = 4 + len(extra_heads)
     table = _table(["trial", f"val {short} [95% CI]", f"test {short}", latency, *extra_heads,
-                    "MB", "peak act MB", "threads", "precisions", "sparsity"], rows,
+                    "MB", "peak act MB", "threads", "formats", "sparsity"], rows,
                    right={*range(4, 4 + len(extra_heads)), n, n + 1, n + 2})
     interrupted = pareto.get("n_interrupted", 0)
     counts = (f"{pareto['trials']} trials: {pareto['n_complete']} complete "
@@ -234,6 +252,9 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     base = pareto.get("baseline")
     shapes, band = shapes_note(pareto), band_note(pareto)
     lines = [head, *([shapes] if shapes else []), table, *([band] if band else []), counts]
+    floor = floor_note(pareto)
+    if floor:
+        lines.insert(1, floor)
     if base is not None:
         lines.append(f"baseline (trial {base['trial']}): val {short} {base[keys['value']]:.3f}, "
                      f"{base['latency_s'] * 1e3:.2f} ms, {base['model_bytes'] / 1e6:.2f} MB"

@@ -260,7 +260,9 @@ def _finetune_progress(config: SearchConfig):
     from codesign.progress import TrainingProgress
 
     def make(i: int, n: int):
-        return TrainingProgress(f"fine-tune member {i + 1}/{n}", bar=bool(config.progress))
+        # plain lines at the half and the end: a member's fine-tune takes seconds
+        return TrainingProgress(f"fine-tune member {i + 1}/{n}", bar=bool(config.progress),
+                                every_fraction=0.5)
 
     return make
 
