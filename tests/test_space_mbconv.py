@@ -118,3 +118,16 @@ def test_default_budget_binds_on_xnnpack():
     assert np.mean(latency > 0.010) > 0
     assert 0.05 <= np.mean(latency > 0.005) <= 0.5
     assert np.mean(latency > 0.005) > np.mean(latency > 0.010)
+
+
+def test_params_written_before_palettes_still_decode(space):
+    """Runs, bundles and phone results recorded with a precision per unit stay readable."""
+    candidate = space.decode(space.sample(np.random.default_rng(9)))
+    params = {k: v for k, v in space.encode(candidate).items()
+              if not k.startswith("fmt.") and not k.endswith(".fmt")}
+    for unit, choice in candidate.layers:
+        params[f"{unit}.prec"] = choice.precision
+        params[f"{unit}.sparsity"] = choice.sparsity
+    assert space.decode(params) == candidate
+    with pytest.raises(ValueError, match="not of the form"):
+        space.decode({**params, "stem.prec": "int8"})
