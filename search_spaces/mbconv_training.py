@@ -136,7 +136,8 @@ def train_supernet(config: MBConvConfig, seed: int = 0, train: TrainConfig | Non
     """Train a supernet on the task's train split (deterministic given ``seed``).
 
     Sandwich rule, every step: the largest subnet in fp32 (cross-entropy, label-smoothed: the
-    teacher), then the largest again, the smallest and ``n_random`` random subnets, each in a
+    teacher), then the largest again (every other step), the smallest and ``n_random`` random
+    subnets, each in a
     sampled per-unit format palette when ``train.qat`` (a mix of cross-entropy and KL
     distillation from the teacher's detached soft predictions: in-place distillation); one AdamW
     step (linear warm-up, cosine decay). ``progress`` is called after every step. With
