@@ -137,8 +137,8 @@ def train_supernet(config: MBConvConfig, seed: int = 0, train: TrainConfig | Non
 
     Sandwich rule, every step: the largest subnet in fp32 (cross-entropy, label-smoothed: the
     teacher), then the largest again (every other step), the smallest and ``n_random`` random
-    subnets, each in a
-    sampled per-unit format palette when ``train.qat`` (a mix of cross-entropy and KL
+    subnets, each (85% of the time) in a sampled per-unit format palette when ``train.qat``
+    (a mix of cross-entropy and KL
     distillation from the teacher's detached soft predictions: in-place distillation); one AdamW
     step (linear warm-up, cosine decay). ``progress`` is called after every step. With
     ``checkpoint``, the state is saved there every ``checkpoint_every_s`` seconds and a
