@@ -7,17 +7,14 @@ import pytest
 from codesign.cli import main
 from codesign.context import build_context
 from codesign.evaluation.supernet_evaluator import SupernetEvaluator
-from codesign.search import SearchConfig, run_search
+from codesign.search import run_search
 from tests.export_helpers import TINY_TRAIN
-
-PROXY = "tests.search_helpers:proxy_accuracy"
+from tests.test_search import config
 
 
 def _config(tmp_path, **kw):
-    base = dict(device="pixel8", budget_s=0.01, budget_text="10ms", trials=16, seed=0,
-                evaluator=PROXY, out=tmp_path / "run", progress=False)
-    base.update(kw)
-    return SearchConfig(**base)
+    """test_search's config (the proxy evaluator) with this file's trials and seed."""
+    return config(tmp_path, **{"trials": 16, "seed": 0, **kw})
 
 
 def test_members_clear_the_accuracy_floor_and_list_few_formats(tmp_path):
