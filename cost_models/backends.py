@@ -69,6 +69,9 @@ class BackendSpec:
     requant_bytes_per_elem: float  # extra traffic of a quantize/dequantize at a boundary
     analytic_error: Sourced | None = None  # the analytic model's known relative error here
     analytic_error_devices: tuple[str, ...] = ()  # the devices whose measurements it comes from
+    # static int8 activations: "asymmetric" (a zero point: PT2E / XNNPACK QS8) or "symmetric"
+    # (zero point 0: the project's integer GEMMs and convolutions)
+    int8_activations: str = "asymmetric"
     # Depthwise kernels with more taps (kh x kw) than the back-end's dedicated micro-kernels
     # cover run on a generic path at their own efficiency (per dtype); None: no such limit.
     depthwise_max_taps: int | None = None
@@ -206,6 +209,7 @@ def parse_backend(data, path: str) -> BackendSpec:
         analytic_error=(r.sourced("analytic_error", maximum=1.0)
                         if "analytic_error" in r.data else None),
         analytic_error_devices=_error_devices(r),
+        int8_activations=_int8_activations(r),
         **_depthwise_limit(r),
         blockwise_weight_efficiency=_blockwise(r),
         fused_attention=_fused_attention(r),
@@ -223,6 +227,13 @@ def _error_devices(r: _Reader) -> tuple[str, ...]:
     if not all(isinstance(n, str) and n.strip() for n in names):
         raise sub.error(f"expected a list of device names, got {names!r}", "devices")
     return tuple(names)
+
+
+def _int8_activations(r: _Reader) -> str:
+    value = r.data.get("int8_activations", "asymmetric")
+    if value not in ("asymmetric", "symmetric"):
+        raise r.error(f"expected asymmetric or symmetric, got {value!r}", "int8_activations")
+    return value
 
 
 def _depthwise_limit(r: _Reader) -> dict:

@@ -252,3 +252,20 @@ def test_low_precision_sparse_loses_accuracy_beyond_the_intervals(evaluator):
     harsh = evaluator.evaluate(_uniform(space, arch, "w2a8", "unstructured75"))
     assert dense.accuracy > 0.4, dense  # the small supernet learned the task (chance: 0.1)
     assert harsh.interval[1] < dense.interval[0], (harsh, dense)
+
+
+def test_symmetric_int8_activations_have_no_zero_point():
+    """The codesign back-end's integer kernels take int8 activations with zero point 0: a
+    non-negative tensor then uses only the upper half of the levels."""
+    from codesign.evaluation.fake_quant import ActQuant
+    from cost_models.backends import load_backend
+
+    assert load_backend("codesign").int8_activations == "symmetric"
+    assert load_backend("xnnpack").int8_activations == "asymmetric"
+    x = torch.linspace(0.0, 3.0, 10_000)
+    sym, asym = ActQuant("a", 8, symmetric=True), ActQuant("b", 8)
+    for q in (sym, asym):
+        q(x, calibrating=True)
+    levels = len(torch.unique(sym(x, calibrating=False)))
+    assert 120 <= levels <= 129 and len(torch.unique(asym(x, calibrating=False))) == 256
+    assert torch.allclose(sym(x, calibrating=False), x, atol=3.0 / 127.5 / 2 + 1e-6)

@@ -62,10 +62,13 @@ class MinMaxObserver:
 
 
 class ActQuant:
-    """How one tensor is held: ``bits`` (8/16/32), static (calibrated) or dynamic."""
+    """How one tensor is held: ``bits`` (8/16/32), static (calibrated) or dynamic; a static
+    int8 tensor ``symmetric`` (zero point 0: levels [-128, 127] x max|x| / 127.5, torchao's
+    symmetric mapping) or with a zero point over its observed range."""
 
-    def __init__(self, name: str, bits: int, dynamic: bool = False) -> None:
-        self.name, self.bits, self.dynamic = name, bits, dynamic
+    def __init__(self, name: str, bits: int, dynamic: bool = False,
+                 symmetric: bool = False) -> None:
+        self.name, self.bits, self.dynamic, self.symmetric = name, bits, dynamic, symmetric
         self.observer = MinMaxObserver() if bits == 8 and not dynamic else None
 
     def __call__(self, x: torch.Tensor, calibrating: bool) -> torch.Tensor:
@@ -82,6 +85,9 @@ class ActQuant:
         if not self.observer.ready:
             raise RuntimeError(f"activation {self.name!r} is static int8 but was never "
                                "calibrated; call calibrate() first")
+        if self.symmetric:
+            bound = max(abs(self.observer.lo), abs(self.observer.hi))
+            return fake_quant_tensor(x, -bound, bound, self.bits)
         return fake_quant_tensor(x, self.observer.lo, self.observer.hi, self.bits)
 
 
@@ -104,7 +110,8 @@ class OpListExecutor:
     activation or an op kind the executor has no rule for.
     """
 
-    def __init__(self, model: nn.Module, ops: Sequence[Op]) -> None:
+    def __init__(self, model: nn.Module, ops: Sequence[Op], *,
+                 symmetric_int8: bool = False) -> None:
         self.model = model
         self.ops = list(ops)
         self.frozen = False
@@ -131,9 +138,10 @@ class OpListExecutor:
                     raise ValueError(f"boundary op {op.name} has no reader")
                 bits = min(r.quant.act_bits for r in outs)
                 dynamic = all(r.quant.dynamic_act for r in outs)
-                self.acts[op.name] = ActQuant(op.name, bits, dynamic)
+                self.acts[op.name] = ActQuant(op.name, bits, dynamic, symmetric_int8)
             elif op.kind not in (OpKind.DEQUANTIZE, OpKind.FREE):
-                self.acts[op.name] = ActQuant(op.name, op.quant.act_bits, op.quant.dynamic_act)
+                self.acts[op.name] = ActQuant(op.name, op.quant.act_bits, op.quant.dynamic_act,
+                                              symmetric_int8)
         # free each intermediate after its last reader (batches of hundreds of 64x64 maps)
         self.last_use: dict[str, int] = {}
         for i, op in enumerate(self.ops):

@@ -163,7 +163,8 @@ class SupernetEvaluator(Evaluator):
         ops = self.space.to_ops(candidate, self.space.eval_input_shape)
         subnet = self._finetuned_subnet(candidate) or extract_subnet(self.supernet(), candidate)
         prune_to_ops(subnet, ops)
-        executor = OpListExecutor(subnet, ops)
+        executor = OpListExecutor(
+            subnet, ops, symmetric_int8=self.space.backend.int8_activations == "symmetric")
         executor.calibrate([self.calibration_batch()])
         executor.freeze()
         self._prepared[key] = (subnet, executor)
