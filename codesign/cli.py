@@ -297,7 +297,8 @@ def _cmd_search(args) -> int:
                         if args.finetune_steps is not None
                         else 0 if args.evaluator else DEFAULT_FINETUNE_STEPS),
         max_formats=parse_positive_int(args.max_formats, "--max-formats"),
-        progress=not (args.no_progress or args.json) and sys.stderr.isatty())
+        progress=not (args.no_progress or args.json) and sys.stderr.isatty(),
+        progress_lines=not args.no_progress and not sys.stderr.isatty())
     result = run_search(config)
     if args.json:
         print(json.dumps(result.pareto, indent=2))

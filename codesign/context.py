@@ -29,7 +29,8 @@ BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
 # what it is. Every other field is in the study's fingerprint (run.json "options"), so a field
 # added to SearchConfig is checked on resume without further code.
 RESUMABLE_OPTIONS = frozenset({"trials", "timeout_s", "workers", "threads_per_worker",
-                               "ray_address", "out", "resume", "progress"})
+                               "ray_address", "out", "resume", "progress",
+                               "progress_lines"})
 # Fields compared by what they resolve to, in the identity's own keys (run_dir.IDENTITY_KEYS):
 # a device by its name and spec sha256 (a catalog name or its YAML path), the back-end by name
 # (given or default), the budget in seconds ("10ms" or "10 ms"), the space by name and sha256,

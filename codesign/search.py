@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class SearchConfig:
     out: Path | None = None
     resume: Path | None = None
     progress: bool = True
+    progress_lines: bool = False  # no bar (stderr not a terminal): a plain line every 10%
     ttft_budget_s: float | None = None  # --space transformer: time-to-first-token budget
     min_accuracy: float | None = None  # None: the built-in task's reference model's val accuracy
     max_formats: int = 3  # distinct (weight bits, activation bits, sparsity) formats per member
@@ -247,12 +249,25 @@ def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,
             evaluated += 1
             if bar is not None:
                 bar.update(1)
+            elif config.progress_lines:
+                _progress_line(done_before + evaluated, config.trials, evaluated,
+                               time.monotonic() - start)
             if on_trial is not None:
                 on_trial(trial.number)
     finally:
         if bar is not None:
             bar.close()
     return evaluated
+
+
+def _progress_line(done: int, total: int, evaluated: int, elapsed_s: float) -> None:
+    """A plain progress line on stderr at every tenth of the trials (and the last)."""
+    step = max(1, total // 10)
+    if done % step and done != total:
+        return
+    eta = elapsed_s / evaluated * (total - done) if evaluated else float("nan")
+    print(f"search: {done}/{total} trials ({100 * done // total}%), {elapsed_s:.0f} s elapsed, "
+          f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
 
 
 def _finetune_progress(config: SearchConfig):

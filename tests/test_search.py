@@ -210,8 +210,13 @@ def test_search_exits_0_with_a_front(tmp_path, capsys):
                  "--seed", "3", "--evaluator", PROXY, "--out", str(out), "--json"]) == 0
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["status"] == "ok" and pareto["members"]
-    # stderr says only which cache the run used (stdout is the JSON alone)
-    assert capsys.readouterr().err.startswith("cache directory: ")
+    # stdout is the JSON alone; stderr: plain progress lines (no terminal), then the cache
+    captured = capsys.readouterr()
+    json.loads(captured.out)
+    err = captured.err.strip().splitlines()
+    assert err[-1].startswith("cache directory: ")
+    assert err[:-1] == [line for line in err[:-1] if line.startswith("search: ")]
+    assert err[-2].startswith("search: 4/4 trials (100%)")
 
 
 def test_search_exits_3_when_no_completed_trial_fits_the_budget(tmp_path, capsys):

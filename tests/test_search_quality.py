@@ -98,3 +98,10 @@ def test_front_members_are_finetuned_and_scored_with_their_new_weights(tmp_path,
                          context=context)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert resumed.pareto["members"] == members
+
+
+def test_plain_progress_lines_without_a_terminal(tmp_path, capsys):
+    run_search(_config(tmp_path, trials=20, progress_lines=True))
+    lines = capsys.readouterr().err.strip().splitlines()
+    done = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("search: ")]
+    assert done == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
