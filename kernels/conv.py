@@ -63,10 +63,13 @@ def _check_f32(name: str, x: object, ndim: int) -> np.ndarray:
 
 
 @cfg.kernel("void(float32[:, :, :, ::1], int64, int64, int64, int64, int64, int64, int64, "
-            "float32[:, ::1])")
+            "float32[:, ::1])",
+            "void(int8[:, :, :, ::1], int64, int64, int64, int64, int64, int64, int64, "
+            "int8[:, ::1])")
 def _im2col(x, kh, kw, stride, pad, oh, ow, row0, cols):
-    """cols[r - row0, (u*kw + v)*c + ch] = x[b, i*s - pad + u, j*s - pad + v, ch] for the
-    output pixels r = (b*oh + i)*ow + j in row0 .. row0 + len(cols) - 1."""
+    """cols[r - row0, (u*kw + v)*c + ch] = x[b, i*s - pad + u, j*s - pad + v, ch] (0 in the
+    padding) for the output pixels r = (b*oh + i)*ow + j in row0 .. row0 + len(cols) - 1.
+    fp32 for kernels.conv, int8 (zero point 0) for kernels.conv_int8."""
     nb, h, w, c = x.shape
     for r in range(row0, row0 + cols.shape[0]):
         b = r // (oh * ow)
@@ -83,7 +86,7 @@ def _im2col(x, kh, kw, stride, pad, oh, ow, row0, cols):
                         cols[row, col + ch] = x[b, ih, iw, ch]
                 else:
                     for ch in range(c):
-                        cols[row, col + ch] = 0.0
+                        cols[row, col + ch] = 0
                 col += c
 
 

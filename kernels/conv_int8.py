@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _numba_config as cfg
-from .conv import IM2COL_CHUNK_BYTES, _resolve_padding, output_size
+from .conv import IM2COL_CHUNK_BYTES, _im2col, _resolve_padding, output_size
 from .gemm_int8 import (DEFAULT_INT_TILE, PackedIntWeights, _requantize, gemm_int_kernel,
                         pack_weights_int4, pack_weights_int8)
 from .specs import TileSpec
@@ -141,31 +141,6 @@ def pack_conv_weights(w: np.ndarray, bits: int = 8, nr: int = 16) -> PackedConvW
     return PackedConvWeights(packed, kh, kw, cin)
 
 
-@cfg.kernel("void(int8[:, :, :, ::1], int64, int64, int64, int64, int64, int64, int64, "
-            "int8[:, ::1])")
-def _im2col_i8(x, kh, kw, stride, pad, oh, ow, row0, cols):
-    """cols[r - row0, (u*kw + v)*c + ch] = x[b, i*s - pad + u, j*s - pad + v, ch] (0 in the
-    padding) for the output pixels r = (b*oh + i)*ow + j in row0 .. row0 + len(cols) - 1."""
-    nb, h, w, c = x.shape
-    for r in range(row0, row0 + cols.shape[0]):
-        b = r // (oh * ow)
-        i = (r // ow) % oh
-        j = r % ow
-        row = r - row0
-        col = 0
-        for u in range(kh):
-            ih = i * stride - pad + u
-            for v in range(kw):
-                iw = j * stride - pad + v
-                if ih >= 0 and ih < h and iw >= 0 and iw < w:
-                    for ch in range(c):
-                        cols[row, col + ch] = x[b, ih, iw, ch]
-                else:
-                    for ch in range(c):
-                        cols[row, col + ch] = 0
-                col += c
-
-
 def im2col_int8(x: np.ndarray, kh: int, kw: int, stride: int = 1,
                 padding: int | str = 0) -> np.ndarray:
     """Unfold NHWC int8 ``x`` into the (N*OH*OW, KH*KW*C) int8 patch matrix.
@@ -182,7 +157,7 @@ def im2col_int8(x: np.ndarray, kh: int, kw: int, stride: int = 1,
     oh, ow = _out_size(h, w, kh, kw, stride, pad)
     cols = np.empty((nb * oh * ow, kh * kw * c), np.int8)
     if cols.size:
-        _im2col_i8(x, kh, kw, stride, pad, oh, ow, 0, cols)
+        _im2col(x, kh, kw, stride, pad, oh, ow, 0, cols)
     return cols
 
 
@@ -267,7 +242,7 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
         for r0 in range(0, m, rows):
             n_rows = min(rows, m - r0)
             cols = buf[:n_rows]
-            _im2col_i8(x, kh, kw, stride, pad, oh, ow, r0, cols)
+            _im2col(x, kh, kw, stride, pad, oh, ow, r0, cols)
             acc = accbuf[:n_rows] if requant else y[r0:r0 + n_rows]
             gemm(cols, data, acc, kpairs, tile.mc, tile.nc, tile.kc)
             _epilogue(acc, y[r0:r0 + n_rows], multipliers, bias, zero_point)
