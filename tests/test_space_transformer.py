@@ -130,11 +130,11 @@ def test_phase_shapes(space):
         space.to_ops(c, "generate")
 
 
-def test_decode_gemvs_are_memory_bound_and_near_weight_streaming(space):
+def test_decode_gemvs_are_memory_bound_and_near_weight_streaming():
+    space = TransformerSpace(load_backend("xnnpack"), config=LLM)
     cm = model(space)
     dram = cm.assumptions["dram_bytes_per_s"]
-    cases = [16, 8] + ([4] if space.backend.name == "codesign" else [])
-    for bits in cases:
+    for bits in (16, 8):
         ops = space.to_ops(uniform(space, bits))
         batch = OpBatch.from_oplists([ops])
         pred = cm.predict(batch)
@@ -192,11 +192,27 @@ def test_kv_cache_bytes_linear_in_context_in_the_default_space():
     assert space.kv_cache_bytes(base, 512) == sizes[512]
 
 
+def test_codesign_decode_gemvs_are_compute_bound_on_the_measured_kernels():
+    # recorded finding, not a wish: priced from the project's own kernels' measured efficiency
+    # at M = 1 (linear_i8 0.125 of the int8 peak, configs/backends/codesign.yaml), the decode
+    # GEMVs are compute bound: the kernels, not DRAM, set the codesign back-end's decode speed
+    space = TransformerSpace(load_backend("codesign"), config=LLM)
+    for bits in (8, 4):
+        ops = space.to_ops(uniform(space, bits))
+        batch = OpBatch.from_oplists([ops])
+        rows = model(space).predict(batch).layers(batch, 0)
+        big = [r for r in rows if r["kind"] == "linear" and r["name"].endswith(("gate", "up", "down"))]
+        assert big and all(r["bound"] == "compute" for r in big), (bits, {r["bound"] for r in big})
+
+
 def test_fewer_weight_bits_decode_faster(space):
     cm = model(space)
     lat = {bits: float(cm.predict(OpBatch.from_oplists([space.to_ops(uniform(space, bits))]))
                        .latency_s[0]) for bits in (4, 8, 16)}
-    assert lat[4] < lat[8] < lat[16], lat
+    if space.backend.name == "xnnpack":
+        assert lat[4] < lat[8] < lat[16], lat
+    else:  # int4 and int8 weights run the same compute-bound int8 GEMV (see above)
+        assert lat[4] <= lat[8] < lat[16], lat
 
 
 def test_memory_is_weights_plus_whole_kv_cache_against_ram_share():
