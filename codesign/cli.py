@@ -21,7 +21,7 @@ from codesign.userinput import BadInput, parse_positive_int, parse_shape
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_NO_FEASIBLE = 3  # search / sweep: trials completed, but no candidate fits the budget
 # QAT fine-tune steps per front member with the built-in evaluator (see BENCHMARKS.md)
-DEFAULT_FINETUNE_STEPS = 40
+DEFAULT_FINETUNE_STEPS = 20
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +90,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-formats", default="3",
                    help="distinct (weight bits, activation bits, sparsity) formats per member "
                         "(default 3)")
+    s.add_argument("--predictor-trials", default=None,
+                   help="trials proposed by the accuracy predictor + cost model stage after "
+                        "TPE (default: a fifth of --trials from 40 trials on)")
     s.add_argument("--finetune-steps", default=None,
                    help="QAT fine-tune steps for each front member (default: "
                         f"{DEFAULT_FINETUNE_STEPS} with the built-in evaluator, 0 with --evaluator)")
@@ -297,6 +300,8 @@ def _cmd_search(args) -> int:
                         if args.finetune_steps is not None
                         else 0 if args.evaluator else DEFAULT_FINETUNE_STEPS),
         max_formats=parse_positive_int(args.max_formats, "--max-formats"),
+        predictor_trials=(_int_arg(args.predictor_trials, "--predictor-trials", 0)
+                          if args.predictor_trials is not None else None),
         progress=not (args.no_progress or args.json) and sys.stderr.isatty(),
         progress_lines=not args.no_progress and not sys.stderr.isatty())
     result = run_search(config)

@@ -138,6 +138,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         "min_accuracy": getattr(context, "min_accuracy", None),
         "max_formats": getattr(context.space, "max_formats", None),
         "latency_band": context.latency_band(),  # what latency_band_s is, and its provenance
+        "predictor": study.user_attrs.get("predictor"),  # the predictor-guided stage, if run
         "baseline": member_record(baseline, context) if baseline is not None else None,
         "members": members,
     }

@@ -8,6 +8,7 @@ Trials run through ask/tell, so the same loop serves sequential and parallel eva
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -65,6 +66,7 @@ class SearchConfig:
     min_accuracy: float | None = None  # None: the built-in task's reference model's val accuracy
     max_formats: int = 3  # distinct (weight bits, activation bits, sparsity) formats per member
     finetune_steps: int = 0  # a QAT fine-tune of each front member (evaluators that can)
+    predictor_trials: int | None = None  # None: a fifth of the trials (see predictor_trials)
 
 
 @dataclass
@@ -168,6 +170,8 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         raise BadInput(f"--workers must be >= 1, got {config.workers}")
     if config.min_accuracy is not None and not 0.0 <= config.min_accuracy <= 1.0:
         raise BadInput(f"--min-accuracy must be in [0, 1], got {config.min_accuracy}")
+    if config.predictor_trials is not None and config.predictor_trials < 0:
+        raise BadInput(f"--predictor-trials must be >= 0, got {config.predictor_trials}")
     if config.finetune_steps < 0:
         raise BadInput(f"--finetune-steps must be >= 0, got {config.finetune_steps}")
     if config.max_formats < 1:
@@ -209,8 +213,7 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         # every path: trained lazily it would be built inside the evaluator's no_grad scoring.
         context.evaluator.prepare()
         start = time.monotonic()
-        done_before = counted_trials(study)
-        evaluated = _optimize(study, context, config, done_before, start, on_trial)
+        evaluated = _search_with_predictor(study, context, config, start, on_trial)
         elapsed = time.monotonic() - start
         pareto = write_results(run, study, context, config,
                                progress=_finetune_progress(config) if config.progress is not None
@@ -224,6 +227,34 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
     finally:
         logging.getLogger("codesign").removeHandler(handler)
         handler.close()
+
+
+def predictor_trials(config: SearchConfig, context: SearchContext) -> int:
+    """Trials the predictor-guided stage proposes: ``--predictor-trials``, else a fifth of
+    ``--trials`` from 40 trials on, in spaces it can encode (MBConv)."""
+    if not hasattr(context.space, "formats"):
+        return 0
+    if config.predictor_trials is not None:
+        return min(config.predictor_trials, config.trials)
+    return config.trials // 5 if config.trials >= 40 else 0
+
+
+def _search_with_predictor(study: optuna.Study, context: SearchContext, config: SearchConfig,
+                           start: float, on_trial) -> int:
+    """TPE up to ``trials - k``, then the predictor stage enqueues ``k`` trials and the loop
+    evaluates them (``codesign.predictor_stage``); a resumed run skips what is done."""
+    from codesign.predictor_stage import STAGE, run_stage
+
+    k = predictor_trials(config, context)
+    first = dataclasses.replace(config, trials=config.trials - k)
+    evaluated = _optimize(study, context, first, counted_trials(study), start, on_trial)
+    staged = any(t.user_attrs.get("stage") == STAGE for t in study.get_trials(deepcopy=False))
+    timed_out = config.timeout_s is not None and time.monotonic() - start > config.timeout_s
+    if k and not staged and not timed_out:
+        report = run_stage(study, context, k=k, seed=config.seed)
+        if report is not None:
+            study.set_user_attr("predictor", report.to_json())
+    return evaluated + _optimize(study, context, config, counted_trials(study), start, on_trial)
 
 
 def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,

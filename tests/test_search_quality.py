@@ -105,3 +105,24 @@ def test_plain_progress_lines_without_a_terminal(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     done = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("search: ")]
     assert done == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+
+
+def test_predictor_stage_proposes_trials_that_are_evaluated(tmp_path, monkeypatch):
+    from codesign import predictor_stage
+
+    monkeypatch.setattr(predictor_stage, "POPULATION", 40)
+    monkeypatch.setattr(predictor_stage, "GENERATIONS", 5)
+    result = run_search(_config(tmp_path, trials=30, predictor_trials=6, min_accuracy=0.0))
+    report = result.pareto["predictor"]
+    assert report["n_train"] == 24 and report["candidates_scored"] == 200
+    assert 0 < report["enqueued"] <= 6 and -1.0 <= report["spearman_cv"] <= 1.0
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    trials = optuna.load_study(study_name="codesign", storage=JournalStorage(
+        JournalFileBackend(str(result.run_dir / "study.journal")))).get_trials()
+    staged = [t for t in trials if t.user_attrs.get("stage") == "predictor"]
+    assert len(staged) == report["enqueued"] and len(trials) == 30
+    assert all(t.state.name == "COMPLETE" and "predicted" in t.user_attrs for t in staged)
+    assert all(t.number >= 24 for t in staged)  # after the TPE trials
+    # the proxy accuracy is a smooth function of the architecture: the predictor ranks it
+    assert report["spearman_cv"] > 0.5
