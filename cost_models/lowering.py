@@ -363,10 +363,8 @@ def insert_precision_boundaries(ops: Sequence[Op], input_bits: int = 32) -> list
             key = (src, want)
             if key not in converted:
                 shape = shape_of.get(src, op.in_shapes[j] if j < len(op.in_shapes) else op.out_shape)
-                kind = OpKind.QUANTIZE if want < have else OpKind.DEQUANTIZE
-                name = f"{src or 'input'}:{kind.value}{want}"
-                result.append(Op(name, kind, shape, (shape,), flops=float(math.prod(shape)),
-                                 quant=QuantSpec(max(want, have), max(want, have)), inputs=(src,)))
+                result.append(boundary_op(src, shape, want, have))
+                name = result[-1].name
                 converted[key] = name
                 bits_of[name], shape_of[name] = want, shape
             new_inputs.append(converted[key])
@@ -375,10 +373,17 @@ def insert_precision_boundaries(ops: Sequence[Op], input_bits: int = 32) -> list
         bits_of[op.name], shape_of[op.name] = want, op.out_shape
     last = result[-1]
     if bits_of.get(last.name, 32) != 32:  # the caller gets float outputs back
-        result.append(Op(f"{last.name}:dequantize32", OpKind.DEQUANTIZE, last.out_shape,
-                         (last.out_shape,), flops=float(math.prod(last.out_shape)),
-                         quant=QuantSpec(32, 32), inputs=(last.name,)))
+        result.append(boundary_op(last.name, last.out_shape, 32, bits_of[last.name]))
     return result
+
+
+def boundary_op(src: str, shape: tuple[int, ...], want: int, have: int) -> Op:
+    """The op converting ``src``'s output (``shape``) from ``have`` to ``want`` activation bits:
+    a QUANTIZE to fewer bits, a DEQUANTIZE to more (``src`` "" is the model input)."""
+    kind = OpKind.QUANTIZE if want < have else OpKind.DEQUANTIZE
+    wide = max(want, have)
+    return Op(f"{src or 'input'}:{kind.value}{want}", kind, shape, (shape,),
+              flops=float(math.prod(shape)), quant=QuantSpec(wide, wide), inputs=(src,))
 
 
 def describe_gemm(op: Op) -> str:
@@ -388,4 +393,4 @@ def describe_gemm(op: Op) -> str:
 
 
 __all__ = ["LoweringError", "lower_module", "apply_precision", "insert_precision_boundaries",
-           "WEIGHTED_KINDS", "describe_gemm"]
+           "boundary_op", "WEIGHTED_KINDS", "describe_gemm"]
