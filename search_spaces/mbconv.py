@@ -26,8 +26,10 @@ from search_spaces.base import SearchSpace
 # lower_arch, _quant and SPARSITY_CHOICES lived here; importers of this module still find them
 from search_spaces.mbconv_lowering import (SPARSITY_CHOICES, MBConvLowering,  # noqa: F401
                                            _quant, lower_arch)
+from search_spaces.mbconv_params import ParamLayout
 
 ACTIVATIONS = ("relu", "hardswish")
+_MAX_SHARED = 1 << 16  # stage records decode keeps to share between members
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,12 @@ class MBConvSpace(SearchSpace):
         self.sparsity_choices = tuple(dict.fromkeys(Format.parse(f).sparsity
                                                     for f in self.formats))
         self._lowerings: dict[tuple[int, ...], MBConvLowering] = {}  # by input shape
+        deepest = {f"s{i}.depth": max(stage.depths) for i, stage in enumerate(self.config.stages)}
+        self._layout = ParamLayout(self.iter_distributions(deepest), len(self.config.stages),
+                                   units(self.config.max_arch()), self.unit_formats)
+        self._palette_names = [f"fmt.{slot}" for slot in range(self.max_formats)]
+        self._unit_layers: dict[tuple[str, str, str], tuple[str, LayerChoice]] = {}
+        self._stage_choices: dict[tuple, StageChoice] = {}
 
     def _runs(self, kind: OpKind, precision: str) -> bool:
         p = Precision.parse(precision)
@@ -371,25 +379,46 @@ class MBConvSpace(SearchSpace):
     def decode(self, params: Mapping[str, Any]) -> Candidate:
         if "fmt.0" not in params and "stem.prec" in params:
             return self._decode_per_unit(params)
-        self.check_params(params)
-        stages = []
-        for i in range(len(self.config.stages)):
-            depth = params[f"s{i}.depth"]
-            stages.append(StageChoice(params[f"s{i}.width"],
-                                      tuple(params[f"s{i}.b{j}.kernel"] for j in range(depth)),
-                                      tuple(params[f"s{i}.b{j}.expand"] for j in range(depth))))
+        layout = self._layout
+        # Plain values may share records with equal ones: members share them, and fewer live
+        # objects keep the garbage collector's passes short when thousands are decoded.
+        plain = layout.valid(params)
+        if not plain:
+            self.check_params(params)  # the error naming the param, or (odd types) a pass
+        stages, depths = [], []
+        for width, depth_name, blocks in layout.stages:
+            depth = params[depth_name]
+            depths.append(depth)
+            key = (params[width], tuple(params[k] for k, _ in blocks[:depth]),
+                   tuple(params[e] for _, e in blocks[:depth]))
+            stage = self._stage_choices.get(key) if plain else None
+            if stage is None:
+                stage = StageChoice(*key)
+                if plain:
+                    if len(self._stage_choices) >= _MAX_SHARED:  # stages have ~10^5 values
+                        self._stage_choices.clear()
+                    self._stage_choices[key] = stage
+            stages.append(stage)
         arch = Arch(params["stem.width"], tuple(stages), params["head.width"])
-        palette = [params[f"fmt.{slot}"] for slot in range(self.max_formats)]
+        palette = [params[name] for name in self._palette_names]
         layers = []
-        for u in units(arch):
-            label = palette[params.get(f"{u}.fmt", 0)]
-            if label not in self.unit_formats(u):
+        shared = self._unit_layers
+        for u in layout.units:  # sorted, so the layers come out sorted
+            if u.stage is not None and u.block >= depths[u.stage]:
+                continue
+            label = palette[params.get(u.fmt, 0)]
+            if label not in u.runnable:
                 label = palette[0]  # runnable by every unit (see the class docstring)
-            fmt = Format.parse(label)
-            layers.append((u, LayerChoice(fmt.precision, fmt.sparsity,
-                                          params.get(f"{u}.tile", "default"))))
-        return Candidate(arch, tuple(sorted(layers)),
-                         params.get("threads", self.threads_choices[-1]))
+            tile = params.get(u.tile, "default")  # not a param of every unit: may be odd
+            if plain and type(tile) is str:
+                pair = shared.get((u.unit, label, tile))
+                if pair is None:
+                    pair = shared[u.unit, label, tile] = (
+                        u.unit, LayerChoice(*astuple_format(label), tile))
+            else:  # equal but not identical values (1.0 and 1) must stay as given
+                pair = (u.unit, LayerChoice(*astuple_format(label), tile))
+            layers.append(pair)
+        return Candidate(arch, tuple(layers), params.get("threads", self.threads_choices[-1]))
 
     def _decode_per_unit(self, params: Mapping[str, Any]) -> Candidate:
         """Params written before palettes (a ``{unit}.prec`` / ``.sparsity`` per unit, as in

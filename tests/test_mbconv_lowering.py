@@ -1,8 +1,9 @@
 """The fast MBConv pricing path against the per-op one it replaces in batches.
 
 ``MBConvSpace.op_batch`` (memoised rows) must give the columns of
-``OpBatch.from_oplists([to_ops(c) ...])`` bit for bit, hence the same latencies; a change to
-either side that makes them diverge fails here.
+``OpBatch.from_oplists([to_ops(c) ...])`` bit for bit, hence the same latencies, and the fast
+``decode`` the candidate of the define-by-run walk; a change to either side that makes them
+diverge fails here.
 """
 import pickle
 from dataclasses import fields
@@ -15,8 +16,8 @@ from cost_models.backends import load_backend
 from cost_models.devices import load_device
 from cost_models.ir import DeferredOps, OpBatch
 from cost_models.lowering import insert_precision_boundaries
-from search_spaces.mbconv import (SPARSITY_CHOICES, Arch, Candidate, LayerChoice, MBConvSpace,
-                                  StageChoice, lower_arch, units)
+from search_spaces.mbconv import (SPARSITY_CHOICES, Arch, Candidate, Format, LayerChoice,
+                                  MBConvSpace, StageChoice, lower_arch, units)
 
 SHAPES = [None, (1, 3, 32, 32), (2, 3, 97, 80), (1, 3, 224, 224)]
 
@@ -101,6 +102,51 @@ def test_the_memo_grows_across_calls_without_changing_a_batch(space):
     n = len(parts[0])
     assert whole.kind[:n].tobytes() == parts[0].kind.tobytes()
     assert whole.flops[n:].tobytes() == parts[1].flops.tobytes()
+
+
+# ------------------------------------------------------------------ decode
+def walk_decode(space, params) -> Candidate:
+    """The define-by-run decode the fast one replaced: check, then read name by name."""
+    space.check_params(params)
+    stages = []
+    for i in range(len(space.config.stages)):
+        depth = params[f"s{i}.depth"]
+        stages.append(StageChoice(params[f"s{i}.width"],
+                                  tuple(params[f"s{i}.b{j}.kernel"] for j in range(depth)),
+                                  tuple(params[f"s{i}.b{j}.expand"] for j in range(depth))))
+    arch = Arch(params["stem.width"], tuple(stages), params["head.width"])
+    palette = [params[f"fmt.{slot}"] for slot in range(space.max_formats)]
+    layers = []
+    for u in units(arch):
+        label = palette[params.get(f"{u}.fmt", 0)]
+        if label not in space.unit_formats(u):
+            label = palette[0]
+        fmt = Format.parse(label)
+        layers.append((u, LayerChoice(fmt.precision, fmt.sparsity,
+                                      params.get(f"{u}.tile", "default"))))
+    return Candidate(arch, tuple(sorted(layers)), params.get("threads", space.threads_choices[-1]))
+
+
+@pytest.mark.parametrize("max_formats, threads", [(3, (4,)), (1, (1, 2, 4)), (2, (1,))])
+def test_fast_decode_equals_the_define_by_run_walk(space, max_formats, threads):
+    sp = MBConvSpace(space.backend, threads_choices=threads, max_formats=max_formats)
+    rng = np.random.default_rng(14)
+    for _ in range(150):
+        params = sp.sample(rng)
+        candidate = sp.decode(params)
+        assert candidate == walk_decode(sp, params)
+        assert candidate.key() == walk_decode(sp, params).key()
+    # values equal to a choice but of another type decode as given, as they always did
+    odd = {**params, "s0.depth": np.int64(params["s0.depth"]), "stem.width": 16.0,
+           "classifier.tile": 1.0}
+    assert sp.decode(odd).key() == walk_decode(sp, odd).key()
+    for bad in ({**params, "s1.b0.kernel": 4}, {**params, "s2.depth": 9},
+                {k: v for k, v in params.items() if k != "s3.b1.expand"}):
+        with pytest.raises(ValueError) as fast_error:
+            sp.decode(bad)
+        with pytest.raises(ValueError) as walk_error:
+            walk_decode(sp, bad)
+        assert str(fast_error.value) == str(walk_error.value)
 
 
 def test_deferred_ops_build_once_and_check_their_count():
