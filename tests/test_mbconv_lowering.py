@@ -5,12 +5,14 @@
 ``decode`` the candidate of the define-by-run walk; a change to either side that makes them
 diverge fails here.
 """
+import json
 import pickle
 from dataclasses import fields
 
 import numpy as np
 import pytest
 
+from codesign.bench_scoring import run_scoring_benchmark
 from cost_models.analytic import AnalyticCostModel
 from cost_models.backends import load_backend
 from cost_models.devices import load_device
@@ -163,3 +165,24 @@ def test_deferred_ops_build_once_and_check_their_count():
     with pytest.raises(RuntimeError, match="built 3 ops for a batch of 4"):
         DeferredOps(4, build)[0]
     assert pickle.loads(pickle.dumps(DeferredOps(3, build))) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("backend", ["codesign", "xnnpack"])
+def test_scoring_benchmark_reports_the_end_to_end_rate(backend):
+    result = run_scoring_benchmark(40, backend=backend, repeats=1, reference_candidates=10)
+    assert result["distinct_candidates"] == result["candidates"] == 40
+    for key in ("params_to_latency_per_s", "score_only_per_s", "lower_and_score_per_s",
+                "decode_lower_and_score_per_s", "reference_params_to_latency_per_s"):
+        assert result[key] > 0, key
+    assert set(result["seconds"]) >= {"decode", "lower", "score"}
+
+
+def test_cli_bench_scoring_names_its_backend(capsys):
+    from codesign.cli import main
+
+    assert main(["bench", "scoring", "--quick", "--backend", "xnnpack", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"] == "xnnpack" and result["candidates"] == 1000
+    assert result["params_to_latency_per_s"] > 0
+    assert main(["bench", "kernels", "--backend", "xnnpack"]) == 2
+    assert "scoring suite only" in capsys.readouterr().err
