@@ -308,9 +308,7 @@ class MBConvSpace(SearchSpace):
         self.sparsity_choices = tuple(dict.fromkeys(Format.parse(f).sparsity
                                                     for f in self.formats))
         self._lowerings: dict[tuple[int, ...], MBConvLowering] = {}  # by input shape
-        deepest = {f"s{i}.depth": max(stage.depths) for i, stage in enumerate(self.config.stages)}
-        self._layout = ParamLayout(self.iter_distributions(deepest), len(self.config.stages),
-                                   units(self.config.max_arch()), self.unit_formats)
+        self._layout: ParamLayout | None = None  # read at the first decode
         self._palette_names = [f"fmt.{slot}" for slot in range(self.max_formats)]
         self._unit_layers: dict[tuple[str, str, str], tuple[str, LayerChoice]] = {}
         self._stage_choices: dict[tuple, StageChoice] = {}
@@ -379,18 +377,19 @@ class MBConvSpace(SearchSpace):
     def decode(self, params: Mapping[str, Any]) -> Candidate:
         if "fmt.0" not in params and "stem.prec" in params:
             return self._decode_per_unit(params)
-        layout = self._layout
+        layout = self._layout or self._read_layout()
         # Plain values may share records with equal ones: members share them, and fewer live
         # objects keep the garbage collector's passes short when thousands are decoded.
         plain = layout.valid(params)
         if not plain:
             self.check_params(params)  # the error naming the param, or (odd types) a pass
         stages, depths = [], []
-        for width, depth_name, blocks in layout.stages:
+        get = params.__getitem__
+        for width, depth_name, kernels, expands in layout.stages:
             depth = params[depth_name]
             depths.append(depth)
-            key = (params[width], tuple(params[k] for k, _ in blocks[:depth]),
-                   tuple(params[e] for _, e in blocks[:depth]))
+            key = (params[width], tuple(map(get, kernels[:depth])),
+                   tuple(map(get, expands[:depth])))
             stage = self._stage_choices.get(key) if plain else None
             if stage is None:
                 stage = StageChoice(*key)
@@ -403,22 +402,26 @@ class MBConvSpace(SearchSpace):
         palette = [params[name] for name in self._palette_names]
         layers = []
         shared = self._unit_layers
-        for u in layout.units:  # sorted, so the layers come out sorted
-            if u.stage is not None and u.block >= depths[u.stage]:
-                continue
-            label = palette[params.get(u.fmt, 0)]
-            if label not in u.runnable:
+        for unit, fmt, tile_name, runnable in layout.units(tuple(depths)):  # sorted, as layers are
+            label = palette[params.get(fmt, 0)]
+            if label not in runnable:
                 label = palette[0]  # runnable by every unit (see the class docstring)
-            tile = params.get(u.tile, "default")  # not a param of every unit: may be odd
+            tile = params.get(tile_name, "default")  # not a param of every unit: may be odd
             if plain and type(tile) is str:
-                pair = shared.get((u.unit, label, tile))
+                pair = shared.get((unit, label, tile))
                 if pair is None:
-                    pair = shared[u.unit, label, tile] = (
-                        u.unit, LayerChoice(*astuple_format(label), tile))
+                    pair = shared[unit, label, tile] = (
+                        unit, LayerChoice(*astuple_format(label), tile))
             else:  # equal but not identical values (1.0 and 1) must stay as given
-                pair = (u.unit, LayerChoice(*astuple_format(label), tile))
+                pair = (unit, LayerChoice(*astuple_format(label), tile))
             layers.append(pair)
         return Candidate(arch, tuple(layers), params.get("threads", self.threads_choices[-1]))
+
+    def _read_layout(self) -> ParamLayout:
+        deepest = {f"s{i}.depth": max(stage.depths) for i, stage in enumerate(self.config.stages)}
+        self._layout = ParamLayout(self.iter_distributions(deepest), len(self.config.stages),
+                                   units(self.config.max_arch()), self.unit_formats)
+        return self._layout
 
     def _decode_per_unit(self, params: Mapping[str, Any]) -> Candidate:
         """Params written before palettes (a ``{unit}.prec`` / ``.sparsity`` per unit, as in
