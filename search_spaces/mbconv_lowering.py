@@ -3,7 +3,8 @@
 
 ``lower_arch`` builds one candidate's op records (``MBConvSpace.to_ops`` adds the precision
 boundaries). Pricing thousands of candidates that way spends nearly all its time creating records
-whose numbers repeat: a search space of ~10^20 members is built from a few thousand distinct ops.
+whose numbers repeat: the shipped space's 10^21 and more members are built from a few thousand
+distinct ops (ten thousand random members of it have about two thousand).
 ``MBConvLowering.op_batch`` therefore memoises each op's ``OpBatch`` row under the few numbers
 that decide it (shapes, precision, sparsity: an op's row never depends on its name or inputs) and
 each unit's run of rows (a block's convert/expand/depthwise/project/add), and assembles a batch
@@ -149,14 +150,15 @@ class MBConvLowering:
     ``ops(candidate)`` is the op list (``lower_arch`` plus precision boundaries).
     ``op_batch(candidates)`` is ``OpBatch.from_oplists([ops(c) for c in candidates])`` built from
     memoised rows: the same columns bit for bit, its ``ops`` a ``DeferredOps`` built on first
-    read. Its memo (a few thousand rows per space) lives as long as the object; one instance is
-    not safe to use from several threads at once.
+    read. Its memo lives as long as the object and is bounded by the space (for the shipped one:
+    a few thousand op rows, some ten thousand unit runs); one instance is not safe to use from
+    several threads at once.
     """
 
     def __init__(self, cfg: "MBConvConfig", backend: BackendSpec,
                  input_shape: Sequence[int]) -> None:
         self.cfg, self.backend = cfg, backend
-        self.input_shape = tuple(int(d) for d in input_shape)
+        self.input_shape = tuple(input_shape)
         self.fmts = _Formats(backend, cfg.tiles)
         self._row_of: dict[tuple, int] = {}  # op key -> index into _rows
         self._rows: list[tuple] = []
