@@ -21,7 +21,7 @@ import numpy as np
 
 from cost_models.backends import BackendSpec, Precision
 from cost_models.ir import N_COLS, DeferredOps, Op, OpBatch, OpKind, op_row
-from cost_models.lowering import boundary_op, insert_precision_boundaries
+from cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
 from kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
                            unstructured)
 
