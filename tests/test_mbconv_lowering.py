@@ -70,7 +70,7 @@ def odd_candidates(space, rng, count: int) -> list[Candidate]:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_op_batch_equals_the_per_op_path(space, shape):
     rng = np.random.default_rng(11)
-    cands = [space.decode(space.sample(rng)) for _ in range(150)]
+    cands = [space.decode(space.sample(rng)) for _ in range(200)]
     cands += [space.decode(p) for p in space.seed_params()]
     cands += [space.uniform(space.config.max_arch(), label) for label in space.formats]
     ref, oplists = per_op_batch(space, cands, shape)
