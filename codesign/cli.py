@@ -180,6 +180,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("suite", choices=["kernels", "scoring"],
                    help="kernels: numba kernels vs baselines; scoring: cost-model throughput")
     b.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    b.add_argument("--backend", default=None,
+                   help="scoring: the back-end whose MBConv space is priced (default codesign)")
     b.add_argument("--json", action="store_true")
 
     e = sub.add_parser("export", help="export Pareto members to verified ExecuTorch programs",
@@ -459,7 +461,11 @@ def _cmd_bench(args) -> int:
     if args.suite == "scoring":
         from codesign.bench_scoring import run_scoring_benchmark
 
-        result = run_scoring_benchmark(1000 if args.quick else 10_000)
+        result = run_scoring_benchmark(1000 if args.quick else 10_000,
+                                       backend=args.backend or "codesign",
+                                       reference_candidates=200 if args.quick else 1000)
+    elif args.backend is not None:
+        raise BadInput("codesign bench kernels: --backend applies to the scoring suite only")
     else:
         from kernels.bench import run_kernel_benchmarks
 

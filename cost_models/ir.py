@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, overload
 
 import numpy as np
 
@@ -123,12 +123,52 @@ def gemm_flops(m: int, n: int, k: int, groups: int = 1) -> float:
     return 2.0 * m * n * k * groups
 
 
+class DeferredOps(Sequence[Op]):
+    """The op records of a batch built on first access: a batch priced from memoised rows
+    (``search_spaces.mbconv_lowering``) has its columns at once and its records only when a
+    report or an error message reads one, as the records cost far more to build than the rows.
+    """
+
+    def __init__(self, n_ops: int, build: Callable[[], Sequence[Op]]) -> None:
+        self._n_ops = n_ops
+        self._build: Callable[[], Sequence[Op]] | None = build
+        self._ops: list[Op] = []
+
+    def _records(self) -> list[Op]:
+        if self._build is not None:
+            ops = list(self._build())
+            if len(ops) != self._n_ops:  # the columns and the records must describe one list
+                raise RuntimeError(f"deferred op records: built {len(ops)} ops for a batch of "
+                                   f"{self._n_ops}")
+            self._ops, self._build = ops, None
+        return self._ops
+
+    def __len__(self) -> int:
+        return self._n_ops
+
+    @overload
+    def __getitem__(self, index: int) -> Op: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Op]: ...
+
+    def __getitem__(self, index):
+        return self._records()[index]
+
+    def __iter__(self):
+        return iter(self._records())
+
+    def __reduce__(self):  # the builder is a closure: a pickled batch carries the records
+        return list, (self._records(),)
+
+
 @dataclass
 class OpBatch:
     """Flat numpy columns over the ops of many candidates (structure of arrays).
 
     ``candidate[i]`` is the index of the candidate op ``i`` belongs to; ops of one candidate are
-    contiguous. ``ops`` keeps the records for reporting (it is not touched by scoring).
+    contiguous. ``ops`` keeps the records for reporting (it is not touched by scoring; it may be
+    a ``DeferredOps`` that builds them when first read).
     """
 
     n_candidates: int
@@ -152,7 +192,7 @@ class OpBatch:
     act_bits: np.ndarray
     group_size: np.ndarray
     dynamic_act: np.ndarray
-    ops: list[Op] = field(default_factory=list, repr=False)
+    ops: Sequence[Op] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -161,26 +201,33 @@ class OpBatch:
     def from_oplists(cls, oplists: Sequence[Sequence[Op]]) -> "OpBatch":
         flat = [op for ops in oplists for op in ops]
         counts = np.fromiter((len(ops) for ops in oplists), dtype=np.int64, count=len(oplists))
-        rows = [_op_row(op) for op in flat]
-        table = np.array(rows, dtype=np.float64).reshape(len(flat), _N_COLS)
-        tiles = np.array([(t.mc, t.nc, t.kc, t.mr, t.nr) if (t := op.tile) else (0, 0, 0, 0, 0)
-                          for op in flat], dtype=np.int64).reshape(len(flat), 5)
+        table = np.array([op_row(op) for op in flat], dtype=np.float64).reshape(len(flat), N_COLS)
+        tiles = np.array([tile_row(op) for op in flat], dtype=np.int64).reshape(len(flat), 5)
+        return cls.from_rows(table, tiles, counts, flat)
+
+    @classmethod
+    def from_rows(cls, table: np.ndarray, tiles: np.ndarray, counts: np.ndarray,
+                  ops: Sequence[Op]) -> "OpBatch":
+        """The batch of ``table`` (one ``op_row`` per op, float64, shape (n_ops, N_COLS)) and
+        ``tiles`` (one ``tile_row`` per op, int64), ``counts[c]`` ops per candidate ``c``."""
         col = table.T
         return cls(
-            n_candidates=len(oplists),
-            candidate=np.repeat(np.arange(len(oplists)), counts),
+            n_candidates=len(counts),
+            candidate=np.repeat(np.arange(len(counts)), counts),
             kind=col[0].astype(np.int64), m=col[1], n=col[2], k=col[3], groups=col[4],
             flops=col[5], weight_bytes=col[6], act_in_bytes=col[7], act_out_bytes=col[8],
             dtype=col[9].astype(np.int64), density=col[10], pattern=col[11].astype(np.int64),
             tile=tiles, weight_bits=col[12], act_bits=col[13], group_size=col[14],
-            dynamic_act=col[15], dense_weight_bytes=col[16], out_elems=col[17], ops=flat,
+            dynamic_act=col[15], dense_weight_bytes=col[16], out_elems=col[17], ops=ops,
         )
 
 
-_N_COLS = 18
+N_COLS = 18
 
 
-def _op_row(op: Op) -> tuple:
+def op_row(op: Op) -> tuple:
+    """The numbers ``OpBatch`` keeps of ``op`` (its columns, ``tile`` apart): they depend on
+    its kind, shapes, precision and sparsity, never on its name, inputs or fused activations."""
     q = op.quant
     act = q.act_bits / 8
     out = op.act_out_elems
@@ -188,6 +235,12 @@ def _op_row(op: Op) -> tuple:
             op.act_in_elems * act, out * act, DTYPE_CODES[q.compute_dtype],
             op.sparsity.density, PATTERN_CODES[op.sparsity.pattern], q.weight_bits, q.act_bits,
             q.group_size, float(q.dynamic_act), op.weight_bytes(sparse_format=False), out)
+
+
+
+def tile_row(op: Op) -> tuple[int, int, int, int, int]:
+    t = op.tile
+    return (t.mc, t.nc, t.kc, t.mr, t.nr) if t else (0, 0, 0, 0, 0)
 
 
 def total_flops(ops: Iterable[Op]) -> float:

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import torch
 
 from cost_models.ir import GEMM_KINDS, Op, OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
+# the precision passes need no torch: they live apart so that pricing can run without it
+from cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
 from kernels.specs import QuantSpec
 
 aten = torch.ops.aten
@@ -335,52 +337,6 @@ def apply_precision(ops: Sequence[Op], backend, dtype: str) -> list[Op]:
     return insert_precision_boundaries(out)
 
 
-def insert_precision_boundaries(ops: Sequence[Op], input_bits: int = 32) -> list[Op]:
-    """Insert a QUANTIZE (to fewer bits) or DEQUANTIZE (to more) wherever an op reads
-    activations at another precision than their producer wrote them.
-
-    Free ops take the precision of what they alias. The model input arrives at ``input_bits``.
-    """
-    bits_of: dict[str, int] = {"": input_bits}
-    shape_of: dict[str, tuple[int, ...]] = {}
-    converted: dict[tuple[str, int], str] = {}
-    result: list[Op] = []
-    for op in ops:
-        if op.kind in PRICED_FREE_KINDS:
-            src = op.inputs[0] if op.inputs else ""
-            bits = bits_of.get(src, input_bits)
-            same = op.quant.act_bits == bits and op.quant.weight_bits == bits
-            result.append(op if same else replace(op, quant=QuantSpec(bits, bits)))
-            bits_of[op.name], shape_of[op.name] = bits, op.out_shape
-            continue
-        want = op.quant.act_bits
-        new_inputs = []
-        for j, src in enumerate(op.inputs):
-            have = bits_of.get(src, input_bits)
-            if have == want:
-                new_inputs.append(src)
-                continue
-            key = (src, want)
-            if key not in converted:
-                shape = shape_of.get(src, op.in_shapes[j] if j < len(op.in_shapes) else op.out_shape)
-                kind = OpKind.QUANTIZE if want < have else OpKind.DEQUANTIZE
-                name = f"{src or 'input'}:{kind.value}{want}"
-                result.append(Op(name, kind, shape, (shape,), flops=float(math.prod(shape)),
-                                 quant=QuantSpec(max(want, have), max(want, have)), inputs=(src,)))
-                converted[key] = name
-                bits_of[name], shape_of[name] = want, shape
-            new_inputs.append(converted[key])
-        new_inputs = tuple(new_inputs)
-        result.append(op if new_inputs == op.inputs else replace(op, inputs=new_inputs))
-        bits_of[op.name], shape_of[op.name] = want, op.out_shape
-    last = result[-1]
-    if bits_of.get(last.name, 32) != 32:  # the caller gets float outputs back
-        result.append(Op(f"{last.name}:dequantize32", OpKind.DEQUANTIZE, last.out_shape,
-                         (last.out_shape,), flops=float(math.prod(last.out_shape)),
-                         quant=QuantSpec(32, 32), inputs=(last.name,)))
-    return result
-
-
 def describe_gemm(op: Op) -> str:
     if op.kind in GEMM_KINDS:
         return f"M={op.m} N={op.n} K={op.k}" + (f" x{op.groups}" if op.groups > 1 else "")
@@ -388,4 +344,4 @@ def describe_gemm(op: Op) -> str:
 
 
 __all__ = ["LoweringError", "lower_module", "apply_precision", "insert_precision_boundaries",
-           "WEIGHTED_KINDS", "describe_gemm"]
+           "boundary_op", "WEIGHTED_KINDS", "describe_gemm"]

@@ -10,7 +10,6 @@ kernel) and tile (for the block's GEMMs). The config is ``configs/spaces/mbconv.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -21,17 +20,16 @@ from optuna.distributions import CategoricalDistribution
 
 from cost_models.backends import BackendSpec, Precision
 from cost_models.devices import CONFIG_DIR, SpecError, _Reader, load_yaml
-from cost_models.ir import Op, OpKind
-from cost_models.lowering import insert_precision_boundaries
-from kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
-                           unstructured)
+from cost_models.ir import Op, OpBatch, OpKind
+from kernels.specs import DENSE, QuantSpec, TileSpec
 from search_spaces.base import SearchSpace
+# lower_arch, _quant and SPARSITY_CHOICES lived here; importers of this module still find them
+from search_spaces.mbconv_lowering import (SPARSITY_CHOICES, MBConvLowering,  # noqa: F401
+                                           _quant, lower_arch)
+from search_spaces.mbconv_params import ParamLayout
 
-SPARSITY_CHOICES = {
-    "dense": DENSE, "2:4": two_four(), "block4x4": block(4, 4, 0.75),
-    "unstructured50": unstructured(0.5), "unstructured75": unstructured(0.75),
-}
 ACTIVATIONS = ("relu", "hardswish")
+_MAX_SHARED = 1 << 16  # stage records decode keeps to share between members
 
 
 @dataclass(frozen=True)
@@ -260,19 +258,6 @@ def units(arch: Arch) -> list[str]:
     return names + ["head", "feature", "classifier"]
 
 
-@functools.lru_cache(maxsize=4096)
-def _quant(precision: str, k: int, group_sizes: tuple[int, ...]) -> QuantSpec:
-    """Sub-byte weights are group-wise where the activations are dynamic (torchao's
-    int8-dynamic-activation / intx-weight linears, which XNNPACK runs) and per output channel
-    where they are static (the project's int4 GEMM: one scale per column)."""
-    p = Precision.parse(precision)
-    group = 0
-    if p.weight_bits < 8 and p.dynamic_act:
-        divisors = [g for g in sorted(group_sizes, reverse=True) if k % g == 0]
-        group = divisors[0] if divisors else 0
-    return QuantSpec(p.weight_bits, p.act_bits, group, p.dynamic_act)
-
-
 class MBConvSpace(SearchSpace):
     """The MBConv family bounded by ``backend``'s capability table.
 
@@ -322,6 +307,11 @@ class MBConvSpace(SearchSpace):
         self.formats = tuple(every)
         self.sparsity_choices = tuple(dict.fromkeys(Format.parse(f).sparsity
                                                     for f in self.formats))
+        self._lowerings: dict[tuple[int, ...], MBConvLowering] = {}  # by input shape
+        self._layout: ParamLayout | None = None  # read at the first decode
+        self._palette_names = [f"fmt.{slot}" for slot in range(self.max_formats)]
+        self._unit_layers: dict[tuple[str, str, str], tuple[str, LayerChoice]] = {}
+        self._stage_choices: dict[tuple, StageChoice] = {}
 
     def _runs(self, kind: OpKind, precision: str) -> bool:
         p = Precision.parse(precision)
@@ -387,25 +377,51 @@ class MBConvSpace(SearchSpace):
     def decode(self, params: Mapping[str, Any]) -> Candidate:
         if "fmt.0" not in params and "stem.prec" in params:
             return self._decode_per_unit(params)
-        self.check_params(params)
-        stages = []
-        for i in range(len(self.config.stages)):
-            depth = params[f"s{i}.depth"]
-            stages.append(StageChoice(params[f"s{i}.width"],
-                                      tuple(params[f"s{i}.b{j}.kernel"] for j in range(depth)),
-                                      tuple(params[f"s{i}.b{j}.expand"] for j in range(depth))))
+        layout = self._layout or self._read_layout()
+        # Plain values may share records with equal ones: members share them, and fewer live
+        # objects keep the garbage collector's passes short when thousands are decoded.
+        plain = layout.valid(params)
+        if not plain:
+            self.check_params(params)  # the error naming the param, or (odd types) a pass
+        stages, depths = [], []
+        get = params.__getitem__
+        for width, depth_name, kernels, expands in layout.stages:
+            depth = params[depth_name]
+            depths.append(depth)
+            key = (params[width], tuple(map(get, kernels[:depth])),
+                   tuple(map(get, expands[:depth])))
+            stage = self._stage_choices.get(key) if plain else None
+            if stage is None:
+                stage = StageChoice(*key)
+                if plain:
+                    if len(self._stage_choices) >= _MAX_SHARED:  # stages have ~10^5 values
+                        self._stage_choices.clear()
+                    self._stage_choices[key] = stage
+            stages.append(stage)
         arch = Arch(params["stem.width"], tuple(stages), params["head.width"])
-        palette = [params[f"fmt.{slot}"] for slot in range(self.max_formats)]
+        palette = [params[name] for name in self._palette_names]
         layers = []
-        for u in units(arch):
-            label = palette[params.get(f"{u}.fmt", 0)]
-            if label not in self.unit_formats(u):
+        shared = self._unit_layers
+        for unit, fmt, tile_name, runnable in layout.units(tuple(depths)):  # sorted, as layers are
+            label = palette[params.get(fmt, 0)]
+            if label not in runnable:
                 label = palette[0]  # runnable by every unit (see the class docstring)
-            fmt = Format.parse(label)
-            layers.append((u, LayerChoice(fmt.precision, fmt.sparsity,
-                                          params.get(f"{u}.tile", "default"))))
-        return Candidate(arch, tuple(sorted(layers)),
-                         params.get("threads", self.threads_choices[-1]))
+            tile = params.get(tile_name, "default")  # not a param of every unit: may be odd
+            if plain and type(tile) is str:
+                pair = shared.get((unit, label, tile))
+                if pair is None:
+                    pair = shared[unit, label, tile] = (
+                        unit, LayerChoice(*astuple_format(label), tile))
+            else:  # equal but not identical values (1.0 and 1) must stay as given
+                pair = (unit, LayerChoice(*astuple_format(label), tile))
+            layers.append(pair)
+        return Candidate(arch, tuple(layers), params.get("threads", self.threads_choices[-1]))
+
+    def _read_layout(self) -> ParamLayout:
+        deepest = {f"s{i}.depth": max(stage.depths) for i, stage in enumerate(self.config.stages)}
+        self._layout = ParamLayout(self.iter_distributions(deepest), len(self.config.stages),
+                                   units(self.config.max_arch()), self.unit_formats)
+        return self._layout
 
     def _decode_per_unit(self, params: Mapping[str, Any]) -> Candidate:
         """Params written before palettes (a ``{unit}.prec`` / ``.sparsity`` per unit, as in
@@ -486,78 +502,19 @@ class MBConvSpace(SearchSpace):
 
     # ------------------------------------------------------------------ lowering
     def to_ops(self, candidate: Candidate, input_shape: Sequence[int] | None = None) -> list[Op]:
-        return insert_precision_boundaries(
-            lower_arch(candidate, self.config, input_shape or self.deploy_input_shape,
-                       self.backend, self.config.tiles))
+        return self._lowering(input_shape).ops(candidate)
 
+    def op_batch(self, candidates: Sequence[Candidate],
+                 input_shape: Sequence[int] | None = None) -> OpBatch:
+        """``OpBatch.from_oplists([to_ops(c, input_shape) for c in candidates])``, fast: from
+        rows memoised across calls (see ``search_spaces.mbconv_lowering``), the op records
+        built only if read."""
+        return self._lowering(input_shape).op_batch(candidates)
 
-def lower_arch(candidate: Candidate, cfg: MBConvConfig, input_shape: Sequence[int],
-               backend: BackendSpec, tiles: Mapping[str, TileSpec]) -> list[Op]:
-    """The op list of ``candidate`` at ``input_shape``: what lowering its torch subnet gives,
-    built directly (tests check the two agree)."""
-    n, c, h, w = input_shape
-    ops: list[Op] = []
-    choice = dict(candidate.layers)
+    def _lowering(self, input_shape: Sequence[int] | None) -> MBConvLowering:
+        shape = tuple(input_shape or self.deploy_input_shape)
+        lowering = self._lowerings.get(shape)
+        if lowering is None:
+            lowering = self._lowerings[shape] = MBConvLowering(self.config, self.backend, shape)
+        return lowering
 
-    def gsizes(kind):
-        cap = backend.capability(kind)
-        return tuple(cap.group_sizes) if cap else ()
-
-    def conv(name, unit, cin, cout, k, stride, groups, act, prev, *, sparse=True):
-        nonlocal h, w
-        ho, wo = -(-h // stride), -(-w // stride)
-        m, kk = n * ho * wo, (cin // groups) * k * k
-        kind = OpKind.DEPTHWISE_CONV2D if groups > 1 else OpKind.CONV2D
-        lc = choice[unit]
-        quant = _quant(lc.precision, kk, gsizes(kind))
-        spars = SPARSITY_CHOICES[lc.sparsity] if (sparse and groups == 1) else DENSE
-        tile = tiles.get(lc.tile) if groups == 1 else None
-        op = Op(name, kind, (n, cout, ho, wo), ((n, cin, h, w),), m=m, n=cout // groups, k=kk,
-                groups=groups, flops=2.0 * m * (cout // groups) * kk * groups,
-                weight_elems=cout * kk, out_channels=cout, quant=quant, sparsity=spars,
-                tile=tile, fused=("batchnorm",) + ((act,) if act else ()), inputs=(prev,))
-        ops.append(op)
-        h, w = ho, wo
-        return op.name
-
-    def linear(name, unit, fin, fout, act, prev, *, sparse):
-        lc = choice[unit]
-        quant = _quant(lc.precision, fin, gsizes(OpKind.LINEAR))
-        op = Op(name, OpKind.LINEAR, (n, fout), ((n, fin),), m=n, n=fout, k=fin,
-                flops=2.0 * n * fout * fin, weight_elems=fin * fout, out_channels=fout,
-                quant=quant, sparsity=SPARSITY_CHOICES[lc.sparsity] if sparse else DENSE,
-                tile=tiles.get(lc.tile), fused=(act,) if act else (), inputs=(prev,))
-        ops.append(op)
-        return op.name
-
-    arch = candidate.arch
-    prev = conv("stem", "stem", c, arch.stem_width, cfg.stem_kernel, cfg.stem_stride, 1,
-                "hardswish", "", sparse=False)
-    cin = arch.stem_width
-    for i, (stage, scfg) in enumerate(zip(arch.stages, cfg.stages)):
-        for j in range(stage.depth):
-            unit = f"s{i}.b{j}"
-            stride = scfg.stride if j == 0 else 1
-            hidden = cin * stage.expands[j]
-            block_in, block_in_shape = prev, (h, w)
-            x = conv(f"{unit}.expand", unit, cin, hidden, 1, 1, 1, scfg.act, prev)
-            x = conv(f"{unit}.dw", unit, hidden, hidden, stage.kernels[j], stride, hidden,
-                     scfg.act, x)
-            x = conv(f"{unit}.project", unit, hidden, stage.width, 1, 1, 1, None, x)
-            if stride == 1 and cin == stage.width and (h, w) == block_in_shape:
-                shape = (n, stage.width, h, w)
-                ops.append(Op(f"{unit}.add", OpKind.ADD, shape, (shape, shape),
-                              flops=float(n * stage.width * h * w),
-                              quant=ops[-1].quant_for_activation(), inputs=(block_in, x)))
-                x = ops[-1].name
-            prev, cin = x, stage.width
-    prev = conv("head", "head", cin, arch.head_width, 1, 1, 1, "hardswish", prev)
-    shape = (n, arch.head_width, 1, 1)  # kept dims (XNNPACK delegates that form), then flatten
-    ops.append(Op("pool", OpKind.GLOBAL_POOL, shape, ((n, arch.head_width, h, w),),
-                  flops=float(n * arch.head_width * h * w),
-                  quant=ops[-1].quant_for_activation(), inputs=(prev,)))
-    prev = linear("feature", "feature", arch.head_width, cfg.feature_width, "hardswish", "pool",
-                  sparse=True)
-    linear("classifier", "classifier", cfg.feature_width, cfg.num_classes, None, prev,
-           sparse=False)
-    return ops
