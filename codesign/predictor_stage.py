@@ -112,20 +112,30 @@ def _cross(space, a: dict, b: dict, rng: np.random.Generator) -> dict:
 
 
 def _price(context, candidates: list) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted latency (s) and model bytes of ``candidates``, batched per thread count."""
-    from cost_models.ir import OpBatch, model_bytes
+    """Predicted latency (s) and model bytes of ``candidates``, batched per thread count:
+    through the space's memoised ``op_batch`` (the same prices as ``to_ops``, tested), or op
+    by op where the device's tiles are tuned by measurement (the host)."""
+    from cost_models.ir import OpBatch, OpKind, KIND_CODES
     from kernels.tile_tuner import apply_tuned_tiles
 
-    oplists = [apply_tuned_tiles(context.space.to_ops(c), context.device, context.backend)
-               for c in candidates]
+    fast = hasattr(context.space, "op_batch") and context.device.name != "host"
     latency = np.empty(len(candidates))
+    size = np.empty(len(candidates))
     threads = np.array([getattr(c, "threads", context.device.default_threads)
                         for c in candidates])
     for t in np.unique(threads):
         idx = np.flatnonzero(threads == t)
-        batch = OpBatch.from_oplists([oplists[i] for i in idx])
+        if fast:
+            batch = context.space.op_batch([candidates[i] for i in idx])
+        else:
+            batch = OpBatch.from_oplists([apply_tuned_tiles(
+                context.space.to_ops(candidates[i]), context.device, context.backend)
+                for i in idx])
         latency[idx] = context.cost_model(int(t)).predict(batch).latency_s
-    return latency, np.array([model_bytes(ops) for ops in oplists], dtype=np.float64)
+        stored = np.where(batch.kind == KIND_CODES[OpKind.MATMUL], 0.0, batch.weight_bytes)
+        size[idx] = np.round(np.bincount(batch.candidate, weights=stored,
+                                          minlength=len(idx)))
+    return latency, size
 
 
 def _front(acc: np.ndarray, lat: np.ndarray, size: np.ndarray) -> np.ndarray:

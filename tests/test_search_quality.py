@@ -126,3 +126,19 @@ def test_predictor_stage_proposes_trials_that_are_evaluated(tmp_path, monkeypatc
     assert all(t.number >= 24 for t in staged)  # after the TPE trials
     # the proxy accuracy is a smooth function of the architecture: the predictor ranks it
     assert report["spearman_cv"] > 0.5
+
+
+def test_predictor_stage_prices_exactly_as_the_search(tmp_path):
+    """The stage prices through the space's memoised op_batch: the same latency and bytes as
+    the search's own per-candidate pricing."""
+    import numpy as np
+
+    from codesign.predictor_stage import _price
+    from cost_models.ir import model_bytes
+
+    context = build_context(_config(tmp_path))
+    rng = np.random.default_rng(0)
+    cands = [context.space.decode(context.space.sample(rng)) for _ in range(100)]
+    latency, size = _price(context, cands)
+    assert latency.tolist() == [context.price(c)["latency_s"] for c in cands]
+    assert size.tolist() == [model_bytes(context.space.to_ops(c)) for c in cands]
