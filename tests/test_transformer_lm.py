@@ -79,7 +79,7 @@ def test_training_is_cached_and_deterministic(cache, space, params):
 
 
 class _Interrupted(Exception):
-    pass
+    """Raised from the progress callback: a cold start interrupted mid-training."""
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(space, tmp_path, monkeypatch):
