@@ -8,7 +8,6 @@ Trials run through ask/tell, so the same loop serves sequential and parallel eva
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -215,9 +214,7 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
         start = time.monotonic()
         evaluated = _search_with_predictor(study, context, config, start, on_trial)
         elapsed = time.monotonic() - start
-        pareto = write_results(run, study, context, config,
-                               progress=_finetune_progress(config) if config.progress is not None
-                               else None)
+        pareto = write_results(run, study, context, config, progress=_finetune_progress(config))
         trials = study.get_trials(deepcopy=False)
         n_failed = sum(t.state == TrialState.FAIL for t in trials)
         log.info("done: %d trials (%d failed), %d on the front, %.1f s", len(trials), n_failed,
@@ -246,20 +243,27 @@ def _search_with_predictor(study: optuna.Study, context: SearchContext, config: 
     from codesign.predictor_stage import STAGE, run_stage
 
     k = predictor_trials(config, context)
-    first = dataclasses.replace(config, trials=config.trials - k)
-    evaluated = _optimize(study, context, first, counted_trials(study), start, on_trial)
+    done_at_start = counted_trials(study)
+    evaluated = _optimize(study, context, config, done_at_start, start, on_trial,
+                          stop_at=config.trials - k, done_at_start=done_at_start)
     staged = any(t.user_attrs.get("stage") == STAGE for t in study.get_trials(deepcopy=False))
     timed_out = config.timeout_s is not None and time.monotonic() - start > config.timeout_s
     if k and not staged and not timed_out:
         report = run_stage(study, context, k=k, seed=config.seed)
         if report is not None:
             study.set_user_attr("predictor", report.to_json())
-    return evaluated + _optimize(study, context, config, counted_trials(study), start, on_trial)
+    return evaluated + _optimize(study, context, config, counted_trials(study), start, on_trial,
+                                 done_at_start=done_at_start)
 
 
 def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,
-              done_before: int, start: float, on_trial) -> int:
-    remaining = config.trials - done_before
+              done_before: int, start: float, on_trial, *, stop_at: int | None = None,
+              done_at_start: int | None = None) -> int:
+    """Evaluate trials until ``stop_at`` (default ``config.trials``) count; progress is shown
+    against the whole search (``config.trials``, ETA from the trials done since
+    ``done_at_start``)."""
+    remaining = (config.trials if stop_at is None else stop_at) - done_before
+    done_at_start = done_before if done_at_start is None else done_at_start
     if remaining <= 0:
         return 0
     bar = _progress(config.trials, done_before, config.progress)
@@ -281,8 +285,8 @@ def _optimize(study: optuna.Study, context: SearchContext, config: SearchConfig,
             if bar is not None:
                 bar.update(1)
             elif config.progress_lines:
-                _progress_line(done_before + evaluated, config.trials, evaluated,
-                               time.monotonic() - start)
+                _progress_line(done_before + evaluated, config.trials,
+                               done_before + evaluated - done_at_start, time.monotonic() - start)
             if on_trial is not None:
                 on_trial(trial.number)
     finally:

@@ -142,3 +142,17 @@ def test_predictor_stage_prices_exactly_as_the_search(tmp_path):
     latency, size = _price(context, cands)
     assert latency.tolist() == [context.price(c)["latency_s"] for c in cands]
     assert size.tolist() == [model_bytes(context.space.to_ops(c)) for c in cands]
+
+
+def test_progress_lines_count_the_whole_search_across_the_predictor_stage(tmp_path, capsys,
+                                                                          monkeypatch):
+    """The TPE phase and the predictor stage's trials are one search to the user: every line
+    counts against --trials (it used to show 32/32 (100%), then 40/40)."""
+    from codesign import predictor_stage
+
+    monkeypatch.setattr(predictor_stage, "POPULATION", 20)
+    monkeypatch.setattr(predictor_stage, "GENERATIONS", 2)
+    run_search(_config(tmp_path, trials=40, progress_lines=True, min_accuracy=0.0))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("search: ")]
+    assert all(line.split()[1].endswith("/40") for line in lines), lines
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == list(range(4, 41, 4))
