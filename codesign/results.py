@@ -92,10 +92,15 @@ def unique_candidates(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return unique
 
 
+def front_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's feasible non-dominated trials, fastest first, repeats of a candidate once."""
+    return unique_candidates(sorted(study.best_trials, key=lambda t: (t.values[1], t.number)))
+
+
 def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    front = unique_candidates(sorted(study.best_trials, key=lambda t: (t.values[1], t.number)))
+    front = front_trials(study)
     members = [member_record(t, context) for t in front]
     for m in members:  # the constraint guarantees it; a violated invariant must not ship
         if m["latency_s"] > context.budget_s:
@@ -195,7 +200,7 @@ def finetune_front(run: RunDir, study: optuna.Study, context, config, progress=N
     if steps <= 0 or not callable(finetune):
         return 0
     context.evaluator.finetuned_dir = run.path / "finetuned"
-    front = unique_candidates(sorted(study.best_trials, key=lambda t: (t.values[1], t.number)))
+    front = front_trials(study)
     for i, trial in enumerate(front):
         candidate = context.space.decode(trial.params)
         finetune(candidate, steps, progress=progress(i, len(front)) if progress else None)
