@@ -232,8 +232,6 @@ class SearchContext:
                 "eval_input_shape": list(self.space.eval_input_shape),
                 **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
                 **({"min_accuracy": self.min_accuracy} if self.min_accuracy is not None else {}),
-                **({"max_formats": self.space.max_formats}
-                   if hasattr(self.space, "max_formats") else {}),
                 **(self.learned.provenance() if self.learned is not None else {}),
                 "cache_dir": str(cache_dir()),
                 "options": study_options(config, self.baseline_params)}

@@ -194,7 +194,7 @@ class _Run(RunSpecs):
             space = evaluator.space
         else:
             space = load_space(identity["space"], backend, device,
-                               max_formats=int(identity.get("max_formats", 3)))
+                               max_formats=int(identity.get("options", {}).get("max_formats", 3)))
             if not hasattr(space, "config"):
                 raise BadInput(f"{run_dir}: space {identity['space']!r} has no trained weights "
                                "to export (export supports the built-in mbconv space)")
