@@ -149,6 +149,12 @@ def _front(acc: np.ndarray, lat: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.array(keep, dtype=np.int64)
 
 
+def _topped_up(first: list[int], acc: np.ndarray, n: int) -> list[int]:
+    """``first``, then the other indices by predicted accuracy, ``n`` in all."""
+    taken = set(first)
+    return (first + [int(i) for i in np.argsort(-acc) if int(i) not in taken])[:n]
+
+
 def run_stage(study, context, *, k: int, seed: int, population: int | None = None,
               generations: int | None = None) -> StageReport | None:
     """Fit, evolve and enqueue ``k`` trials (see the module docstring); None when the space
@@ -170,7 +176,8 @@ def run_stage(study, context, *, k: int, seed: int, population: int | None = Non
     predictor, rho = fit_predictor(x, sign * y, seed)
     rng = np.random.default_rng(seed)
     floor = sign * context.min_accuracy if context.min_accuracy is not None else -np.inf
-    parents = [dict(t.params) for t in sorted(done, key=lambda t: -sign * t.values[0])[:population]]
+    parents = [dict(t.params)
+               for t in sorted(done, key=lambda t: -sign * t.values[0])[:population]]
     seen = {json.dumps(p, sort_keys=True, default=str) for p in parents}
     scored = distinct = 0
     pool_params: list[dict] = []
@@ -198,15 +205,11 @@ def run_stage(study, context, *, k: int, seed: int, population: int | None = Non
         pool_params += [children[i] for i in np.flatnonzero(ok)]
         pool = np.vstack([pool, np.column_stack([acc, lat, size])[ok]])
         if len(pool):  # next parents: the predicted front, topped up with the best predicted
-            best = list(_front(pool[:, 0], pool[:, 1], pool[:, 2]))
-            best += [int(i) for i in np.argsort(-pool[:, 0]) if i not in set(best)]
-            parents = [pool_params[i] for i in best[:population]]
+            front = list(_front(pool[:, 0], pool[:, 1], pool[:, 2]))
+            parents = [pool_params[i] for i in _topped_up(front, pool[:, 0], population)]
     chosen: list[int] = []
-    if len(pool):
-        front = list(_front(pool[:, 0], pool[:, 1], pool[:, 2]))
-        step = max(1, len(front) // k)
-        chosen = front[::step][:k]
-        chosen += [int(i) for i in np.argsort(-pool[:, 0]) if i not in set(chosen)][:k - len(chosen)]
+    if len(pool):  # spread along the last predicted front, topped up with the best predicted
+        chosen = _topped_up(front[::max(1, len(front) // k)][:k], pool[:, 0], k)
     for i in chosen:
         study.enqueue_trial(pool_params[i], user_attrs={"stage": STAGE,
                                                         "predicted": float(sign * pool[i, 0])})
