@@ -30,6 +30,7 @@ from cost_models.backends import Precision
 from kernels.specs import DENSE, QuantSpec, SparsityPattern, SparsitySpec
 from search_spaces.mbconv import SPARSITY_CHOICES, Format
 from search_spaces.quant_numerics import (fake_quant_dynamic, fake_quant_per_token,
+                                          fake_quant_tensor,
                                           quantize_weight, sparsity_mask)
 
 
@@ -123,18 +124,15 @@ def fake_activation(x: torch.Tensor, fmt: TrainFormat | None, *,
         q = (fake_quant_per_token if per_token else fake_quant_dynamic)(x.detach(), 8)
     else:
         # a static per-tensor scale: the batch range stands in for the calibrated one
-        xd = x.detach()
-        lo, hi = float(xd.min().clamp_max(0.0)), float(xd.max().clamp_min(0.0))
-        scale = max(hi - lo, 1e-8) / 255.0
-        zero = round(-lo / scale)
-        q = (torch.clamp(torch.round(xd / scale) + zero, 0, 255) - zero) * scale
+        lo, hi = torch.aminmax(x.detach())
+        q = fake_quant_tensor(x.detach(), float(lo), float(hi), 8)
     return _StraightThrough.apply(x, q)
 
 
 def train_format(label: str) -> TrainFormat:
     """The training format of a space label (``w8a8``, ``w4a8-dyn``, ``w32a32+2:4``): sub-byte
-    weights group-wise (128, the group the space gives most linears) where the activations are dynamic (torchao's linears), per channel
-    otherwise; the sparsity names are the space's (``search_spaces.mbconv.SPARSITY_CHOICES``)."""
+    weights group-wise (128, the group the space gives most linears) where the activations are
+    dynamic (torchao's linears), per channel otherwise; the sparsity names are the space's (``search_spaces.mbconv.SPARSITY_CHOICES``)."""
     fmt = Format.parse(label)
     p = Precision.parse(fmt.precision)
     if fmt.sparsity not in SPARSITY_CHOICES:
