@@ -2,9 +2,10 @@
 
 The member's architecture is trained as a slice of a private copy of the supernet, its units in
 their formats (``search_spaces.mbconv_qat``: fake-quantized weights with a straight-through
-gradient, int8 activations, sparse layers masked). A pruned weight gets no gradient and weight
-decay keeps it at zero, so the masks stay those the member was scored with (a fixed-mask
-fine-tune). The loss is the supernet's: half cross-entropy on the train split (with its
+gradient, int8 activations, sparse layers masked by magnitude every step, as in the supernet's
+training; a masked weight gets no gradient, so at this small rate the masks barely move, and the
+evaluator prunes the fine-tuned weights to the member's patterns again before it scores or
+exports them). The loss is the supernet's: half cross-entropy on the train split (with its
 augmentation), half distillation from the largest subnet in fp32 (in-place distillation's
 teacher, batch statistics); AdamW at a small constant rate after a short warm-up. On the built-in
 task's front this moves accuracy by less than the splits resolve (BENCHMARKS.md): the QAT
