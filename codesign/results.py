@@ -163,6 +163,8 @@ def run_status(pareto: dict[str, Any]) -> tuple[str, str | None]:
     limits = f"the {pareto['budget_s'] * 1e3:g} ms budget"
     if pareto.get("ttft_budget_s") is not None:
         limits += f" and the {pareto['ttft_budget_s'] * 1e3:g} ms TTFT budget"
+    if pareto.get("min_accuracy") is not None:
+        limits += f" with val accuracy >= {pareto['min_accuracy']:.3f}"
     return "no-feasible", (f"no feasible candidate: none of the {n_complete} completed trials "
                            f"fits {limits} and every other constraint; try a looser budget or more "
                            "trials")

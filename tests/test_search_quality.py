@@ -9,7 +9,7 @@ from codesign.context import build_context
 from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 from codesign.search import run_search
 from tests.export_helpers import TINY_TRAIN
-from tests.test_search import config
+from tests.test_search import PROXY, config
 
 
 def _config(tmp_path, **kw):
@@ -156,3 +156,12 @@ def test_progress_lines_count_the_whole_search_across_the_predictor_stage(tmp_pa
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("search: ")]
     assert all(line.split()[1].endswith("/40") for line in lines), lines
     assert [int(line.split()[1].split("/")[0]) for line in lines] == list(range(4, 41, 4))
+
+
+def test_a_search_no_member_of_which_clears_the_floor_says_so(tmp_path, capsys):
+    code = main(["search", "--device", "pixel8", "--budget", "10ms", "--trials", "4",
+                 "--evaluator", PROXY, "--min-accuracy", "1.0", "--out", str(tmp_path / "r"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1
+    assert "fits the 10 ms budget with val accuracy >= 1.000" in err[0], err
