@@ -112,11 +112,14 @@ def _member_point(m: dict[str, Any], metric: str = "accuracy") -> TrialPoint:
 def load_run(run_dir: Path) -> RunReport:
     pareto = load_pareto(run_dir)
     study = load_study(run_dir)
-    front = {m["trial"] for m in pareto["members"]}
+    members = {m["trial"]: m for m in pareto["members"]}
     metric = pareto.get("metric", "accuracy")
     if study is not None:
-        points = tuple(_point(t, front, metric) for t in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE,)))
+        # a front member is drawn with its pareto.json quality (fine-tuned members were scored
+        # again after the search), the others with their trial's
+        points = tuple(_member_point(members[t.number], metric) if t.number in members
+                       else _point(t, set(members), metric)
+                       for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     else:
         points = tuple(_member_point(m, metric) for m in pareto["members"])
     return RunReport(Path(run_dir), pareto, points, study)

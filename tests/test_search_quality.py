@@ -90,6 +90,10 @@ def test_front_members_are_finetuned_and_scored_with_their_new_weights(tmp_path,
         assert fresh.evaluate(candidate).accuracy == pytest.approx(m["accuracy"])
         assert fresh.evaluate(candidate, split="test").accuracy == pytest.approx(
             m["test_accuracy"])
+    # the plot draws front members with the fine-tuned accuracy the table prints
+    from codesign.report import load_run
+    drawn = {p.number: p.accuracy for p in load_run(result.run_dir).points if p.on_front}
+    assert drawn == {m["trial"]: m["accuracy"] for m in members}
     # a resumed run reuses the weights instead of fine-tuning again
     stamps = [f.stat().st_mtime_ns for f in files]
     resumed = run_search(_config(tmp_path, evaluator=None, space="tests.export_helpers:small_space",
