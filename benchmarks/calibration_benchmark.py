@@ -30,8 +30,8 @@ from scipy import stats
 from sklearn.linear_model import RidgeCV
 
 from codesign.calibrate import fit_and_score, metrics, read_measurements, split_rows
-from cost_models.features import FEATURE_NAMES
-from cost_models.learned import LearnedCostModel
+from codesign.cost_models.features import FEATURE_NAMES
+from codesign.cost_models.learned import LearnedCostModel
 
 log = logging.getLogger("calibration_benchmark")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "measured"

@@ -1,6 +1,6 @@
 """Ceiling of the learned cost model's features on one device column, fitted on ALL its rows.
 
-Any model that sees a candidate only through its op signatures (``cost_models.features``:
+Any model that sees a candidate only through its op signatures (``codesign.cost_models.features``:
 kind, shapes, liveness state) predicts the same latency for candidates with the same signature
 counts. So, per target column:
 - ``group_mean_loo``: every row predicted by the mean of the *other* rows with its exact

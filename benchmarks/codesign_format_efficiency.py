@@ -16,16 +16,16 @@ beforehand, output allocation and argument checks included (see ``call_overhead_
 
 fp32 layers add a bias; int layers requantise to int8 with per-channel multipliers and bias;
 sparse formats apply to the 1x1 convs and the linear (the MBConv space prunes those only) and
-write fp32 without bias (the kernels have no epilogue). Timing: :mod:`kernels.bench_harness`
-(one thread for numba and BLAS, compilation and warm-ups excluded, every case of one layer
-shape interleaved round by round), ``--passes`` passes over the layer set with ``--repeats``
-samples per case each, pooled; best and median of the pooled samples. Samples are on the
-calling thread's CPU clock by default (``--clock thread``): on a machine shared with other
-processes, wall-clock samples include the time the thread waits for a core, and even the best
-of 61 varied by 2-4x between runs.
+write fp32 without bias (the kernels have no epilogue). Timing:
+:mod:`codesign.kernels.bench_harness` (one thread for numba and BLAS, compilation and warm-ups
+excluded, every case of one layer shape interleaved round by round), ``--passes`` passes over the
+layer set with ``--repeats`` samples per case each, pooled; best and median of the pooled samples.
+Samples are on the calling thread's CPU clock by default (``--clock thread``): on a machine shared
+with other processes, wall-clock samples include the time the thread waits for a core, and even the
+best of 61 varied by 2-4x between runs.
 
-Efficiency = achieved rate / single-thread peak of :mod:`kernels.host_probe`, measured in the
-same run on the same clock (best of its samples, before the first pass and after each, the
+Efficiency = achieved rate / single-thread peak of :mod:`codesign.kernels.host_probe`, measured in
+the same run on the same clock (best of its samples, before the first pass and after each, the
 highest kept): fp32 kernels (sparse included) against the fp32 FMA peak, int kernels against
 the int8 ``vpmaddwd`` peak (2 ops per multiply-accumulate). Both peaks are those of 256-bit
 vector code, the width of the kernels' IR micro-kernels; on an AVX-512 host the loops LLVM
@@ -49,16 +49,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.bench_harness import Case, host_info, measure_interleaved, numba_settings
-from kernels.conv import conv2d, depthwise_conv2d
-from kernels.conv_int8 import (conv2d_int8, depthwise_conv2d_int8, pack_conv_weights,
-                               pack_depthwise_weights_int4)
-from kernels.gemm_f32 import gemm_f32
-from kernels.gemm_int8 import linear_i8, pack_weights_int4, pack_weights_int8
-from kernels.host_probe import cached_profile, peak_fp32_gflops, peak_int8_gops
-from kernels.sparse import spmm_bsr, spmm_csr, spmm_nm
-from kernels.sparse_formats import (compress_nm, prune_blocks, prune_unstructured, to_bsr,
-                                    to_csr)
+from codesign.kernels.bench_harness import Case, host_info, measure_interleaved, numba_settings
+from codesign.kernels.conv import conv2d, depthwise_conv2d
+from codesign.kernels.conv_int8 import (conv2d_int8, depthwise_conv2d_int8, pack_conv_weights,
+                                        pack_depthwise_weights_int4)
+from codesign.kernels.gemm_f32 import gemm_f32
+from codesign.kernels.gemm_int8 import linear_i8, pack_weights_int4, pack_weights_int8
+from codesign.kernels.host_probe import cached_profile, peak_fp32_gflops, peak_int8_gops
+from codesign.kernels.sparse import spmm_bsr, spmm_csr, spmm_nm
+from codesign.kernels.sparse_formats import (compress_nm, prune_blocks, prune_unstructured, to_bsr,
+                                             to_csr)
 
 DENSE_FORMATS = ("fp32", "w8a8", "w4a8")
 SPARSE_FORMATS = ("fp32_2:4", "fp32_bsr4x4_75", "fp32_csr50", "fp32_csr75")
@@ -212,7 +212,7 @@ def run(repeats: int = 21, min_sample_s: float = 0.002, seed: int = 0, clock: st
     each case's samples are pooled: the best sample of a pass fluctuated by ~20 % between
     passes a minute apart on the shared host (other tenants), so its samples are spread over
     minutes rather than one second. The peaks are measured before the first and after every
-    pass; the highest is kept (a ceiling, as :mod:`kernels.host_probe` reports it).
+    pass; the highest is kept (a ceiling, as :mod:`codesign.kernels.host_probe` reports it).
     """
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -303,7 +303,7 @@ def table(doc: dict) -> str:
     """The rows and aggregates as fixed-width text."""
     pk = doc["peaks_used"]
     lines = [f"host peak, 1 thread: fp32 {pk['fp32_gflops']:.1f} GFLOP/s, "
-             f"int8 {pk['int8_gops']:.1f} GOP/s (kernels.host_probe, best sample)",
+             f"int8 {pk['int8_gops']:.1f} GOP/s (codesign.kernels.host_probe, best sample)",
              f"{'format':<15} {'layer':<11} {'in':>10} {'out':>10} {'best us':>9} "
              f"{'med us':>9} {'G/s':>7} {'eff':>6} {'eff med':>7} {'eff eff.':>8}"]
     for r in doc["rows"]:

@@ -25,7 +25,7 @@ from optuna._hypervolume import compute_hypervolume
 
 from codesign.search import SearchConfig, run_search
 from codesign.userinput import parse_budget
-from search_spaces.mbconv import Candidate
+from codesign.search_spaces.mbconv import Candidate
 
 
 def hypervolume(members: list[dict], floor: float, budget_s: float, max_bytes: float) -> float:

@@ -51,12 +51,12 @@ METRICS = ("mape", "spearman", "kendall", "within_10pct")
 
 def analytic_ms(rows: list[dict[str, str]], threads: int) -> np.ndarray:
     """The analytic host prediction of every row, as search prices it today (ms)."""
-    from cost_models.analytic import AnalyticCostModel
-    from cost_models.backends import backend_for
-    from cost_models.devices import load_device
-    from cost_models.ir import OpBatch
-    from kernels.tile_tuner import apply_tuned_tiles
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.analytic import AnalyticCostModel
+    from codesign.cost_models.backends import backend_for
+    from codesign.cost_models.devices import load_device
+    from codesign.cost_models.ir import OpBatch
+    from codesign.kernels.tile_tuner import apply_tuned_tiles
+    from codesign.search_spaces.mbconv import MBConvSpace
 
     device = load_device("host")
     backend = backend_for(device, "xnnpack")
@@ -114,8 +114,8 @@ def compare_wallclock(path: Path, rows: list[dict[str, str]]) -> dict:
 
 def compare_front(pareto_path: Path, measured_path: Path) -> dict:
     """Each front member's predicted latency (and band) against its measurement."""
-    from search_spaces.mbconv import MBConvSpace
-    from cost_models.backends import load_backend
+    from codesign.search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.backends import load_backend
 
     pareto = json.loads(pareto_path.read_text())
     with measured_path.open(newline="") as fh:

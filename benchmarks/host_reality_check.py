@@ -22,7 +22,7 @@ from scipy import stats
 
 from benchmarks.host_models import build
 from codesign.pricing import price_module
-from cost_models.devices import load_device
+from codesign.cost_models.devices import load_device
 
 
 def compare(measured_csv: Path, dtype: str) -> dict:

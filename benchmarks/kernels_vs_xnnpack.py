@@ -20,12 +20,12 @@ output at int8; our im2col and Python call).
 XNNPACK: ``lower_to_pte`` (fp32; int8 = PT2E static per-channel QS8, XNNPACKQuantizer), timed
 by ``benchmarks.interleaved`` (fresh load per round, rotated order). Ours: the kernels' public
 functions on NHWC arrays with weights packed once, the output of a layer feeding the next
-(fp32: :func:`kernels.conv.conv2d` / :func:`depthwise_conv2d` / :func:`gemm_f32`; w8a8 and
-w4a8: :func:`kernels.conv_int8.conv2d_int8` / :func:`depthwise_conv2d_int8` /
-:func:`kernels.gemm_int8.linear_i8`, requantised to int8 between layers), timed by
-:func:`kernels.bench_harness.measure_interleaved`. Both on the calling thread's CPU clock, both
-medians of their samples. ``ratio`` = our time / XNNPACK's time at the same format (w4a8 against
-XNNPACK's w8a8, the nearest format it runs for convolutions): > 1 means ours is slower.
+(fp32: :func:`codesign.kernels.conv.conv2d` / :func:`depthwise_conv2d` / :func:`gemm_f32`; w8a8 and
+w4a8: :func:`codesign.kernels.conv_int8.conv2d_int8` / :func:`depthwise_conv2d_int8` /
+:func:`codesign.kernels.gemm_int8.linear_i8`, requantised to int8 between layers), timed by
+:func:`codesign.kernels.bench_harness.measure_interleaved`. Both on the calling thread's CPU clock,
+both medians of their samples. ``ratio`` = our time / XNNPACK's time at the same format (w4a8
+against XNNPACK's w8a8, the nearest format it runs for convolutions): > 1 means ours is slower.
 
 Each row also carries the analytic model's price ratio (codesign / xnnpack, host, 1 thread) for
 the same ops, and each op class the ``scale`` = model ratio / measured ratio (at most 1) by
@@ -137,11 +137,11 @@ def xnnpack_programs(s: Stack) -> dict[str, bytes]:
 
 def our_chain(s: Stack, fmt: str, rng: np.random.Generator):
     """A no-argument callable running the stack with our kernels in format ``fmt``."""
-    from kernels.conv import conv2d, depthwise_conv2d
-    from kernels.conv_int8 import (conv2d_int8, depthwise_conv2d_int8, pack_conv_weights,
-                                   pack_depthwise_weights_int4)
-    from kernels.gemm_f32 import gemm_f32
-    from kernels.gemm_int8 import linear_i8, pack_weights_int4, pack_weights_int8
+    from codesign.kernels.conv import conv2d, depthwise_conv2d
+    from codesign.kernels.conv_int8 import (conv2d_int8, depthwise_conv2d_int8, pack_conv_weights,
+                                            pack_depthwise_weights_int4)
+    from codesign.kernels.gemm_f32 import gemm_f32
+    from codesign.kernels.gemm_int8 import linear_i8, pack_weights_int4, pack_weights_int8
 
     bits = {"w8a8": 8, "w4a8": 4}.get(fmt)
 
@@ -196,7 +196,7 @@ def our_chain(s: Stack, fmt: str, rng: np.random.Generator):
 def run(rounds: int = 5, repeats: int = 30) -> dict:
     """Measure every stack on both sides; returns the JSON document."""
     from benchmarks.interleaved import interleaved_runs
-    from kernels.bench_harness import Case, host_info, measure_interleaved, numba_settings
+    from codesign.kernels.bench_harness import Case, host_info, measure_interleaved, numba_settings
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -238,11 +238,11 @@ def model_times(s: Stack, fmt: str, backend: str) -> float:
     ``backend`` (w4a8: int8 ops with 4-bit per-channel weights; boundary ops left out)."""
     from dataclasses import replace
 
-    from cost_models.analytic import AnalyticCostModel
-    from cost_models.devices import load_device
-    from cost_models.ir import GEMM_KINDS, OpBatch
-    from cost_models.lowering import apply_precision, lower_module
-    from kernels.specs import QuantSpec
+    from codesign.cost_models.analytic import AnalyticCostModel
+    from codesign.cost_models.devices import load_device
+    from codesign.cost_models.ir import GEMM_KINDS, OpBatch
+    from codesign.cost_models.lowering import apply_precision, lower_module
+    from codesign.kernels.specs import QuantSpec
 
     model = AnalyticCostModel(load_device("host"), backend, threads=1)
     shape = tuple(TorchStack.example(s).shape)

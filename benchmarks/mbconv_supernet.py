@@ -21,10 +21,10 @@ import torch
 
 from codesign.evaluation.base import paired_difference
 from codesign.evaluation.supernet_evaluator import SupernetEvaluator
-from cost_models.backends import load_backend
-from search_spaces.mbconv import MBConvSpace, load_mbconv_config
-from search_spaces.mbconv_training import (TrainConfig, get_trained_supernet,
-                                           save_shipped_weights, shipped_path)
+from codesign.cost_models.backends import load_backend
+from codesign.search_spaces.mbconv import MBConvSpace, load_mbconv_config
+from codesign.search_spaces.mbconv_training import (TrainConfig, get_trained_supernet,
+                                                    save_shipped_weights, shipped_path)
 
 
 def _progress(p) -> None:

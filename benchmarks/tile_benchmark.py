@@ -8,13 +8,13 @@ Three checks, one thread throughout (the tuned kernels are the serial drivers):
    priced by ``AnalyticCostModel(host, codesign, threads=1)`` with the calibrated tile terms
    (and, for reference, without them). Per shape: Spearman's rho across tiles, and the cost of
    the model's choice (measured time of the tile it ranks first / best measured time).
-2. **tuned_vs_default_tile** (:func:`kernels.bench.tuned_vs_default_tile`): median over the
+2. **tuned_vs_default_tile** (:func:`codesign.kernels.bench.tuned_vs_default_tile`): median over the
    max architecture's shapes of best-single-fixed-tile time / tuned-tile time, re-measured.
 3. **nn-Meter-style host check.** Candidates of the default ``codesign`` MBConv space (seeded
    random architecture, sparsity and tile choices; precisions redrawn from those with a numba
    kernel: w32a32, w8a8, w4a8; int units dense, as the int kernels are), their free tiles
    resolved by the search hook
-   (:func:`kernels.tile_tuner.apply_tuned_tiles`). Every layer with a kernel is timed alone
+   (:func:`codesign.kernels.tile_tuner.apply_tuned_tiles`). Every layer with a kernel is timed alone
    (best sample): dense GEMMs (fp32 / int8 / int4-weight kernels; the stem as the GEMM of its
    im2col matrix), fp32 sparse GEMMs (2:4, BSR 4x4, CSR) and fp32 depthwise convs
    (``depthwise_conv2d``). Layers with no kernel are left out of both sums and reported as
@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cost_models import tile_calibration as tc
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from cost_models.ir import Op, OpBatch, OpKind
-from kernels import tile_tuner as tt
-from kernels.specs import FP32, QuantSpec, SparsityPattern, TileSpec
+from codesign.cost_models import tile_calibration as tc
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import Op, OpBatch, OpKind
+from codesign.kernels import tile_tuner as tt
+from codesign.kernels.specs import FP32, QuantSpec, SparsityPattern, TileSpec
 
 KERNEL_PRECISIONS = ("w32a32", "w8a8", "w4a8")
 _QUANT = {"fp32": FP32, "int8": QuantSpec(8, 8), "int4": QuantSpec(4, 8)}
@@ -71,7 +71,7 @@ def tile_model_check(kernels=("fp32", "int8", "int4")) -> dict:
     calibrated = AnalyticCostModel(device, "codesign", threads=1)
     if calibrated.tile_terms is None:
         raise SystemExit("no calibrated tile terms for this host: run "
-                         "'python -m cost_models.tile_calibration' first")
+                         "'python -m codesign.cost_models.tile_calibration' first")
     plain = AnalyticCostModel(device, "codesign", threads=1, tile_terms=None)
     out = {}
     for kernel in kernels:
@@ -140,9 +140,9 @@ def runnable(op: Op, default: TileSpec) -> Op:
 
 def layer_case(op: Op):
     """(key, Case) timing ``op``'s kernel, or None if it has none (see the module docstring)."""
-    from kernels.bench import gemm_case
-    from kernels.bench_harness import Case
-    from kernels.conv import depthwise_conv2d
+    from codesign.kernels.bench import gemm_case
+    from codesign.kernels.bench_harness import Case
+    from codesign.kernels.conv import depthwise_conv2d
 
     kernel = _exact_kernel(op)
     if kernel is None:
@@ -173,8 +173,8 @@ def layer_case(op: Op):
 
 
 def host_check(n_candidates: int, seed: int, log=print) -> dict:
-    from kernels.bench_harness import measure_interleaved
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.kernels.bench_harness import measure_interleaved
+    from codesign.search_spaces.mbconv import MBConvSpace
 
     device = load_device("host")
     backend = load_backend("codesign")
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-host-check", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    from kernels.bench_harness import host_info
+    from codesign.kernels.bench_harness import host_info
 
     # host_info() lists the first BLAS threadpoolctl finds, which becomes scipy's once
     # scipy.linalg is loaded; computed now, before scipy, it matches the fingerprint under
@@ -318,14 +318,15 @@ def main(argv=None) -> int:
     res["terms"] = res["tile_model"].pop("terms")
     res["host"] = tt.kernel_host().to_dict()
     if not args.skip_bench:
-        from kernels.bench import tuned_vs_default_tile
+        from codesign.kernels.bench import tuned_vs_default_tile
 
         res.update(tuned_vs_default_tile(quick=False))
     if not args.skip_host_check:
         res["host_check"] = host_check(args.candidates, args.seed,
                                        log=lambda s: print(s, file=sys.stderr))
     res["elapsed_s"] = time.perf_counter() - t0
-    commands = [".venv/bin/python -m cost_models.tile_calibration   # writes configs/tile_terms/",
+    commands = [".venv/bin/python -m codesign.cost_models.tile_calibration"
+                "   # writes configs/tile_terms/",
                 " ".join([".venv/bin/python -m benchmarks.tile_benchmark",
                           *(argv if argv is not None else sys.argv[1:])])]
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,17 +49,17 @@ PRECISIONS = {"w4a8-dyn": "w4a8-dyn", "w8a8-dyn": "w8a8-dyn", "fp32": "w16a16"}
 
 
 def _candidate(arch, precision: str, group: int, threads: int):
-    from search_spaces.transformer import Candidate, LayerChoice
+    from codesign.search_spaces.transformer import Candidate, LayerChoice
 
     choice = LayerChoice(precision, group if precision.startswith("w4") else 0)
     return Candidate(arch, (choice,) * arch.layers, choice, threads=threads)
 
 
 def _predict(space, candidate, threads: int) -> dict:
-    from cost_models.analytic import AnalyticCostModel
-    from cost_models.base import BOUNDS
-    from cost_models.devices import load_device
-    from cost_models.ir import OpBatch, model_bytes
+    from codesign.cost_models.analytic import AnalyticCostModel
+    from codesign.cost_models.base import BOUNDS
+    from codesign.cost_models.devices import load_device
+    from codesign.cost_models.ir import OpBatch, model_bytes
 
     device = load_device("host")
     ops = space.to_ops(candidate, "decode")
@@ -74,7 +74,7 @@ def _predict(space, candidate, threads: int) -> dict:
 
 def _as_exported(space, candidate):
     """(space, candidate) as the host program runs them: 16-bit tensors as fp32."""
-    from search_spaces.transformer import Candidate, LayerChoice, TransformerSpace
+    from codesign.search_spaces.transformer import Candidate, LayerChoice, TransformerSpace
 
     fp32_space = TransformerSpace(space.backend, threads_choices=space.threads_choices,
                                   config=replace(space.config, stream_bits=32))
@@ -87,10 +87,10 @@ def _as_exported(space, candidate):
 
 
 def _export(candidate, vocab: int, sdpa: str = "auto"):
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
     from codesign.export.transformer import export_decoder
     from codesign.export.transformer_plan import plan_linears
-    from search_spaces.transformer import TransformerSpace
+    from codesign.search_spaces.transformer import TransformerSpace
 
     xnn = load_backend("xnnpack")
     plans = plan_linears(TransformerSpace(xnn).to_ops(candidate, "decode"), xnn)
@@ -187,9 +187,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import torch
 
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
     from codesign.measure.pte import planned_memory
-    from search_spaces.transformer import TransformerArch, TransformerSpace
+    from codesign.search_spaces.transformer import TransformerArch, TransformerSpace
 
     torch.set_num_threads(args.threads)
     arch = TransformerArch(args.layers, args.d_model, args.heads, args.kv_heads, args.ffn_mult,
@@ -299,8 +299,8 @@ def main() -> None:
 
 
 def _repredict(path: str) -> None:
-    from cost_models.backends import load_backend
-    from search_spaces.transformer import TransformerArch, TransformerSpace
+    from codesign.cost_models.backends import load_backend
+    from codesign.search_spaces.transformer import TransformerArch, TransformerSpace
 
     run = json.load(open(path))
     threads = run["threads"]

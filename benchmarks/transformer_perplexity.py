@@ -18,9 +18,9 @@ import torch
 
 from codesign.evaluation.perplexity import (LINEARS, PerplexityEvaluator, paired_ratio,
                                             quantized_state_dict)
-from cost_models.backends import load_backend
-from search_spaces.transformer import TransformerSpace
-from search_spaces.transformer_lm import subnet_state_dict
+from codesign.cost_models.backends import load_backend
+from codesign.search_spaces.transformer import TransformerSpace
+from codesign.search_spaces.transformer_lm import subnet_state_dict
 
 SUBNETS = {  # name: (layers, d_model, heads, gqa_ratio, ffn_mult, context)
     # the sandwich's two ends (trained every step) and a subnet trained only when sampled

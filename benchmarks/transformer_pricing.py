@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.base import BOUNDS
-from cost_models.devices import load_device
-from cost_models.ir import OpBatch, model_bytes
-from search_spaces.transformer import (TransformerConfig, TransformerSpace,
-                                        load_transformer_config, parameter_count)
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.base import BOUNDS
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import OpBatch, model_bytes
+from codesign.search_spaces.transformer import (TransformerConfig, TransformerSpace,
+                                                 load_transformer_config, parameter_count)
 
 DEVICES = ("pixel8", "galaxy-s24-snapdragon", "quest3")
 CONFIGS = {  # layers, d_model, heads, gqa_ratio, ffn_mult, context

@@ -89,8 +89,8 @@ def main() -> None:
     shapes = [tuple(int(v) for v in kn.split("x")) for kn in args.shapes.split(",")]
     warnings.filterwarnings("ignore")
     from benchmarks.interleaved import interleaved_runs
-    from cost_models.backends import load_backend
-    from cost_models.devices import load_device
+    from codesign.cost_models.backends import load_backend
+    from codesign.cost_models.devices import load_device
 
     core = load_device("host").cpu.cores_for_threads(1)[0]
     peak = core.flops_per_cycle["fp32"].value * core.sustained_hz.value

@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from benchmarks.interleaved import interleaved_runs
-    from cost_models.devices import load_device
+    from codesign.cost_models.devices import load_device
 
     device = load_device("host")
     core = device.cpu.cores_for_threads(1)[0]

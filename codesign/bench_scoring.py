@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import backend_for
-from cost_models.devices import load_device
-from cost_models.ir import OpBatch
-from search_spaces.mbconv import MBConvSpace
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import backend_for
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import OpBatch
+from codesign.search_spaces.mbconv import MBConvSpace
 
 
 def _best_of(fn, repeats: int) -> float:

@@ -162,8 +162,8 @@ def write_bundle(space_ref: str, n: int, out: Path, *, backend: str = "xnnpack",
         raise BadInput(f"--out {out}: directory {out.parent} does not exist")
     spec = analytic = None
     if device is not None:
-        from cost_models.analytic import AnalyticCostModel
-        from cost_models.devices import load_device
+        from codesign.cost_models.analytic import AnalyticCostModel
+        from codesign.cost_models.devices import load_device
 
         spec = load_device(device)
     space = load_measure_space(space_ref, backend, threads, spec)
@@ -183,7 +183,7 @@ def write_bundle(space_ref: str, n: int, out: Path, *, backend: str = "xnnpack",
                  "undelegated": list(lowered.undelegated),
                  "host_check_max_rel_err": lowered.max_rel_err}
         if analytic is not None:
-            from cost_models.ir import OpBatch
+            from codesign.cost_models.ir import OpBatch
 
             batch = OpBatch.from_oplists([space.to_ops(candidate)])
             entry["analytic_ms"] = float(analytic.predict(batch).latency_s[0]) * 1e3

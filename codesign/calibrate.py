@@ -5,7 +5,7 @@ A measurement CSV (the format of ``shared/data/measured/*.csv``) has an architec
 object, decoded for the xnnpack back-end) — an optional ``index`` column, and one latency column
 in milliseconds per device. ``calibrate`` draws ``samples`` rows at random (seeded) as the target
 device's measurements, uses every row of the prior columns as prior knowledge, fits
-``cost_models.learned.LearnedCostModel`` and scores its predictions on every other row.
+``codesign.cost_models.learned.LearnedCostModel`` and scores its predictions on every other row.
 
 Metrics over the held-out rows (``metrics``): Spearman and Kendall (tau-b) rank correlations,
 ``mape`` = mean |pred - meas| / meas as a fraction (0.05 = 5 %) over *every* held-out row,
@@ -37,10 +37,10 @@ from scipy import stats
 
 from codesign.measure.table import META_COLUMNS as MEASUREMENT_META_COLUMNS
 from codesign.userinput import BadInput
-from cost_models.features import FeatureConfig, OpFeaturizer, SignatureTable, \
+from codesign.cost_models.features import FeatureConfig, OpFeaturizer, SignatureTable, \
     signatures_from_oplists
-from cost_models.ir import Op
-from cost_models.learned import LearnedCostModel, PriorStage
+from codesign.cost_models.ir import Op
+from codesign.cost_models.learned import LearnedCostModel, PriorStage
 
 NEAR_ZERO_FRACTION = 0.05
 META_COLUMNS = ("index",) + MEASUREMENT_META_COLUMNS
@@ -58,18 +58,18 @@ class SpaceReader:
 
 # The lowerings' lru_caches are bypassed (``__wrapped__``): a table's rows are lowered once each.
 def _nasbench201() -> SpaceReader:
-    from search_spaces import nasbench201
+    from codesign.search_spaces import nasbench201
     return SpaceReader("arch_str", nasbench201.parse_arch_str, nasbench201.lower_arch.__wrapped__)
 
 
 def _fbnet() -> SpaceReader:
-    from search_spaces import fbnet
+    from codesign.search_spaces import fbnet
     return SpaceReader("ops", fbnet.parse_ops, fbnet.lower_arch.__wrapped__)
 
 
 def _mbconv() -> SpaceReader:
-    from cost_models.backends import load_backend
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.backends import load_backend
+    from codesign.search_spaces.mbconv import MBConvSpace
 
     space = MBConvSpace(load_backend("xnnpack"))
 
@@ -276,8 +276,8 @@ def feature_config(kind: str, device: str | None, backend: str, threads: int) ->
                        "was measured on (its analytic model is the prior)")
     if not device:
         return FeatureConfig()
-    from cost_models.backends import backend_for
-    from cost_models.devices import load_device
+    from codesign.cost_models.backends import backend_for
+    from codesign.cost_models.devices import load_device
 
     spec = load_device(device)
     backend_for(spec, backend)  # the device must have that back-end

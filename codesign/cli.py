@@ -228,7 +228,7 @@ def _cmd_predict(args) -> int:
     from codesign.pricing import COST_MODELS, price_module
     from codesign.report_tables import format_prediction
     from codesign.userinput import build_user_model
-    from cost_models.devices import load_device
+    from codesign.cost_models.devices import load_device
 
     if args.dtype not in ("fp32", "fp16", "int8"):
         raise BadInput(f"unknown --dtype {args.dtype!r}; valid: fp32, fp16, int8")
@@ -437,7 +437,7 @@ def _cmd_ingest(args) -> int:
 
 def _cmd_devices(args) -> int:
     from codesign.report_tables import device_json, format_device, format_device_list
-    from cost_models.devices import catalog_names, load_device
+    from codesign.cost_models.devices import catalog_names, load_device
 
     if args.action == "show":
         if not args.name:
@@ -467,7 +467,7 @@ def _cmd_bench(args) -> int:
     elif args.backend is not None:
         raise BadInput("codesign bench kernels: --backend applies to the scoring suite only")
     else:
-        from kernels.bench import run_kernel_benchmarks
+        from codesign.kernels.bench import run_kernel_benchmarks
 
         result = run_kernel_benchmarks(quick=args.quick)
     if args.json:
@@ -538,10 +538,10 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """The exception types that mean bad input (exit 2); anything else is a failure (exit 1)."""
-    from cost_models.base import UnpriceableOp
-    from cost_models.devices import SpecError
-    from cost_models.learned import ModelFormatError
-    from cost_models.lowering import LoweringError
+    from codesign.cost_models.base import UnpriceableOp
+    from codesign.cost_models.devices import SpecError
+    from codesign.cost_models.learned import ModelFormatError
+    from codesign.cost_models.lowering import LoweringError
 
     return (BadInput, SpecError, LoweringError, UnpriceableOp, ModelFormatError)
 

@@ -17,12 +17,12 @@ import numpy as np
 
 from codesign.evaluation.base import metric_keys, metric_of
 from codesign.userinput import BadInput, load_reference
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import BackendSpec, backend_for
-from cost_models.devices import DeviceSpec, load_device
-from cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
-from kernels.cache_paths import cache_dir
-from search_spaces.base import SearchSpace
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import BackendSpec, backend_for
+from codesign.cost_models.devices import DeviceSpec, load_device
+from codesign.cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
+from codesign.kernels.cache_paths import cache_dir
+from codesign.search_spaces.base import SearchSpace
 
 BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
 # SearchConfig fields a --resume may change: how long, how wide and where the study runs, not
@@ -105,20 +105,20 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
     prices the thread count it was measured at, nothing else); ``max_formats`` bounds the
     formats of an MBConv member."""
     if ref == "mbconv":
-        from search_spaces.mbconv import MBConvSpace
+        from codesign.search_spaces.mbconv import MBConvSpace
 
         return MBConvSpace(backend, threads_choices=threads or threads_choices(device, backend),
                            max_formats=max_formats)
     if ref == "nasbench201":
-        from search_spaces.nasbench201 import NASBench201Space
+        from codesign.search_spaces.nasbench201 import NASBench201Space
 
         return NASBench201Space(backend)
     if ref == "fbnet":
-        from search_spaces.fbnet import FBNetSpace
+        from codesign.search_spaces.fbnet import FBNetSpace
 
         return FBNetSpace(backend)
     if ref == "transformer":
-        from search_spaces.transformer import TransformerSpace
+        from codesign.search_spaces.transformer import TransformerSpace
 
         return TransformerSpace(backend,
                                 threads_choices=threads or threads_choices(device, backend))
@@ -132,7 +132,7 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
         raise BadInput(f"--space {ref!r}: the factory raised {type(exc).__name__}: {exc}") from None
     if not isinstance(space, SearchSpace):
         raise BadInput(f"--space {ref!r} returned {type(space).__name__}, not a "
-                       "search_spaces.base.SearchSpace")
+                       "codesign.search_spaces.base.SearchSpace")
     space.name = ref
     return space
 
@@ -152,14 +152,14 @@ def load_evaluator(ref: str | None, space: SearchSpace, seed: int, *,
     def progress(label: str):
         return None if progress_bar is None else TrainingProgress(label, bar=progress_bar)
 
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.search_spaces.mbconv import MBConvSpace
 
     if isinstance(space, MBConvSpace):
         from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
         # the space file's seed: --seed seeds the sampler only
         return SupernetEvaluator(space, progress=progress("MBConv supernet training"))
-    from search_spaces.transformer import TransformerSpace
+    from codesign.search_spaces.transformer import TransformerSpace
 
     if isinstance(space, TransformerSpace):
         from codesign.evaluation.perplexity import PerplexityEvaluator
@@ -264,7 +264,7 @@ class SearchContext:
                 "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
 
     def price(self, candidate) -> dict[str, Any]:
-        from kernels.tile_tuner import apply_tuned_tiles
+        from codesign.kernels.tile_tuner import apply_tuned_tiles
 
         if self.learned is not None:
             return self._price_learned(candidate)
@@ -286,7 +286,7 @@ class SearchContext:
         out: dict[str, Any] = {}
         prefill = self.space.prefill_ops(candidate)
         if prefill is not None:
-            from kernels.tile_tuner import apply_tuned_tiles
+            from codesign.kernels.tile_tuner import apply_tuned_tiles
 
             ops = apply_tuned_tiles(prefill, self.device, self.backend)
             batch = OpBatch.from_oplists([ops])
@@ -374,7 +374,7 @@ class SearchContext:
 
 def _config_path(path: str) -> str:
     """``path`` relative to the project (``configs/backends/NAME.yaml``) when it is in it."""
-    from cost_models.devices import CONFIG_DIR
+    from codesign.cost_models.devices import CONFIG_DIR
 
     try:
         return str(Path(path).resolve().relative_to(CONFIG_DIR.resolve().parent))

@@ -1,12 +1,12 @@
 """Which cost model prices a search: the analytic roofline, or a saved learned/hybrid model.
 
 ``--cost-model learned|hybrid`` reads a model written by ``codesign calibrate --save`` (the
-versioned JSON of ``cost_models.learned``): ``--cost-model-file PATH``, or by default
+versioned JSON of ``codesign.cost_models.learned``): ``--cost-model-file PATH``, or by default
 ``models/<device>-<backend>-<kind>.json`` in the user cache directory
-(``kernels.cache_paths.cache_dir``: ``$CODESIGN_CACHE_DIR``, else the platform's user cache).
-The model must have been fitted for the search's device (its target column or recorded device),
-back-end and — for a hybrid — on that device's own analytic terms; anything else is bad input,
-never a silent fallback to the analytic model.
+(``codesign.kernels.cache_paths.cache_dir``: ``$CODESIGN_CACHE_DIR``, else the platform's user
+cache). The model must have been fitted for the search's device (its target column or recorded
+device), back-end and — for a hybrid — on that device's own analytic terms; anything else is bad
+input, never a silent fallback to the analytic model.
 
 A learned model was measured at one thread count, so a search it prices offers only that thread
 count. Its latency band is its cross-validated error on its own training rows: latency x
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from codesign.userinput import BadInput
-from kernels.cache_paths import cache_dir
+from codesign.kernels.cache_paths import cache_dir
 
 __all__ = ["SEARCH_COST_MODELS", "LearnedPricer", "default_model_path", "load_pricer"]
 
@@ -37,14 +37,14 @@ class LearnedPricer:
     """A loaded learned/hybrid model and where it came from."""
 
     kind: str
-    model: Any  # cost_models.learned.LearnedCostModel
+    model: Any  # codesign.cost_models.learned.LearnedCostModel
     path: Path
     sha256: str
     threads: int
 
     def predict(self, ops):
         """``Prediction`` for one op list (band: the model's held-out multiplicative error)."""
-        from cost_models.ir import OpBatch
+        from codesign.cost_models.ir import OpBatch
 
         return self.model.predict(OpBatch.from_oplists([ops]))
 
@@ -62,7 +62,7 @@ def load_pricer(kind: str, device, backend, path: Path | None) -> LearnedPricer 
         BadInput: unknown kind; no model file; a model fitted for another device, back-end or
             kind (``ModelFormatError``, also exit 2, for an unreadable file).
     """
-    from cost_models.learned import LearnedCostModel
+    from codesign.cost_models.learned import LearnedCostModel
 
     if kind not in SEARCH_COST_MODELS:
         raise BadInput(f"unknown --cost-model {kind!r}; valid: {', '.join(SEARCH_COST_MODELS)}")

@@ -78,8 +78,8 @@ def load_measure_space(ref: str, backend_name: str, threads: int, device: Any = 
         BadInput: unknown back-end or space, or a space whose candidates cannot be built as
             torch modules (only the MBConv family can).
     """
-    from cost_models.backends import backend_for, load_backend
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.backends import backend_for, load_backend
+    from codesign.search_spaces.mbconv import MBConvSpace
 
     if backend_name not in BACKENDS:
         raise BadInput(f"--backend {backend_name!r}: measured programs run on ExecuTorch, whose "
@@ -188,7 +188,7 @@ class _Timer:
     """Lowers and times candidates; one per run (holds the analytic model and host facts)."""
 
     def __init__(self, space, config: MeasureConfig, device) -> None:
-        from cost_models.analytic import AnalyticCostModel
+        from codesign.cost_models.analytic import AnalyticCostModel
         from codesign.measure.records import HostInfo
 
         self.space, self.config, self.device = space, config, device
@@ -196,8 +196,8 @@ class _Timer:
         self.host = HostInfo.current()
 
     def analytic_ms(self, candidate) -> float:
-        from cost_models.ir import OpBatch
-        from kernels.tile_tuner import apply_tuned_tiles
+        from codesign.cost_models.ir import OpBatch
+        from codesign.kernels.tile_tuner import apply_tuned_tiles
 
         # priced exactly as `codesign search --cost-model analytic` prices it on this device
         ops = apply_tuned_tiles(self.space.to_ops(candidate), self.device, self.space.backend)
@@ -292,7 +292,7 @@ def run_measure(config: MeasureConfig, *, echo: Callable[[str], None] | None = N
         BadInput: bad configuration or an ``--out`` file from another configuration.
     """
     from codesign.measure.table import MeasurementCSV
-    from cost_models.devices import load_device
+    from codesign.cost_models.devices import load_device
 
     echo = echo or (lambda line: print(line, file=sys.stderr))
     _check(config)

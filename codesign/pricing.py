@@ -15,12 +15,12 @@ import numpy as np
 
 from codesign.learned_pricing import SEARCH_COST_MODELS as COST_MODELS, load_pricer
 from codesign.userinput import BadInput
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import backend_for
-from cost_models.base import BOUNDS, Prediction
-from cost_models.devices import DeviceSpec
-from cost_models.ir import OpBatch, Op
-from cost_models.lowering import apply_precision, lower_module
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import backend_for
+from codesign.cost_models.base import BOUNDS, Prediction
+from codesign.cost_models.devices import DeviceSpec
+from codesign.cost_models.ir import OpBatch, Op
+from codesign.cost_models.lowering import apply_precision, lower_module
 
 DTYPES = ("fp32", "fp16", "int8")
 

@@ -1,9 +1,9 @@
 """Progress of supernet training on stderr, one renderer for every trainer.
 
-The MBConv supernet (``search_spaces.mbconv_supernet``) and the LM supernet
-(``search_spaces.transformer_lm``) report ``TrainProgress`` records to a ``progress`` callback;
-:class:`TrainingProgress` is that callback. On a terminal it draws a tqdm bar (steps, rate, ETA,
-current loss); otherwise (a log file, a pipe, a CI job) it writes plain lines, one every
+The MBConv supernet (``codesign.search_spaces.mbconv_supernet``) and the LM supernet
+(``codesign.search_spaces.transformer_lm``) report ``TrainProgress`` records to a ``progress``
+callback; :class:`TrainingProgress` is that callback. On a terminal it draws a tqdm bar (steps,
+rate, ETA, current loss); otherwise (a log file, a pipe, a CI job) it writes plain lines, one every
 ``every_fraction`` of the steps or every ``every_s`` seconds, whichever comes first. A record
 with ``steps == 0`` is a message ("loaded PATH", "cached PATH", "resumed ...") and is written as
 one line. Nothing goes to stdout: ``search --json`` prints its JSON there.

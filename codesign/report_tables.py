@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cost_models.devices import DeviceSpec, Sourced
+from codesign.cost_models.devices import DeviceSpec, Sourced
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:

@@ -11,7 +11,7 @@ For each op (vectorised over an ``OpBatch``):
   once per nc panel, C once per kc block) when its operands exceed the caches, and cache
   bandwidth when the working set fits. Weights (and the KV cache, streamed like weights) that
   stay in the LLC are re-read every inference: where the device has a measured read bandwidth
-  by working set (``host``: ``cost_models.host.cache_read_curve``) they stream at that
+  by working set (``host``: ``codesign.cost_models.host.cache_read_curve``) they stream at that
   bandwidth for the model's weight + KV bytes, else at the cache bandwidth per cycle.
 - **overhead**: the back-end's dispatch cost per op, plus a fork-join barrier when it runs on
   more than one thread.
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cost_models.backends import BackendSpec, backend_for
-from cost_models.base import CostModel, Prediction, UnpriceableOp
-from cost_models.devices import DeviceSpec, load_device
-from cost_models.ir import (DTYPE_CODES, GEMM_KINDS, KIND_CODES, KINDS_BY_CODE, PATTERN_CODES,
-                            PRICED_FREE_KINDS, OpBatch, OpKind)
-from cost_models.tile_calibration import TileTerms, terms_for
-from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
+from codesign.cost_models.backends import BackendSpec, backend_for
+from codesign.cost_models.base import CostModel, Prediction, UnpriceableOp
+from codesign.cost_models.devices import DeviceSpec, load_device
+from codesign.cost_models.ir import (DTYPE_CODES, GEMM_KINDS, KIND_CODES, KINDS_BY_CODE,
+                                     PATTERN_CODES, PRICED_FREE_KINDS, OpBatch, OpKind)
+from codesign.cost_models.tile_calibration import TileTerms, terms_for
+from codesign.kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
 
 FORMAT_VERSION = 1
 _DTYPES = list(DTYPE_CODES)
@@ -88,7 +88,7 @@ class AnalyticCostModel(CostModel):
         self.tile_terms = (terms_for(device, self.backend) if isinstance(tile_terms, str)
                            else tile_terms)
         if isinstance(read_curve, str):
-            from cost_models.host import cache_read_curve
+            from codesign.cost_models.host import cache_read_curve
             read_curve = cache_read_curve(device)
         self.read_curve = tuple(read_curve) if read_curve else None
         self._prepare()

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cost_models.devices import CONFIG_DIR, DTYPES, ISAS, SpecError, Sourced, _Reader, load_yaml
-from cost_models.ir import OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
-from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec, TileSpec
+from codesign.cost_models.devices import (CONFIG_DIR, DTYPES, ISAS, SpecError, Sourced, _Reader,
+                                          load_yaml)
+from codesign.cost_models.ir import OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
+from codesign.kernels.specs import QuantSpec, SparsityPattern, SparsitySpec, TileSpec
 
 _PRECISION = re.compile(r"^w(2|4|8|16|32)a(8|16|32)(-dyn)?$")
 

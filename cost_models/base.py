@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cost_models.ir import KINDS_BY_CODE, OpBatch
+from codesign.cost_models.ir import KINDS_BY_CODE, OpBatch
 
 BOUNDS = ("compute", "memory", "overhead")
 

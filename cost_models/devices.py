@@ -289,7 +289,7 @@ def _parse_accelerator(r: _Reader | None) -> AcceleratorSpec | None:
 
 def parse_device(data: Any, path: str) -> DeviceSpec:
     """Build a DeviceSpec from parsed YAML; ``path`` is only used in messages and provenance."""
-    from cost_models.backends import backend_names  # local: backends import this module
+    from codesign.cost_models.backends import backend_names  # local: backends import this module
 
     r = _Reader(path, data)
     mem = r.sub("memory")
@@ -336,7 +336,7 @@ def load_device(name_or_path: str) -> DeviceSpec:
     """A catalog device by name, or a user's YAML file by path.
 
     ``host`` is this machine: its catalog file declares what to detect and the rest is read off
-    /proc and /sys at run time (see ``cost_models.host``).
+    /proc and /sys at run time (see ``codesign.cost_models.host``).
     """
     candidate = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or candidate.is_file():
@@ -350,7 +350,7 @@ def load_device(name_or_path: str) -> DeviceSpec:
                             f"{', '.join(catalog_names())} (or a path to a device YAML file)")
     data, digest = load_yaml(path)
     if isinstance(data, Mapping) and data.get("detect") == "host":
-        from cost_models.host import detect_host_fields
+        from codesign.cost_models.host import detect_host_fields
         data = detect_host_fields(data, path=str(path))
     spec = parse_device(data, str(path))
     object.__setattr__(spec, "sha256", digest)

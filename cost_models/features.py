@@ -33,9 +33,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import sparse
 
-from cost_models.analytic import AnalyticCostModel
-from cost_models.devices import load_device
-from cost_models.ir import KIND_CODES, PRICED_FREE_KINDS, Op, OpBatch, OpKind
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import KIND_CODES, PRICED_FREE_KINDS, Op, OpBatch, OpKind
 
 # 2: the signature's last column is the liveness state (``LIVE``/``DEAD``/``CONSTANT``/
 # ``UNUSED``); version 1 had a live flag (1 live, 0 any other state). Aggregates are unchanged.

@@ -2,8 +2,8 @@
 
 What /proc and /sys state (model, cores, caches, clock, RAM, ISA flags) is ``detected``; what
 follows from the ISA by formula (FLOPs per cycle, registers) is ``estimated`` with the formula;
-memory bandwidth is ``measured`` when a host characterisation (``kernels.host_probe``) has been
-cached for this machine, else ``estimated``.
+memory bandwidth is ``measured`` when a host characterisation (``codesign.kernels.host_probe``) has
+been cached for this machine, else ``estimated``.
 """
 from __future__ import annotations
 
@@ -122,15 +122,17 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
         # follows from the measured register-resident FMA peak and the ISA's FLOPs per cycle.
         fp32_per_cycle = cluster["flops_per_cycle"]["fp32"]["value"]
         clock = profile.peak_fp32_gflops_1t * 1e9 / fp32_per_cycle
-        ref = (f"kernels.host_probe: measured fp32 peak {profile.peak_fp32_gflops_1t:.1f} GFLOP/s"
-               f" / {fp32_per_cycle:g} FLOP/cycle (cpuinfo says {mhz:.0f} MHz)")
+        ref = (f"codesign.kernels.host_probe: measured fp32 peak "
+               f"{profile.peak_fp32_gflops_1t:.1f} GFLOP/s / {fp32_per_cycle:g} FLOP/cycle "
+               f"(cpuinfo says {mhz:.0f} MHz)")
         cluster["sustained_hz"] = _num(clock, "measured", ref)
         cluster["burst_hz"] = _num(max(clock, hz), "measured", ref)
         cluster["flops_per_cycle"]["int8"] = _num(
             profile.peak_int8_gops_1t * 1e9 / clock, "measured",
-            f"kernels.host_probe: measured int8 peak {profile.peak_int8_gops_1t:.1f} GOPS / clock")
+            f"codesign.kernels.host_probe: measured int8 peak {profile.peak_int8_gops_1t:.1f} "
+            "GOPS / clock")
         bandwidth = _num(profile.stream_triad_gbs_all * 1e9, "measured",
-                         f"kernels.host_probe STREAM triad, {profile.threads_all} threads")
+                         f"codesign.kernels.host_probe STREAM triad, {profile.threads_all} threads")
     data = dict(template)
     data.pop("detect", None)
     data.update({
@@ -151,9 +153,9 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
 
 def cache_read_curve(device) -> tuple[tuple[float, float], ...] | None:
     """This host's measured read bandwidth by working set, ((bytes, bytes/s), ...) sorted by
-    bytes: one thread re-reading an array of that size (``kernels.host_probe.read_sweep``,
-    stored by ``python -m kernels.host_probe``). None for any other device (a catalog device
-    keeps the cache bandwidth its spec implies) or when this host's profile has no sweep."""
+    bytes: one thread re-reading an array of that size (``codesign.kernels.host_probe.read_sweep``,
+    stored by ``python -m codesign.kernels.host_probe``). None for any other device (a catalog
+    device keeps the cache bandwidth its spec implies) or when this host's profile has no sweep."""
     if getattr(device, "name", None) != "host":
         return None
     profile = _measured_profile()
@@ -165,7 +167,7 @@ def cache_read_curve(device) -> tuple[tuple[float, float], ...] | None:
 def _measured_profile():
     """The cached host characterisation (``codesign bench kernels`` writes it), if any."""
     try:
-        from kernels.host_probe import cached_profile
+        from codesign.kernels.host_probe import cached_profile
     except ImportError:
         return None
     return cached_profile()  # stored per host fingerprint: another machine finds none

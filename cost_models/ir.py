@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence, overload
 
 import numpy as np
 
-from kernels.specs import DENSE, FP32, QuantSpec, SparsityPattern, SparsitySpec, TileSpec
+from codesign.kernels.specs import DENSE, FP32, QuantSpec, SparsityPattern, SparsitySpec, TileSpec
 
 
 class OpKind(str, enum.Enum):
@@ -125,7 +125,7 @@ def gemm_flops(m: int, n: int, k: int, groups: int = 1) -> float:
 
 class DeferredOps(Sequence[Op]):
     """The op records of a batch built on first access: a batch priced from memoised rows
-    (``search_spaces.mbconv_lowering``) has its columns at once and its records only when a
+    (``codesign.search_spaces.mbconv_lowering``) has its columns at once and its records only when a
     report or an error message reads one, as the records cost far more to build than the rows.
     """
 

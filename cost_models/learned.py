@@ -2,8 +2,8 @@
 
 Latency is modelled as additive over kernels, as nn-Meter and FBNet's lookup tables do: a
 candidate costs the sum of its ops' costs, and an op's cost on a device is a device-specific
-linear function of its analytic terms (``cost_models.features``) plus a per-signature deviation
-(a lookup-table correction). Two stages:
+linear function of its analytic terms (``codesign.cost_models.features``) plus a per-signature
+deviation (a lookup-table correction). Two stages:
 
 1. **Prior devices** (every measured row of every prior column): per device ``d``,
    ``y_d(x) = X(x) . a_d + counts(x) . delta_d + b_d`` — ``X`` the per-group analytic latency and
@@ -50,10 +50,11 @@ import numpy as np
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
-from cost_models.base import CostModel, Prediction
-from cost_models.features import (FEATURE_NAMES, FEATURE_VERSION, SIGNATURE_WIDTH, FeatureConfig,
-                                  OpFeaturizer, SignatureTable, signatures_from_batch)
-from cost_models.ir import OpBatch
+from codesign.cost_models.base import CostModel, Prediction
+from codesign.cost_models.features import (FEATURE_NAMES, FEATURE_VERSION, SIGNATURE_WIDTH,
+                                           FeatureConfig, OpFeaturizer, SignatureTable,
+                                           signatures_from_batch)
+from codesign.cost_models.ir import OpBatch
 
 FORMAT = "codesign.learned"
 # 2: signatures carry the liveness state (features version 2). Version 1 files (a live flag)

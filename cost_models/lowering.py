@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from cost_models.ir import GEMM_KINDS, Op, OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
+from codesign.cost_models.ir import GEMM_KINDS, Op, OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
 # the precision passes need no torch: they live apart so that pricing can run without it
-from cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
-from kernels.specs import QuantSpec
+from codesign.cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
+from codesign.kernels.specs import QuantSpec
 
 aten = torch.ops.aten
 

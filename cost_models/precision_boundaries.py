@@ -1,6 +1,6 @@
 """Precision boundaries in an op list: the priced QUANTIZE/DEQUANTIZE ops where activations
-change bits. Apart from ``cost_models.lowering`` (torch.export) so that spaces which build their
-op lists directly, and the pricing path, run without importing torch.
+change bits. Apart from ``codesign.cost_models.lowering`` (torch.export) so that spaces which build
+their op lists directly, and the pricing path, run without importing torch.
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 from dataclasses import replace
 from typing import Sequence
 
-from cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
-from kernels.specs import QuantSpec
+from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
+from codesign.kernels.specs import QuantSpec
 
 
 def insert_precision_boundaries(ops: Sequence[Op], input_bits: int = 32) -> list[Op]:

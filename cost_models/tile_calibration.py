@@ -4,7 +4,8 @@ The analytic model's uncalibrated tile term is a spec-sheet derivation (register
 efficiency from FMA/load ports, edge-tile utilisation, a fixed spill efficiency). On a host
 whose kernels we can time, :class:`TileTerms` replaces it, for the ops the project's kernels run
 (dense conv2d / linear / matmul at fp32, int8 or int4 weights), by the time of the BLIS loop
-nest of ``kernels.gemm_f32`` / ``kernels.gemm_int8`` counted term by term (one thread)::
+nest of ``codesign.kernels.gemm_f32`` / ``codesign.kernels.gemm_int8`` counted term by term (one
+thread)::
 
     t = s * F_pad / (R[mr x nr] * e1 * e2)     register micro-kernel on the padded problem
       + c_call[mr x nr] * calls                one call per (A panel, B sliver, kc block): its
@@ -14,8 +15,8 @@ nest of ``kernels.gemm_f32`` / ``kernels.gemm_int8`` counted term by term (one t
       + c_b[nr] * K * N_pad                    packing B (fp32 only; int weights are pre-packed)
 
 ``R`` is **measured**, not fitted: each micro-kernel's rate on L1-resident panels
-(:func:`kernels.tile_tuner.measure_micro_rates`, best of three sessions). ``e1`` / ``e2`` are
-the model's ``CacheTerms.l1_spill_efficiency`` / ``l2_spill_efficiency``, applied when the
+(:func:`codesign.kernels.tile_tuner.measure_micro_rates`, best of three sessions). ``e1`` / ``e2``
+are the model's ``CacheTerms.l1_spill_efficiency`` / ``l2_spill_efficiency``, applied when the
 kc x (mr + nr) slivers overflow L1 or the mc x kc A block overflows L2. Fitted per kernel: the
 scale ``s``, one call cost per micro-tile (the per-micro-tile correction: calls dominate small-k
 shapes, and their cost is not proportional to mr x nr), ``c_visit``, ``c_a``, one B-packing
@@ -29,13 +30,13 @@ the analytic efficiency times the median measured/analytic ratio, and the median
 
 Storage: ``configs/tile_terms/<fingerprint>.json`` (``$CODESIGN_TILE_TERMS_DIR`` overrides the
 directory), format ``codesign.tile_terms`` version :data:`FORMAT_VERSION`, fingerprint of
-:func:`kernels.tile_tuner.kernel_host`. The analytic model loads it for ``--device host`` with
-the ``codesign`` back-end when this host's file exists; other devices and back-ends never see
+:func:`codesign.kernels.tile_tuner.kernel_host`. The analytic model loads it for ``--device host``
+with the ``codesign`` back-end when this host's file exists; other devices and back-ends never see
 it. fp16 ops (no fp16 kernel: x86 converts to fp32) use the fp32 terms at the device's
 fp16 : fp32 peak ratio; 2-bit weights use the int4 kernel's terms (the nearest kernel).
 
-Calibrate: ``python -m cost_models.tile_calibration`` (tunes the calibration shapes, measures
-the micro-kernels, fits, writes the file).
+Calibrate: ``python -m codesign.cost_models.tile_calibration`` (tunes the calibration shapes,
+measures the micro-kernels, fits, writes the file).
 """
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cost_models.devices import CONFIG_DIR
-from cost_models.ir import DTYPE_CODES
+from codesign.cost_models.devices import CONFIG_DIR
+from codesign.cost_models.ir import DTYPE_CODES
 
 FORMAT = "codesign.tile_terms"
 FORMAT_VERSION = 1
@@ -80,8 +81,8 @@ def terms_dir() -> Path:
 # ------------------------------------------------------------------------------ the term
 def gemm_features(kernel: str, m, n, k, mc, nc, kc, mr, nr, l1_bytes: float,
                   l2_bytes: float) -> dict[str, np.ndarray]:
-    """Counts of the loop nest of ``kernels.gemm_f32`` / ``gemm_int8`` for op shape (m, n, k)
-    and tile (mc, nc, kc, mr, nr), element-wise over arrays (see the module docstring)."""
+    """Counts of the loop nest of ``codesign.kernels.gemm_f32`` / ``gemm_int8`` for op shape (m, n,
+    k) and tile (mc, nc, kc, mr, nr), element-wise over arrays (see the module docstring)."""
     m, n, k, mc, nc, kc, mr, nr = (np.asarray(v, dtype=np.float64)
                                    for v in (m, n, k, mc, nc, kc, mr, nr))
     if kernel == "fp32":
@@ -174,7 +175,7 @@ class TileTerms:
     """The calibrated tile term of one host (see the module docstring).
 
     Attributes:
-        fingerprint: fingerprint of :func:`kernels.tile_tuner.kernel_host`.
+        fingerprint: fingerprint of :func:`codesign.kernels.tile_tuner.kernel_host`.
         l1_bytes, l2_bytes: the data caches the spill conditions compare against.
         kernels: per kernel name, its :class:`KernelTerms`.
         created: UNIX time of the calibration; source: how it was produced.
@@ -202,7 +203,7 @@ class TileTerms:
         """One-thread compute seconds of dense GEMM ops, NaN where no kernel term applies.
 
         Args:
-            dtype, weight_bits: the OpBatch columns (``cost_models.ir.DTYPE_CODES``).
+            dtype, weight_bits: the OpBatch columns (``codesign.cost_models.ir.DTYPE_CODES``).
             m, n, k, groups: GEMM view of each op; ``groups`` GEMMs are run one after another.
             tile: (n_ops, 5) mc, nc, kc, mr, nr actually used.
             fallback_rate: the analytic model's micro-kernel FLOP/s per row (one core).
@@ -302,7 +303,7 @@ def terms_for(device, backend) -> TileTerms | None:
     file when the device is ``host`` and the back-end ``codesign``, else None."""
     if getattr(device, "name", None) != "host" or getattr(backend, "name", None) != "codesign":
         return None
-    from kernels.tile_tuner import kernel_host
+    from codesign.kernels.tile_tuner import kernel_host
 
     fingerprint = kernel_host().fingerprint()
     terms = load_terms(str(terms_path(fingerprint)))
@@ -381,7 +382,7 @@ def fit_kernel(kernel: str, samples: Sequence[Sample], micro_gops: Mapping[str, 
 
 def samples_from_records(records: Iterable) -> list[Sample]:
     """Samples from tile tuner / ``measure_gemm`` records (dense GEMMs; best sample each)."""
-    from kernels.tile_tuner import parse_tile
+    from codesign.kernels.tile_tuner import parse_tile
 
     out = []
     for rec in records:
@@ -433,7 +434,7 @@ def best_micro_rates(kernel: str, sessions: int = 3) -> dict[str, float]:
     """Per micro-tile, the best rate of ``sessions`` measurement sessions: a ceiling, and one
     session on a shared core can catch a tile at the all-core clock where the others ran at
     the boost clock (seen here: 4x16 at 96 in one session, 101-102 in the others)."""
-    from kernels.tile_tuner import measure_micro_rates
+    from codesign.kernels.tile_tuner import measure_micro_rates
 
     runs = [measure_micro_rates(kernel) for _ in range(sessions)]
     return {t: max(r[t] for r in runs) for t in runs[0]}
@@ -446,7 +447,8 @@ def calibrate(train_shapes: Mapping[str, Sequence[Sequence[int]]], *, cache=None
 
     Args:
         train_shapes: per kernel ("fp32", "int8", "int4"), the op shapes (m, n, k) to calibrate
-            on; each is tuned with :func:`kernels.tile_tuner.tune` (cached tunings are reused).
+            on; each is tuned with :func:`codesign.kernels.tile_tuner.tune` (cached tunings are
+            reused).
         cache: the tile tuner cache (default: the tuner's).
         save: write the result to ``directory`` (default :func:`terms_dir`).
         quick: tune with the quick candidate set (fewer tiles per shape).
@@ -454,9 +456,9 @@ def calibrate(train_shapes: Mapping[str, Sequence[Sequence[int]]], *, cache=None
     Returns:
         The fitted :class:`TileTerms`.
     """
-    from cost_models.analytic import AnalyticCostModel
-    from cost_models.devices import load_device
-    from kernels import tile_tuner
+    from codesign.cost_models.analytic import AnalyticCostModel
+    from codesign.cost_models.devices import load_device
+    from codesign.kernels import tile_tuner
 
     device = load_device("host")
     plain = AnalyticCostModel(device, "codesign", threads=1, tile_terms=None)
@@ -488,7 +490,7 @@ def calibrate(train_shapes: Mapping[str, Sequence[Sequence[int]]], *, cache=None
             note={"train_shapes": [list(s) for s in shapes], "quick": quick})
         log(f"{kernel}: fit {kernels[kernel].fit}")
     terms = TileTerms(tile_tuner.kernel_host().fingerprint(), l1, l2, kernels,
-                      source="python -m cost_models.tile_calibration")
+                      source="python -m codesign.cost_models.tile_calibration")
     if save:
         path = terms.save(terms_path(terms.fingerprint, directory))
         log(f"wrote {path}")
@@ -500,9 +502,9 @@ def space_gemm_shapes(arch: str = "max", *, seed: int | None = None) -> list[tup
     """Distinct op shapes (m, n, k) of the conv2d / linear ops of one default-space ``codesign``
     MBConv candidate: its ``max`` or ``min`` architecture, or (``arch="sample"``) the one a
     seeded random sampler decodes. Sorted by (m, n, k)."""
-    from cost_models.backends import load_backend
-    from cost_models.ir import OpKind
-    from search_spaces.mbconv import Candidate, LayerChoice, MBConvSpace, units
+    from codesign.cost_models.backends import load_backend
+    from codesign.cost_models.ir import OpKind
+    from codesign.search_spaces.mbconv import Candidate, LayerChoice, MBConvSpace, units
 
     space = MBConvSpace(load_backend("codesign"))
     if arch == "sample":

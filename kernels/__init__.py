@@ -2,13 +2,13 @@
 
 Every public function validates its operands (dtype, shape, contiguity; ``ValueError`` with a
 specific message) and calls a private numba kernel that takes only arrays and ints. numba
-settings live in :mod:`kernels._numba_config`, which every kernel module imports before it
+settings live in :mod:`codesign.kernels._numba_config`, which every kernel module imports before it
 defines a kernel. Kernels compile on first use (about 2 s each) and are memoised per process;
 nothing uses numba's on-disk cache.
 
 Modules:
     specs           the shared vocabulary (QuantSpec, SparsitySpec, TileSpec); no numba
-    gemm_f32        fp32 GEMM, BLIS blocking by :class:`kernels.specs.TileSpec`
+    gemm_f32        fp32 GEMM, BLIS blocking by :class:`codesign.kernels.specs.TileSpec`
     gemm_int8       int8 x int8/int4 -> int32 GEMM (vpmaddwd), requantisation to int8
     sparse_formats  N:M, BSR and CSR weight formats and pruning helpers
     sparse          sparse-weight GEMMs (2:4, BSR 4x4 / 1x4, CSR)
@@ -18,8 +18,8 @@ Modules:
     bench           ``run_kernel_benchmarks`` and ``measure_gemm``
     host_probe      peak FLOP/s, int8 op/s and STREAM bandwidth of this host
 
-The names below are imported lazily (PEP 562), so ``import kernels.specs`` - done by the cost
-models and search spaces - does not import numba or touch its configuration.
+The names below are imported lazily (PEP 562), so ``import codesign.kernels.specs`` - done by the
+cost models and search spaces - does not import numba or touch its configuration.
 """
 from __future__ import annotations
 

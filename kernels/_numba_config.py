@@ -4,14 +4,14 @@ Import this module before any kernel is compiled (``kernels/__init__`` does). It
 
 * **Vectorisers.** numba 0.68 compiles with LLVM's SLP vectoriser off and the loop vectoriser
   on. Register-blocked micro-kernels written as unrolled *scalar* accumulators
-  (``c0_0 += a0 * b0`` ...; the ``"slp"`` variant of ``kernels.gemm_f32``) only become packed
-  ``vfmadd231ps`` code when the SLP vectoriser packs them, and the loop vectoriser, if left on,
-  vectorises their k loop instead (interleaving iterations) and spills the accumulators. So
+  (``c0_0 += a0 * b0`` ...; the ``"slp"`` variant of ``codesign.kernels.gemm_f32``) only become
+  packed ``vfmadd231ps`` code when the SLP vectoriser packs them, and the loop vectoriser, if left
+  on, vectorises their k loop instead (interleaving iterations) and spills the accumulators. So
   the GEMM drivers are compiled inside :func:`compile_context` with ``slp=True,
   loop_vectorize=False``, while streaming kernels (depthwise conv, im2col, STREAM) keep the loop
   vectoriser and get SLP too. (The default micro-kernels are explicit vector IR,
-  ``kernels._simd_ir``, and do not depend on either vectoriser.) The switch is scoped: numba
-  reads ``config.SLP_VECTORIZE`` / ``config.LOOP_VECTORIZE`` each time it builds a pass
+  ``codesign.kernels._simd_ir``, and do not depend on either vectoriser.) The switch is scoped:
+  numba reads ``config.SLP_VECTORIZE`` / ``config.LOOP_VECTORIZE`` each time it builds a pass
   pipeline, and :func:`compile_context` holds numba's global compiler lock while the values are
   changed, so no other thread's compilation sees them and nothing outside ``kernels/`` is
   affected.
@@ -25,7 +25,7 @@ Import this module before any kernel is compiled (``kernels/__init__`` does). It
   processes compile the same function at once (a benchmark farm, pytest-xdist), and the
   generated micro-kernels are compiled lazily and memoised in-process instead, so each process
   pays only for the tiles it uses. Benchmarks that want a cache across processes must give
-  each process its own ``NUMBA_CACHE_DIR`` (see ``kernels.bench_harness``).
+  each process its own ``NUMBA_CACHE_DIR`` (see ``codesign.kernels.bench_harness``).
 """
 from __future__ import annotations
 

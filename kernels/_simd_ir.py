@@ -402,8 +402,8 @@ def make_f32_tile(mr: int, nr: int):
     The fp32 register micro-kernel as explicit vector IR: per k, nr/8 vector loads of the B
     sliver, then per row one broadcast and nr/8 FMAs into mr*nr/8 accumulators. This is the same
     loop the SLP vectoriser makes of the scalar-accumulator form
-    (:func:`kernels.gemm_f32.micro_kernel_source`), without depending on its heuristics, and
-    LLVM compiles it in a fraction of the time (no 96-wide scalar dependence graph to pack).
+    (:func:`codesign.kernels.gemm_f32.micro_kernel_source`), without depending on its heuristics,
+    and LLVM compiles it in a fraction of the time (no 96-wide scalar dependence graph to pack).
     """
     if nr % 8:
         raise ValueError(f"nr={nr} must be a multiple of 8")

@@ -2,21 +2,21 @@
 
 :func:`run_kernel_benchmarks` is what ``codesign bench kernels`` reports; :func:`measure_gemm`
 times one GEMM-shaped configuration (shape x tile x precision x sparsity) for a tile tuner.
-All timings come from :mod:`kernels.bench_harness` (compilation excluded, warm-ups, repeats,
-threads pinned), and every ratio compares cases measured interleaved in the same process. The
-headline ratios compare the *best* sample of each case
-(:func:`kernels.bench_harness.best_speedup`): on a shared machine another process preempting
-one sample makes a median ratio swing by 2x between runs, while the best samples stay within
-a few percent (measured here: fp32 0.90 / 0.92 / 0.91 against 0.58 / 0.58 / 0.41). The
-median-of-paired-rounds ratios (:func:`kernels.bench_harness.paired_speedup`) are reported
+All timings come from :mod:`codesign.kernels.bench_harness` (compilation excluded, warm-ups,
+repeats, threads pinned), and every ratio compares cases measured interleaved in the same process.
+The headline ratios compare the *best* sample of each case
+(:func:`codesign.kernels.bench_harness.best_speedup`): on a shared machine another process
+preempting one sample makes a median ratio swing by 2x between runs, while the best samples stay
+within a few percent (measured here: fp32 0.90 / 0.92 / 0.91 against 0.58 / 0.58 / 0.41). The
+median-of-paired-rounds ratios (:func:`codesign.kernels.bench_harness.paired_speedup`) are reported
 next to them under ``ratios_paired_median``, and every record keeps median and IQR. Rates of
 sparse kernels are quoted two ways: "dense-equivalent" (2*M*K*N / time, comparable with dense
 GEMM) and "actual" (2 * kept weights * M / time).
 
-Command line: ``python -m kernels.bench [--quick] [--threads N]`` prints the JSON summary. To
-compare against an unhampered OpenBLAS on hosts that export ``OPENBLAS_CORETYPE`` /
+Command line: ``python -m codesign.kernels.bench [--quick] [--threads N]`` prints the JSON summary.
+To compare against an unhampered OpenBLAS on hosts that export ``OPENBLAS_CORETYPE`` /
 ``OPENBLAS_L2_SIZE``, unset them for that command only
-(``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m kernels.bench``); the host record
+(``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m codesign.kernels.bench``); the host record
 lists them when set.
 """
 from __future__ import annotations
@@ -171,10 +171,10 @@ def tuned_vs_default_tile(quick: bool = False) -> dict:
     shapes, tuned with the quick candidate set unless a tuning is cached). Value: median over
     the shapes of (time with the best single fixed tile over the set) / (time with the
     shape's tuned tile), both re-measured in a fresh interleaved run, one thread
-    (:func:`kernels.tile_tuner.tuned_vs_fixed`). The detail says whether the tuning was read
-    from the tuner cache or measured in this run.
+    (:func:`codesign.kernels.tile_tuner.tuned_vs_fixed`). The detail says whether the tuning was
+    read from the tuner cache or measured in this run.
     """
-    from cost_models.tile_calibration import space_gemm_shapes
+    from codesign.cost_models.tile_calibration import space_gemm_shapes
 
     from .tile_tuner import tuned_vs_fixed
 
@@ -197,8 +197,8 @@ def run_kernel_benchmarks(quick: bool = False, threads: int = 1, *,
         gemm_size: side of the square GEMM comparison (512 by default).
         sparse_shapes: (M, K, N) shapes of the sparse comparison (default by ``quick``).
         repeats: samples per case (default 11 quick / 21 full).
-        probe: also run :func:`kernels.host_probe.probe_host` (quick when ``quick``), store the
-            profile for the cost models and report it under ``host_profile``.
+        probe: also run :func:`codesign.kernels.host_probe.probe_host` (quick when ``quick``), store
+            the profile for the cost models and report it under ``host_profile``.
         tiles: also report :func:`tuned_vs_default_tile` (and its detail).
 
     Returns:

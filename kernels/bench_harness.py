@@ -361,12 +361,14 @@ def paired_speedup(reference: BenchRecord, candidate: BenchRecord) -> float:
 
 def best_speedup(reference: BenchRecord, candidate: BenchRecord) -> float:
     """``reference.min_s / candidate.min_s``: the speed-up between the best samples, the
-    estimator least disturbed by other processes on a shared machine (see ``kernels.bench``)."""
+    estimator least disturbed by other processes on a shared machine (see
+    ``codesign.kernels.bench``)."""
     return reference.min_s / candidate.min_s
 
 
 def default_cache_dir() -> Path:
-    """``kernel_bench`` in the user cache directory (:func:`kernels.cache_paths.cache_dir`)."""
+    """``kernel_bench`` in the user cache directory
+    (:func:`codesign.kernels.cache_paths.cache_dir`)."""
     from .cache_paths import cache_dir
 
     return cache_dir("kernel_bench")

@@ -69,7 +69,7 @@ def _check_f32(name: str, x: object, ndim: int) -> np.ndarray:
 def _im2col(x, kh, kw, stride, pad, oh, ow, row0, cols):
     """cols[r - row0, (u*kw + v)*c + ch] = x[b, i*s - pad + u, j*s - pad + v, ch] (0 in the
     padding) for the output pixels r = (b*oh + i)*ow + j in row0 .. row0 + len(cols) - 1.
-    fp32 for kernels.conv, int8 (zero point 0) for kernels.conv_int8."""
+    fp32 for codesign.kernels.conv, int8 (zero point 0) for codesign.kernels.conv_int8."""
     nb, h, w, c = x.shape
     for r in range(row0, row0 + cols.shape[0]):
         b = r // (oh * ow)

@@ -1,13 +1,13 @@
 """Quantised NHWC convolutions: int8 activations x int8 / int4 weights -> int32 -> int8.
 
-The integer counterparts of :mod:`kernels.conv`, in the quantisation scheme of
-:mod:`kernels.gemm_int8`: activations symmetric int8 (zero point 0), weights symmetric per output
-channel (int8 in [-128, 127], or int4 values in [-8, 7]), exact int32 accumulation, then an
+The integer counterparts of :mod:`codesign.kernels.conv`, in the quantisation scheme of
+:mod:`codesign.kernels.gemm_int8`: activations symmetric int8 (zero point 0), weights symmetric per
+output channel (int8 in [-128, 127], or int4 values in [-8, 7]), exact int32 accumulation, then an
 optional requantisation to int8 with per-channel float32 multipliers and an int32 bias
-(:func:`kernels.gemm_int8.requantize_i32_i8`'s formula, round half to even).
+(:func:`codesign.kernels.gemm_int8.requantize_i32_i8`'s formula, round half to even).
 
 * :func:`conv2d_int8`: an int8 im2col (:func:`im2col_int8`) feeding the integer GEMM
-  (:func:`kernels.gemm_int8.gemm_int_kernel`), weights packed once by
+  (:func:`codesign.kernels.gemm_int8.gemm_int_kernel`), weights packed once by
   :func:`pack_conv_weights`; 1x1 stride-1 convs skip the im2col.
 * :func:`depthwise_conv2d_int8`: direct, channels innermost, int32 accumulators per output
   pixel; weights int8 ``(KH, KW, C)`` (8-bit, or 4-bit values in [-8, 7]) or nibble-packed by
@@ -123,7 +123,7 @@ def pack_conv_weights(w: np.ndarray, bits: int = 8, nr: int = 16) -> PackedConvW
         w: (KH, KW, C_in, C_out) int8, C-contiguous (from PyTorch's OIHW:
             ``np.ascontiguousarray(w_oihw.transpose(2, 3, 1, 0))``). Values in [-8, 7] when
             ``bits`` is 4.
-        bits: 8 (:func:`kernels.gemm_int8.pack_weights_int8`) or 4 (``pack_weights_int4``).
+        bits: 8 (:func:`codesign.kernels.gemm_int8.pack_weights_int8`) or 4 (``pack_weights_int4``).
         nr: GEMM sliver width; must equal the ``tile.nr`` the conv runs with.
 
     Raises:
@@ -184,7 +184,7 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
         bias: optional (C_out,) int32, quantised at ``act_scale * weight_scale[c]``.
         stride: positive int, both axes.
         padding: zero padding per side (int) or ``"same"`` (k // 2); default 0 as
-            :func:`kernels.conv.conv2d`.
+            :func:`codesign.kernels.conv.conv2d`.
         zero_point: output zero point in [-128, 127] (requantised output only).
         tile: integer GEMM blocking (even kc; (mr, nr) supported for ``w.bits``).
 
@@ -210,7 +210,8 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
     stride = _check_stride(stride)
     _check_requant(multipliers, bias, zero_point, cout)
     if not isinstance(tile, TileSpec):
-        raise ValueError(f"tile must be a kernels.specs.TileSpec, got {type(tile).__name__}")
+        raise ValueError("tile must be a codesign.kernels.specs.TileSpec, "
+                         f"got {type(tile).__name__}")
     if tile.kc % 2:
         raise ValueError(f"integer GEMM needs an even kc (whole k-pairs), got kc={tile.kc}")
     if tile.nr != w.gemm.nr:
@@ -233,8 +234,8 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
         gemm(x.reshape(m, cin), data, acc, kpairs, tile.mc, tile.nc, tile.kc)
         _epilogue(acc, y, multipliers, bias, zero_point)
     else:
-        # im2col in row chunks into one reused buffer (as kernels.conv.conv2d): the chunk is
-        # still in cache when the GEMM packs it, and its int32 block when it is requantised;
+        # im2col in row chunks into one reused buffer (as codesign.kernels.conv.conv2d): the chunk
+        # is still in cache when the GEMM packs it, and its int32 block when it is requantised;
         # no full patch matrix is allocated
         rows = max(tile.mc, IM2COL_CHUNK_BYTES // k // tile.mc * tile.mc)
         buf = np.empty((min(rows, m), k), np.int8)
@@ -381,7 +382,7 @@ def depthwise_conv2d_int8(x: np.ndarray, w: np.ndarray | PackedDepthwiseInt4,
         bias: optional (C,) int32.
         stride: positive int, both axes.
         padding: zero padding per side or ``"same"`` (k // 2, the default, as
-            :func:`kernels.conv.depthwise_conv2d`).
+            :func:`codesign.kernels.conv.depthwise_conv2d`).
         zero_point: output zero point in [-128, 127] (requantised output only).
         weight_bits: 8 or 4 for int8 ``w`` (4 checks the values lie in [-8, 7]); default 8,
             and 4 for packed weights (which accept nothing else).

@@ -1,6 +1,6 @@
 """Single-precision GEMM ``C = A @ B`` with BLIS-style cache blocking and a register micro-kernel.
 
-Decomposition (the GotoBLAS/BLIS loop nest, blocked by :class:`kernels.specs.TileSpec`)::
+Decomposition (the GotoBLAS/BLIS loop nest, blocked by :class:`codesign.kernels.specs.TileSpec`)::
 
     for jc in 0..N step nc:            B panel kc x nc packed once per (jc, pc)  -> L2/L3
       for pc in 0..K step kc:
@@ -13,21 +13,21 @@ Decomposition (the GotoBLAS/BLIS loop nest, blocked by :class:`kernels.specs.Til
 
 Micro-kernel (per (mr, nr), ``micro=`` of :func:`gemm_f32_kernel`):
 
-* ``"ir"`` (default): explicit vector IR (:func:`kernels._simd_ir.make_f32_tile`): per k,
+* ``"ir"`` (default): explicit vector IR (:func:`codesign.kernels._simd_ir.make_f32_tile`): per k,
   ``nr / 8`` vector loads of the B sliver, then per row one ``vbroadcastss`` and
   ``nr / 8`` ``vfmadd231ps``. Deterministic code shape, independent of vectoriser heuristics.
 * ``"slp"``: the same loop written as straight-line Python with ``mr * nr`` scalar
   accumulators (:func:`micro_kernel_source`), compiled with the SLP vectoriser on and the loop
-  vectoriser off (``kernels._numba_config``). Code-shape details found with ``inspect_asm``:
-  panels and the result scratch must be *flat* 1-D arrays indexed from the ``range`` variable
-  only (2-D panels with a run-time stride, or a 2-D scratch, kept all mr broadcasts live and
-  spilled accumulators: 2.3x slower; a run-time offset argument brought back numba's
-  negative-index wraparound selects: 13 instead of 80 GFLOP/s).
+  vectoriser off (``codesign.kernels._numba_config``). Code-shape details found with
+  ``inspect_asm``: panels and the result scratch must be *flat* 1-D arrays indexed from the
+  ``range`` variable only (2-D panels with a run-time stride, or a 2-D scratch, kept all mr
+  broadcasts live and spilled accumulators: 2.3x slower; a run-time offset argument brought back
+  numba's negative-index wraparound selects: 13 instead of 80 GFLOP/s).
 
 Both reach ~100 GFLOP/s in L1 on the Zen 3 host (the FMA peak). Results leave through a small
 scratch block that a fully unrolled loop writes into C, so edge tiles need no special kernel.
 A panels are packed with an mr x 8 SIMD block transpose
-(:func:`kernels._simd_ir.make_pack_a_block`): with a scalar packing loop, packing A cost as
+(:func:`codesign.kernels._simd_ir.make_pack_a_block`): with a scalar packing loop, packing A cost as
 much as the arithmetic for N = 64 (conv layers), 30 % of their time.
 
 Register budget (16 ymm on AVX2): ``mr * nr / 8`` accumulators + ``nr / 8`` B vectors + one A
@@ -205,7 +205,8 @@ def gemm_f32_kernel(mr: int, nr: int, parallel: bool = False, micro: str = "ir")
 def check_tile(tile: TileSpec) -> None:
     """Raise ValueError unless ``tile`` is a TileSpec this module can run."""
     if not isinstance(tile, TileSpec):
-        raise ValueError(f"tile must be a kernels.specs.TileSpec, got {type(tile).__name__}")
+        raise ValueError("tile must be a codesign.kernels.specs.TileSpec, "
+                         f"got {type(tile).__name__}")
     if (tile.mr, tile.nr) not in SUPPORTED_MICRO_TILES:
         raise ValueError(f"micro-tile {tile.mr}x{tile.nr} not supported; choose one of "
                          f"{', '.join(f'{a}x{b}' for a, b in SUPPORTED_MICRO_TILES)}")

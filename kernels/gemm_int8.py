@@ -8,9 +8,10 @@ layout of torchao / PT2E "int8 dynamic activation, int8 (or int4) weight" linear
 Weights are static in inference, so they are packed once (:func:`pack_weights_int8`,
 :func:`pack_weights_int4`) into nr-column slivers with k-pairs interleaved; activations are packed
 per cache block inside the kernel into mr-row panels of k-pairs. The register micro-kernel is
-the ``vpmaddwd`` IR kernel of :mod:`kernels._simd_ir`; the blocking (mc, nc, kc of
-:class:`kernels.specs.TileSpec`) is the same BLIS loop nest as :mod:`kernels.gemm_f32`, with kc
-counted in K elements (it must be even: blocks hold whole k-pairs).
+the ``vpmaddwd`` IR kernel of :mod:`codesign.kernels._simd_ir`; the blocking (mc, nc, kc of
+:class:`codesign.kernels.specs.TileSpec`) is the same BLIS loop nest as
+:mod:`codesign.kernels.gemm_f32`, with kc counted in K elements (it must be even: blocks hold whole
+k-pairs).
 """
 from __future__ import annotations
 
@@ -115,8 +116,8 @@ def pack_weights_int4(w: np.ndarray, nr: int = 16) -> PackedIntWeights:
     """Pack int4 weights (given as int8 values in [-8, 7], shape (K, N)) into nibble pairs.
 
     Byte ``pos`` of a 16-column group at k-pair p holds column ``PERM16[pos]`` with k = 2p in
-    the low and k = 2p + 1 in the high nibble (see :mod:`kernels._simd_ir`): half the bytes of
-    the int8 packing, unpacked to int16 pairs inside the micro-kernel.
+    the low and k = 2p + 1 in the high nibble (see :mod:`codesign.kernels._simd_ir`): half the bytes
+    of the int8 packing, unpacked to int16 pairs inside the micro-kernel.
 
     Raises:
         ValueError: W not a C-contiguous 2-D int8 array, values outside [-8, 7], or nr not a
@@ -255,7 +256,8 @@ def gemm_i8_i32(a: np.ndarray, w: PackedIntWeights, tile: TileSpec = DEFAULT_INT
         raise ValueError("w must be PackedIntWeights (use pack_weights_int8/pack_weights_int4)")
     w.check()
     if not isinstance(tile, TileSpec):
-        raise ValueError(f"tile must be a kernels.specs.TileSpec, got {type(tile).__name__}")
+        raise ValueError("tile must be a codesign.kernels.specs.TileSpec, "
+                         f"got {type(tile).__name__}")
     if tile.kc % 2:
         raise ValueError(f"integer GEMM needs an even kc (whole k-pairs), got kc={tile.kc}")
     if tile.nr != w.nr:

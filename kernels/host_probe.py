@@ -3,7 +3,7 @@
 * **Peak fp32** - a register-resident loop of independent ``fmuladd <8 x float>`` chains
   (12 chains: more than FMA latency x FMA pipes on any AVX2 core), no memory traffic: the
   ceiling of the FMA units. Also the *achievable* figure: our fp32 GEMM micro-kernel on
-  L1-resident panels (:func:`kernels._simd_ir.make_f32_tile`).
+  L1-resident panels (:func:`codesign.kernels._simd_ir.make_f32_tile`).
 * **Peak int8** - the same with the ``vpmaddwd`` + ``vpaddd`` step of the int8 GEMM, counted as
   2 ops per int16 x int16 multiply-accumulate (32 ops per instruction pair on AVX2).
 * **Bandwidth** - STREAM copy (``a = b``, 2 x 4 bytes moved per element) and triad
@@ -187,7 +187,8 @@ class HostProfile:
         llc_read_bytes: the working set of that read.
         read_sweep_gbs_1t: the same read at working sets from 128 KiB to 128 MiB (L1 to DRAM):
             the bandwidth a kernel re-reading that many bytes gets, which the analytic model
-            interpolates at a model's weights + KV bytes (``cost_models.host.cache_read_curve``).
+            interpolates at a model's weights + KV bytes
+            (``codesign.cost_models.host.cache_read_curve``).
     """
 
     host: HostInfo
@@ -303,7 +304,7 @@ def stream_gbs(threads: int = 1, array_bytes: int | None = None,
 
 def llc_bytes() -> int:
     """L2 + L3 of cpu0 from sysfs (the last-level capacity the cost model uses), bytes."""
-    from cost_models.host import _cache_sizes
+    from codesign.cost_models.host import _cache_sizes
 
     sizes = _cache_sizes()
     return sizes.get("l2", 0) + sizes.get("l3", 0) or l3_bytes()

@@ -1,11 +1,11 @@
 """Sparse-weight GEMMs ``Y = X @ W``: N:M (2:4), block-sparse (BSR 4x4 / 1x4) and CSR.
 
 X (M x K, float32, rows = spatial positions or batch) is dense; W (K x N) is given in one of the
-formats of :mod:`kernels.sparse_formats`. All three kernels share one scheme: X is packed
+formats of :mod:`codesign.kernels.sparse_formats`. All three kernels share one scheme: X is packed
 transposed into panels of MB = 8 * mv rows (``xt[k, mm] = X[m0 + mm, k]``, K zero-padded), and
 each kept weight ``w`` at (k, n) does ``acc_n[0:MB] += w * xt[k, 0:MB]``: a broadcast, mv
-contiguous vector loads and mv FMAs (LLVM IR micro-kernels in :mod:`kernels._simd_ir`). No zero
-is multiplied, so time scales with the kept weights, and the packing costs only O(M K).
+contiguous vector loads and mv FMAs (LLVM IR micro-kernels in :mod:`codesign.kernels._simd_ir`). No
+zero is multiplied, so time scales with the kept weights, and the packing costs only O(M K).
 
 * N:M: every channel keeps exactly n of each m, so ``rows`` channels walk their kept lists in
   lock-step (rows * mv accumulators) and the K loop is blocked by ``kc``: a kc x MB slice of
@@ -186,7 +186,7 @@ def spmm_nm(x: np.ndarray, w: NMWeights, out: np.ndarray | None = None, *, rows:
 
     Args:
         x: (M, K) float32, C-contiguous.
-        w: :class:`NMWeights` from :func:`kernels.sparse_formats.compress_nm`.
+        w: :class:`NMWeights` from :func:`codesign.kernels.sparse_formats.compress_nm`.
         out: optional (M, N) float32 C-contiguous result buffer.
         rows: channels per micro-tile (1..12); mv: 8-row vectors per panel (1..4);
             rows * mv accumulators must fit 16 ymm registers with one X vector and a
@@ -202,7 +202,7 @@ def spmm_nm(x: np.ndarray, w: NMWeights, out: np.ndarray | None = None, *, rows:
         ValueError: bad x/out, K mismatch, or an invalid rows/mv/kc.
     """
     if not isinstance(w, NMWeights):
-        raise ValueError("w must be NMWeights (see kernels.sparse_formats.compress_nm)")
+        raise ValueError("w must be NMWeights (see codesign.kernels.sparse_formats.compress_nm)")
     w.check()
     _check_x(x, w.k)
     if not (1 <= rows <= 12 and 1 <= mv <= 4 and rows * mv <= 13):
@@ -229,7 +229,7 @@ def spmm_bsr(x: np.ndarray, w: BSRWeights, out: np.ndarray | None = None, *,
 
     Args:
         x: (M, K) float32, C-contiguous.
-        w: :class:`BSRWeights` from :func:`kernels.sparse_formats.to_bsr`.
+        w: :class:`BSRWeights` from :func:`codesign.kernels.sparse_formats.to_bsr`.
         out: optional (M, N) float32 C-contiguous result buffer.
         mv: 8-row vectors per X panel (default per block shape, :data:`BSR_MV`);
             rows * mv must be <= 13.
@@ -239,7 +239,7 @@ def spmm_bsr(x: np.ndarray, w: BSRWeights, out: np.ndarray | None = None, *,
         (M, N) float32.
     """
     if not isinstance(w, BSRWeights):
-        raise ValueError("w must be BSRWeights (see kernels.sparse_formats.to_bsr)")
+        raise ValueError("w must be BSRWeights (see codesign.kernels.sparse_formats.to_bsr)")
     w.check()
     _check_x(x, w.k)
     rows, cols = w.block
@@ -262,7 +262,7 @@ def spmm_csr(x: np.ndarray, w: CSRWeights, out: np.ndarray | None = None, *,
 
     Args:
         x: (M, K) float32, C-contiguous.
-        w: :class:`CSRWeights` from :func:`kernels.sparse_formats.to_csr`.
+        w: :class:`CSRWeights` from :func:`codesign.kernels.sparse_formats.to_csr`.
         out: optional (M, N) float32 C-contiguous result buffer.
         mv: 8-row vectors per X panel (1..13).
         parallel: split X panels over numba's threads.
@@ -271,7 +271,7 @@ def spmm_csr(x: np.ndarray, w: CSRWeights, out: np.ndarray | None = None, *,
         (M, N) float32.
     """
     if not isinstance(w, CSRWeights):
-        raise ValueError("w must be CSRWeights (see kernels.sparse_formats.to_csr)")
+        raise ValueError("w must be CSRWeights (see codesign.kernels.sparse_formats.to_csr)")
     w.check()
     _check_x(x, w.k)
     if not 1 <= mv <= 13:

@@ -1,28 +1,28 @@
 """Tile tuner: pick the GEMM tile (mc, nc, kc, mr, nr) of one layer shape by measuring it here.
 
-Shapes are **op shapes** ``(m, n, k)`` as in :class:`cost_models.ir.Op` (m output rows, n output
-channels, k reduction length); the kernels and :func:`kernels.bench.measure_gemm` take
-``(M, K, N)``, and the records this module writes carry that kernel order in their ``shape``
+Shapes are **op shapes** ``(m, n, k)`` as in :class:`codesign.cost_models.ir.Op` (m output rows, n
+output channels, k reduction length); the kernels and :func:`codesign.kernels.bench.measure_gemm`
+take ``(M, K, N)``, and the records this module writes carry that kernel order in their ``shape``
 param, as ``measure_gemm``'s do.
 
 Search (kernel_tuner's brute force over a small pruned space, every candidate timed in one
-:func:`kernels.bench_harness.measure_interleaved` call so drifts of a shared machine hit all
-alike; the decision is the candidate with the best *best sample*): every micro-tile the dtype's
+:func:`codesign.kernels.bench_harness.measure_interleaved` call so drifts of a shared machine hit
+all alike; the decision is the candidate with the best *best sample*): every micro-tile the dtype's
 kernel supports x cache blocks kc in 3 sizes, mc = 12 or 32 micro-panels, nc = 16 or 64 slivers.
 Candidates whose blocks the shape clips to the same effective blocking are one configuration
 (measured once). ``budget`` keeps the first candidates in priority order: every micro-tile at
 the BLIS-like middle blocks first, then the block variants. The back-end's default tile is
 always among them, so the tuned tile never loses to it on the tuning measurements.
 
-Cache: :class:`TunerCache` (a :class:`kernels.bench_harness.ResultCache`, one JSON file per host
-fingerprint under ``tile_tuner/`` of ``kernels.cache_paths.cache_dir()``, ``fcntl``-locked, atomic
-replace, so concurrent processes may tune at once) holds every candidate's record and one
-``tile_tuned`` decision record per (shape, dtype, sparsity). A decision's ``tile`` param is the
-tuned tile; re-tuning adds a newer decision, and the newest wins. The host is :func:`kernel_host`:
-the harness's :class:`~kernels.bench_harness.HostInfo` without its BLAS field, which these numba
-kernels never call and which changes with import order (``threadpoolctl`` lists scipy's
-OpenBLAS first once ``scipy.linalg`` is loaded, so the same process state would otherwise get
-two fingerprints).
+Cache: :class:`TunerCache` (a :class:`codesign.kernels.bench_harness.ResultCache`, one JSON file per
+host fingerprint under ``tile_tuner/`` of ``codesign.kernels.cache_paths.cache_dir()``,
+``fcntl``-locked, atomic replace, so concurrent processes may tune at once) holds every candidate's
+record and one ``tile_tuned`` decision record per (shape, dtype, sparsity). A decision's ``tile``
+param is the tuned tile; re-tuning adds a newer decision, and the newest wins. The host is
+:func:`kernel_host`: the harness's :class:`~codesign.kernels.bench_harness.HostInfo` without its
+BLAS field, which these numba kernels never call and which changes with import order
+(``threadpoolctl`` lists scipy's OpenBLAS first once ``scipy.linalg`` is loaded, so the same process
+state would otherwise get two fingerprints).
 
 Sparse layers: the sparse kernels (2:4, BSR, CSR) block by format, not by TileSpec, so a
 non-dense sparsity is not tuned: :func:`tune` answers the back-end default without measuring
@@ -143,16 +143,17 @@ def parse_tile(label: str) -> TileSpec:
 
 # ------------------------------------------------------------------------------ cache
 def default_cache_dir() -> Path:
-    """``tile_tuner`` in the user cache directory (:func:`kernels.cache_paths.cache_dir`)."""
+    """``tile_tuner`` in the user cache directory
+    (:func:`codesign.kernels.cache_paths.cache_dir`)."""
     from .cache_paths import cache_dir
 
     return cache_dir("tile_tuner")
 
 
 def kernel_host():
-    """This host as the tuner and the tile terms key it: :func:`kernels.bench_harness.host_info`
-    with ``blas`` blanked (see the module docstring), so the fingerprint is the same whatever
-    was imported before."""
+    """This host as the tuner and the tile terms key it:
+    :func:`codesign.kernels.bench_harness.host_info` with ``blas`` blanked (see the module
+    docstring), so the fingerprint is the same whatever was imported before."""
     from .bench_harness import host_info
 
     return dataclasses.replace(host_info(), blas="")
@@ -266,7 +267,7 @@ def _params(shape: Shape, tile: TileSpec, dtype: str) -> dict:
 
 
 def tile_cases(shape: Sequence[int], tiles: Sequence[TileSpec], dtype: str = "fp32") -> list:
-    """One :class:`kernels.bench_harness.Case` per tile for dense op shape (m, n, k).
+    """One :class:`codesign.kernels.bench_harness.Case` per tile for dense op shape (m, n, k).
 
     All cases share the operands (one X, W and C), so they time the same data and the host
     holds one copy whatever the number of tiles. Records are named ``gemm_<dtype>``; their
@@ -372,7 +373,7 @@ def _decision_record(shape: Shape, dtype: str, sparsity: SparsitySpec, best: "Be
 def _backend_default() -> TileSpec:
     import platform
 
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
 
     isa = "aarch64" if platform.machine().lower() in ("aarch64", "arm64") else "x86-64"
     return load_backend("codesign").default_tile(isa)
@@ -525,8 +526,8 @@ def resolve_tile(device, op, backend=None, *, cache: "ResultCache | None" = None
       accelerates (its kernel blocks by format): the back-end default tile for the ISA.
     * ``host``: the tuned tile from the tuner cache (lookup only), else the back-end default.
     """
-    from cost_models.backends import BackendSpec, load_backend
-    from cost_models.ir import GEMM_KINDS, OpKind
+    from codesign.cost_models.backends import BackendSpec, load_backend
+    from codesign.cost_models.ir import GEMM_KINDS, OpKind
 
     if op.kind not in GEMM_KINDS or op.kind is OpKind.DEPTHWISE_CONV2D:
         return None

@@ -15,8 +15,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import optuna
 
-from cost_models.backends import BackendSpec
-from cost_models.ir import Op
+from codesign.cost_models.backends import BackendSpec
+from codesign.cost_models.ir import Op
 
 
 class SearchSpace(abc.ABC):
@@ -139,7 +139,7 @@ class FixedChoiceSpace(SearchSpace):
 
     def __init__(self, name: str, backend: BackendSpec | None,
                  input_shape: Sequence[int]) -> None:
-        from cost_models.backends import load_backend
+        from codesign.cost_models.backends import load_backend
 
         self.name = name
         self.backend = backend or load_backend("xnnpack")

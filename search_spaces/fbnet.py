@@ -28,9 +28,9 @@ from typing import Sequence
 
 from torch import nn
 
-from cost_models.backends import BackendSpec
-from cost_models.ir import Op, OpKind
-from search_spaces.base import FixedChoiceSpace
+from codesign.cost_models.backends import BackendSpec
+from codesign.cost_models.ir import Op, OpKind
+from codesign.search_spaces.base import FixedChoiceSpace
 
 PRIMITIVES = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6",
               "skip")

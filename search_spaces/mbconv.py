@@ -18,15 +18,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from optuna.distributions import CategoricalDistribution
 
-from cost_models.backends import BackendSpec, Precision
-from cost_models.devices import CONFIG_DIR, SpecError, _Reader, load_yaml
-from cost_models.ir import Op, OpBatch, OpKind
-from kernels.specs import DENSE, QuantSpec, TileSpec
-from search_spaces.base import SearchSpace
+from codesign.cost_models.backends import BackendSpec, Precision
+from codesign.cost_models.devices import CONFIG_DIR, SpecError, _Reader, load_yaml
+from codesign.cost_models.ir import Op, OpBatch, OpKind
+from codesign.kernels.specs import DENSE, QuantSpec, TileSpec
+from codesign.search_spaces.base import SearchSpace
 # lower_arch, _quant and SPARSITY_CHOICES lived here; importers of this module still find them
-from search_spaces.mbconv_lowering import (SPARSITY_CHOICES, MBConvLowering,  # noqa: F401
-                                           _quant, lower_arch)
-from search_spaces.mbconv_params import ParamLayout
+from codesign.search_spaces.mbconv_lowering import (SPARSITY_CHOICES, MBConvLowering,  # noqa: F401
+                                                    _quant, lower_arch)
+from codesign.search_spaces.mbconv_params import ParamLayout
 
 ACTIVATIONS = ("relu", "hardswish")
 _MAX_SHARED = 1 << 16  # stage records decode keeps to share between members
@@ -507,7 +507,7 @@ class MBConvSpace(SearchSpace):
     def op_batch(self, candidates: Sequence[Candidate],
                  input_shape: Sequence[int] | None = None) -> OpBatch:
         """``OpBatch.from_oplists([to_ops(c, input_shape) for c in candidates])``, fast: from
-        rows memoised across calls (see ``search_spaces.mbconv_lowering``), the op records
+        rows memoised across calls (see ``codesign.search_spaces.mbconv_lowering``), the op records
         built only if read."""
         return self._lowering(input_shape).op_batch(candidates)
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from cost_models.backends import BackendSpec, Precision
-from cost_models.ir import N_COLS, DeferredOps, Op, OpBatch, OpKind, op_row
-from cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
-from kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
-                           unstructured)
+from codesign.cost_models.backends import BackendSpec, Precision
+from codesign.cost_models.ir import N_COLS, DeferredOps, Op, OpBatch, OpKind, op_row
+from codesign.cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
+from codesign.kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
+                                    unstructured)
 
 if TYPE_CHECKING:
-    from search_spaces.mbconv import Candidate, LayerChoice, MBConvConfig
+    from codesign.search_spaces.mbconv import Candidate, LayerChoice, MBConvConfig
 
 SPARSITY_CHOICES = {
     "dense": DENSE, "2:4": two_four(), "block4x4": block(4, 4, 0.75),
@@ -330,7 +330,8 @@ class MBConvLowering:
     def _build(self, key: tuple) -> Op:
         """The op of a row key, built by the functions ``lower_arch`` uses (names left empty:
         they are not in the row). The format's tile is left to the batch's tile column."""
-        from search_spaces.mbconv import LayerChoice  # the space's own record; avoids a cycle
+        # the space's own record; a local import avoids a cycle
+        from codesign.search_spaces.mbconv import LayerChoice
 
         n, kind = self.input_shape[0], key[0]
         if kind == "conv":

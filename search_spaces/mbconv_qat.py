@@ -5,8 +5,8 @@ Each sandwich step of ``mbconv_supernet.train_supernet`` samples, beside the arc
 activation bits (static or dynamic) and a sparsity pattern. The supernet then runs that unit with
 - its weights pruned to the pattern's magnitude mask (recomputed from the current weights every
   step, as ``torch.ao.pruning``'s WeightNormSparsifier does) and fake-quantized with
-  ``search_spaces.quant_numerics.quantize_weight`` — the very function the evaluator and the
-  exporter's reference use — through a straight-through estimator;
+  ``codesign.search_spaces.quant_numerics.quantize_weight`` — the very function the evaluator and
+  the exporter's reference use — through a straight-through estimator;
 - its activations fake-quantized per tensor to 8 bits where the format's activations are int8,
   with the range of the current batch (static scales are calibrated per subnet at evaluation;
   during training the batch range stands in for them), or per example / per token where the
@@ -26,12 +26,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from cost_models.backends import Precision
-from kernels.specs import DENSE, QuantSpec, SparsityPattern, SparsitySpec
-from search_spaces.mbconv import SPARSITY_CHOICES, Format
-from search_spaces.quant_numerics import (fake_quant_dynamic, fake_quant_per_token,
-                                          fake_quant_tensor,
-                                          quantize_weight, sparsity_mask)
+from codesign.cost_models.backends import Precision
+from codesign.kernels.specs import DENSE, QuantSpec, SparsityPattern, SparsitySpec
+from codesign.search_spaces.mbconv import SPARSITY_CHOICES, Format
+from codesign.search_spaces.quant_numerics import (fake_quant_dynamic, fake_quant_per_token,
+                                                   fake_quant_tensor,
+                                                   quantize_weight, sparsity_mask)
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,8 @@ def fake_activation(x: torch.Tensor, fmt: TrainFormat | None, *,
 def train_format(label: str) -> TrainFormat:
     """The training format of a space label (``w8a8``, ``w4a8-dyn``, ``w32a32+2:4``): sub-byte
     weights group-wise (128, the group the space gives most linears) where the activations are
-    dynamic (torchao's linears), per channel otherwise; the sparsity names are the space's (``search_spaces.mbconv.SPARSITY_CHOICES``)."""
+    dynamic (torchao's linears), per channel otherwise; the sparsity names are the space's
+    (``codesign.search_spaces.mbconv.SPARSITY_CHOICES``)."""
     fmt = Format.parse(label)
     p = Precision.parse(fmt.precision)
     if fmt.sparsity not in SPARSITY_CHOICES:

@@ -12,13 +12,13 @@ head use hardswish); a block adds its input when stride is 1 and its in and out 
 
 ``extract_subnet`` copies one architecture's slices into a static network of plain
 ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` modules whose module names are the op names of
-``search_spaces.mbconv.lower_arch`` (``stem``, ``s{i}.b{j}.expand|dw|project|add``, ``head``,
-``pool``, ``feature``, ``classifier``; the BatchNorm of conv ``X`` is ``X_bn``), so the network
-that is evaluated is the network that is priced.
+``codesign.search_spaces.mbconv.lower_arch`` (``stem``, ``s{i}.b{j}.expand|dw|project|add``,
+``head``, ``pool``, ``feature``, ``classifier``; the BatchNorm of conv ``X`` is ``X_bn``), so the
+network that is evaluated is the network that is priced.
 
 Training (sandwich rule, quantization-aware, cached and shipped weights) is
-``search_spaces.mbconv_training``; every forward here takes an optional per-unit format map
-(``search_spaces.mbconv_qat``) so a subnet can be run as it will be deployed.
+``codesign.search_spaces.mbconv_training``; every forward here takes an optional per-unit format map
+(``codesign.search_spaces.mbconv_qat``) so a subnet can be run as it will be deployed.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.mbconv import Arch, MBConvConfig, StageChoice
-from search_spaces.mbconv_qat import TrainFormat, fake_activation, fake_weight
+from codesign.search_spaces.mbconv import Arch, MBConvConfig, StageChoice
+from codesign.search_spaces.mbconv_qat import TrainFormat, fake_activation, fake_weight
 
 _ACTS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "hardswish": nn.Hardswish}
 
@@ -381,8 +381,9 @@ class TrainProgress:
 
 
 def cache_dir() -> Path:
-    """The user cache directory (``kernels.cache_paths.cache_dir``), whatever the current one."""
-    from kernels.cache_paths import cache_dir as user_cache_dir
+    """The user cache directory (``codesign.kernels.cache_paths.cache_dir``), whatever the current
+    one."""
+    from codesign.kernels.cache_paths import cache_dir as user_cache_dir
 
     return user_cache_dir()
 

@@ -1,5 +1,5 @@
 """Training the MBConv supernet: sandwich rule, in-place distillation, quantization- and
-sparsity-aware (``search_spaces.mbconv_qat``), checkpointed, with shipped weights.
+sparsity-aware (``codesign.search_spaces.mbconv_qat``), checkpointed, with shipped weights.
 
 ``get_trained_supernet`` returns, in this order: the user cache's trained weights, the weights
 shipped in ``configs/weights/`` for the same training key (so a first run does not train for
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.mbconv import MBConvConfig, units
-from search_spaces.mbconv_qat import sample_unit_formats, train_format
-from search_spaces.mbconv_supernet import (MBConvSupernet, TrainProgress, cache_dir,
-                                           sample_arch, save_atomic)
-from search_spaces.tasks import load_task
+from codesign.search_spaces.mbconv import MBConvConfig, units
+from codesign.search_spaces.mbconv_qat import sample_unit_formats, train_format
+from codesign.search_spaces.mbconv_supernet import (MBConvSupernet, TrainProgress, cache_dir,
+                                                    sample_arch, save_atomic)
+from codesign.search_spaces.tasks import load_task
 
 CACHE_FORMAT = 3  # bump when the parameter layout or the training procedure changes
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "weights"

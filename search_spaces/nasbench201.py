@@ -26,7 +26,7 @@ Lowering conventions (what a runtime executes; ``lower_arch`` and ``lower_module
 - ``lower_module`` treats a constant buffer like a parameter: an add or pooling op reading one
   lists no input for it (a ReLU, BatchNorm or conv does); the direct lowering does the same.
 - BatchNorm folds into the conv before it; a ReLU fuses into the op producing its input when
-  that op's output has no other reader (``cost_models.lowering``'s rules), else it is an
+  that op's output has no other reader (``codesign.cost_models.lowering``'s rules), else it is an
   ELEMENTWISE op of its own.
 Everything is fp32.
 """
@@ -42,9 +42,9 @@ import torch
 
 from torch import nn
 
-from cost_models.backends import BackendSpec
-from cost_models.ir import Op, OpKind
-from search_spaces.base import FixedChoiceSpace
+from codesign.cost_models.backends import BackendSpec
+from codesign.cost_models.ir import Op, OpKind
+from codesign.search_spaces.base import FixedChoiceSpace
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to node, from node), arch_str order
@@ -164,7 +164,8 @@ _KEEP_BUFFER_ARGS = frozenset({OpKind.ELEMENTWISE, OpKind.NORM, OpKind.CONV2D, O
 
 
 class _Graph:
-    """Records calls on tensor ids, then emits ops with ``cost_models.lowering``'s fusion rules.
+    """Records calls on tensor ids, then emits ops with ``codesign.cost_models.lowering``'s fusion
+    rules.
 
     ``users[t]`` counts the distinct calls reading tensor ``t`` (torch.fx's ``node.users``): a
     BatchNorm or ReLU fuses into its input's producer only when it is that tensor's sole reader.

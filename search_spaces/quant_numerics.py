@@ -3,9 +3,9 @@
 Weight quantization (``quantize_weight``, per a ``QuantSpec``), activation fake quantization
 (static per tensor, dynamic per example, dynamic per token) and the magnitude-pruning keep-masks
 of every sparsity pattern the cost model prices (``sparsity_mask``). They live in
-``search_spaces`` so the supernet's quantization-aware training (``search_spaces.mbconv_qat``)
-and the evaluator (``codesign.evaluation``) use the very same functions: what a subnet is trained
-to tolerate is what it is scored and exported with.
+``search_spaces`` so the supernet's quantization-aware training
+(``codesign.search_spaces.mbconv_qat``) and the evaluator (``codesign.evaluation``) use the very
+same functions: what a subnet is trained to tolerate is what it is scored and exported with.
 
 Weights, per the layer's ``QuantSpec``:
 - 32 bits: untouched; 16 bits: rounded through ``torch.float16``;
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
+from codesign.kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
 
 
 # ------------------------------------------------------------------------------ weights

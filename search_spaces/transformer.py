@@ -32,12 +32,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from optuna.distributions import CategoricalDistribution
 
-from cost_models.backends import BackendSpec, Precision
-from cost_models.devices import CONFIG_DIR, SpecError, load_yaml
-from cost_models.ir import Op, OpKind, model_bytes
-from cost_models.lowering import insert_precision_boundaries
-from kernels.specs import DENSE, QuantSpec, TileSpec, two_four
-from search_spaces.base import SearchSpace
+from codesign.cost_models.backends import BackendSpec, Precision
+from codesign.cost_models.devices import CONFIG_DIR, SpecError, load_yaml
+from codesign.cost_models.ir import Op, OpKind, model_bytes
+from codesign.cost_models.lowering import insert_precision_boundaries
+from codesign.kernels.specs import DENSE, QuantSpec, TileSpec, two_four
+from codesign.search_spaces.base import SearchSpace
 
 PHASES = ("decode", "prefill")
 SPARSITY_CHOICES = {"dense": DENSE, "2:4": two_four()}

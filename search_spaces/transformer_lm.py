@@ -7,7 +7,7 @@ splits: the first 90% trains, the next 5% is ``val`` (drives the search), the la
 (reported for front members). Nothing is downloaded.
 
 Supernet: one set of weights of the space's largest decoder, in the state-dict names of
-``search_spaces.transformer_model`` (ExecuTorch's Llama ``Transformer``). A subnet takes
+``codesign.search_spaces.transformer_model`` (ExecuTorch's Llama ``Transformer``). A subnet takes
 - the first ``layers`` blocks;
 - the leading ``d_model`` columns of every matrix that reads the residual stream (and the
   leading ``d_model`` entries of the norms and the embedding rows);
@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from kernels.cache_paths import cache_dir
-from search_spaces.mbconv_supernet import TrainProgress, config_digest, save_atomic
-from search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
-                                       TransformerSpace)
+from codesign.kernels.cache_paths import cache_dir
+from codesign.search_spaces.mbconv_supernet import TrainProgress, config_digest, save_atomic
+from codesign.search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
+                                                TransformerSpace)
 
 CACHE_FORMAT = 1  # bump when the parameter layout, the data or the training procedure changes
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)  # train / val / test, contiguous, in this order
@@ -137,7 +137,7 @@ def slice_params(params: Mapping[str, torch.Tensor], arch: TransformerArch
 def _init_params(arch: TransformerArch, vocab: int, seed: int) -> dict[str, torch.Tensor]:
     """GPT-2-style initialisation of the max-size weights (N(0, 0.02); the projections back
     into the residual stream scaled by 1/sqrt(2 * layers); norms at 1)."""
-    from search_spaces.transformer_model import build_decoder
+    from codesign.search_spaces.transformer_model import build_decoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -164,7 +164,7 @@ class ModuleCache:
         self._modules: OrderedDict[TransformerArch, torch.nn.Module] = OrderedDict()
 
     def get(self, arch: TransformerArch) -> torch.nn.Module:
-        from search_spaces.transformer_model import build_decoder
+        from codesign.search_spaces.transformer_model import build_decoder
 
         if arch not in self._modules:
             with torch.random.fork_rng(devices=[]):  # the random init is discarded
@@ -361,7 +361,7 @@ def cache_key(config: TransformerConfig, seed: int, train: LMTrainConfig) -> str
 
 def cache_path(config: TransformerConfig, seed: int = 0,
                train: LMTrainConfig | None = None) -> Path:
-    """The trained weights' file in the user cache (``kernels.cache_paths``)."""
+    """The trained weights' file in the user cache (``codesign.kernels.cache_paths``)."""
     train = train or LMTrainConfig()
     return cache_dir("supernets") / f"{config.name}-lm-{cache_key(config, seed, train)}.pt"
 
@@ -439,7 +439,7 @@ def subnet_state_dict(params: Mapping[str, torch.Tensor], candidate: Candidate
     with magnitude 2:4 masks baked into the FFN weights of every layer whose ``ffn_sparsity``
     is "2:4" (in every 4 consecutive input weights of an output row, the 2 largest kept)."""
     from codesign.evaluation.pruning import sparsity_mask
-    from search_spaces.transformer import SPARSITY_CHOICES
+    from codesign.search_spaces.transformer import SPARSITY_CHOICES
 
     out = {k: v.detach().float().contiguous().clone()
            for k, v in slice_params(params, candidate.arch).items()}
@@ -457,8 +457,8 @@ def candidate_state_dict(space: TransformerSpace, candidate: Candidate, *, seed:
                          train: LMTrainConfig | None = None) -> dict[str, torch.Tensor]:
     """The trained supernet's weights for ``candidate`` (trained and cached on first use):
     sliced, 2:4 masks baked in where a layer's ``ffn_sparsity`` is "2:4", fp32, in
-    ``search_spaces.transformer_model``'s names (``build_decoder(candidate, vocab, sd)`` loads
-    it). Quantization is not applied (export quantizes with torchao; the perplexity evaluator
+    ``codesign.search_spaces.transformer_model``'s names (``build_decoder(candidate, vocab, sd)``
+    loads it). Quantization is not applied (export quantizes with torchao; the perplexity evaluator
     fake-quantizes)."""
     check_arch(space.config, candidate.arch)
     return subnet_state_dict(get_trained_lm(space.config, seed, train=train), candidate)

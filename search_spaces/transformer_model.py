@@ -33,7 +33,7 @@ from typing import Mapping
 
 import torch
 
-from search_spaces.transformer import Candidate, TransformerArch
+from codesign.search_spaces.transformer import Candidate, TransformerArch
 
 # a block's linears: op-list unit (``to_ops``: ``l{i}.q``) -> module inside ``layers.{i}``
 BLOCK_LINEARS = {"q": "attention.wq", "k": "attention.wk", "v": "attention.wv",

@@ -9,8 +9,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from search_spaces.mbconv import MBConvSpace, load_mbconv_config
-from search_spaces.mbconv_training import TrainConfig
+from codesign.search_spaces.mbconv import MBConvSpace, load_mbconv_config
+from codesign.search_spaces.mbconv_training import TrainConfig
 
 TINY_TRAIN = TrainConfig(batch_size=16, max_steps=40, warmup_steps=5)
 SHAPE = (1, 3, 32, 32)

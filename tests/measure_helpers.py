@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from search_spaces.mbconv import MBConvSpace, StageConfig, load_mbconv_config
+from codesign.search_spaces.mbconv import MBConvSpace, StageConfig, load_mbconv_config
 
 
 def tiny_config():

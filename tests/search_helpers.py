@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from cost_models.backends import Precision
-from search_spaces.mbconv import MBConvSpace
+from codesign.cost_models.backends import Precision
+from codesign.search_spaces.mbconv import MBConvSpace
 
 
 def proxy_accuracy(candidate, split: str) -> float:
@@ -62,7 +62,7 @@ proxy_perplexity.metric, proxy_perplexity.higher_is_better = "perplexity", False
 def _shaped_space(backend, deploy, evaluated):
     from dataclasses import replace
 
-    from search_spaces.mbconv import load_mbconv_config
+    from codesign.search_spaces.mbconv import load_mbconv_config
 
     config = replace(load_mbconv_config(), deploy_input_shape=deploy, eval_input_shape=evaluated,
                      sha256="")

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from cost_models.analytic import AnalyticCostModel
-from cost_models.base import BOUNDS, UnpriceableOp
-from cost_models.devices import load_device
-from cost_models.ir import Op, OpBatch, OpKind
-from kernels.specs import QuantSpec, TileSpec, block, two_four, unstructured
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.base import BOUNDS, UnpriceableOp
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import Op, OpBatch, OpKind
+from codesign.kernels.specs import QuantSpec, TileSpec, block, two_four, unstructured
 
 
 def conv(m=3136, n=128, k=576, quant=QuantSpec(), sparsity=None, tile=None, name="conv"):
@@ -137,7 +137,7 @@ def depthwise(kernel: int, channels: int = 96, hw: int = 64):
 
 
 def test_xnnpack_large_depthwise_kernels_take_the_generic_path(pixel8):
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
 
     xnnpack = load_backend("xnnpack")
     assert xnnpack.depthwise_max_taps == 25
@@ -157,8 +157,8 @@ def test_xnnpack_large_depthwise_kernels_take_the_generic_path(pixel8):
 def test_bad_depthwise_limit_names_file_and_field(tmp_path):
     import yaml
 
-    from cost_models.backends import config_path, parse_backend
-    from cost_models.devices import SpecError
+    from codesign.cost_models.backends import config_path, parse_backend
+    from codesign.cost_models.devices import SpecError
 
     data = yaml.safe_load(config_path("backends", "xnnpack").read_text())
     data["depthwise_large_kernel"]["max_taps"]["value"] = 2.5

@@ -8,11 +8,11 @@ import pytest
 
 from codesign.cli import main
 from codesign.learned_pricing import default_model_path
-from kernels import bench_harness, tile_tuner
-from kernels.cache_paths import cache_dir
-from search_spaces import mbconv_training, transformer_lm
-from search_spaces.mbconv import load_mbconv_config
-from search_spaces.transformer import load_transformer_config
+from codesign.kernels import bench_harness, tile_tuner
+from codesign.kernels.cache_paths import cache_dir
+from codesign.search_spaces import mbconv_training, transformer_lm
+from codesign.search_spaces.mbconv import load_mbconv_config
+from codesign.search_spaces.transformer import load_transformer_config
 
 PROXY = "tests.search_helpers:proxy_accuracy"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cost_models.devices import (CONFIG_DIR, DTYPES, SOURCE_KINDS, DeviceSpec, SpecError,
-                                 Sourced, catalog_names, load_device)
+from codesign.cost_models.devices import (CONFIG_DIR, DTYPES, SOURCE_KINDS, DeviceSpec, SpecError,
+                                          Sourced, catalog_names, load_device)
 
 CATALOG = catalog_names()
 # Catalog devices described from documents; ``host`` is read off this machine at run time.

@@ -15,12 +15,13 @@ from codesign.evaluation.fake_quant import (OpListExecutor, fake_quant_dynamic,
                                             fake_quant_tensor, quantize_weight)
 from codesign.evaluation.pruning import prune_to_ops, sparsity_mask
 from codesign.evaluation.supernet_evaluator import SupernetEvaluator
-from cost_models.backends import load_backend
-from cost_models.ir import Op, OpKind
-from cost_models.lowering import insert_precision_boundaries, lower_module
-from kernels.specs import QuantSpec, block, two_four, unstructured
-from search_spaces.mbconv import Candidate, LayerChoice, MBConvSpace, load_mbconv_config, units
-from search_spaces.mbconv_training import TrainConfig
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.ir import Op, OpKind
+from codesign.cost_models.lowering import insert_precision_boundaries, lower_module
+from codesign.kernels.specs import QuantSpec, block, two_four, unstructured
+from codesign.search_spaces.mbconv import (Candidate, LayerChoice, MBConvSpace, load_mbconv_config,
+                                           units)
+from codesign.search_spaces.mbconv_training import TrainConfig
 
 
 
@@ -258,7 +259,7 @@ def test_symmetric_int8_activations_have_no_zero_point():
     """The codesign back-end's integer kernels take int8 activations with zero point 0: a
     non-negative tensor then uses only the upper half of the levels."""
     from codesign.evaluation.fake_quant import ActQuant
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
 
     assert load_backend("codesign").int8_activations == "symmetric"
     assert load_backend("xnnpack").int8_activations == "asymmetric"

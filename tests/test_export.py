@@ -16,12 +16,12 @@ from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, plan_layers
 from codesign.export.program import owner_resolver
 from codesign.export.run import export_run, format_results
 from codesign.measure.host_runner import run_pte
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from cost_models.ir import OpBatch
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import OpBatch
 from tests.export_helpers import SHAPE, TINY_TRAIN, small_space, write_run
-from search_spaces.mbconv import Candidate, LayerChoice, units
+from codesign.search_spaces.mbconv import Candidate, LayerChoice, units
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
@@ -205,9 +205,9 @@ def test_codesign_member_gets_kernels_json_and_no_pte_when_xnnpack_cannot_run_it
     kernels = json.loads((out / "kernels.json").read_text())["layers"]
     first = next(k for k in kernels if k["name"] == "s0.b0.expand")
     assert first["weight_bits"] == 4 and first["act_bits"] == 8 and first["gemm"]["k"] > 0
-    assert first["reference_kernel"].startswith("kernels.conv_int8.conv2d_int8")
+    assert first["reference_kernel"].startswith("codesign.kernels.conv_int8.conv2d_int8")
     dw = next(k for k in kernels if k["name"] == "s0.b0.dw")
-    assert dw["reference_kernel"] == "kernels.conv_int8.depthwise_conv2d_int8"
+    assert dw["reference_kernel"] == "codesign.kernels.conv_int8.depthwise_conv2d_int8"
     assert set(manifest["sha256"]) == {"kernels.json", "model.pt2"}
     # the .pt2 holds 4-bit weights: at most 16 distinct values per output channel
     program = torch.export.load(str(out / "model.pt2"))

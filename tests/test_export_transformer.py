@@ -12,9 +12,9 @@ import pytest
 from codesign.cli import main
 from codesign.export.plan import FP32, PT2E_INT8, TORCHAO_DYN
 from codesign.export.transformer_plan import module_name, plan_linears
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from search_spaces.transformer import Candidate, LayerChoice, TransformerArch
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.search_spaces.transformer import Candidate, LayerChoice, TransformerArch
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 

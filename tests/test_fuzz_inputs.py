@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from codesign.calibrate import read_measurements
 from codesign.userinput import BUDGET_UNITS, BadInput, parse_budget
-from cost_models.backends import BackendSpec, load_backend, parse_backend
-from cost_models.devices import CONFIG_DIR, DeviceSpec, SpecError, load_device, load_yaml
-from search_spaces.mbconv import MBConvConfig, MBConvSpace, load_mbconv_config
+from codesign.cost_models.backends import BackendSpec, load_backend, parse_backend
+from codesign.cost_models.devices import CONFIG_DIR, DeviceSpec, SpecError, load_device, load_yaml
+from codesign.search_spaces.mbconv import MBConvConfig, MBConvSpace, load_mbconv_config
 
 HANG_S = 10
 EXAMPLES = int(os.environ.get("CODESIGN_FUZZ_EXAMPLES", "60"))  # more for a deeper local run

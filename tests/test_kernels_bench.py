@@ -13,9 +13,9 @@ import numba
 import numpy as np
 import pytest
 
-from kernels import bench, bench_harness, host_probe
-from kernels.bench_harness import BenchRecord, Case, ResultCache
-from kernels.specs import DENSE, TileSpec, block, two_four
+from codesign.kernels import bench, bench_harness, host_probe
+from codesign.kernels.bench_harness import BenchRecord, Case, ResultCache
+from codesign.kernels.specs import DENSE, TileSpec, block, two_four
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_interleaved_measurement_uses_the_given_clock():
 
 _WRITER = """
 import json, sys
-from kernels.bench_harness import BenchRecord, HostInfo, ResultCache
+from codesign.kernels.bench_harness import BenchRecord, HostInfo, ResultCache
 host = HostInfo.from_dict(json.loads(sys.argv[2]))
 cache = ResultCache(sys.argv[1], host)
 for i in range(int(sys.argv[4])):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import conv
-from kernels.specs import TileSpec
+from codesign.kernels import conv
+from codesign.kernels.specs import TileSpec
 
 
 def torch_conv_nhwc(x, w_oihw, bias, stride, pad, groups=1):

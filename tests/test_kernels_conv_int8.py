@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import conv_int8
-from kernels.conv_int8 import (PackedDepthwiseInt4, conv2d_int8, depthwise_conv2d_int8,
-                               im2col_int8, pack_conv_weights, pack_depthwise_weights_int4)
-from kernels.specs import TileSpec
+from codesign.kernels import conv_int8
+from codesign.kernels.conv_int8 import (PackedDepthwiseInt4, conv2d_int8, depthwise_conv2d_int8,
+                                        im2col_int8, pack_conv_weights, pack_depthwise_weights_int4)
+from codesign.kernels.specs import TileSpec
 
 
 # ------------------------------------------------------------------- naive references ---

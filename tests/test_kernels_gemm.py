@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.gemm_f32 import SUPPORTED_MICRO_TILES, gemm_f32, gemm_f32_kernel
-from kernels.gemm_int8 import (gemm_i8_i32, linear_i8, pack_weights_int4, pack_weights_int8,
-                               requantize_i32_i8)
-from kernels.specs import TileSpec
+from codesign.kernels.gemm_f32 import SUPPORTED_MICRO_TILES, gemm_f32, gemm_f32_kernel
+from codesign.kernels.gemm_int8 import (gemm_i8_i32, linear_i8, pack_weights_int4,
+                                        pack_weights_int8, requantize_i32_i8)
+from codesign.kernels.specs import TileSpec
 
 # (M, K, N): not multiples of any tile; the small cache blocks below force several mc/nc/kc
 # blocks plus ragged edge blocks in every dimension
@@ -48,8 +48,8 @@ def test_slp_micro_kernel_source_matches_numpy():
     way the driver compiles it (SLP on, loop vectoriser off)."""
     import numba
 
-    from kernels import _numba_config as cfg
-    from kernels.gemm_f32 import micro_kernel_source
+    from codesign.kernels import _numba_config as cfg
+    from codesign.kernels.gemm_f32 import micro_kernel_source
 
     rng = np.random.default_rng(2)
     mr, nr, kc = 4, 8, 19
@@ -183,8 +183,8 @@ def test_every_supported_micro_tile_kernel():
     the drivers around them are one template, exercised above for a few tiles."""
     import numba
 
-    from kernels._simd_ir import make_f32_tile, make_int_tile, make_pack_a_block
-    from kernels.gemm_int8 import SUPPORTED_I4_MICRO_TILES, SUPPORTED_I8_MICRO_TILES
+    from codesign.kernels._simd_ir import make_f32_tile, make_int_tile, make_pack_a_block
+    from codesign.kernels.gemm_int8 import SUPPORTED_I4_MICRO_TILES, SUPPORTED_I8_MICRO_TILES
 
     rng = np.random.default_rng(11)
     kc = 13

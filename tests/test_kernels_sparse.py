@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.sparse import spmm_bsr, spmm_csr, spmm_nm
-from kernels.sparse_formats import (compress_nm, prune_blocks, prune_unstructured, to_bsr,
-                                    to_csr)
+from codesign.kernels.sparse import spmm_bsr, spmm_csr, spmm_nm
+from codesign.kernels.sparse_formats import (compress_nm, prune_blocks, prune_unstructured, to_bsr,
+                                             to_csr)
 
 # M not a multiple of the 32/24/64-row panels, K not a multiple of 4 / of a metadata word,
 # N not a multiple of the channel tile: every kernel runs ragged edges

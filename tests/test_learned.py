@@ -9,14 +9,14 @@ from scipy import stats
 from codesign.calibrate import (calibrate, fit_and_score, metrics, read_measurements,
                                 split_rows)
 from codesign.userinput import BadInput
-from cost_models.base import Prediction
-from cost_models.features import (CONSTANT, DEAD, FEATURE_NAMES, LIVE, UNUSED, FeatureConfig,
-                                  OpFeaturizer, live_mask, liveness, signatures_from_batch,
-                                  signatures_from_oplists)
-from cost_models.ir import Op, OpBatch, OpKind
-from cost_models.learned import (FORMAT_VERSION, LearnedCostModel, ModelFormatError,
-                                 robust_fit)
-from search_spaces import fbnet, nasbench201
+from codesign.cost_models.base import Prediction
+from codesign.cost_models.features import (CONSTANT, DEAD, FEATURE_NAMES, LIVE, UNUSED,
+                                           FeatureConfig, OpFeaturizer, live_mask, liveness,
+                                           signatures_from_batch, signatures_from_oplists)
+from codesign.cost_models.ir import Op, OpBatch, OpKind
+from codesign.cost_models.learned import (FORMAT_VERSION, LearnedCostModel, ModelFormatError,
+                                          robust_fit)
+from codesign.search_spaces import fbnet, nasbench201
 
 DATA = Path(__file__).parent / "data"
 NB_CSV = DATA / "nasbench201_latency_ms_600.csv"

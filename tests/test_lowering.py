@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from cost_models.backends import load_backend
-from cost_models.ir import OpKind, model_bytes, peak_activation_bytes
-from cost_models.lowering import LoweringError, apply_precision, lower_module
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.ir import OpKind, model_bytes, peak_activation_bytes
+from codesign.cost_models.lowering import LoweringError, apply_precision, lower_module
 from tests.models import mobilenet_v2, small_convnet
 
 

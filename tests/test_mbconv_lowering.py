@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from codesign.bench_scoring import run_scoring_benchmark
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from cost_models.ir import DeferredOps, OpBatch
-from cost_models.lowering import insert_precision_boundaries
-from search_spaces.mbconv import (SPARSITY_CHOICES, Arch, Candidate, Format, LayerChoice,
-                                  MBConvSpace, StageChoice, lower_arch, units)
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import DeferredOps, OpBatch
+from codesign.cost_models.lowering import insert_precision_boundaries
+from codesign.search_spaces.mbconv import (SPARSITY_CHOICES, Arch, Candidate, Format, LayerChoice,
+                                           MBConvSpace, StageChoice, lower_arch, units)
 
 SHAPES = [None, (1, 3, 32, 32), (2, 3, 97, 80), (1, 3, 224, 224)]
 

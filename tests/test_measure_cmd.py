@@ -62,7 +62,7 @@ def test_latency_column_name_is_checked(tmp_path) -> None:
 @pytest.mark.slow
 def test_candidate_is_lowered_at_each_layers_priced_precision(one_torch_thread) -> None:
     from codesign.measure.candidate_program import lower_candidate
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
     from tests.measure_helpers import tiny_mbconv
 
     space = tiny_mbconv(load_backend("xnnpack"))

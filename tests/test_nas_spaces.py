@@ -6,14 +6,14 @@ import numpy as np
 import optuna
 import pytest
 
-from cost_models.analytic import AnalyticCostModel
-from cost_models.devices import load_device
-from cost_models.features import live_mask
-from cost_models.ir import OpBatch, OpKind, total_flops
-from cost_models.lowering import insert_precision_boundaries, lower_module
-from search_spaces import fbnet, nasbench201
-from search_spaces.fbnet import FBNetSpace
-from search_spaces.nasbench201 import NASBench201Space
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.features import live_mask
+from codesign.cost_models.ir import OpBatch, OpKind, total_flops
+from codesign.cost_models.lowering import insert_precision_boundaries, lower_module
+from codesign.search_spaces import fbnet, nasbench201
+from codesign.search_spaces.fbnet import FBNetSpace
+from codesign.search_spaces.nasbench201 import NASBench201Space
 
 DATA = Path(__file__).parent / "data"
 ALL_CONV = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"

@@ -3,7 +3,7 @@ terminal and plain periodic lines otherwise; and the built-in evaluators of a se
 import io
 
 from codesign.progress import TrainingProgress
-from search_spaces.mbconv_supernet import TrainProgress
+from codesign.search_spaces.mbconv_supernet import TrainProgress
 
 
 class Terminal(io.StringIO):

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from cost_models.backends import load_backend
-from kernels.specs import QuantSpec, block, two_four, unstructured
-from search_spaces import mbconv_training
-from search_spaces.mbconv import MBConvSpace, units
-from search_spaces.mbconv_qat import (FP32, fake_activation, fake_weight, sample_unit_formats,
-                                      train_format, training_mask)
-from search_spaces.mbconv_supernet import MBConvSupernet, TrainProgress
-from search_spaces.mbconv_training import (TrainConfig, cache_path, format_menu,
-                                           get_trained_supernet, save_shipped_weights,
-                                           shipped_path, train_supernet)
-from search_spaces.quant_numerics import quantize_weight, sparsity_mask
+from codesign.cost_models.backends import load_backend
+from codesign.kernels.specs import QuantSpec, block, two_four, unstructured
+from codesign.search_spaces import mbconv_training
+from codesign.search_spaces.mbconv import MBConvSpace, units
+from codesign.search_spaces.mbconv_qat import (FP32, fake_activation, fake_weight,
+                                               sample_unit_formats, train_format, training_mask)
+from codesign.search_spaces.mbconv_supernet import MBConvSupernet, TrainProgress
+from codesign.search_spaces.mbconv_training import (TrainConfig, cache_path, format_menu,
+                                                    get_trained_supernet, save_shipped_weights,
+                                                    shipped_path, train_supernet)
+from codesign.search_spaces.quant_numerics import quantize_weight, sparsity_mask
 
 TINY = TrainConfig(batch_size=8, max_steps=4, warmup_steps=1, checkpoint_every_s=0.0)
 

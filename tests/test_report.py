@@ -157,7 +157,7 @@ def test_nothing_said_about_shapes_when_they_are_equal(tmp_path, capsys, saved_f
 
 
 def test_the_latency_band_says_what_it_is_and_where_it_was_measured(run_dir, capsys):
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
 
     error = load_backend("codesign").analytic_error
     pareto = json.loads((run_dir / "pareto.json").read_text())

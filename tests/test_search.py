@@ -8,8 +8,8 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from codesign.cli import main
 from codesign.search import SearchConfig, run_search
 from codesign.userinput import BadInput
-from cost_models.backends import Precision, load_backend
-from search_spaces.mbconv import MBConvSpace
+from codesign.cost_models.backends import Precision, load_backend
+from codesign.search_spaces.mbconv import MBConvSpace
 
 PROXY = "tests.search_helpers:proxy_accuracy"
 
@@ -120,7 +120,7 @@ def test_failed_trials_are_recorded_and_search_goes_on(tmp_path):
 
 def test_baseline_is_enqueued_and_reported(tmp_path):
     from codesign.context import load_space
-    from cost_models.devices import load_device
+    from codesign.cost_models.devices import load_device
     import numpy as np
 
     backend = load_backend("xnnpack")  # the default back-end's space
@@ -141,7 +141,8 @@ def test_baseline_is_enqueued_and_reported(tmp_path):
     (["--budget", "10parsecs"], "unknown unit"),
     (["--trials", "0"], "--trials must be a positive integer"),
     (["--space", "nope"], "unknown --space 'nope'; valid: mbconv, nasbench201, fbnet"),
-    (["--space", "tests.search_helpers:not_a_space"], "not a search_spaces.base.SearchSpace"),
+    (["--space", "tests.search_helpers:not_a_space"],
+     "not a codesign.search_spaces.base.SearchSpace"),
     (["--backend", "coreml"], "has no back-end 'coreml'; valid: xnnpack, codesign"),
     (["--evaluator", "tests.search_helpers:missing"], "has no attribute 'missing'"),
     (["--sampler", "cmaes"], "unknown --sampler 'cmaes'; valid: tpe, nsga2, random"),

@@ -14,7 +14,7 @@ import pytest
 
 from codesign.calibrate import calibrate
 from codesign.cli import main
-from cost_models.learned import LearnedCostModel
+from codesign.cost_models.learned import LearnedCostModel
 
 DATA = Path(__file__).parent / "data"
 HOST = DATA / "host_mbconv_measured_40.csv"
@@ -48,9 +48,9 @@ def test_search_priced_by_a_learned_model(tmp_path, models, capsys) -> None:
     model = LearnedCostModel.load(models["learned"])
     err = model.error_estimate
     assert pareto["provenance"]["cost_model_cv_rms_log_error"] == pytest.approx(err)
-    from cost_models.backends import load_backend
-    from cost_models.ir import OpBatch
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.backends import load_backend
+    from codesign.cost_models.ir import OpBatch
+    from codesign.search_spaces.mbconv import MBConvSpace
 
     space = MBConvSpace(load_backend("xnnpack"), threads_choices=(1,))
     assert pareto["members"]
@@ -133,10 +133,10 @@ def _predict(*extra: str) -> list[str]:
 
 
 def test_predict_priced_by_a_learned_model(models, capsys) -> None:
-    from cost_models.backends import load_backend
-    from cost_models.devices import load_device
-    from cost_models.ir import OpBatch
-    from cost_models.lowering import apply_precision, lower_module
+    from codesign.cost_models.backends import load_backend
+    from codesign.cost_models.devices import load_device
+    from codesign.cost_models.ir import OpBatch
+    from codesign.cost_models.lowering import apply_precision, lower_module
     from tests.models import small_convnet
 
     assert main(_predict("--cost-model", "hybrid", "--cost-model-file", str(models["hybrid"]),

@@ -33,8 +33,8 @@ def test_members_clear_the_accuracy_floor_and_list_few_formats(tmp_path):
 def test_search_starts_from_uniform_seed_points(tmp_path):
     result = run_search(_config(tmp_path, trials=8))
     from codesign.context import load_space
-    from cost_models.backends import load_backend
-    from cost_models.devices import load_device
+    from codesign.cost_models.backends import load_backend
+    from codesign.cost_models.devices import load_device
     space = load_space("mbconv", load_backend("xnnpack"), load_device("pixel8"))
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -45,8 +45,8 @@ def test_search_starts_from_uniform_seed_points(tmp_path):
 
 
 def test_builtin_evaluator_reports_its_reference_model():
-    from cost_models.backends import load_backend
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.backends import load_backend
+    from codesign.search_spaces.mbconv import MBConvSpace
     ref = SupernetEvaluator(MBConvSpace(load_backend("xnnpack"))).reference()
     assert ref["model"].startswith("logistic regression on the raw 8x8 pixels")
     assert 0.9 < ref["accuracy"] < 1.0 and 0.9 < ref["test_accuracy"] < 1.0
@@ -138,7 +138,7 @@ def test_predictor_stage_prices_exactly_as_the_search(tmp_path):
     import numpy as np
 
     from codesign.predictor_stage import _price
-    from cost_models.ir import model_bytes
+    from codesign.cost_models.ir import model_bytes
 
     context = build_context(_config(tmp_path))
     rng = np.random.default_rng(0)

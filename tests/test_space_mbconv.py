@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from codesign.context import threads_choices
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from cost_models.ir import OpBatch, OpKind
-from search_spaces.mbconv import MBConvSpace
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import OpBatch, OpKind
+from codesign.search_spaces.mbconv import MBConvSpace
 
 
 @pytest.fixture(scope="module", params=["codesign", "xnnpack"])

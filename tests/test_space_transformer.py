@@ -11,12 +11,12 @@ import pytest
 from codesign.cli import main
 from codesign.context import SearchContext, threads_choices
 from codesign.evaluation.base import FunctionEvaluator
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.devices import CONFIG_DIR, SpecError, load_device
-from cost_models.ir import OpBatch, OpKind, model_bytes
-from search_spaces.transformer import (TransformerSpace, load_transformer_config,
-                                       parameter_count)
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import CONFIG_DIR, SpecError, load_device
+from codesign.cost_models.ir import OpBatch, OpKind, model_bytes
+from codesign.search_spaces.transformer import (TransformerSpace, load_transformer_config,
+                                                parameter_count)
 from tests.transformer_helpers import llm_config, params_proxy
 
 LLM = llm_config()  # real on-device LLM dims: the pricing tests are about those

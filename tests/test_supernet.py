@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cost_models.backends import load_backend
-from cost_models.ir import OpKind
-from cost_models.lowering import lower_module
-from search_spaces.mbconv import MBConvSpace, StageChoice
-from search_spaces.mbconv_supernet import MBConvSupernet, extract_subnet, sample_arch
-from search_spaces.mbconv_training import TrainConfig, cache_path, get_trained_supernet
-from search_spaces.tasks import load_task, stratified_split
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.ir import OpKind
+from codesign.cost_models.lowering import lower_module
+from codesign.search_spaces.mbconv import MBConvSpace, StageChoice
+from codesign.search_spaces.mbconv_supernet import MBConvSupernet, extract_subnet, sample_arch
+from codesign.search_spaces.mbconv_training import TrainConfig, cache_path, get_trained_supernet
+from codesign.search_spaces.tasks import load_task, stratified_split
 
 
 

@@ -190,8 +190,8 @@ def test_the_supernet_is_shipped_as_shared_state_not_retrained(tmp_path, monkeyp
     """What a sweep puts in the object store: an evaluator given the state scores exactly like
     the one that built it, and never trains or reads the disk cache."""
     from codesign.evaluation.supernet_evaluator import SupernetEvaluator
-    from cost_models.backends import load_backend
-    from search_spaces.mbconv import MBConvSpace
+    from codesign.cost_models.backends import load_backend
+    from codesign.search_spaces.mbconv import MBConvSpace
     from tests.test_evaluation import SMALL_TRAIN, _small_config
 
     config = _small_config()

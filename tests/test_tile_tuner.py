@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cost_models import tile_calibration as tc
-from cost_models.analytic import AnalyticCostModel
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from cost_models.ir import Op, OpBatch, OpKind
-from kernels import tile_tuner as tt
-from kernels.specs import DENSE, FP32, QuantSpec, TileSpec, two_four
+from codesign.cost_models import tile_calibration as tc
+from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.cost_models.ir import Op, OpBatch, OpKind
+from codesign.kernels import tile_tuner as tt
+from codesign.kernels.specs import DENSE, FP32, QuantSpec, TileSpec, two_four
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "tests" / "data" / "tiles_recorded.json"
@@ -102,7 +102,8 @@ def test_tuner_picks_a_candidate_and_caches_it(tuned_cache, monkeypatch):
 def test_kernel_host_fingerprint_ignores_import_order():
     code = ("import sys\n"
             "if sys.argv[1] == 'scipy':\n    import scipy.linalg\n"
-            "from kernels.tile_tuner import kernel_host\nprint(kernel_host().fingerprint())\n")
+            "from codesign.kernels.tile_tuner import kernel_host\n"
+            "print(kernel_host().fingerprint())\n")
     prints = {subprocess.run([sys.executable, "-c", code, first], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout.strip()
               for first in ("scipy", "numpy")}

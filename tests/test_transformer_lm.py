@@ -16,12 +16,12 @@ from codesign.evaluation.perplexity import (PerplexityEvaluator, bootstrap_perpl
                                             paired_ratio, quantized_state_dict)
 from codesign.report import report
 from codesign.search import SearchConfig, run_search
-from cost_models.backends import load_backend
-from cost_models.devices import load_device
-from kernels.specs import QuantSpec
-from search_spaces import transformer_lm as lm
-from search_spaces.transformer import LayerChoice, TransformerSpace
-from search_spaces.transformer_model import build_decoder
+from codesign.cost_models.backends import load_backend
+from codesign.cost_models.devices import load_device
+from codesign.kernels.specs import QuantSpec
+from codesign.search_spaces import transformer_lm as lm
+from codesign.search_spaces.transformer import LayerChoice, TransformerSpace
+from codesign.search_spaces.transformer_model import build_decoder
 from tests.transformer_helpers import tiny_config, tiny_train
 
 PIXEL8 = load_device("pixel8")

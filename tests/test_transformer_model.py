@@ -3,8 +3,8 @@ dict checked, and the KV-cache decoder computing what the full-sequence model co
 import pytest
 import torch
 
-from search_spaces.transformer import TransformerArch
-from search_spaces.transformer_model import build_decoder
+from codesign.search_spaces.transformer import TransformerArch
+from codesign.search_spaces.transformer_model import build_decoder
 
 ARCH = TransformerArch(layers=2, d_model=64, heads=4, kv_heads=2, ffn_mult=2, context=16)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from cost_models.backends import Precision
-from search_spaces.transformer import load_transformer_config, parameter_count
+from codesign.cost_models.backends import Precision
+from codesign.search_spaces.transformer import load_transformer_config, parameter_count
 
 
 def llm_config():
@@ -30,7 +30,7 @@ def tiny_config():
 
 
 def tiny_train():
-    from search_spaces.transformer_lm import LMTrainConfig
+    from codesign.search_spaces.transformer_lm import LMTrainConfig
 
     return LMTrainConfig(steps=40, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=4)
 

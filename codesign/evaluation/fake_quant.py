@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cost_models.ir import Op, OpKind
-from search_spaces.mbconv_supernet import trim_kernel
+from codesign.cost_models.ir import Op, OpKind
+from codesign.search_spaces.mbconv_supernet import trim_kernel
 # re-exported: the numerics live beside the QAT trainer that shares them
-from search_spaces.quant_numerics import (fake_quant_dynamic, fake_quant_per_token,  # noqa: F401
-                                          fake_quant_tensor, quantize_weight)
+from codesign.search_spaces.quant_numerics import (  # noqa: F401
+    fake_quant_dynamic, fake_quant_per_token, fake_quant_tensor, quantize_weight)
 
 # in place: they only ever see a layer's freshly computed output
 _ACT_FNS = {"relu": torch.relu_, "hardswish": lambda y: F.hardswish(y, inplace=True),

@@ -1,7 +1,7 @@
 """A short quantization-aware fine-tune of one searched member, in its own formats.
 
 The member's architecture is trained as a slice of a private copy of the supernet, its units in
-their formats (``search_spaces.mbconv_qat``: fake-quantized weights with a straight-through
+their formats (``codesign.search_spaces.mbconv_qat``: fake-quantized weights with a straight-through
 gradient, int8 activations, sparse layers masked by magnitude every step, as in the supernet's
 training; a masked weight gets no gradient, so at this small rate the masks barely move, and the
 evaluator prunes the fine-tuned weights to the member's patterns again before it scores or
@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from search_spaces.mbconv import Candidate, Format
-from search_spaces.mbconv_qat import train_format
-from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
-                                           extract_subnet)
-from search_spaces.mbconv_training import random_shift
-from search_spaces.tasks import TaskData
+from codesign.search_spaces.mbconv import Candidate, Format
+from codesign.search_spaces.mbconv_qat import train_format
+from codesign.search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
+                                                    extract_subnet)
+from codesign.search_spaces.mbconv_training import random_shift
+from codesign.search_spaces.tasks import TaskData
 
 
 def finetune_subnet(supernet: MBConvSupernet, candidate: Candidate, data: TaskData, steps: int,

@@ -1,8 +1,8 @@
 """Held-out perplexity of ``transformer`` candidates, quantized and sparsified as priced.
 
 Per candidate (deterministic):
-1. its weights from the trained byte-level supernet (``search_spaces.transformer_lm``): sliced,
-   with magnitude 2:4 masks baked into the FFN weights of every "2:4" layer;
+1. its weights from the trained byte-level supernet (``codesign.search_spaces.transformer_lm``):
+   sliced, with magnitude 2:4 masks baked into the FFN weights of every "2:4" layer;
 2. weights fake-quantized to each layer's precision, as torchao quantizes them for export:
    4-bit *symmetric* per group of ``group_size`` along the reduction dimension, 8-bit symmetric
    per output channel, 16-bit through fp16. The LM head is quantized at its precision from the
@@ -36,10 +36,10 @@ import torch
 from codesign.evaluation.base import (BOOTSTRAP_RESAMPLES, AccuracyResult, Evaluator,
                                       check_split)
 from codesign.evaluation.fake_quant import fake_quant_per_token, quantize_weight
-from cost_models.backends import Precision
-from search_spaces.mbconv_supernet import TrainProgress
-from search_spaces.transformer import Candidate, TransformerSpace, _quant
-from search_spaces.transformer_model import BLOCK_LINEARS
+from codesign.cost_models.backends import Precision
+from codesign.search_spaces.mbconv_supernet import TrainProgress
+from codesign.search_spaces.transformer import Candidate, TransformerSpace, _quant
+from codesign.search_spaces.transformer_model import BLOCK_LINEARS
 
 LINEARS = tuple(BLOCK_LINEARS.values())  # a block's linears, module paths in layers.{i}
 EVAL_TOKENS_PER_BATCH = 8192
@@ -146,7 +146,7 @@ class PerplexityEvaluator(Evaluator):
                  threads: int | None = None,
                  progress: Callable[[TrainProgress], None] | None = None,
                  max_tokens: int = 0) -> None:
-        from search_spaces.transformer_lm import LMTrainConfig
+        from codesign.search_spaces.transformer_lm import LMTrainConfig
 
         self.space = space
         self.seed = int(seed)
@@ -170,7 +170,7 @@ class PerplexityEvaluator(Evaluator):
         self.supernet()
 
     def shared_state_key(self) -> str:
-        from search_spaces.transformer_lm import cache_key
+        from codesign.search_spaces.transformer_lm import cache_key
 
         return cache_key(self.space.config, self.seed, self.train)
 
@@ -184,7 +184,7 @@ class PerplexityEvaluator(Evaluator):
         self._params = state
 
     def supernet(self) -> dict[str, torch.Tensor]:
-        from search_spaces.transformer_lm import get_trained_lm
+        from codesign.search_spaces.transformer_lm import get_trained_lm
 
         if self._params is None:
             self._params = get_trained_lm(self.space.config, self.seed, train=self.train,
@@ -195,8 +195,8 @@ class PerplexityEvaluator(Evaluator):
     def build_quantized(self, candidate: Candidate) -> torch.nn.Module:
         """The candidate as scored: ExecuTorch's decoder (full-sequence, every position's
         logits) with fake-quantized weights, its 2:4 masks and activation fake quantization."""
-        from search_spaces.transformer_lm import check_arch, subnet_state_dict
-        from search_spaces.transformer_model import build_decoder
+        from codesign.search_spaces.transformer_lm import check_arch, subnet_state_dict
+        from codesign.search_spaces.transformer_model import build_decoder
 
         if not isinstance(candidate, Candidate):
             raise ValueError(f"expected a transformer Candidate, got {type(candidate).__name__}")
@@ -212,7 +212,7 @@ class PerplexityEvaluator(Evaluator):
     def windows(self, split: str, context: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (windows, context): the split's bytes in non-overlapping
         windows, the same predicted bytes for every context of the space."""
-        from search_spaces.transformer_lm import split_tokens
+        from codesign.search_spaces.transformer_lm import split_tokens
 
         tokens = split_tokens(split)
         largest = max(self.space.config.context)
@@ -226,7 +226,7 @@ class PerplexityEvaluator(Evaluator):
     @torch.no_grad()
     def token_nll(self, candidate: Candidate, split: str) -> torch.Tensor:
         """The NLL (nats) of every predicted byte of ``split``, shaped (windows, context)."""
-        from search_spaces.transformer_lm import lm_threads
+        from codesign.search_spaces.transformer_lm import lm_threads
 
         model = self.build_quantized(candidate)
         x, y = self.windows(split, candidate.arch.context)
@@ -261,7 +261,7 @@ class PerplexityEvaluator(Evaluator):
 
 def _rebuild(config, backend_name: str, seed: int, threads_choices: tuple[int, ...],
              kwargs: dict[str, Any]) -> PerplexityEvaluator:
-    from cost_models.backends import load_backend
+    from codesign.cost_models.backends import load_backend
 
     space = TransformerSpace(load_backend(backend_name), threads_choices=threads_choices,
                              config=config)

@@ -17,9 +17,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from cost_models.ir import Op, OpKind
-from kernels.specs import SparsityPattern
-from search_spaces.quant_numerics import sparsity_mask  # noqa: F401 (re-exported)
+from codesign.cost_models.ir import Op, OpKind
+from codesign.kernels.specs import SparsityPattern
+from codesign.search_spaces.quant_numerics import sparsity_mask  # noqa: F401 (re-exported)
 
 _SPARSE_KINDS = (OpKind.CONV2D, OpKind.LINEAR)
 

@@ -32,11 +32,11 @@ from codesign.evaluation.base import (AccuracyResult, Evaluator, check_split,
                                       result_from_correct)
 from codesign.evaluation.fake_quant import OpListExecutor
 from codesign.evaluation.pruning import prune_to_ops
-from search_spaces.mbconv import Candidate, MBConvConfig, MBConvSpace
-from search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
-                                           check_arch, extract_subnet)
-from search_spaces.mbconv_training import TrainConfig, cache_key, get_trained_supernet
-from search_spaces.tasks import TaskData, load_task, reference_model
+from codesign.search_spaces.mbconv import Candidate, MBConvConfig, MBConvSpace
+from codesign.search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
+                                                    check_arch, extract_subnet)
+from codesign.search_spaces.mbconv_training import TrainConfig, cache_key, get_trained_supernet
+from codesign.search_spaces.tasks import TaskData, load_task, reference_model
 
 
 class SupernetEvaluator(Evaluator):
@@ -87,7 +87,7 @@ class SupernetEvaluator(Evaluator):
                 threads_choices: tuple[int, ...] = (1,), max_formats: int = 3,
                 **kwargs: Any) -> "SupernetEvaluator":
         """The evaluator for space ``config`` on back-end ``backend_name`` (in any process)."""
-        from cost_models.backends import load_backend
+        from codesign.cost_models.backends import load_backend
 
         space = MBConvSpace(load_backend(backend_name), threads_choices=threads_choices,
                             config=config, max_formats=max_formats)

@@ -21,9 +21,9 @@ COST_MODEL = "analytic"
 @functools.lru_cache(maxsize=None)
 def _host_model(threads: int):
     # one model per thread count for the whole export: loading the host spec detects the CPU
-    from cost_models.analytic import AnalyticCostModel
-    from cost_models.backends import load_backend
-    from cost_models.devices import load_device
+    from codesign.cost_models.analytic import AnalyticCostModel
+    from codesign.cost_models.backends import load_backend
+    from codesign.cost_models.devices import load_device
 
     return AnalyticCostModel(load_device(HOST), load_backend(PROGRAM_BACKEND), threads=threads)
 
@@ -36,7 +36,7 @@ def host_prediction(ops: Sequence, threads: int) -> dict[str, Any]:
     ``host_prediction``, when this machine's spec cannot price the program (an op XNNPACK's
     table does not price, more threads than the spec's cores): the export still stands.
     """
-    from cost_models.ir import OpBatch
+    from codesign.cost_models.ir import OpBatch
 
     info: dict[str, Any] = {"device": HOST, "backend": PROGRAM_BACKEND, "threads": int(threads),
                             "cost_model": COST_MODEL}

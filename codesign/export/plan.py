@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from cost_models.backends import BackendSpec
-from cost_models.ir import GEMM_KINDS, Op, OpKind
-from kernels.specs import QuantSpec, SparsityPattern, TileSpec
+from codesign.cost_models.backends import BackendSpec
+from codesign.cost_models.ir import GEMM_KINDS, Op, OpKind
+from codesign.kernels.specs import QuantSpec, SparsityPattern, TileSpec
 
 FP32, PT2E_INT8, TORCHAO_DYN = "fp32", "pt2e-int8", "torchao-dyn"
 # kinds whose precision the exporter realises per layer; other ops follow their neighbours
@@ -130,26 +130,28 @@ def _reference_kernel(op: Op) -> str:
     q, pattern = op.quant, op.sparsity.pattern
     if op.kind is OpKind.DEPTHWISE_CONV2D:
         if q.weight_bits >= 32:
-            return "kernels.conv.depthwise_conv2d"
+            return "codesign.kernels.conv.depthwise_conv2d"
         if q.act_bits == 8 and q.weight_bits in (4, 8):
-            return "kernels.conv_int8.depthwise_conv2d_int8"
+            return "codesign.kernels.conv_int8.depthwise_conv2d_int8"
         return ""
     if op.kind not in GEMM_KINDS:
         return ""
     if pattern is SparsityPattern.N_M:
-        return "kernels.sparse.spmm_nm"
+        return "codesign.kernels.sparse.spmm_nm"
     if pattern is SparsityPattern.BLOCK:
-        return "kernels.sparse.spmm_bsr"
+        return "codesign.kernels.sparse.spmm_bsr"
     if pattern is SparsityPattern.UNSTRUCTURED:
-        return "kernels.sparse.spmm_csr"
+        return "codesign.kernels.sparse.spmm_csr"
     if q.weight_bits == 32:
-        return "kernels.conv.conv2d" if op.kind is OpKind.CONV2D else "kernels.gemm_f32.gemm_f32"
+        if op.kind is OpKind.CONV2D:
+            return "codesign.kernels.conv.conv2d"
+        return "codesign.kernels.gemm_f32.gemm_f32"
     if q.act_bits == 8 and q.weight_bits in (4, 8) and op.kind is OpKind.CONV2D:
-        return f"kernels.conv_int8.conv2d_int8 (pack_conv_weights bits={q.weight_bits})"
+        return f"codesign.kernels.conv_int8.conv2d_int8 (pack_conv_weights bits={q.weight_bits})"
     if q.weight_bits == 8 and q.act_bits == 8:
-        return "kernels.gemm_int8.gemm_i8_i32 (pack_weights_int8)"
+        return "codesign.kernels.gemm_int8.gemm_i8_i32 (pack_weights_int8)"
     if q.weight_bits == 4 and q.act_bits == 8:
-        return "kernels.gemm_int8.gemm_i8_i32 (pack_weights_int4)"
+        return "codesign.kernels.gemm_int8.gemm_i8_i32 (pack_weights_int4)"
     return ""
 
 

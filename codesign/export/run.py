@@ -104,8 +104,8 @@ def open_run_specs(run_dir: Path, *, evaluator_given: bool = False):
             members with the built-in supernet's trained weights, which that evaluator did not
             score) unless the caller brings the evaluator that did.
     """
-    from cost_models.backends import backend_for
-    from cost_models.devices import load_device
+    from codesign.cost_models.backends import backend_for
+    from codesign.cost_models.devices import load_device
 
     identity, pareto = load_run(run_dir)
     if identity.get("evaluator") and not evaluator_given:
@@ -185,7 +185,7 @@ class _Run(RunSpecs):
 
     @classmethod
     def open(cls, run_dir: Path, evaluator=None) -> "_Run":
-        from cost_models.backends import load_backend
+        from codesign.cost_models.backends import load_backend
         from codesign.context import load_space
 
         identity, pareto, device, backend = open_run_specs(
@@ -210,7 +210,7 @@ class _Run(RunSpecs):
                    os.cpu_count() or 1, evaluator)
 
     def task_images(self, hw: Sequence[int]):
-        from search_spaces.tasks import load_task
+        from codesign.search_spaces.tasks import load_task
 
         return load_task(self.evaluator.train.task, tuple(hw), self.evaluator.seed)
 
@@ -240,7 +240,7 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
     from codesign.export.verify import check_outputs, program_accuracy
     from codesign.measure.host_runner import time_pte
     from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
-    from kernels.tile_tuner import apply_tuned_tiles, resolve_tile
+    from codesign.kernels.tile_tuner import apply_tuned_tiles, resolve_tile
 
     trial = int(member["trial"])
     out.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def build_module(candidate, plans: Sequence[LayerPlan], vocab: int,
     """The candidate's decoder (recipe steps 1-3). ``state_dict`` None: seeded random weights
     (``build_decoder``'s initialisation) - latency and sizes do not depend on their values."""
     from codesign.export.program import _apply_torchao
-    from search_spaces.transformer_model import build_decoder
+    from codesign.search_spaces.transformer_model import build_decoder
 
     missing = [p.name for p in plans if p.realisation is None]
     if missing:

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 from codesign.export.plan import (FP32, PRUNED_NOTE, PT2E_INT8, TORCHAO_DYN, LayerPlan,
                                   plan_layers)
-from cost_models.backends import BackendSpec
-from cost_models.ir import Op, OpKind
-from kernels.specs import SparsityPattern
-from search_spaces.transformer_model import BLOCK_LINEARS
+from codesign.cost_models.backends import BackendSpec
+from codesign.cost_models.ir import Op, OpKind
+from codesign.kernels.specs import SparsityPattern
+from codesign.search_spaces.transformer_model import BLOCK_LINEARS
 
 HEAD_OP, HEAD_MODULE, EMBEDDING_MODULE = "lm_head", "output", "tok_embeddings"
 FP16_NOTE = ("priced as w16a16 (fp16 weights and stream); run as fp32 by XNNPACK on this host "

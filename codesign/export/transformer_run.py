@@ -8,9 +8,9 @@ program vs the space's priced bytes), which attention path was used (ExecuTorch'
 or the plain static cache), the runtime check (decode from position 0 vs the eager quantized
 module), host decode latency at position ``context - 1`` (p50, p90, first run), sizes and sha256.
 
-Weights: the trained LM supernet's (``search_spaces.transformer_lm.candidate_state_dict``) where
-that module is present, else seeded random weights, said in the manifest (latency, sizes and the
-runtime check do not depend on the values; quality does).
+Weights: the trained LM supernet's (``codesign.search_spaces.transformer_lm.candidate_state_dict``)
+where that module is present, else seeded random weights, said in the manifest (latency, sizes and
+the runtime check do not depend on the values; quality does).
 """
 from __future__ import annotations
 
@@ -37,13 +37,14 @@ STREAM_NOTE = ("the space prices the residual stream, norms, RoPE, softmax and t
 def member_weights(space, candidate, seed: int) -> tuple[Mapping[str, torch.Tensor] | None, str]:
     """(state dict or None for seeded random weights, where the weights come from)."""
     try:
-        from search_spaces.transformer_lm import candidate_state_dict
+        from codesign.search_spaces.transformer_lm import candidate_state_dict
     except ImportError:
         return None, (f"random (torch seed {seed}): this checkout has no trained LM supernet "
-                      "(search_spaces.transformer_lm); latency, sizes and the runtime check do "
-                      "not depend on weight values, quality does")
+                      "(codesign.search_spaces.transformer_lm); latency, sizes and the runtime "
+                      "check do not depend on weight values, quality does")
     return (candidate_state_dict(space, candidate, seed=seed),
-            f"trained LM supernet (search_spaces.transformer_lm, seed {seed}), candidate's slice")
+            f"trained LM supernet (codesign.search_spaces.transformer_lm, seed {seed}), "
+            "candidate's slice")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class TransformerRun(RunSpecs):
     @classmethod
     def open(cls, run_dir: Path) -> "TransformerRun":
         from codesign.context import load_space
-        from cost_models.backends import load_backend
+        from codesign.cost_models.backends import load_backend
 
         identity, pareto, device, backend = open_run_specs(run_dir)
         space = load_space(identity["space"], backend, device)
@@ -77,7 +78,7 @@ def kernel_phases(run: TransformerRun, candidate, member: Mapping[str, Any]) -> 
     """``kernels.json`` of a codesign-back-end member: per phase, every kernel's contract
     (shape, precision, sparse format, tile, predicted latency; ``plan.kernel_spec``)."""
     from codesign.export.plan import kernel_spec
-    from kernels.tile_tuner import resolve_tile
+    from codesign.kernels.tile_tuner import resolve_tile
 
     phases = {}
     for phase, key in (("decode", "layers"), ("prefill", "prefill_layers")):
@@ -95,11 +96,11 @@ def on_grid_program(space, candidate, state_dict, seed: int) -> torch.export.Exp
     (the perplexity evaluator's ``quantized_state_dict``), exported as the .pte would be."""
     from codesign.evaluation.perplexity import quantized_state_dict
     from codesign.export.transformer import decode_inputs
-    from search_spaces.transformer_model import build_decoder
+    from codesign.search_spaces.transformer_model import build_decoder
 
     vocab = space.config.vocab
     if state_dict is None:  # seeded random weights, as member_weights says, masks baked in
-        from search_spaces.transformer_lm import subnet_state_dict
+        from codesign.search_spaces.transformer_lm import subnet_state_dict
 
         torch.manual_seed(seed)
         state_dict = subnet_state_dict(dict(build_decoder(candidate, vocab, kv_cache=True)
@@ -117,7 +118,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
                               ) -> MemberResult:
     from codesign.export.transformer import check_decode, export_decoder, time_decode
     from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
-    from cost_models.ir import model_bytes
+    from codesign.cost_models.ir import model_bytes
 
     trial = int(member["trial"])
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
         calibration = None
         if state_dict is not None and any(p.realisation == PT2E_INT8 for p in plans):
             from codesign.export.transformer import CALIBRATION_TOKENS
-            from search_spaces.transformer_lm import split_tokens
+            from codesign.search_spaces.transformer_lm import split_tokens
 
             n = min(CALIBRATION_TOKENS, arch.context)
             calibration = [int(t) for t in split_tokens("train").reshape(-1)[:n]]

@@ -1,9 +1,9 @@
 """A search-space candidate as a real ExecuTorch program: module, per-layer precisions, .pte.
 
 ``lower_candidate(space, candidate)`` builds the candidate's static MBConv subnet
-(``search_spaces.mbconv_supernet.MBConvSubnet``), folds every BatchNorm into its convolution (the
-op list prices conv+BN as one op) and realises each layer's precision *as the op list states it*
-(``space.to_ops(candidate)``), so the program timed is the program priced:
+(``codesign.search_spaces.mbconv_supernet.MBConvSubnet``), folds every BatchNorm into its
+convolution (the op list prices conv+BN as one op) and realises each layer's precision *as the op
+list states it* (``space.to_ops(candidate)``), so the program timed is the program priced:
 
 * ``w32a32``              the float layer as is;
 * ``w8a8`` (static)       PT2E with ``XNNPACKQuantizer`` (symmetric per-channel int8 weights,
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from codesign.export.program import fold_batchnorm, layer_quantizer, owner_resolver
-from cost_models.ir import Op, OpKind
+from codesign.cost_models.ir import Op, OpKind
 
 __all__ = ["LoweredProgram", "layer_precisions", "build_module", "lower_candidate",
            "REALISED_KINDS"]
@@ -98,7 +98,7 @@ def layer_precisions(ops: list[Op]) -> dict[str, tuple[str, int]]:
 
 def build_module(space: Any, candidate: Any, *, seed: int = 0) -> nn.Module:
     """The candidate's static subnet (seeded random weights), BatchNorm folded, eval mode."""
-    from search_spaces.mbconv_supernet import MBConvSubnet
+    from codesign.search_spaces.mbconv_supernet import MBConvSubnet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
