@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +22,9 @@ import yaml
 SOURCE_KINDS = ("published", "reported", "estimated", "detected", "measured")
 DTYPES = ("fp32", "fp16", "int8")
 ISAS = ("aarch64", "x86-64")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ is the package data of codesign.configs (pyproject.toml): in a checkout or an editable
+# install the repository's configs/ folder, else the installed copy.
+CONFIG_DIR = Path(str(files("codesign.configs")))
 
 
 class SpecError(ValueError):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codesign.cost_models.devices import CONFIG_DIR
 from codesign.search_spaces.mbconv import MBConvConfig, units
 from codesign.search_spaces.mbconv_qat import sample_unit_formats, train_format
 from codesign.search_spaces.mbconv_supernet import (MBConvSupernet, TrainProgress, cache_dir,
@@ -33,7 +34,7 @@ from codesign.search_spaces.mbconv_supernet import (MBConvSupernet, TrainProgres
 from codesign.search_spaces.tasks import load_task
 
 CACHE_FORMAT = 3  # bump when the parameter layout or the training procedure changes
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "weights"
+WEIGHTS_DIR = CONFIG_DIR / "weights"  # in a checkout, the repository's configs/weights
 
 
 @dataclass(frozen=True)
