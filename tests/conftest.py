@@ -1,6 +1,20 @@
 """Shared pytest fixtures."""
+# First: from the repository root, importing codesign keeps kernels/, cost_models/,
+# search_spaces/ and configs/ to their installed names (codesign/__init__.py), before anything
+# (transformers) imports a top-level `kernels`.
+import codesign  # noqa: F401  isort: skip
+
 import pytest
 import torch
+
+from tests.install_helpers import bare_project_modules
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_bare_project_modules():
+    """After the whole session: none of the folders was imported under a bare name as well."""
+    yield
+    assert bare_project_modules() == []
 
 
 @pytest.fixture(scope="module")
