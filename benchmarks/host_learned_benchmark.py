@@ -55,7 +55,7 @@ def analytic_ms(rows: list[dict[str, str]], threads: int) -> np.ndarray:
     from codesign.cost_models.backends import backend_for
     from codesign.cost_models.devices import load_device
     from codesign.cost_models.ir import OpBatch
-    from codesign.kernels.tile_tuner import apply_tuned_tiles
+    from codesign.cost_models.tile_resolution import apply_tuned_tiles
     from codesign.search_spaces.mbconv import MBConvSpace
 
     device = load_device("host")

@@ -14,7 +14,7 @@ Three checks, one thread throughout (the tuned kernels are the serial drivers):
    random architecture, sparsity and tile choices; precisions redrawn from those with a numba
    kernel: w32a32, w8a8, w4a8; int units dense, as the int kernels are), their free tiles
    resolved by the search hook
-   (:func:`codesign.kernels.tile_tuner.apply_tuned_tiles`). Every layer with a kernel is timed alone
+   (:func:`codesign.cost_models.tile_resolution.apply_tuned_tiles`). Every layer with a kernel is timed alone
    (best sample): dense GEMMs (fp32 / int8 / int4-weight kernels; the stem as the GEMM of its
    im2col matrix), fp32 sparse GEMMs (2:4, BSR 4x4, CSR) and fp32 depthwise convs
    (``depthwise_conv2d``). Layers with no kernel are left out of both sums and reported as
@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from codesign import calibrate_tiles
 from codesign.cost_models import tile_calibration as tc
+from codesign.cost_models import tile_resolution as tr
 from codesign.cost_models.analytic import AnalyticCostModel
 from codesign.cost_models.backends import load_backend
 from codesign.cost_models.devices import load_device
@@ -71,12 +73,12 @@ def tile_model_check(kernels=("fp32", "int8", "int4")) -> dict:
     calibrated = AnalyticCostModel(device, "codesign", threads=1)
     if calibrated.tile_terms is None:
         raise SystemExit("no calibrated tile terms for this host: run "
-                         "'python -m codesign.cost_models.tile_calibration' first")
+                         "'python -m codesign.calibrate_tiles' first")
     plain = AnalyticCostModel(device, "codesign", threads=1, tile_terms=None)
     out = {}
     for kernel in kernels:
         rows = {"calibrated": [], "uncalibrated": []}
-        for shape in tc.heldout_shapes()[kernel]:
+        for shape in calibrate_tiles.heldout_shapes()[kernel]:
             res = tt.tune(shape, kernel)
             tiles = [tt.parse_tile(dict(r.params)["tile"]) for r in res.records]
             y = np.array([r.min_s for r in res.records])
@@ -187,7 +189,7 @@ def host_check(n_candidates: int, seed: int, log=print) -> dict:
     t0 = time.perf_counter()
     for i, cand in enumerate(sample_candidates(space, n_candidates, seed)):
         ops = [runnable(op, default)
-               for op in tt.apply_tuned_tiles(space.to_ops(cand), device, backend)]
+               for op in tr.apply_tuned_tiles(space.to_ops(cand), device, backend)]
         batch = OpBatch.from_oplists([ops])
         preds = {name: m.predict(batch).op_latency_s for name, m in models.items()}
         meas, covered = np.full(len(ops), np.nan), np.zeros(len(ops), bool)
@@ -320,12 +322,12 @@ def main(argv=None) -> int:
     if not args.skip_bench:
         from codesign.kernels.bench import tuned_vs_default_tile
 
-        res.update(tuned_vs_default_tile(quick=False))
+        res.update(tuned_vs_default_tile(calibrate_tiles.space_gemm_shapes("max"), quick=False))
     if not args.skip_host_check:
         res["host_check"] = host_check(args.candidates, args.seed,
                                        log=lambda s: print(s, file=sys.stderr))
     res["elapsed_s"] = time.perf_counter() - t0
-    commands = [".venv/bin/python -m codesign.cost_models.tile_calibration"
+    commands = [".venv/bin/python -m codesign.calibrate_tiles"
                 "   # writes configs/tile_terms/",
                 " ".join([".venv/bin/python -m benchmarks.tile_benchmark",
                           *(argv if argv is not None else sys.argv[1:])])]

@@ -467,9 +467,10 @@ def _cmd_bench(args) -> int:
     elif args.backend is not None:
         raise BadInput("codesign bench kernels: --backend applies to the scoring suite only")
     else:
+        from codesign.calibrate_tiles import space_gemm_shapes
         from codesign.kernels.bench import run_kernel_benchmarks
 
-        result = run_kernel_benchmarks(quick=args.quick)
+        result = run_kernel_benchmarks(quick=args.quick, tile_shapes=space_gemm_shapes("max"))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

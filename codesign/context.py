@@ -264,7 +264,7 @@ class SearchContext:
                 "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
 
     def price(self, candidate) -> dict[str, Any]:
-        from codesign.kernels.tile_tuner import apply_tuned_tiles
+        from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
         if self.learned is not None:
             return self._price_learned(candidate)
@@ -286,7 +286,7 @@ class SearchContext:
         out: dict[str, Any] = {}
         prefill = self.space.prefill_ops(candidate)
         if prefill is not None:
-            from codesign.kernels.tile_tuner import apply_tuned_tiles
+            from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
             ops = apply_tuned_tiles(prefill, self.device, self.backend)
             batch = OpBatch.from_oplists([ops])

@@ -197,7 +197,7 @@ class _Timer:
 
     def analytic_ms(self, candidate) -> float:
         from codesign.cost_models.ir import OpBatch
-        from codesign.kernels.tile_tuner import apply_tuned_tiles
+        from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
         # priced exactly as `codesign search --cost-model analytic` prices it on this device
         ops = apply_tuned_tiles(self.space.to_ops(candidate), self.device, self.space.backend)

@@ -116,7 +116,7 @@ def _price(context, candidates: list) -> tuple[np.ndarray, np.ndarray]:
     through the space's memoised ``op_batch`` (the same prices as ``to_ops``, tested), or op
     by op where the device's tiles are tuned by measurement (the host)."""
     from codesign.cost_models.ir import OpBatch, OpKind, KIND_CODES
-    from codesign.kernels.tile_tuner import apply_tuned_tiles
+    from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
     fast = hasattr(context.space, "op_batch") and context.device.name != "host"
     latency = np.empty(len(candidates))

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-_CACHE_INDEX = {"1Data": "l1d", "2Unified": "l2", "3Unified": "l3"}
+from codesign.kernels.bench_harness import cache_sizes
+
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -24,24 +25,6 @@ def _cpuinfo() -> dict[str, str]:
     except OSError:
         pass
     return info
-
-
-def _cache_sizes() -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    for index in sorted(base.glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        name = _CACHE_INDEX.get(level + kind)
-        if name and size.endswith("K"):
-            sizes[name] = int(size[:-1]) * 1024
-        elif name and size.endswith("M"):
-            sizes[name] = int(size[:-1]) * 1024 * 1024
-    return sizes
 
 
 def _ram_bytes() -> int:
@@ -75,7 +58,7 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
     """Complete the host template with what this machine reports."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
-    caches = _cache_sizes()
+    caches = cache_sizes()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     mhz = float(info.get("cpu MHz", "0") or 0) or 2000.0
     where = "/proc/cpuinfo"

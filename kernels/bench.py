@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -163,22 +164,21 @@ def _compact(rec: BenchRecord) -> dict:
             "samples": len(rec.times_s), "loops": rec.loops}
 
 
-def tuned_vs_default_tile(quick: bool = False) -> dict:
+def tuned_vs_default_tile(shapes: Sequence[tuple[int, int, int]], quick: bool = False) -> dict:
     """``tuned_vs_default_tile``: what per-shape tile tuning buys on a co-design candidate.
 
-    Shapes: the distinct (m, n, k) of the conv2d / linear ops of the default ``codesign``
-    MBConv space's max architecture (20 shapes; ``quick``: every 5th from the third, 4
-    shapes, tuned with the quick candidate set unless a tuning is cached). Value: median over
+    Shapes: the caller's (m, n, k) GEMM shapes — ``codesign bench kernels`` passes the conv2d /
+    linear ops of the default ``codesign`` MBConv space's max architecture
+    (:func:`codesign.calibrate_tiles.space_gemm_shapes`, 20 shapes; ``quick``: every 5th from the
+    third, 4 shapes, tuned with the quick candidate set unless a tuning is cached). Value: median over
     the shapes of (time with the best single fixed tile over the set) / (time with the
     shape's tuned tile), both re-measured in a fresh interleaved run, one thread
     (:func:`codesign.kernels.tile_tuner.tuned_vs_fixed`). The detail says whether the tuning was
     read from the tuner cache or measured in this run.
     """
-    from codesign.cost_models.tile_calibration import space_gemm_shapes
-
     from .tile_tuner import tuned_vs_fixed
 
-    shapes = space_gemm_shapes("max")
+    shapes = list(shapes)
     res = tuned_vs_fixed(shapes[2::5] if quick else shapes, "fp32", quick=quick)
     return {"tuned_vs_default_tile": res["tuned_vs_fixed"],
             "tuned_vs_default_tile_detail": res}
@@ -188,7 +188,7 @@ def run_kernel_benchmarks(quick: bool = False, threads: int = 1, *,
                           gemm_size: int = GEMM_SIZE,
                           sparse_shapes: tuple[tuple[int, int, int], ...] | None = None,
                           repeats: int | None = None, probe: bool = True,
-                          tiles: bool = True) -> dict:
+                          tile_shapes: Sequence[tuple[int, int, int]] | None = None) -> dict:
     """Benchmark the kernels against OpenBLAS and the dense kernel.
 
     Args:
@@ -199,7 +199,8 @@ def run_kernel_benchmarks(quick: bool = False, threads: int = 1, *,
         repeats: samples per case (default 11 quick / 21 full).
         probe: also run :func:`codesign.kernels.host_probe.probe_host` (quick when ``quick``), store
             the profile for the cost models and report it under ``host_profile``.
-        tiles: also report :func:`tuned_vs_default_tile` (and its detail).
+        tile_shapes: also report :func:`tuned_vs_default_tile` (and its detail) on these GEMM
+            shapes (a search space's; this package does not know the spaces).
 
     Returns:
         ``gemm_f32_vs_blas`` (our fp32 GEMM / numpy fp32 matmul at 512^3, default tile),
@@ -212,7 +213,7 @@ def run_kernel_benchmarks(quick: bool = False, threads: int = 1, *,
         ratios); ``gflops`` (raw rates at the median time, G(FL)OP/s), ``records`` (every
         case, keyed by name and shape), ``host``, ``numba``, ``settings`` and, with ``probe``,
         ``host_profile`` and ``gemm_f32_fraction_of_peak`` (best sample of our fp32 GEMM /
-        register-resident FMA peak, one thread); with ``tiles``, ``tuned_vs_default_tile`` and
+        register-resident FMA peak, one thread); with ``tile_shapes``, ``tuned_vs_default_tile`` and
         ``tuned_vs_default_tile_detail``. Ratios > 1 mean faster than the reference.
     """
     t_start = time.perf_counter()
@@ -288,8 +289,8 @@ def run_kernel_benchmarks(quick: bool = False, threads: int = 1, *,
         out[f"{key}_vs_blas"] = _geomean(vs_blas[v])
         paired[f"{key}_vs_dense"] = _geomean(vs_dense_paired[v])
     out["ratios_paired_median"] = paired
-    if tiles:
-        out.update(tuned_vs_default_tile(quick))
+    if tile_shapes is not None:
+        out.update(tuned_vs_default_tile(tile_shapes, quick))
     out["records"] = {f"{r.name}[{dict(r.params)['shape']}]": _compact(r) for r in all_recs}
     if probe:
         from .host_probe import probe_host

@@ -99,6 +99,29 @@ class HostInfo:
         return cls(**d)
 
 
+_SYSFS_CACHE_INDEX = {"1Data": "l1d", "2Unified": "l2", "3Unified": "l3"}
+
+
+def cache_sizes() -> dict[str, int]:
+    """cpu0's L1 data, L2 and L3 capacities in bytes from sysfs ({"l1d", "l2", "l3"}; a level
+    sysfs does not list is absent)."""
+    sizes: dict[str, int] = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        name = _SYSFS_CACHE_INDEX.get(level + kind)
+        if name and size.endswith("K"):
+            sizes[name] = int(size[:-1]) * 1024
+        elif name and size.endswith("M"):
+            sizes[name] = int(size[:-1]) * 1024 * 1024
+    return sizes
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -35,7 +35,8 @@ from numba.extending import intrinsic
 
 from . import _numba_config as cfg
 from ._simd_ir import _V8F32, _V8I32, _V16I16, _fmuladd, _pair_madd, make_f32_tile
-from .bench_harness import Case, HostInfo, default_cache_dir, host_info, measure_interleaved
+from .bench_harness import (Case, HostInfo, cache_sizes, default_cache_dir, host_info,
+                            measure_interleaved)
 
 _CHAINS = 12
 _F64 = ir.DoubleType()
@@ -304,9 +305,7 @@ def stream_gbs(threads: int = 1, array_bytes: int | None = None,
 
 def llc_bytes() -> int:
     """L2 + L3 of cpu0 from sysfs (the last-level capacity the cost model uses), bytes."""
-    from codesign.cost_models.host import _cache_sizes
-
-    sizes = _cache_sizes()
+    sizes = cache_sizes()
     return sizes.get("l2", 0) + sizes.get("l3", 0) or l3_bytes()
 
 

@@ -29,9 +29,10 @@ non-dense sparsity is not tuned: :func:`tune` answers the back-end default witho
 and :func:`tuned_tile` answers None. Tiles are tuned single-threaded (the GEMM drivers the
 benchmarks time are the serial ones); the same tile is used at any thread count.
 
-:func:`resolve_tile` / :func:`apply_tuned_tiles` are the search's hook: on ``--device host`` a
-GEMM op that leaves its tile free gets the tuned tile (cache lookup only, never a measurement),
-elsewhere or before tuning the back-end's default tile.
+:func:`tuned_tile` is what the search's hook
+(:mod:`codesign.cost_models.tile_resolution`) looks up: on ``--device host`` a GEMM op that leaves
+its tile free gets the tuned tile (cache lookup only, never a measurement), elsewhere or before
+tuning the back-end's default tile.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ import numpy as np
 
 from .specs import DENSE, QuantSpec, SparsityPattern, SparsitySpec, TileSpec
 
-if TYPE_CHECKING:  # numba-free at import: the search imports this module for resolve_tile
+if TYPE_CHECKING:  # numba-free at import: the search imports this module for tuned_tile
     from .bench_harness import BenchRecord, ResultCache
 
 DTYPES = ("fp32", "int8", "int4")
@@ -370,13 +371,19 @@ def _decision_record(shape: Shape, dtype: str, sparsity: SparsitySpec, best: "Be
                                created=time.time())
 
 
-def _backend_default() -> TileSpec:
+#: The tile a GEMM of these kernels runs with untuned, per ISA: 6x16 is the numba micro-kernel
+#: measured on AVX2, 8x12 the BLIS-style NEON shape. The ``codesign`` back-end's YAML states the
+#: same tiles as its ``default_tile`` (tests/test_tile_tuner.py checks that they agree).
+DEFAULT_TILES = {"x86-64": TileSpec(mc=72, nc=1024, kc=512, mr=6, nr=16),
+                 "aarch64": TileSpec(mc=64, nc=1020, kc=512, mr=8, nr=12)}
+
+
+def default_tile() -> TileSpec:
+    """This machine's entry of :data:`DEFAULT_TILES`."""
     import platform
 
-    from codesign.cost_models.backends import load_backend
-
     isa = "aarch64" if platform.machine().lower() in ("aarch64", "arm64") else "x86-64"
-    return load_backend("codesign").default_tile(isa)
+    return DEFAULT_TILES[isa]
 
 
 def tune(shape: Sequence[int], dtype: str = "fp32", sparsity: SparsitySpec = DENSE, *,
@@ -407,7 +414,7 @@ def tune(shape: Sequence[int], dtype: str = "fp32", sparsity: SparsitySpec = DEN
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    default = _backend_default()
+    default = default_tile()
     if sparsity.pattern is not SparsityPattern.DENSE:
         return TuneResult(shape, dtype, sparsity, default, (), 0)
     cache = _resolve_cache(cache)
@@ -472,7 +479,7 @@ def tuned_vs_fixed(shapes: Sequence[Sequence[int]], dtype: str = "fp32", *, quic
         "mixed"), ``per_shape`` rows and the settings.
     """
     shapes = [_shape(s) for s in shapes]
-    default = _backend_default()
+    default = default_tile()
     results = [tune(s, dtype, quick=quick, cache=cache) for s in shapes]
     measured = [r.measured > 0 for r in results]
     tuning = "measured" if all(measured) else ("cached" if not any(measured) else "mixed")
@@ -515,53 +522,6 @@ def tuned_vs_fixed(shapes: Sequence[Sequence[int]], dtype: str = "fp32", *, quic
                          "estimator": "best sample of interleaved rounds"}}
 
 
-# ------------------------------------------------------------------------------ search hook
-def resolve_tile(device, op, backend=None, *, cache: "ResultCache | None" = None
-                 ) -> TileSpec | None:
-    """The tile ``op`` runs with on ``device`` through ``backend`` (default: "codesign").
-
-    * Not a tiled GEMM (depthwise, element-wise, ...): None (no tile applies).
-    * The op chose a tile (``op.tile``): that tile.
-    * Back-end with fixed tiles, a device other than ``host``, or a sparse layer the back-end
-      accelerates (its kernel blocks by format): the back-end default tile for the ISA.
-    * ``host``: the tuned tile from the tuner cache (lookup only), else the back-end default.
-    """
-    from codesign.cost_models.backends import BackendSpec, load_backend
-    from codesign.cost_models.ir import GEMM_KINDS, OpKind
-
-    if op.kind not in GEMM_KINDS or op.kind is OpKind.DEPTHWISE_CONV2D:
-        return None
-    if op.tile is not None:
-        return op.tile
-    if not isinstance(backend, BackendSpec):
-        backend = load_backend(backend or "codesign")
-    default = backend.default_tile(device.cpu.isa)
-    if not backend.tiles_choosable or device.name != "host" or backend.accelerates(
-            op.kind, op.sparsity):
-        return default
-    return tuned_tile((op.m, op.n, op.k), kernel_dtype(op.quant), DENSE, cache=cache) or default
-
-
-def apply_tuned_tiles(ops: Sequence, device, backend=None, *,
-                      cache: "ResultCache | None" = None) -> list:
-    """``ops`` with every free GEMM tile (``op.tile is None``) set by :func:`resolve_tile`.
-
-    On devices other than ``host`` the list is returned unchanged (the analytic model already
-    prices a free tile at the back-end default), so the hook costs nothing there.
-    """
-    if device.name != "host":
-        return list(ops)
-    out = []
-    for op in ops:
-        if op.tile is None:
-            tile = resolve_tile(device, op, backend, cache=cache)
-            if tile is not None:
-                op = dataclasses.replace(op, tile=tile)
-        out.append(op)
-    return out
-
-
-# ------------------------------------------------------------------------------ micro-kernels
 def _micro_loop(tile):
     # the intrinsic is a closure constant of the loop numba compiles (one loop per tile)
     def loop(n, s, ap, bp, out):

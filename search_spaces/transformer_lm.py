@@ -438,7 +438,7 @@ def subnet_state_dict(params: Mapping[str, torch.Tensor], candidate: Candidate
     """``candidate``'s weights from the supernet ``params``: sliced, fp32, contiguous copies,
     with magnitude 2:4 masks baked into the FFN weights of every layer whose ``ffn_sparsity``
     is "2:4" (in every 4 consecutive input weights of an output row, the 2 largest kept)."""
-    from codesign.evaluation.pruning import sparsity_mask
+    from codesign.search_spaces.quant_numerics import sparsity_mask
     from codesign.search_spaces.transformer import SPARSITY_CHOICES
 
     out = {k: v.detach().float().contiguous().clone()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from codesign.cost_models import tile_calibration as tc
+from codesign.cost_models import tile_resolution as tr
 from codesign.cost_models.analytic import AnalyticCostModel
 from codesign.cost_models.backends import load_backend
 from codesign.cost_models.devices import load_device
@@ -117,27 +118,27 @@ def test_resolve_tile_falls_back_to_the_backend_default(tuned_cache, tmp_path):
     backend = load_backend("codesign")
     x86 = backend.default_tile("x86-64")
     empty = tt.tuner_cache(tmp_path)
-    assert tt.resolve_tile(host, _gemm(SHAPE), backend, cache=empty) == \
+    assert tr.resolve_tile(host, _gemm(SHAPE), backend, cache=empty) == \
         backend.default_tile(host.cpu.isa)
-    assert tt.resolve_tile(host, _gemm(SHAPE), backend, cache=cache) == res.best_tile
-    assert tt.resolve_tile(pixel, _gemm(SHAPE), backend, cache=cache) == \
+    assert tr.resolve_tile(host, _gemm(SHAPE), backend, cache=cache) == res.best_tile
+    assert tr.resolve_tile(pixel, _gemm(SHAPE), backend, cache=cache) == \
         backend.default_tile("aarch64")
     chosen = TileSpec(32, 256, 128, 4, 8)
-    assert tt.resolve_tile(host, _gemm(SHAPE, chosen), backend, cache=cache) == chosen
+    assert tr.resolve_tile(host, _gemm(SHAPE, chosen), backend, cache=cache) == chosen
     # accelerated sparsity blocks by format; depthwise has no tile; fixed-tile back-ends
-    assert tt.resolve_tile(host, _gemm(SHAPE, sparsity=two_four()), backend,
+    assert tr.resolve_tile(host, _gemm(SHAPE, sparsity=two_four()), backend,
                            cache=cache) == backend.default_tile(host.cpu.isa)
     dw = _gemm(SHAPE, kind=OpKind.DEPTHWISE_CONV2D)
-    assert tt.resolve_tile(host, dw, backend, cache=cache) is None
+    assert tr.resolve_tile(host, dw, backend, cache=cache) is None
     assert not load_backend("xnnpack").tiles_choosable
-    assert tt.resolve_tile(host, _gemm(SHAPE), "xnnpack", cache=cache) == \
+    assert tr.resolve_tile(host, _gemm(SHAPE), "xnnpack", cache=cache) == \
         load_backend("xnnpack").default_tile(host.cpu.isa)
     # an int8 layer of the same shape was not tuned: default
-    assert tt.resolve_tile(host, _gemm(SHAPE, quant=QuantSpec(8, 8)), backend,
+    assert tr.resolve_tile(host, _gemm(SHAPE, quant=QuantSpec(8, 8)), backend,
                            cache=cache) == backend.default_tile(host.cpu.isa)
     ops = [_gemm(SHAPE), dw, _gemm(SHAPE, chosen)]
-    assert tt.apply_tuned_tiles(ops, pixel, backend, cache=cache) == ops
-    filled = tt.apply_tuned_tiles(ops, host, backend, cache=cache)
+    assert tr.apply_tuned_tiles(ops, pixel, backend, cache=cache) == ops
+    filled = tr.apply_tuned_tiles(ops, host, backend, cache=cache)
     assert [op.tile for op in filled] == [res.best_tile, None, chosen]
     assert host.cpu.isa != "x86-64" or backend.default_tile(host.cpu.isa) == x86
 
@@ -198,3 +199,11 @@ def test_terms_json_round_trip(recorded_terms, tmp_path, monkeypatch):
     assert tc.terms_for(host, load_backend("xnnpack")) is None
     assert tc.terms_for(load_device("pixel8"), load_backend("codesign")) is None
     tc.load_terms.cache_clear()
+
+
+def test_kernels_default_tiles_are_the_codesign_backends():
+    """kernels/ owns its untuned tile per ISA (it imports nothing above it); the codesign
+    back-end's YAML describes the same kernels, so its default_tile must agree."""
+    backend = load_backend("codesign")
+    for isa, tile in tt.DEFAULT_TILES.items():
+        assert backend.default_tile(isa) == tile, isa

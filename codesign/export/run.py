@@ -240,7 +240,7 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
     from codesign.export.verify import check_outputs, program_accuracy
     from codesign.measure.host_runner import time_pte
     from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
-    from codesign.kernels.tile_tuner import apply_tuned_tiles, resolve_tile
+    from codesign.cost_models.tile_resolution import apply_tuned_tiles, resolve_tile
 
     trial = int(member["trial"])
     out.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,7 @@ def kernel_phases(run: TransformerRun, candidate, member: Mapping[str, Any]) -> 
     """``kernels.json`` of a codesign-back-end member: per phase, every kernel's contract
     (shape, precision, sparse format, tile, predicted latency; ``plan.kernel_spec``)."""
     from codesign.export.plan import kernel_spec
-    from codesign.kernels.tile_tuner import resolve_tile
+    from codesign.cost_models.tile_resolution import resolve_tile
 
     phases = {}
     for phase, key in (("decode", "layers"), ("prefill", "prefill_layers")):

@@ -1,0 +1,56 @@
+"""Imports flow one way: codesign -> search_spaces -> cost_models -> kernels (issue 17).
+
+Every import statement in the three lower packages, at module level or inside a function, is
+read from the source (ast), so an upward import hidden in a function body is caught too."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = {"kernels": 0, "cost_models": 1, "search_spaces": 2}  # everything else in codesign: 3
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of an absolute module name of this project, None for other packages."""
+    parts = module.split(".")
+    if parts[0] != "codesign":
+        return None
+    if len(parts) > 1 and parts[1] == "configs":
+        return None  # data: any layer may read it
+    return LAYERS.get(parts[1], 3) if len(parts) > 1 else 3
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module))
+            if node.module == "codesign":  # from codesign import x: x is the module
+                out += [(node.lineno, f"codesign.{a.name}") for a in node.names]
+    return out
+
+
+def upward_imports(package: str, root: Path = ROOT) -> list[str]:
+    mine = LAYERS[package]
+    found = []
+    for path in sorted((root / package).rglob("*.py")):
+        for line, module in imports(path):
+            layer = layer_of(module)
+            if layer is not None and layer > mine:
+                found.append(f"{path.relative_to(root)}:{line} imports {module}")
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_package_imports_a_higher_one(package):
+    assert upward_imports(package) == []
+
+
+def test_the_check_sees_an_import_inside_a_function(tmp_path):
+    pkg = tmp_path / "kernels"
+    pkg.mkdir()
+    (pkg / "x.py").write_text("def f():\n    from codesign.cost_models.ir import Op\n")
+    assert upward_imports("kernels", tmp_path) == ["kernels/x.py:2 imports codesign.cost_models.ir"]
