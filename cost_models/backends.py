@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from codesign.cost_models.devices import (CONFIG_DIR, DTYPES, ISAS, SpecError, Sourced, _Reader,
+from codesign.cost_models.devices import (CONFIG_DIR, DTYPES, ISAS, SpecError, Sourced, ConfigReader,
                                           load_yaml)
 from codesign.cost_models.ir import OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
 from codesign.kernels.specs import QuantSpec, SparsityPattern, SparsitySpec, TileSpec
@@ -140,7 +140,7 @@ class BackendSpec:
                                sparsity.pattern.value)
 
 
-def _parse_tile(r: _Reader) -> TileSpec:
+def _parse_tile(r: ConfigReader) -> TileSpec:
     try:
         return TileSpec(**{k: r.int(k) for k in ("mc", "nc", "kc", "mr", "nr")})
     except ValueError as exc:
@@ -150,7 +150,7 @@ def _parse_tile(r: _Reader) -> TileSpec:
 
 
 def parse_backend(data, path: str) -> BackendSpec:
-    r = _Reader(path, data)
+    r = ConfigReader(path, data)
     kinds = {k.value: k for k in OpKind}
     ops: dict[OpKind, OpCapability] = {}
     ops_r = r.sub("ops")
@@ -219,7 +219,7 @@ def parse_backend(data, path: str) -> BackendSpec:
     )
 
 
-def _error_devices(r: _Reader) -> tuple[str, ...]:
+def _error_devices(r: ConfigReader) -> tuple[str, ...]:
     """``analytic_error.devices``: the devices whose measurements the error comes from."""
     sub = r.sub("analytic_error", optional=True)
     if sub is None or "devices" not in sub.data:
@@ -230,14 +230,14 @@ def _error_devices(r: _Reader) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _int8_activations(r: _Reader) -> str:
+def _int8_activations(r: ConfigReader) -> str:
     value = r.data.get("int8_activations", "asymmetric")
     if value not in ("asymmetric", "symmetric"):
         raise r.error(f"expected asymmetric or symmetric, got {value!r}", "int8_activations")
     return value
 
 
-def _depthwise_limit(r: _Reader) -> dict:
+def _depthwise_limit(r: ConfigReader) -> dict:
     """The optional ``depthwise_large_kernel`` block: ``max_taps`` (sourced) and a per-dtype
     ``efficiency`` for depthwise layers with more taps than that."""
     if "depthwise_large_kernel" not in r.data:
@@ -250,7 +250,7 @@ def _depthwise_limit(r: _Reader) -> dict:
             "depthwise_large_kernel_efficiency": _dtype_efficiency(block.sub("efficiency"))}
 
 
-def _dtype_efficiency(r: _Reader) -> dict[str, Sourced]:
+def _dtype_efficiency(r: ConfigReader) -> dict[str, Sourced]:
     """A ``{DTYPE: sourced fraction of peak}`` block."""
     for d in r.data:
         if d not in DTYPES:
@@ -258,14 +258,14 @@ def _dtype_efficiency(r: _Reader) -> dict[str, Sourced]:
     return {d: r.sourced(d, maximum=1.0) for d in r.data}
 
 
-def _isa_efficiency(block: _Reader, isa: str) -> _Reader:
+def _isa_efficiency(block: ConfigReader, isa: str) -> ConfigReader:
     """``isa``'s ``efficiency`` block in a per-ISA ``{ISA: {efficiency: ...}}`` block."""
     if isa not in ISAS:
         raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
     return block.sub(isa).sub("efficiency")
 
 
-def _blockwise(r: _Reader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
+def _blockwise(r: ConfigReader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
     """The optional ``blockwise_weights: {ISA: {efficiency: {GROUP: {DTYPE: sourced}}}}``."""
     if "blockwise_weights" not in r.data:
         return None
@@ -281,7 +281,7 @@ def _blockwise(r: _Reader) -> dict[str, dict[int, dict[str, Sourced]]] | None:
     return out
 
 
-def _gemv(r: _Reader) -> dict[str, dict[str, Sourced]] | None:
+def _gemv(r: ConfigReader) -> dict[str, dict[str, Sourced]] | None:
     """The optional ``gemv: {ISA: {efficiency: {DTYPE: sourced}}}`` block."""
     if "gemv" not in r.data:
         return None
@@ -293,7 +293,7 @@ FUSED_ATTENTION_FIELDS = ("query_transposes", "kv_transposes", "cache_updates",
                           "cache_transposes")
 
 
-def _fused_attention(r: _Reader) -> dict[str, int] | None:
+def _fused_attention(r: ConfigReader) -> dict[str, int] | None:
     """The optional ``fused_attention`` block: per-layer counts of the layout ops the exported
     attention runs (each sourced); needs the ``attention`` op kind in the table."""
     if "fused_attention" not in r.data:

@@ -154,7 +154,7 @@ def _field(where: str, key: Any) -> str:
     return ".".join(str(p) for p in (where, key) if p not in (None, ""))
 
 
-class _Reader:
+class ConfigReader:
     """Reads fields of one YAML mapping, raising SpecError with file and dotted field path."""
 
     def __init__(self, path: str, data: Any, where: str = "") -> None:
@@ -167,12 +167,12 @@ class _Reader:
         at = _field(self.where, key) or "<top>"
         return SpecError(f"{self.path}: field '{at}': {message}")
 
-    def sub(self, key: str, *, optional: bool = False) -> "_Reader | None":
+    def sub(self, key: str, *, optional: bool = False) -> "ConfigReader | None":
         if key not in self.data or self.data[key] is None:
             if optional:
                 return None
             raise self.error("missing", key)
-        return _Reader(self.path, self.data[key], _field(self.where, key))
+        return ConfigReader(self.path, self.data[key], _field(self.where, key))
 
     def str(self, key: str, default: str | None = None) -> str:
         if key not in self.data:
@@ -214,7 +214,7 @@ class _Reader:
         raw = self.data[key]
         if not isinstance(raw, Mapping):
             raise self.error("expected {value: NUMBER, source: KIND, ref: TEXT}", key)
-        sub = _Reader(self.path, raw, _field(self.where, key))
+        sub = ConfigReader(self.path, raw, _field(self.where, key))
         value = raw.get("value")
         if isinstance(value, str):
             # YAML 1.1 reads "6.8e10" (no sign in the exponent) as text; accept it as a number.
@@ -239,7 +239,7 @@ class _Reader:
         return Sourced(float(value), source, ref)
 
 
-def _parse_cluster(r: _Reader) -> CoreCluster:
+def _parse_cluster(r: ConfigReader) -> CoreCluster:
     fpc = r.sub("flops_per_cycle")
     missing = [d for d in DTYPES if d not in fpc.data]
     if missing:
@@ -262,10 +262,10 @@ def _parse_cluster(r: _Reader) -> CoreCluster:
     )
 
 
-def _parse_cpu(r: _Reader) -> CpuSpec:
+def _parse_cpu(r: ConfigReader) -> CpuSpec:
     clusters = []
     for i, raw in enumerate(r.list("clusters")):
-        clusters.append(_parse_cluster(_Reader(r.path, raw, f"{r.where}.clusters[{i}]")))
+        clusters.append(_parse_cluster(ConfigReader(r.path, raw, f"{r.where}.clusters[{i}]")))
     names = [c.name for c in clusters]
     if len(set(names)) != len(names):
         raise r.error(f"cluster names must be unique, got {names}", "clusters")
@@ -279,7 +279,7 @@ def _parse_cpu(r: _Reader) -> CpuSpec:
     return CpuSpec(tuple(clusters), r.sourced("l3_bytes", positive=False), tuple(order), isa)
 
 
-def _parse_accelerator(r: _Reader | None) -> AcceleratorSpec | None:
+def _parse_accelerator(r: ConfigReader | None) -> AcceleratorSpec | None:
     if r is None:
         return None
     peaks = r.sub("peak_ops_per_s")
@@ -294,7 +294,7 @@ def parse_device(data: Any, path: str) -> DeviceSpec:
     """Build a DeviceSpec from parsed YAML; ``path`` is only used in messages and provenance."""
     from codesign.cost_models.backends import backend_names  # local: backends import this module
 
-    r = _Reader(path, data)
+    r = ConfigReader(path, data)
     mem = r.sub("memory")
     memory = MemorySpec(mem.sourced("dram_bytes_per_s"), mem.sourced("ram_bytes"),
                         mem.sourced("app_ram_fraction", maximum=1.0))

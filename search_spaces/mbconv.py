@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from optuna.distributions import CategoricalDistribution
 
 from codesign.cost_models.backends import BackendSpec, Precision
-from codesign.cost_models.devices import CONFIG_DIR, SpecError, _Reader, load_yaml
+from codesign.cost_models.devices import CONFIG_DIR, SpecError, ConfigReader, load_yaml
 from codesign.cost_models.ir import Op, OpBatch, OpKind
 from codesign.kernels.specs import DENSE, QuantSpec, TileSpec
 from codesign.search_spaces.base import SearchSpace
@@ -90,7 +90,7 @@ class MBConvConfig:
             min(self.head_widths))
 
 
-def _ints(r: _Reader, key: str, *, minimum: int = 1, multiple_of: int = 1) -> tuple[int, ...]:
+def _ints(r: ConfigReader, key: str, *, minimum: int = 1, multiple_of: int = 1) -> tuple[int, ...]:
     """A non-empty list of integers >= ``minimum`` (multiples of ``multiple_of``)."""
     values = r.list(key)
     for v in values:
@@ -100,7 +100,7 @@ def _ints(r: _Reader, key: str, *, minimum: int = 1, multiple_of: int = 1) -> tu
     return tuple(values)
 
 
-def _choices(r: _Reader, key: str, valid) -> tuple[str, ...]:
+def _choices(r: ConfigReader, key: str, valid) -> tuple[str, ...]:
     values = r.list(key)
     unknown = [v for v in values if not isinstance(v, str) or v not in valid]
     if unknown:
@@ -108,7 +108,7 @@ def _choices(r: _Reader, key: str, valid) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _precisions(r: _Reader, key: str) -> tuple[str, ...]:
+def _precisions(r: ConfigReader, key: str) -> tuple[str, ...]:
     values = r.list(key)
     for v in values:
         try:
@@ -122,10 +122,10 @@ def load_mbconv_config(path: Path | None = None) -> MBConvConfig:
     """Read and check a space file; every problem is a ``SpecError`` naming file and field."""
     path = Path(path or CONFIG_DIR / "spaces" / "mbconv.yaml")
     data, digest = load_yaml(path)
-    r = _Reader(str(path), data)
+    r = ConfigReader(str(path), data)
     stages = []
     for i, raw in enumerate(r.list("stages")):
-        st = _Reader(str(path), raw, f"stages[{i}]")
+        st = ConfigReader(str(path), raw, f"stages[{i}]")
         act = st.str("act")
         if act not in ACTIVATIONS:
             raise st.error(f"unknown {act!r}; valid: {', '.join(ACTIVATIONS)}", "act")

@@ -171,7 +171,9 @@ class Candidate:
 
 
 @functools.lru_cache(maxsize=256)
-def _quant(precision: str, group_size: int) -> QuantSpec:
+def quant_spec(precision: str, group_size: int) -> QuantSpec:
+    """The QuantSpec a decoder linear in ``precision`` (a back-end label, e.g. "w4a8-dyn") with
+    ``group_size`` is priced at; the group applies to sub-byte weights only."""
     p = Precision.parse(precision)
     return QuantSpec(p.weight_bits, p.act_bits, group_size if p.weight_bits < 8 else 0,
                      p.dynamic_act)
@@ -218,7 +220,7 @@ class TransformerSpace(SearchSpace):
         group = self.group_choices[0] if p.weight_bits < 8 and self.group_choices else 0
         if p.weight_bits < 8 and not group:
             return False
-        return self.backend.why_not(OpKind.LINEAR, _quant(precision, group), DENSE) is None
+        return self.backend.why_not(OpKind.LINEAR, quant_spec(precision, group), DENSE) is None
 
     def kv_bits(self, choice: LayerChoice) -> int:
         """Bits per K/V cache element: the layer's activation bits where the back-end runs
@@ -342,7 +344,7 @@ class TransformerSpace(SearchSpace):
         def linear(name, choice, rows, fin, fout, prev, *, sparse=False, fused=()):
             return add(Op(name, OpKind.LINEAR, (rows, fout), ((rows, fin),), m=rows, n=fout,
                           k=fin, flops=2.0 * rows * fout * fin, weight_elems=fin * fout,
-                          out_channels=fout, quant=_quant(choice.precision, choice.group_size),
+                          out_channels=fout, quant=quant_spec(choice.precision, choice.group_size),
                           sparsity=SPARSITY_CHOICES[choice.ffn_sparsity] if sparse else DENSE,
                           tile=tile, fused=fused, inputs=(prev,)))
 

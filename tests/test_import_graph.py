@@ -49,6 +49,32 @@ def test_no_package_imports_a_higher_one(package):
     assert upward_imports(package) == []
 
 
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "codesign":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "codesign"
+
+
+def private_imports_across_packages() -> list[str]:
+    """``from codesign.<other package>.x import _name``: a private name used outside its package."""
+    found = []
+    for package in (*LAYERS, "codesign"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                    continue
+                other = package_of(node.module)
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if other not in (None, package) and private:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module} {private}")
+    return found
+
+
+def test_no_private_name_is_imported_across_packages():
+    assert private_imports_across_packages() == []
+
+
 def test_the_check_sees_an_import_inside_a_function(tmp_path):
     pkg = tmp_path / "kernels"
     pkg.mkdir()

@@ -38,7 +38,7 @@ from codesign.evaluation.base import (BOOTSTRAP_RESAMPLES, AccuracyResult, Evalu
 from codesign.evaluation.fake_quant import fake_quant_per_token, quantize_weight
 from codesign.cost_models.backends import Precision
 from codesign.search_spaces.mbconv_supernet import TrainProgress
-from codesign.search_spaces.transformer import Candidate, TransformerSpace, _quant
+from codesign.search_spaces.transformer import Candidate, TransformerSpace, quant_spec
 from codesign.search_spaces.transformer_model import BLOCK_LINEARS
 
 LINEARS = tuple(BLOCK_LINEARS.values())  # a block's linears, module paths in layers.{i}
@@ -52,11 +52,11 @@ def quantized_state_dict(space: TransformerSpace, candidate: Candidate,
     embedding table."""
     out = dict(state_dict)
     for i, choice in enumerate(candidate.layers):
-        quant = _quant(choice.precision, choice.group_size)
+        quant = quant_spec(choice.precision, choice.group_size)
         for name in LINEARS:
             key = f"layers.{i}.{name}.weight"
             out[key] = quantize_weight(out[key], quant, symmetric_groups=True)
-    head = _quant(candidate.head.precision, candidate.head.group_size)
+    head = quant_spec(candidate.head.precision, candidate.head.group_size)
     out["output.weight"] = quantize_weight(out["tok_embeddings.weight"], head,
                                            symmetric_groups=True)
     return out
