@@ -26,7 +26,7 @@ def best_micro_rates(kernel: str, sessions: int = 3) -> dict[str, float]:
     """Per micro-tile, the best rate of ``sessions`` measurement sessions: a ceiling, and one
     session on a shared core can catch a tile at the all-core clock where the others ran at
     the boost clock (seen here: 4x16 at 96 in one session, 101-102 in the others)."""
-    from codesign.kernels.tile_tuner import measure_micro_rates
+    from codesign.kernels.tile_bench import measure_micro_rates
 
     runs = [measure_micro_rates(kernel) for _ in range(sessions)]
     return {t: max(r[t] for r in runs) for t in runs[0]}

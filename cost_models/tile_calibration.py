@@ -15,7 +15,7 @@ thread)::
       + c_b[nr] * K * N_pad                    packing B (fp32 only; int weights are pre-packed)
 
 ``R`` is **measured**, not fitted: each micro-kernel's rate on L1-resident panels
-(:func:`codesign.kernels.tile_tuner.measure_micro_rates`, best of three sessions). ``e1`` / ``e2``
+(:func:`codesign.kernels.tile_bench.measure_micro_rates`, best of three sessions). ``e1`` / ``e2``
 are the model's ``CacheTerms.l1_spill_efficiency`` / ``l2_spill_efficiency``, applied when the
 kc x (mr + nr) slivers overflow L1 or the mc x kc A block overflows L2. Fitted per kernel: the
 scale ``s``, one call cost per micro-tile (the per-micro-tile correction: calls dominate small-k

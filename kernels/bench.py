@@ -173,10 +173,10 @@ def tuned_vs_default_tile(shapes: Sequence[tuple[int, int, int]], quick: bool = 
     third, 4 shapes, tuned with the quick candidate set unless a tuning is cached). Value: median over
     the shapes of (time with the best single fixed tile over the set) / (time with the
     shape's tuned tile), both re-measured in a fresh interleaved run, one thread
-    (:func:`codesign.kernels.tile_tuner.tuned_vs_fixed`). The detail says whether the tuning was
+    (:func:`codesign.kernels.tile_bench.tuned_vs_fixed`). The detail says whether the tuning was
     read from the tuner cache or measured in this run.
     """
-    from .tile_tuner import tuned_vs_fixed
+    from .tile_bench import tuned_vs_fixed
 
     shapes = list(shapes)
     res = tuned_vs_fixed(shapes[2::5] if quick else shapes, "fp32", quick=quick)
