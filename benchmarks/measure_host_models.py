@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from benchmarks.host_models import MODELS, example_input  # noqa: E402
 from codesign.measure import (  # noqa: E402
     PRECISIONS,
-    HostInfo,
+    RuntimeHost,
     Measurement,
     lower_to_pte,
     run_pte,
@@ -134,7 +134,7 @@ def _write_csv(path: Path, lowered: list[_Lowered], args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = args.models or list(MODELS)
-    host = HostInfo.current()
+    host = RuntimeHost.current()
     print(f"host: {host.cpu_model}, {host.usable_cores}/{host.logical_cores} cores, torch {host.torch_version}, "
           f"executorch {host.executorch_version}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -189,11 +189,11 @@ class _Timer:
 
     def __init__(self, space, config: MeasureConfig, device) -> None:
         from codesign.cost_models.analytic import AnalyticCostModel
-        from codesign.measure.records import HostInfo
+        from codesign.measure.records import RuntimeHost
 
         self.space, self.config, self.device = space, config, device
         self.analytic = AnalyticCostModel(device, space.backend, threads=config.threads)
-        self.host = HostInfo.current()
+        self.host = RuntimeHost.current()
 
     def analytic_ms(self, candidate) -> float:
         from codesign.cost_models.ir import OpBatch

@@ -122,15 +122,22 @@ def cache_sizes() -> dict[str, int]:
     return sizes
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """CPU model string from ``/proc/cpuinfo``, falling back to ``platform``.
+
+    x86 kernels expose ``model name``; arm64 kernels often only expose ``Hardware`` /
+    ``Processor``, hence the ordered list of keys."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = ""
+    for key in ("model name", "hardware", "processor", "cpu model"):
+        for line in text.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip().lower() == key and value.strip() and not value.strip().isdigit():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _blas_description() -> str:
@@ -163,7 +170,7 @@ def host_info() -> HostInfo:
         env = tuple((k, os.environ[k]) for k in sorted(os.environ)
                     if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_")))
         _HOST = HostInfo(
-            cpu_model=_cpu_model(), llvm_cpu=llvm.get_host_cpu_name(), features=present,
+            cpu_model=cpu_model(), llvm_cpu=llvm.get_host_cpu_name(), features=present,
             features_digest=hashlib.sha256(flat.encode()).hexdigest()[:16],
             logical_cpus=os.cpu_count() or 1, machine=platform.machine(),
             system=platform.system(), python=platform.python_version(), numpy=np.__version__,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from codesign.measure.records import SCHEMA_VERSION, HostInfo, Measurement, summarize_samples
+from codesign.measure.records import SCHEMA_VERSION, RuntimeHost, Measurement, summarize_samples
 
 _SHAPE = (1, 3, 16, 16)
 
@@ -169,7 +169,7 @@ def test_time_pte_validates_arguments(fp32_pte: bytes, model_and_input) -> None:
 def _measurement(**overrides) -> Measurement:
     kwargs = dict(name="m", backend="xnnpack", precision="fp32", threads=2,
                   samples_s=[2e-3, 1e-3, 3e-3, 1.5e-3], first_run_s=5e-3, load_s=1e-2, n_warmup=3,
-                  host=HostInfo.current(), extra={"input_shapes": "1x3x32x32"})
+                  host=RuntimeHost.current(), extra={"input_shapes": "1x3x32x32"})
     kwargs.update(overrides)
     return Measurement.from_samples(**kwargs)
 
@@ -218,10 +218,10 @@ def test_measurement_from_dict_is_strict() -> None:
 
 
 def test_host_info_describes_this_machine() -> None:
-    host = HostInfo.current()
+    host = RuntimeHost.current()
     assert host.cpu_model and host.logical_cores >= 1 and 1 <= host.usable_cores <= host.logical_cores
     assert host.torch_version.split("+")[0] == torch.__version__.split("+")[0]
-    assert HostInfo.from_dict(host.to_dict()) == host
+    assert RuntimeHost.from_dict(host.to_dict()) == host
 
 
 def test_summarize_samples_single_value() -> None:
@@ -251,3 +251,10 @@ def test_zoo_is_large_deterministic_and_runs() -> None:
         assert torch.equal(a, b)
     with pytest.raises(KeyError, match="unknown model"):
         build("no_such_model")
+
+
+def test_runtime_and_kernel_host_records_name_the_cpu_alike():
+    """One /proc/cpuinfo reader (codesign.kernels.bench_harness.cpu_model) serves both records."""
+    from codesign.kernels.bench_harness import host_info
+
+    assert RuntimeHost.current().cpu_model == host_info().cpu_model != ""

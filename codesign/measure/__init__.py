@@ -18,7 +18,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "HostInfo": "records",
+    "RuntimeHost": "records",
     "Measurement": "records",
     "summarize_samples": "records",
     "PRECISIONS": "pte",

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from codesign.measure.pte import delegate_backends, quiet_imports
-from codesign.measure.records import HostInfo, Measurement
+from codesign.measure.records import RuntimeHost, Measurement
 
 __all__ = [
     "configure_threads",
@@ -230,7 +230,7 @@ def time_pte(
     precision: str = "unspecified",
     method: str = "forward",
     extra: Mapping[str, str] | None = None,
-    host: HostInfo | None = None,
+    host: RuntimeHost | None = None,
 ) -> Measurement:
     """Measure the latency of one method of a program on this host.
 
@@ -247,7 +247,7 @@ def time_pte(
         extra: Additional string metadata stored in the record; input shapes,
             program size, method and the 1-minute load average are added
             automatically.
-        host: Host description; :meth:`HostInfo.current` when omitted.
+        host: Host description; :meth:`RuntimeHost.current` when omitted.
 
     Returns:
         A :class:`Measurement` with latencies in seconds; ``backend`` is derived

@@ -27,9 +27,11 @@ from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from typing import Any
 
+from codesign.kernels.bench_harness import cpu_model
+
 __all__ = [
     "SCHEMA_VERSION",
-    "HostInfo",
+    "RuntimeHost",
     "Measurement",
     "summarize_samples",
 ]
@@ -46,25 +48,6 @@ def _package_version(name: str) -> str:
         return "absent"
 
 
-def _cpu_model() -> str:
-    """CPU model string from ``/proc/cpuinfo``, falling back to ``platform``.
-
-    x86 kernels expose ``model name``; arm64 kernels often only expose
-    ``Hardware``/``CPU part``, hence the ordered list of keys.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        text = ""
-    for key in ("model name", "Hardware", "Processor", "cpu model"):
-        for line in text.splitlines():
-            head, sep, value = line.partition(":")
-            if sep and head.strip() == key and value.strip():
-                return value.strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def _usable_cores() -> int:
     """Cores this process may run on (respects affinity masks / cgroups cpusets)."""
     try:
@@ -74,7 +57,7 @@ def _usable_cores() -> int:
 
 
 @dataclass(frozen=True)
-class HostInfo:
+class RuntimeHost:
     """Where a measurement was taken.
 
     Attributes:
@@ -100,10 +83,10 @@ class HostInfo:
     torchao_version: str
 
     @classmethod
-    def current(cls) -> HostInfo:
+    def current(cls) -> RuntimeHost:
         """Describe the machine and environment running this process."""
         return cls(
-            cpu_model=_cpu_model(),
+            cpu_model=cpu_model(),
             logical_cores=os.cpu_count() or 1,
             usable_cores=_usable_cores(),
             machine=platform.machine(),
@@ -119,7 +102,7 @@ class HostInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HostInfo:
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeHost:
         """Inverse of :meth:`to_dict`.
 
         Raises:
@@ -234,7 +217,7 @@ class Measurement:
     n_warmup: int
     n_repeats: int
     samples_s: tuple[float, ...]
-    host: HostInfo
+    host: RuntimeHost
     extra: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -278,7 +261,7 @@ class Measurement:
         first_run_s: float,
         load_s: float,
         n_warmup: int,
-        host: HostInfo | None = None,
+        host: RuntimeHost | None = None,
         extra: Mapping[str, str] | None = None,
     ) -> Measurement:
         """Build a record from raw timed samples.
@@ -292,7 +275,7 @@ class Measurement:
             first_run_s: First-execution latency in seconds.
             load_s: Program + method load time in seconds.
             n_warmup: Number of untimed warm-up iterations that were run.
-            host: Host description; defaults to :meth:`HostInfo.current`.
+            host: Host description; defaults to :meth:`RuntimeHost.current`.
             extra: Additional string metadata.
 
         Returns:
@@ -314,7 +297,7 @@ class Measurement:
             n_warmup=n_warmup,
             n_repeats=len(samples_s),
             samples_s=tuple(samples_s),
-            host=host if host is not None else HostInfo.current(),
+            host=host if host is not None else RuntimeHost.current(),
             extra=tuple((extra or {}).items()),
         )
 
@@ -351,7 +334,7 @@ class Measurement:
         if version != SCHEMA_VERSION:
             raise ValueError(f"unsupported Measurement schema_version {version!r}; expected {SCHEMA_VERSION}")
         kwargs = _checked_kwargs(cls, data, skip=("schema_version",))
-        kwargs["host"] = HostInfo.from_dict(kwargs["host"])
+        kwargs["host"] = RuntimeHost.from_dict(kwargs["host"])
         kwargs["samples_s"] = tuple(kwargs["samples_s"])
         kwargs["extra"] = tuple(dict(kwargs["extra"]).items())
         return cls(**kwargs)
