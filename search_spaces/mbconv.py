@@ -59,6 +59,9 @@ class MBConvConfig:
     tiles: Mapping[str, TileSpec]
     seed: int
     sha256: str = ""
+    # the data the supernet trains and is scored on: a built-in task or a user's MODULE:FACTORY
+    # (mbconv_training.config_for_task shapes the input and classifier to it)
+    task: str = "digits"
 
     @property
     def total_stride(self) -> int:

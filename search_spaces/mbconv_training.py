@@ -31,7 +31,7 @@ from codesign.search_spaces.mbconv import MBConvConfig, units
 from codesign.search_spaces.mbconv_qat import sample_unit_formats, train_format
 from codesign.search_spaces.mbconv_supernet import (MBConvSupernet, TrainProgress, cache_dir,
                                                     sample_arch, save_atomic)
-from codesign.search_spaces.tasks import load_task
+from codesign.search_spaces.tasks import TaskError, is_user_task, load_task, task_digest, user_task
 
 CACHE_FORMAT = 3  # bump when the parameter layout or the training procedure changes
 WEIGHTS_DIR = CONFIG_DIR / "weights"  # in a checkout, the repository's configs/weights
@@ -87,9 +87,35 @@ def format_menu(train: TrainConfig) -> dict[str, tuple]:
             "linear": tuple(train_format(label) for label in train.linear_formats)}
 
 
+def config_for_task(config: MBConvConfig, task: str) -> MBConvConfig:
+    """``config`` shaped to the user task ``task`` (MODULE:FACTORY): its images' channels and
+    resolution are the input that is trained, scored and priced (deploy = eval shape: the data
+    has one resolution), its class count the classifier's. TaskError when the network cannot
+    take the images: below the total stride the last stage would see padding only."""
+    c, h, w = user_task(task).image_shape
+    if min(h, w) < config.total_stride:
+        raise TaskError(f"{h}x{w} images are smaller than space {config.name}'s total stride "
+                        f"{config.total_stride}: it needs H and W >= {config.total_stride}")
+    shape = (1, c, h, w)
+    return dataclasses.replace(config, num_classes=user_task(task).num_classes, task=task,
+                               deploy_input_shape=shape, eval_input_shape=shape)
+
+
+def train_config_for(task: str, base: TrainConfig | None = None) -> TrainConfig:
+    """The training config on ``task``: ``base`` with its task set, or (no ``base``) the
+    defaults with a user task's own ``training`` overrides (``TaskSplits.training``)."""
+    if base is not None:
+        return base if base.task == task else dataclasses.replace(base, task=task)
+    overrides = dict(user_task(task).training) if is_user_task(task) else {}
+    return TrainConfig(**{**overrides, "task": task})
+
+
 def cache_key(config: MBConvConfig, seed: int, train: TrainConfig) -> str:
+    fields = dataclasses.asdict(train)
+    if is_user_task(train.task):  # keyed by the data itself, not by where its factory lives
+        fields["task"] = "sha256:" + task_digest(train.task)
     payload = {"format": CACHE_FORMAT, "network": training_digest(config), "seed": int(seed),
-               "train": dataclasses.asdict(train)}
+               "train": fields}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -148,6 +174,9 @@ def train_supernet(config: MBConvConfig, seed: int = 0, train: TrainConfig | Non
     global RNG state is left untouched.
     """
     train = train or TrainConfig()
+    if train.task != config.task:
+        raise ValueError(f"training on task {train.task!r}, but space {config.name} is shaped "
+                         f"for {config.task!r}")
     data = load_task(train.task, tuple(config.eval_input_shape[2:]), seed)
     if data.num_classes != config.num_classes:
         raise ValueError(f"task {train.task} has {data.num_classes} classes, space "
@@ -257,7 +286,7 @@ def get_trained_supernet(config: MBConvConfig, seed: int = 0, *,
                          progress: Callable[[TrainProgress], None] | None = None
                          ) -> MBConvSupernet:
     """The trained supernet for (config, seed, train): from the user cache, from the weights
-    the repository ships, or trained now (and cached).
+    the repository ships (the built-in task only), or trained now (and cached).
 
     The cache file is written to a private temporary file and moved into place with
     ``os.replace``, so a crash never leaves a half-written entry and two processes training at
@@ -266,7 +295,9 @@ def get_trained_supernet(config: MBConvConfig, seed: int = 0, *,
     """
     train = train or TrainConfig()
     path = cache_path(config, seed, train)
-    for source in (path, shipped_path(config, seed, train)):
+    # the shipped weights are the built-in task's; a user's data trains on first use
+    sources = (path,) if is_user_task(train.task) else (path, shipped_path(config, seed, train))
+    for source in sources:
         if not source.is_file():
             continue
         try:

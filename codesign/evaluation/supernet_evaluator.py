@@ -35,7 +35,8 @@ from codesign.evaluation.pruning import prune_to_ops
 from codesign.search_spaces.mbconv import Candidate, MBConvConfig, MBConvSpace
 from codesign.search_spaces.mbconv_supernet import (MBConvSubnet, MBConvSupernet, TrainProgress,
                                                     check_arch, extract_subnet)
-from codesign.search_spaces.mbconv_training import TrainConfig, cache_key, get_trained_supernet
+from codesign.search_spaces.mbconv_training import (TrainConfig, cache_key, get_trained_supernet,
+                                                     train_config_for)
 from codesign.search_spaces.tasks import TaskData, load_task, reference_model
 
 
@@ -49,7 +50,9 @@ class SupernetEvaluator(Evaluator):
             (the search's ``--seed`` seeds its sampler only, never the data or the weights).
         calib_images: training images in the single calibration batch (BN + activation ranges).
         eval_batch: images per forward pass when scoring a split (bounds memory).
-        train: supernet training hyperparameters (None: ``TrainConfig()``, the cached default).
+        train: supernet training hyperparameters (None: ``TrainConfig()``, the cached default;
+            for a user task, with its own overrides). The data is always the space's task
+            (``space.config.task``): a ``train`` naming another is set to it.
         progress: called with ``TrainProgress`` while the supernet trains or loads (not pickled).
         cache_size: prepared (calibrated, quantized) candidates kept in memory, so scoring one
             candidate on val then test calibrates once.
@@ -69,7 +72,7 @@ class SupernetEvaluator(Evaluator):
         self.seed = int(space.config.seed if seed is None else seed)
         self.calib_images = int(calib_images)
         self.eval_batch = int(eval_batch)
-        self.train = train or TrainConfig()
+        self.train = train_config_for(space.config.task, train)
         self.progress = progress
         self.cache_size = int(cache_size)
         self.finetuned_dir = Path(finetuned_dir) if finetuned_dir is not None else None
