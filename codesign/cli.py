@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--min-accuracy", default=None,
                    help="accuracy floor in [0, 1], a constraint like the budget (default: the "
-                        "built-in task's reference model's val accuracy)")
+                        "task's reference model's val accuracy)")
     s.add_argument("--max-formats", default="3",
                    help="distinct (weight bits, activation bits, sparsity) formats per member "
                         "(default 3)")
@@ -96,6 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-steps", default=None,
                    help="QAT fine-tune steps for each front member (default: "
                         f"{DEFAULT_FINETUNE_STEPS} with the built-in evaluator, 0 with --evaluator)")
+    s.add_argument("--task", default=None, help="MODULE:FACTORY returning your data as a "
+                   "codesign.search_spaces.tasks.TaskSplits (default: the built-in digits)")
 
     c = sub.add_parser("calibrate", help="fit the learned cost model for a device from measurements",
                        description="Fit the learned model for --target from N sampled rows (plus "
@@ -297,7 +299,7 @@ def _cmd_search(args) -> int:
         baseline=Path(args.baseline) if args.baseline else None,
         out=Path(args.out) if args.out else None,
         resume=Path(args.resume) if args.resume else None, ttft_budget_s=ttft_budget,
-        min_accuracy=min_accuracy,
+        min_accuracy=min_accuracy, task=args.task,
         finetune_steps=(_int_arg(args.finetune_steps, "--finetune-steps", 0)
                         if args.finetune_steps is not None
                         else 0 if args.evaluator else DEFAULT_FINETUNE_STEPS),

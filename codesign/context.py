@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from codesign.evaluation.base import metric_keys, metric_of
+from codesign.task_option import bind_task, check_evaluator, identity_fields
 from codesign.userinput import BadInput, load_reference
 from codesign.cost_models.analytic import AnalyticCostModel
 from codesign.cost_models.backends import BackendSpec, backend_for
@@ -198,6 +199,7 @@ class SearchContext:
     # the accuracy floor (a constraint like the budget) and the reference model it came from
     min_accuracy: float | None = None
     reference: dict[str, Any] | None = None
+    task: Any = None  # --task: the user's data (codesign.search_spaces.tasks.UserTask)
     _models: dict[int, AnalyticCostModel] = field(default_factory=dict, repr=False)
 
     def cost_model(self, threads: int) -> AnalyticCostModel:
@@ -232,6 +234,7 @@ class SearchContext:
                 "eval_input_shape": list(self.space.eval_input_shape),
                 **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
                 **({"min_accuracy": self.min_accuracy} if self.min_accuracy is not None else {}),
+                **identity_fields(self.task),
                 **(self.learned.provenance() if self.learned is not None else {}),
                 "cache_dir": str(cache_dir()),
                 "options": study_options(config, self.baseline_params)}
@@ -399,6 +402,8 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     space = load_space(config.space, backend, device,
                        (learned.threads,) if learned is not None else None,
                        max_formats=getattr(config, "max_formats", 3))
+    check_evaluator(getattr(config, "task", None), config.evaluator)
+    space, task = bind_task(space, getattr(config, "task", None))
     ttft_budget_s = getattr(config, "ttft_budget_s", None)
     if ttft_budget_s is not None and type(space).prefill_ops is SearchSpace.prefill_ops:
         raise BadInput(f"--ttft-budget: space {space.name!r} has no prefill phase (it applies "
@@ -418,5 +423,5 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     if min_accuracy is None and reference is not None:
         min_accuracy = reference["accuracy"]
     return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
-                         baseline, learned, ttft_budget_s, min_accuracy, reference)
+                         baseline, learned, ttft_budget_s, min_accuracy, reference, task)
 

@@ -195,6 +195,18 @@ def floor_note(pareto: dict[str, Any]) -> str:
     return line
 
 
+def task_note(pareto: dict[str, Any]) -> str | None:
+    """Which data a ``--task`` run trained and scored on (None: the built-in task)."""
+    task = pareto.get("task")
+    if not task:
+        return None
+    n = task.get("n", {})
+    return (f"task: {task['name']} ({task['ref']}): {task['num_classes']} classes, "
+            f"{'x'.join(map(str, task['image_shape']))} images, "
+            f"{'/'.join(str(n.get(k, '?')) for k in ('train', 'val', 'test'))} "
+            f"train/val/test, data sha256 {task['sha256'][:12]}")
+
+
 def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | None = None) -> str:
     """The end-of-run table: one row per front member, the baseline marked. A space with a
     prefill phase and a RAM check (transformer) adds time to first token and resident bytes;
@@ -255,6 +267,9 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     floor = floor_note(pareto)
     if floor:
         lines.insert(1, floor)
+    task = task_note(pareto)
+    if task:
+        lines.insert(1, task)
     if base is not None:
         lines.append(f"baseline (trial {base['trial']}): val {short} {base[keys['value']]:.3f}, "
                      f"{base['latency_s'] * 1e3:.2f} ms, {base['model_bytes'] / 1e6:.2f} MB"

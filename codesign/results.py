@@ -139,6 +139,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
             "versions": versions(), "seed": config.seed, "sampler": config.sampler,
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
+        **({"task": identity["task"]} if "task" in identity else {}),  # --task: the user's data
         "reference": getattr(context, "reference", None),
         "min_accuracy": getattr(context, "min_accuracy", None),
         "max_formats": getattr(context.space, "max_formats", None),

@@ -33,7 +33,7 @@ STUDY_NAME = "codesign"
 # What must match for --resume to continue a study: anything else would mix incomparable trials.
 # So must every option in the identity's "options" (context.study_options).
 IDENTITY_KEYS = ("device", "device_sha256", "backend", "budget_s", "space", "space_sha256",
-                 "cost_model", "cost_model_sha256")
+                 "cost_model", "cost_model_sha256", "task_sha256")
 # The options a run made before run.json had "options" recorded at its top level.
 _LEGACY_OPTIONS = ("seed", "sampler", "evaluator")
 # Only one driver writes a journal, and each write holds the lock for milliseconds: a lock older

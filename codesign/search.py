@@ -66,6 +66,7 @@ class SearchConfig:
     max_formats: int = 3  # distinct (weight bits, activation bits, sparsity) formats per member
     finetune_steps: int = 0  # a QAT fine-tune of each front member (evaluators that can)
     predictor_trials: int | None = None  # None: a fifth of the trials (see predictor_trials)
+    task: str | None = None  # MODULE:FACTORY of the user's data (None: the built-in digits)
 
 
 @dataclass

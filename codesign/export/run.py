@@ -198,6 +198,9 @@ class _Run(RunSpecs):
             if not hasattr(space, "config"):
                 raise BadInput(f"{run_dir}: space {identity['space']!r} has no trained weights "
                                "to export (export supports the built-in mbconv space)")
+            from codesign.task_option import bind_run_task
+
+            space = bind_run_task(run_dir, identity, space)  # --task: the same data again
             from codesign.evaluation.supernet_evaluator import SupernetEvaluator
 
             evaluator = SupernetEvaluator(space)  # the space file's seed, as the search used
