@@ -134,6 +134,15 @@ class MemorySpec:
 
 @dataclass(frozen=True)
 class DeviceSpec:
+    """A device as its YAML file states it.
+
+    ``is_this_machine``: the spec describes the machine the code runs on (its file says
+    ``detect: host``, so the fields are read off /proc and /sys). Only there can a program be
+    timed, a kernel tile tuned by measurement or a cache read curve measured, so every such step
+    asks this field, never the device's name: a user's YAML with ``detect: host`` is this machine
+    too.
+    """
+
     name: str
     display_name: str
     soc: str
@@ -146,6 +155,12 @@ class DeviceSpec:
     notes: str = ""
     path: str = ""
     sha256: str = field(default="", compare=False)
+    is_this_machine: bool = False
+
+    @property
+    def tunes_tiles(self) -> bool:
+        """Free GEMM tiles are resolved by the tile tuner's measurements (this machine only)."""
+        return self.is_this_machine
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -352,9 +367,11 @@ def load_device(name_or_path: str) -> DeviceSpec:
             raise SpecError(f"unknown device {name_or_path!r}; valid: "
                             f"{', '.join(catalog_names())} (or a path to a device YAML file)")
     data, digest = load_yaml(path)
-    if isinstance(data, Mapping) and data.get("detect") == "host":
+    detected = isinstance(data, Mapping) and data.get("detect") == "host"
+    if detected:
         from codesign.cost_models.host import detect_host_fields
         data = detect_host_fields(data, path=str(path))
     spec = parse_device(data, str(path))
     object.__setattr__(spec, "sha256", digest)
+    object.__setattr__(spec, "is_this_machine", detected)
     return spec

@@ -139,7 +139,7 @@ def cache_read_curve(device) -> tuple[tuple[float, float], ...] | None:
     bytes: one thread re-reading an array of that size (``codesign.kernels.host_probe.read_sweep``,
     stored by ``python -m codesign.kernels.host_probe``). None for any other device (a catalog
     device keeps the cache bandwidth its spec implies) or when this host's profile has no sweep."""
-    if getattr(device, "name", None) != "host":
+    if not getattr(device, "is_this_machine", False):
         return None
     profile = _measured_profile()
     if profile is None or not profile.read_sweep_gbs_1t:

@@ -300,8 +300,9 @@ def load_terms(path: str) -> TileTerms | None:
 
 def terms_for(device, backend) -> TileTerms | None:
     """The calibrated terms the analytic model uses for ``device`` / ``backend``: this host's
-    file when the device is ``host`` and the back-end ``codesign``, else None."""
-    if getattr(device, "name", None) != "host" or getattr(backend, "name", None) != "codesign":
+    file when the device is this machine and the back-end tunes its tiles (``codesign``), else
+    None."""
+    if not getattr(device, "tunes_tiles", False) or not getattr(backend, "tiles_choosable", False):
         return None
     from codesign.kernels.tile_tuner import kernel_host
 

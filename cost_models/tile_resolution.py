@@ -25,9 +25,10 @@ def resolve_tile(device, op, backend=None, *, cache: "ResultCache | None" = None
 
     * Not a tiled GEMM (depthwise, element-wise, ...): None (no tile applies).
     * The op chose a tile (``op.tile``): that tile.
-    * Back-end with fixed tiles, a device other than ``host``, or a sparse layer the back-end
-      accelerates (its kernel blocks by format): the back-end default tile for the ISA.
-    * ``host``: the tuned tile from the tuner cache (lookup only), else the back-end default.
+    * Back-end with fixed tiles, a device whose tiles are not tuned here (``device.tunes_tiles``
+      False: not this machine), or a sparse layer the back-end accelerates (its kernel blocks by
+      format): the back-end default tile for the ISA.
+    * This machine: the tuned tile from the tuner cache (lookup only), else the back-end default.
     """
     if op.kind not in GEMM_KINDS or op.kind is OpKind.DEPTHWISE_CONV2D:
         return None
@@ -36,7 +37,7 @@ def resolve_tile(device, op, backend=None, *, cache: "ResultCache | None" = None
     if not isinstance(backend, BackendSpec):
         backend = load_backend(backend or "codesign")
     default = backend.default_tile(device.cpu.isa)
-    if not backend.tiles_choosable or device.name != "host" or backend.accelerates(
+    if not backend.tiles_choosable or not device.tunes_tiles or backend.accelerates(
             op.kind, op.sparsity):
         return default
     return tuned_tile((op.m, op.n, op.k), kernel_dtype(op.quant), DENSE, cache=cache) or default
@@ -46,10 +47,11 @@ def apply_tuned_tiles(ops: Sequence, device, backend=None, *,
                       cache: "ResultCache | None" = None) -> list:
     """``ops`` with every free GEMM tile (``op.tile is None``) set by :func:`resolve_tile`.
 
-    On devices other than ``host`` the list is returned unchanged (the analytic model already
-    prices a free tile at the back-end default), so the hook costs nothing there.
+    On devices whose tiles are not tuned here (``device.tunes_tiles`` False) the list is returned
+    unchanged (the analytic model already prices a free tile at the back-end default), so the
+    hook costs nothing there.
     """
-    if device.name != "host":
+    if not device.tunes_tiles:
         return list(ops)
     out = []
     for op in ops:
