@@ -57,17 +57,17 @@ class SpaceReader:
 
 
 # The lowerings' lru_caches are bypassed (``__wrapped__``): a table's rows are lowered once each.
-def _nasbench201() -> SpaceReader:
+def nasbench201_reader() -> SpaceReader:
     from codesign.search_spaces import nasbench201
     return SpaceReader("arch_str", nasbench201.parse_arch_str, nasbench201.lower_arch.__wrapped__)
 
 
-def _fbnet() -> SpaceReader:
+def fbnet_reader() -> SpaceReader:
     from codesign.search_spaces import fbnet
     return SpaceReader("ops", fbnet.parse_ops, fbnet.lower_arch.__wrapped__)
 
 
-def _mbconv() -> SpaceReader:
+def mbconv_reader() -> SpaceReader:
     from codesign.cost_models.backends import load_backend
     from codesign.search_spaces.mbconv import MBConvSpace
 
@@ -85,8 +85,19 @@ def _mbconv() -> SpaceReader:
     return SpaceReader("params", parse, space.to_ops)
 
 
-SPACES: dict[str, Callable[[], SpaceReader]] = {
-    "nasbench201": _nasbench201, "fbnet": _fbnet, "mbconv": _mbconv}
+
+def space_reader(space: str) -> SpaceReader:
+    """The measurement reader of the registered space ``space`` (``SpaceEntry.reader``).
+
+    Raises:
+        BadInput: no registered space of that name reads measurements.
+    """
+    from codesign.registry import SPACES
+
+    readable = [name for name, entry in SPACES.items() if entry.reader is not None]
+    if space not in readable:
+        raise BadInput(f"unknown --space {space!r}; valid: {', '.join(readable)}")
+    return SPACES.get(space).reader()
 
 
 @dataclass(frozen=True)
@@ -125,9 +136,7 @@ def read_measurements(space: str, path: Path, *,
             wrong number of fields, an unparsable architecture or a latency that is not a
             positive number (naming the line and column).
     """
-    if space not in SPACES:
-        raise BadInput(f"unknown --space {space!r}; valid: {', '.join(SPACES)}")
-    reader = SPACES[space]()
+    reader = space_reader(space)
     path = Path(path)
     try:
         with path.open(newline="") as fh:
@@ -335,5 +344,5 @@ def calibrate(space: str, measurements: Path, target: str, prior_columns: list[s
 
 
 __all__ = ["calibrate", "read_measurements", "fit_and_score", "metrics", "split_rows",
-           "resolve_columns", "MeasurementTable", "SPACES", "NEAR_ZERO_FRACTION", "KINDS",
+           "resolve_columns", "MeasurementTable", "space_reader", "NEAR_ZERO_FRACTION", "KINDS",
            "feature_config"]

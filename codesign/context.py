@@ -25,7 +25,6 @@ from codesign.cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
 from codesign.kernels.cache_paths import cache_dir
 from codesign.search_spaces.base import SearchSpace
 
-BUILTIN_SPACES = ("mbconv", "nasbench201", "fbnet", "transformer")
 # SearchConfig fields a --resume may change: how long, how wide and where the study runs, not
 # what it is. Every other field is in the study's fingerprint (run.json "options"), so a field
 # added to SearchConfig is checked on resume without further code.
@@ -105,26 +104,14 @@ def load_space(ref: str, backend: BackendSpec, device: DeviceSpec,
     """The space ``ref``; ``threads`` fixes the MBConv thread choices (a learned cost model
     prices the thread count it was measured at, nothing else); ``max_formats`` bounds the
     formats of an MBConv member."""
-    if ref == "mbconv":
-        from codesign.search_spaces.mbconv import MBConvSpace
+    from codesign.registry import SPACES
 
-        return MBConvSpace(backend, threads_choices=threads or threads_choices(device, backend),
-                           max_formats=max_formats)
-    if ref == "nasbench201":
-        from codesign.search_spaces.nasbench201 import NASBench201Space
-
-        return NASBench201Space(backend)
-    if ref == "fbnet":
-        from codesign.search_spaces.fbnet import FBNetSpace
-
-        return FBNetSpace(backend)
-    if ref == "transformer":
-        from codesign.search_spaces.transformer import TransformerSpace
-
-        return TransformerSpace(backend,
-                                threads_choices=threads or threads_choices(device, backend))
+    if ref in SPACES:  # a built-in or a plug-in's entry point (codesign.registry)
+        space = SPACES.get(ref).build(backend, device, threads, max_formats)
+        space.name = ref  # what run.json records and --resume / export load again
+        return space
     if ":" not in ref:
-        raise BadInput(f"unknown --space {ref!r}; valid: {', '.join(BUILTIN_SPACES)} "
+        raise BadInput(f"unknown --space {ref!r}; valid: {', '.join(SPACES.names())} "
                        "or MODULE:FACTORY")
     factory = load_reference(ref, "--space")
     try:
@@ -153,19 +140,12 @@ def load_evaluator(ref: str | None, space: SearchSpace, seed: int, *,
     def progress(label: str):
         return None if progress_bar is None else TrainingProgress(label, bar=progress_bar)
 
-    from codesign.search_spaces.mbconv import MBConvSpace
+    # the space's registered default (codesign.registry), by its entry, not its class
+    from codesign.registry import EVALUATORS, entry_of
 
-    if isinstance(space, MBConvSpace):
-        from codesign.evaluation.supernet_evaluator import SupernetEvaluator
-
-        # the space file's seed: --seed seeds the sampler only
-        return SupernetEvaluator(space, progress=progress("MBConv supernet training"))
-    from codesign.search_spaces.transformer import TransformerSpace
-
-    if isinstance(space, TransformerSpace):
-        from codesign.evaluation.perplexity import PerplexityEvaluator
-
-        return PerplexityEvaluator(space, seed=seed, progress=progress("LM supernet training"))
+    entry = entry_of(space)
+    if entry is not None and entry.evaluator is not None:
+        return EVALUATORS.get(entry.evaluator)(space, seed=seed, progress=progress)
     raise BadInput(f"space {space.name!r} has no built-in evaluator; pass --evaluator MODULE:FUNC")
 
 

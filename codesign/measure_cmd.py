@@ -71,15 +71,16 @@ class MeasureConfig:
 
 
 def load_measure_space(ref: str, backend_name: str, threads: int, device: Any = None):
-    """The MBConv space ``ref`` (``mbconv`` or ``MODULE:FACTORY``) for ``backend_name``, its
+    """The space ``ref`` (a registered name or ``MODULE:FACTORY``) for ``backend_name``, its
     thread choice fixed to ``threads`` (what is timed is what the params say).
 
     Raises:
         BadInput: unknown back-end or space, or a space whose candidates cannot be built as
-            torch modules (only the MBConv family can).
+            torch modules (a registered ``SpaceEntry.timed``: the MBConv family).
     """
+    from codesign.context import load_space
     from codesign.cost_models.backends import backend_for, load_backend
-    from codesign.search_spaces.mbconv import MBConvSpace
+    from codesign.registry import SPACES, entry_of
 
     if backend_name not in BACKENDS:
         raise BadInput(f"--backend {backend_name!r}: measured programs run on ExecuTorch, whose "
@@ -87,20 +88,17 @@ def load_measure_space(ref: str, backend_name: str, threads: int, device: Any = 
                        "are not ExecuTorch programs)")
     backend = backend_for(device, backend_name) if device is not None else \
         load_backend(backend_name)
-    if ref == "mbconv":
-        return MBConvSpace(backend, threads_choices=(threads,))
-    if ref in ("nasbench201", "fbnet"):
+    timed = [name for name, entry in SPACES.items() if entry.timed is not None]
+    if ":" not in ref and ref not in SPACES:
+        raise BadInput(f"unknown --space {ref!r}; valid: {', '.join(timed)} or MODULE:FACTORY")
+    space = load_space(ref, backend, device, (threads,))
+    # the space's registered program builder (codesign.registry), found by its entry
+    entry = entry_of(space)
+    if entry is None or entry.timed is None:
         raise BadInput(f"--space {ref}: its candidates have no torch module builder here; "
-                       "measure supports mbconv or MODULE:FACTORY returning an MBConvSpace")
-    if ":" not in ref:
-        raise BadInput(f"unknown --space {ref!r}; valid: mbconv or MODULE:FACTORY")
-    from codesign.userinput import load_reference
-
-    space = load_reference(ref, "--space")(backend)
-    if not isinstance(space, MBConvSpace):
-        raise BadInput(f"--space {ref!r} returned {type(space).__name__}; measure needs an "
-                       "MBConvSpace (its candidates are built as torch modules)")
-    return MBConvSpace(backend, threads_choices=(threads,), config=space.config)
+                       f"measure supports {', '.join(timed)} or MODULE:FACTORY returning "
+                       "one of their spaces")
+    return entry.timed(space, threads)
 
 
 def distinct_candidates(space, seed: int, *, max_draws: int = 100_000
@@ -162,10 +160,6 @@ def _now() -> str:
 
 
 def _check(config: MeasureConfig) -> None:
-    if config.device != "host":
-        raise BadInput(f"--device {config.device!r}: measure times programs on this machine, so "
-                       "the device is 'host'; for a phone use `codesign bundle` and "
-                       "`codesign ingest`")
     for name, value, low in (("--n", config.n, 1), ("--threads", config.threads, 1),
                              ("--repeats", config.repeats, 1), ("--rounds", config.rounds, 1),
                              ("--warmup", config.warmup, 0),
@@ -297,7 +291,13 @@ def run_measure(config: MeasureConfig, *, echo: Callable[[str], None] | None = N
     echo = echo or (lambda line: print(line, file=sys.stderr))
     _check(config)
     start = time.monotonic()
-    device = load_device("host")
+    device = load_device(config.device)
+    # a trait of the device file (``detect: host``), not its name: a program can only be timed
+    # on the machine it runs on
+    if not device.is_this_machine:
+        raise BadInput(f"--device {config.device!r}: measure times programs on this machine, so "
+                       "the device is 'host'; for a phone use `codesign bundle` and "
+                       "`codesign ingest`")
     space = load_measure_space(config.space, config.backend, config.threads, device)
     if config.from_pareto is not None:  # read (and checked) before --out is touched
         sequence = iter(pareto_candidates(config.from_pareto, space, config.threads))

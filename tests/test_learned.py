@@ -230,7 +230,7 @@ ROW = "0,k5_e6 skip k3_e1_g2 skip k5_e1 skip skip skip k5_e6 k5_e1 k3_e1_g2 k5_e
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (dict(space="darts"), "unknown --space 'darts'; valid: nasbench201, fbnet, mbconv"),
+    (dict(space="darts"), "unknown --space 'darts'; valid: mbconv, nasbench201, fbnet"),
     (dict(measurements=Path("/nonexistent.csv")), "cannot read"),
     (dict(target="pixel9"), "--target 'pixel9' is not a latency column"),
     (dict(prior_columns=["gold_6240", "tpu"]), "unknown column 'tpu'; valid: pixel3"),

@@ -373,13 +373,17 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
                evaluator=None, log: Callable[[str], None] = lambda _: None
                ) -> list[MemberResult]:
     """Export the selected members of ``run_dir``; a failing member does not stop the others."""
-    run_dir = Path(run_dir)
-    if load_run(run_dir)[0].get("space") == "transformer":  # decoders: transformer_run.py
-        from codesign.export.transformer_run import TransformerRun, export_transformer_member
+    from codesign.registry import EXPORTERS, space_entry
 
-        run, export_one = TransformerRun.open(run_dir), export_transformer_member
-    else:
-        run, export_one = _Run.open(run_dir, evaluator), export_member
+    run_dir = Path(run_dir)
+    # the space's registered exporter; a MODULE:FACTORY space goes through the supernet
+    # pipeline, which refuses a space without trained weights
+    entry = space_entry(load_run(run_dir)[0].get("space", ""))
+    if entry is not None and entry.exporter is None:
+        raise BadInput(f"{run_dir}: space {entry.name!r} has no trained weights to export "
+                       "(no exporter registered for it)")
+    exporter = EXPORTERS.get(entry.exporter if entry is not None else "supernet")
+    run, export_one = exporter.open(run_dir, evaluator), exporter.export_member
     chosen = select_members(run.pareto.get("members", []), members)
     torch.set_num_threads(1)
     results = []
