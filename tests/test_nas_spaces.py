@@ -85,12 +85,10 @@ def test_zero_nodes_are_buffers_and_their_readers_still_run():
     assert not any(live[i] for i, op in enumerate(ops) if op in readers)
 
 
-def test_nasbench201_params_round_trip_and_suggest():
+def test_nasbench201_suggest_reads_an_arch_str_back():
+    # the generic round trip and suggest == decode: tests/test_space_conformance.py
     space = NASBench201Space()
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        params = space.sample(rng)
-        assert space.encode(space.decode(params)) == params
+    params = space.encode(nasbench201.parse_arch_str(ALL_CONV))
     trial = optuna.trial.FixedTrial(space.encode(nasbench201.parse_arch_str(MIXED)))
     assert space.suggest(trial).arch_str == MIXED
     with pytest.raises(ValueError, match="not one of"):
@@ -142,13 +140,9 @@ def test_fbnet_block_structure():
     assert first["cells.0.conv1"].groups == 2 and first["cells.0.shuffle#1"].kind is OpKind.LAYOUT
 
 
-def test_fbnet_params_round_trip():
-    space = FBNetSpace()
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        params = space.sample(rng)
-        assert space.encode(space.decode(params)) == params
-    assert len(list(space.iter_distributions({}))) == 22
+def test_fbnet_has_one_param_per_layer():
+    # the params round trip: tests/test_space_conformance.py
+    assert len(list(FBNetSpace().iter_distributions({}))) == 22
 
 
 def test_both_spaces_price_on_the_analytic_model():
