@@ -113,12 +113,13 @@ def _cross(space, a: dict, b: dict, rng: np.random.Generator) -> dict:
 
 def _price(context, candidates: list) -> tuple[np.ndarray, np.ndarray]:
     """Predicted latency (s) and model bytes of ``candidates``, batched per thread count:
-    through the space's memoised ``op_batch`` (the same prices as ``to_ops``, tested), or op
-    by op where the device's tiles are tuned by measurement (``device.tunes_tiles``)."""
+    through the space's ``op_batch`` (the same prices as ``to_ops``, tested; memoised in
+    MBConv), or op by op where the device's tiles are tuned by measurement
+    (``device.tunes_tiles``)."""
     from codesign.cost_models.ir import OpBatch, OpKind, KIND_CODES
     from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
-    fast = hasattr(context.space, "op_batch") and not context.device.tunes_tiles
+    fast = not context.device.tunes_tiles
     latency = np.empty(len(candidates))
     size = np.empty(len(candidates))
     threads = np.array([getattr(c, "threads", context.device.default_threads)

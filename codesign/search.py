@@ -230,7 +230,7 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
 def predictor_trials(config: SearchConfig, context: SearchContext) -> int:
     """Trials the predictor-guided stage proposes: ``--predictor-trials``, else a fifth of
     ``--trials`` from 40 trials on, in spaces it can encode (MBConv)."""
-    if not hasattr(context.space, "formats"):
+    if not context.space.supports_predictor_stage:
         return 0
     if config.predictor_trials is not None:
         return min(config.predictor_trials, config.trials)

@@ -88,6 +88,9 @@ class BackendSpec:
     # back-end's exporter writes: per layer, the layout copies that program runs around it
     # (``query_transposes``, ``kv_transposes``, ``cache_updates``, ``cache_transposes``).
     fused_attention: Mapping[str, int] | None = None
+    # The back-end runs the project's own kernels (codesign.kernels): a member exported for it
+    # gets their per-layer contract (kernels.json: shape, precision, sparse format, tile).
+    project_kernels: bool = False
     path: str = ""
 
     def default_tile(self, isa: str) -> TileSpec:
@@ -215,6 +218,7 @@ def parse_backend(data, path: str) -> BackendSpec:
         blockwise_weight_efficiency=_blockwise(r),
         fused_attention=_fused_attention(r),
         gemv_efficiency=_gemv(r),
+        project_kernels=r.bool("project_kernels", False),
         path=path,
     )
 

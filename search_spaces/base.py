@@ -11,12 +11,12 @@ run is never offered, so it is never priced.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import optuna
 
 from codesign.cost_models.backends import BackendSpec
-from codesign.cost_models.ir import Op
+from codesign.cost_models.ir import Op, OpBatch
 
 
 class SearchSpace(abc.ABC):
@@ -27,12 +27,17 @@ class SearchSpace(abc.ABC):
         backend: the back-end whose capabilities bound the choices.
         deploy_input_shape: the input the priced (deployed) network sees.
         eval_input_shape: the input the accuracy evaluation uses (same layers and strides).
+        supports_predictor_stage: the search's predictor-guided stage
+            (``codesign.predictor_stage``) can encode this space's candidates: each has an
+            ``arch`` of stages and per-unit ``layers`` (precision, sparsity), and the space lists
+            the unit ``formats`` (labels) it offers. False (the default): the stage never runs.
     """
 
     name: str
     backend: BackendSpec
     deploy_input_shape: tuple[int, ...]
     eval_input_shape: tuple[int, ...]
+    supports_predictor_stage: ClassVar[bool] = False
 
     @abc.abstractmethod
     def iter_distributions(self, params: Mapping[str, Any]
@@ -54,6 +59,12 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def to_ops(self, candidate: Any) -> Sequence[Op]:
         """Lower a candidate at ``deploy_input_shape`` to the op list (precisions applied)."""
+
+    def op_batch(self, candidates: Sequence[Any]) -> OpBatch:
+        """The op lists of ``candidates`` as one batch for a cost model: by definition
+        ``OpBatch.from_oplists([to_ops(c) for c in candidates])``, which this default returns; a
+        space may return the same batch faster (MBConv memoises rows across calls)."""
+        return OpBatch.from_oplists([self.to_ops(c) for c in candidates])
 
     def prefill_ops(self, candidate: Any) -> Sequence[Op] | None:
         """A second phase priced next to ``to_ops`` (a decoder's prompt prefill: its latency is

@@ -273,6 +273,8 @@ class MBConvSpace(SearchSpace):
     construction, and every format is one the back-end runs with a sparse kernel where sparse.
     """
 
+    supports_predictor_stage = True  # stages, per-unit formats and ``formats``: see the base
+
     def __init__(self, backend: BackendSpec, *, threads_choices: Sequence[int] = (1,),
                  config: MBConvConfig | None = None, max_formats: int = 3) -> None:
         self.config = config or load_mbconv_config()

@@ -269,3 +269,16 @@ def test_missing_dtype_in_flops_per_cycle(tmp_path, base):
 def test_default_threads_above_core_count(tmp_path, base):
     base["default_threads"] = 10
     expect_error(write(tmp_path, base), "'default_threads'", "9 cores")
+
+
+def test_project_kernels_is_a_backend_trait():
+    """Whether export writes a member's kernel contract (kernels.json) is the back-end's field,
+    not its name: only the project's own kernels have one."""
+    from codesign.cost_models.backends import load_backend, parse_backend
+    from codesign.cost_models.devices import load_yaml
+
+    assert load_backend("codesign").project_kernels is True
+    assert load_backend("xnnpack").project_kernels is False
+    raw, _ = load_yaml(CONFIG_DIR / "backends" / "codesign.yaml")
+    with pytest.raises(SpecError, match="project_kernels"):
+        parse_backend({**raw, "project_kernels": "yes"}, "mine.yaml")

@@ -6,6 +6,8 @@ The checks are plain functions (``CHECKS``) so a plug-in's own test can run them
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import optuna
 import pytest
@@ -68,7 +70,19 @@ def check_every_sample_prices(space, rng, device=None) -> None:
         assert np.all(np.isfinite(latency)) and np.all(latency > 0)
 
 
-CHECKS = (check_params_round_trip, check_suggest_is_decode, check_decode_refuses_missing_params,
+def check_op_batch_is_to_ops(space, rng) -> None:
+    """``op_batch`` (what the predictor stage prices with) is the batch of ``to_ops``."""
+    candidates = [space.decode(space.sample(rng)) for _ in range(SAMPLES // 2)]
+    fast = space.op_batch(candidates)
+    slow = OpBatch.from_oplists([space.to_ops(c) for c in candidates])
+    assert fast.n_candidates == slow.n_candidates
+    for column in dataclasses.fields(OpBatch):
+        if column.name not in ("n_candidates", "ops"):
+            np.testing.assert_array_equal(getattr(fast, column.name), getattr(slow, column.name),
+                                          err_msg=column.name)
+
+
+CHECKS = (check_params_round_trip, check_op_batch_is_to_ops, check_suggest_is_decode, check_decode_refuses_missing_params,
           check_every_sample_prices)
 
 

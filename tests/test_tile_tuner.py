@@ -207,3 +207,23 @@ def test_kernels_default_tiles_are_the_codesign_backends():
     backend = load_backend("codesign")
     for isa, tile in tt.DEFAULT_TILES.items():
         assert backend.default_tile(isa) == tile, isa
+
+
+def test_a_batch_goes_to_the_tuner_cache_in_one_write_and_to_a_plain_cache_record_by_record(
+        tmp_path, monkeypatch):
+    """The tuner's caches are one class (what ``_put`` tests for), so a tuning session's batch
+    is stored under one lock; a plain ResultCache gets the records one at a time, stamped."""
+    from codesign.kernels.bench_harness import ResultCache
+
+    tuner, other = tt.tuner_cache(tmp_path / "a"), tt.tuner_cache(tmp_path / "b")
+    assert type(tuner) is type(other)
+    batches = []
+    monkeypatch.setattr(type(tuner), "put_many", lambda self, recs: batches.append(list(recs)))
+    tt._put(tuner, ["r1", "r2"])
+    assert batches == [["r1", "r2"]]
+    plain = ResultCache(tmp_path / "c", tt.kernel_host())
+    stored = []
+    monkeypatch.setattr(tt, "_stamped", lambda rec, host: (rec, host))
+    monkeypatch.setattr(ResultCache, "put", lambda self, rec: stored.append(rec))
+    tt._put(plain, ["r1", "r2"])
+    assert stored == [("r1", plain.host), ("r2", plain.host)] and batches == [["r1", "r2"]]

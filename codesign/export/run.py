@@ -187,6 +187,8 @@ class _Run(RunSpecs):
     def open(cls, run_dir: Path, evaluator=None) -> "_Run":
         from codesign.cost_models.backends import load_backend
         from codesign.context import load_space
+        from codesign.evaluation.supernet_evaluator import SupernetEvaluator
+        from codesign.search_spaces.mbconv import MBConvSpace
 
         identity, pareto, device, backend = open_run_specs(
             run_dir, evaluator_given=evaluator is not None)
@@ -195,18 +197,20 @@ class _Run(RunSpecs):
         else:
             space = load_space(identity["space"], backend, device,
                                max_formats=int(identity.get("options", {}).get("max_formats", 3)))
-            if not hasattr(space, "config"):
+            # the members are slices of an MBConv supernet: another space has none to build from
+            if not isinstance(space, MBConvSpace):
                 raise BadInput(f"{run_dir}: space {identity['space']!r} has no trained weights "
                                "to export (export supports the built-in mbconv space)")
             from codesign.task_option import bind_run_task
 
             space = bind_run_task(run_dir, identity, space)  # --task: the same data again
-            from codesign.evaluation.supernet_evaluator import SupernetEvaluator
-
             evaluator = SupernetEvaluator(space)  # the space file's seed, as the search used
-        if not hasattr(evaluator, "build_deployable"):
-            raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules")
-        if (run_dir / "finetuned").is_dir() and hasattr(evaluator, "finetuned_dir"):
+        # this pipeline reads the supernet evaluator's weights, task, seed and fine-tuned weights
+        if not isinstance(evaluator, SupernetEvaluator):
+            raise BadInput(f"{run_dir}: the evaluator cannot build deployable modules (the "
+                           f"supernet exporter takes a SupernetEvaluator, got "
+                           f"{type(evaluator).__name__})")
+        if (run_dir / "finetuned").is_dir():
             evaluator.finetuned_dir = run_dir / "finetuned"  # members ship fine-tuned
         check_space_hash(run_dir, identity, space)
         return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
@@ -282,7 +286,7 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
         "precision_per_layer": [p.as_json() for p in plans],
         "threads": threads,
     }
-    if run.backend.name == "codesign":
+    if run.backend.project_kernels:
         layer_lat = {layer["name"]: layer["latency_s"] for layer in member.get("layers", [])}
         tiles = {op.name: resolve_tile(run.device, op, run.backend) for op in ops}
         files["kernels.json"] = out / "kernels.json"

@@ -161,7 +161,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
         status = "refused"
         reason = refusal_reason(bad, "linear")
         manifest["pte"] = None
-        if run.backend.name == "codesign":
+        if run.backend.project_kernels:
             files["kernels.json"] = out / "kernels.json"
             atomic_write_json(files["kernels.json"], kernel_phases(run, candidate, member))
         if "pt2" in formats:
@@ -174,7 +174,7 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
                 "float decoder with a static KV cache (forward(tokens[1, 1], input_pos[1])); "
                 "weights 2:4-pruned where chosen and on each linear's quantization grid, the LM "
                 "head untied at its own precision; activation precisions and kernels are "
-                "specified in kernels.json" if run.backend.name == "codesign" else
+                "specified in kernels.json" if run.backend.project_kernels else
                 "float decoder with a static KV cache; weights on each linear's quantization "
                 "grid")
     else:
