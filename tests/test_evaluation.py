@@ -1,7 +1,6 @@
 """Evaluation: pruning patterns, fake quantization, the evaluator protocol and the supernet
 evaluator (on a small config of the MBConv family trained within the test session)."""
 import dataclasses
-import pickle
 
 import numpy as np
 import pytest
@@ -200,27 +199,6 @@ def _uniform(space, arch, precision, sparsity="dense"):
     layers = tuple(sorted((u, LayerChoice(precision, sparsity if u in sparse_units else "dense"))
                           for u in units(arch)))
     return Candidate(arch, layers, 1)
-
-
-def test_evaluator_rejects_bad_split(evaluator):
-    candidate = _uniform(evaluator.space, evaluator.space.config.max_arch(), "w32a32")
-    with pytest.raises(ValueError, match="unknown split 'train'; valid: val, test"):
-        evaluator.evaluate(candidate, split="train")
-
-
-def test_evaluator_is_deterministic_and_survives_pickling(evaluator):
-    space = evaluator.space
-    candidate = space.decode(space.sample(np.random.default_rng(0)))
-    first = evaluator.evaluate(candidate)
-    assert first.n == 359 and first.split == "val"
-    assert first.interval[0] <= first.accuracy <= first.interval[1]
-    evaluator._reset_state()  # drop every cache: recompute from scratch
-    assert evaluator.evaluate(candidate) == first
-    blob = pickle.dumps(evaluator)
-    assert len(blob) < 20_000  # the space and a few numbers: no weights, no data
-    assert pickle.loads(blob).evaluate(candidate) == first
-    test = evaluator.evaluate(candidate, split="test")
-    assert test.split == "test" and test.n == 359
 
 
 def test_fp32_executor_is_the_subnet(evaluator):

@@ -192,15 +192,21 @@ class PerplexityEvaluator(Evaluator):
         return self._params
 
     # -------------------------------------------------------------- per candidate
+    def _check(self, candidate: Candidate) -> None:
+        from codesign.search_spaces.transformer_lm import check_arch
+
+        if not isinstance(candidate, Candidate):
+            raise ValueError(f"expected a transformer Candidate, got "
+                             f"{type(candidate).__module__}.{type(candidate).__name__}")
+        check_arch(self.space.config, candidate.arch)
+
     def build_quantized(self, candidate: Candidate) -> torch.nn.Module:
         """The candidate as scored: ExecuTorch's decoder (full-sequence, every position's
         logits) with fake-quantized weights, its 2:4 masks and activation fake quantization."""
-        from codesign.search_spaces.transformer_lm import check_arch, subnet_state_dict
+        from codesign.search_spaces.transformer_lm import subnet_state_dict
         from codesign.search_spaces.transformer_model import build_decoder
 
-        if not isinstance(candidate, Candidate):
-            raise ValueError(f"expected a transformer Candidate, got {type(candidate).__name__}")
-        check_arch(self.space.config, candidate.arch)
+        self._check(candidate)
         sd = quantized_state_dict(self.space, candidate,
                                   subnet_state_dict(self.supernet(), candidate))
         # sd's own output.weight: build_decoder unties the head, as export realises it
@@ -253,6 +259,7 @@ class PerplexityEvaluator(Evaluator):
     def evaluate(self, candidate: Candidate, *, split: str = "val") -> AccuracyResult:
         """Perplexity of ``candidate`` as priced (quantized, sparsified) on ``split``."""
         check_split(split)
+        self._check(candidate)  # before its cache key, which reads a transformer's fields
         units = self.unit_nll(candidate, split)
         ppl, interval = bootstrap_perplexity(units, self.seed)
         return AccuracyResult(ppl, interval, int(units.size * self.unit), split,

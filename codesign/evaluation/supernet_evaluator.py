@@ -154,7 +154,8 @@ class SupernetEvaluator(Evaluator):
     # -------------------------------------------------------------- per candidate
     def _check(self, candidate: Candidate) -> None:
         if not isinstance(candidate, Candidate):
-            raise ValueError(f"expected an MBConv Candidate, got {type(candidate).__name__}")
+            raise ValueError(f"expected an MBConv Candidate, got "
+                             f"{type(candidate).__module__}.{type(candidate).__name__}")
         check_arch(self.space.config, candidate.arch)
 
     def _prepare_candidate(self, candidate: Candidate) -> tuple[MBConvSubnet, OpListExecutor]:
