@@ -152,14 +152,3 @@ def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatc
     logits = program(torch.tensor([[7]]), {"input_pos": torch.tensor([0])})
     assert logits.shape[-1] == codesign_space.config.vocab and torch.isfinite(logits).all()
     assert "quantization grid" in r["pt2_semantics"] and r["weights"].startswith("random")
-
-
-def test_a_run_scored_by_a_user_evaluator_is_refused(tmp_path, capsys):
-    space = _space()
-    run = _write_run(tmp_path, space, [(1, _candidate(space, "w8a8-dyn"))])
-    identity = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**identity, "evaluator": "mine:ppl"}))
-    assert main(["export", str(run)]) == 2
-    err = capsys.readouterr().err
-    assert "scored its candidates with --evaluator mine:ppl" in err
-    assert not (run / "export").exists()

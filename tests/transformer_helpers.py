@@ -41,3 +41,10 @@ def params_proxy(candidate, split: str) -> float:
         score -= {4: 0.004, 8: 0.001}.get(Precision.parse(choice.precision).weight_bits, 0.0)
         score -= 0.002 if choice.ffn_sparsity != "dense" else 0.0
     return max(0.0, score - (0.005 if split == "test" else 0.0))
+
+
+def tiny_space(backend):
+    """``--space tests.transformer_helpers:tiny_space``: the tiny space as a run names it."""
+    from codesign.search_spaces.transformer import TransformerSpace
+
+    return TransformerSpace(backend, threads_choices=(1,), config=tiny_config())
