@@ -158,14 +158,10 @@ CHECKS = (check_declares_its_metric, check_val_result_in_range_with_its_interval
 # ------------------------------------------------------------------------------ tests
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    from codesign.search_spaces import transformer_lm
+    from tests.transformer_helpers import temporary_lm_cache
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CODESIGN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    transformer_lm._LOADED.clear()
-    yield
-    transformer_lm._LOADED.clear()
-    mp.undo()
+    with temporary_lm_cache(tmp_path_factory.mktemp("cache")):  # the supernet's cache too
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,15 @@ from codesign.kernels.specs import QuantSpec
 from codesign.search_spaces import transformer_lm as lm
 from codesign.search_spaces.transformer import LayerChoice, TransformerSpace
 from codesign.search_spaces.transformer_model import build_decoder
-from tests.transformer_helpers import tiny_config, tiny_train
+from tests.transformer_helpers import temporary_lm_cache, tiny_config, tiny_train
 
 PIXEL8 = load_device("pixel8")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CODESIGN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    lm._LOADED.clear()
-    yield
-    lm._LOADED.clear()
-    mp.undo()
+    with temporary_lm_cache(tmp_path_factory.mktemp("cache")):
+        yield
 
 
 @pytest.fixture(scope="module")

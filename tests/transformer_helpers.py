@@ -7,6 +7,7 @@ higher, fewer weight bits cost a little (the built-in evaluator measures held-ou
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import replace
 
 from codesign.cost_models.backends import Precision
@@ -48,3 +49,21 @@ def tiny_space(backend):
     from codesign.search_spaces.transformer import TransformerSpace
 
     return TransformerSpace(backend, threads_choices=(1,), config=tiny_config())
+
+
+@contextmanager
+def temporary_lm_cache(directory):
+    """``CODESIGN_CACHE_DIR`` set to ``directory``, the in-memory LM weights cleared before and
+    after: LM supernets trained inside stay in the test's cache."""
+    import pytest
+
+    from codesign.search_spaces import transformer_lm
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CODESIGN_CACHE_DIR", str(directory))
+    transformer_lm._LOADED.clear()
+    try:
+        yield
+    finally:
+        transformer_lm._LOADED.clear()
+        mp.undo()
