@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _numba_config as cfg
+from ._operands import check_array, check_stride
 from .gemm_f32 import DEFAULT_TILE, check_tile, gemm_f32_kernel
 from .specs import TileSpec
 
@@ -50,16 +51,20 @@ def output_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def _check_f32(name: str, x: object, ndim: int) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
-    return x
+def output_hw(h: int, w: int, kh: int, kw: int, stride: int, pad: int) -> tuple[int, int]:
+    """(OH, OW) of a convolution, or ValueError when the kernel does not fit the padded input."""
+    oh, ow = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"kernel {kh}x{kw} larger than padded input {h}x{w} (pad {pad})")
+    return oh, ow
+
+
+def check_bias(bias: np.ndarray | None, channels: int, dtype=np.float32) -> None:
+    """None, or a C-contiguous (channels,) array of ``dtype``."""
+    if bias is not None:
+        check_array("bias", bias, dtype, 1)
+        if bias.shape != (channels,):
+            raise ValueError(f"bias must have shape ({channels},), got {bias.shape}")
 
 
 @cfg.kernel("void(float32[:, :, :, ::1], int64, int64, int64, int64, int64, int64, int64, "
@@ -104,14 +109,12 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1,
 
     Column order is (kh, kw, c), matching HWIO weights reshaped to (KH*KW*C_in, C_out).
     """
-    _check_f32("x", x, 4)
+    check_array("x", x, np.float32, 4)
     if kh <= 0 or kw <= 0 or stride <= 0:
         raise ValueError(f"kernel size and stride must be positive, got {kh}x{kw}/{stride}")
     pad = _resolve_padding(padding, kh, kw)
     nb, h, w, c = x.shape
-    oh, ow = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"kernel {kh}x{kw} larger than padded input {h}x{w} (pad {pad})")
+    oh, ow = output_hw(h, w, kh, kw, stride, pad)
     cols = np.empty((nb * oh * ow, kh * kw * c), np.float32)
     _im2col(x, kh, kw, stride, pad, oh, ow, 0, cols)
     return cols
@@ -135,23 +138,17 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride:
     Raises:
         ValueError: dtype/rank/contiguity errors, channel mismatch, bad stride/padding/tile.
     """
-    _check_f32("x", x, 4)
-    _check_f32("w", w, 4)
+    check_array("x", x, np.float32, 4)
+    check_array("w", w, np.float32, 4)
     check_tile(tile)
     kh, kw, cin, cout = w.shape
     if x.shape[3] != cin:
         raise ValueError(f"x has {x.shape[3]} channels but w expects C_in={cin}")
-    if not isinstance(stride, (int, np.integer)) or stride <= 0:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
-    if bias is not None:
-        _check_f32("bias", bias, 1)
-        if bias.shape != (cout,):
-            raise ValueError(f"bias must have shape ({cout},), got {bias.shape}")
+    stride = check_stride(stride)
+    check_bias(bias, cout)
     pad = _resolve_padding(padding, kh, kw)
     nb, h, wd, _ = x.shape
-    oh, ow = output_size(h, kh, stride, pad), output_size(wd, kw, stride, pad)
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"kernel {kh}x{kw} larger than padded input {h}x{wd} (pad {pad})")
+    oh, ow = output_hw(h, wd, kh, kw, stride, pad)
     m, k = nb * oh * ow, kh * kw * cin
     y = np.empty((m, cout), np.float32)
     if y.size == 0:
@@ -176,33 +173,55 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride:
     return y.reshape(nb, oh, ow, cout)
 
 
-@cfg.kernel("void(float32[:, :, :, ::1], float32[:, :, ::1], float32[::1], int64, int64, "
-            "float32[:, :, :, ::1])")
-def _depthwise(x, w, bias, stride, pad, out):
-    # Channels are innermost and contiguous: each tap is a fused multiply-add of two channel
-    # vectors into the output pixel (the loop vectoriser turns the c loops into ymm FMAs);
-    # taps falling into the zero padding are skipped, not multiplied.
-    nb, h, wd, c = x.shape
+def _accumulate_pixel(x, w, b, i, j, stride, pad, acc):
+    # acc[ch] (holding the bias) += x * w over the taps of output pixel (b, i, j). Channels are
+    # innermost and contiguous, so each tap is a multiply-add of two channel vectors: ymm FMAs
+    # for float32; for int8 the loop vectoriser's vpmovsx + vpmulld + vpaddd (numba types the
+    # product int64, but only its low 32 bits reach the int32 accumulator, so LLVM narrows it).
+    # Taps falling into the zero padding are skipped, not multiplied.
+    h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = w.shape[0], w.shape[1]
-    oh, ow = out.shape[1], out.shape[2]
+    for u in range(kh):
+        ih = i * stride - pad + u
+        if ih < 0 or ih >= h:
+            continue
+        for v in range(kw):
+            iw = j * stride - pad + v
+            if iw < 0 or iw >= wd:
+                continue
+            xr = x[b, ih, iw]
+            wr = w[u, v]
+            for ch in range(c):
+                acc[ch] += xr[ch] * wr[ch]
+
+
+def _njit_inline(fn):
+    import numba
+
+    # inlined at numba-IR level, so it is optimised with its caller's vectoriser settings
+    return numba.njit(inline="always", **cfg.jit_options())(fn)
+
+
+#: The depthwise tap loop of one output pixel, for :func:`_depthwise` and the int8 kernels of
+#: ``codesign.kernels.conv_int8``.
+accumulate_pixel = _njit_inline(_accumulate_pixel)
+
+
+@cfg.kernel("void(float32[:, :, :, ::1], float32[:, :, ::1], float32[::1], int64, int64, "
+            "float32[:, :, :, ::1])",
+            "void(int8[:, :, :, ::1], int8[:, :, ::1], int32[::1], int64, int64, "
+            "int32[:, :, :, ::1])")
+def _depthwise(x, w, bias, stride, pad, out):
+    """out = bias + depthwise(x, w): float32, or int8 operands into exact int32 accumulators
+    (for codesign.kernels.conv_int8)."""
+    nb, oh, ow, c = out.shape
     for b in range(nb):
         for i in range(oh):
             for j in range(ow):
                 o = out[b, i, j]
                 for ch in range(c):
                     o[ch] = bias[ch]
-                for u in range(kh):
-                    ih = i * stride - pad + u
-                    if ih < 0 or ih >= h:
-                        continue
-                    for v in range(kw):
-                        iw = j * stride - pad + v
-                        if iw < 0 or iw >= wd:
-                            continue
-                        xr = x[b, ih, iw]
-                        wr = w[u, v]
-                        for ch in range(c):
-                            o[ch] += wr[ch] * xr[ch]
+                accumulate_pixel(x, w, b, i, j, stride, pad, o)
 
 
 def depthwise_conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
@@ -220,24 +239,18 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = Non
     Returns:
         (N, OH, OW, C) float32 with ``OH = (H + 2*pad - KH) // stride + 1``.
     """
-    _check_f32("x", x, 4)
-    _check_f32("w", w, 3)
+    check_array("x", x, np.float32, 4)
+    check_array("w", w, np.float32, 3)
     kh, kw, c = w.shape
     if x.shape[3] != c:
         raise ValueError(f"x has {x.shape[3]} channels but w has {c}")
-    if not isinstance(stride, (int, np.integer)) or stride <= 0:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    stride = check_stride(stride)
+    check_bias(bias, c)
     if bias is None:
         bias = np.zeros(c, np.float32)
-    else:
-        _check_f32("bias", bias, 1)
-        if bias.shape != (c,):
-            raise ValueError(f"bias must have shape ({c},), got {bias.shape}")
     pad = _resolve_padding(padding, kh, kw)
     nb, h, wd, _ = x.shape
-    oh, ow = output_size(h, kh, stride, pad), output_size(wd, kw, stride, pad)
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"kernel {kh}x{kw} larger than padded input {h}x{wd} (pad {pad})")
+    oh, ow = output_hw(h, wd, kh, kw, stride, pad)
     out = np.empty((nb, oh, ow, c), np.float32)
-    _depthwise(x, w, bias, int(stride), pad, out)
+    _depthwise(x, w, bias, stride, pad, out)
     return out

@@ -28,32 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _numba_config as cfg
-from .conv import IM2COL_CHUNK_BYTES, _im2col, _resolve_padding, output_size
+from ._operands import check_array, check_int_tile, check_stride
+from .conv import (IM2COL_CHUNK_BYTES, _depthwise, _im2col, _resolve_padding, accumulate_pixel,
+                   output_hw)
 from .gemm_int8 import (DEFAULT_INT_TILE, PackedIntWeights, _requantize, gemm_int_kernel,
                         pack_weights_int4, pack_weights_int8)
 from .specs import TileSpec
 
 #: Longest reduction whose int32 sum cannot overflow (see module docstring).
 MAX_REDUCTION = (1 << 17) - 1
-
-
-def _check_array(name: str, x: object, dtype, ndim: int) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
-    return x
-
-
-def _check_stride(stride: object) -> int:
-    if (not isinstance(stride, (int, np.integer)) or isinstance(stride, bool)
-            or stride <= 0):
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
-    return int(stride)
 
 
 def _check_int4_range(name: str, w: np.ndarray) -> None:
@@ -74,13 +57,6 @@ def _check_requant(multipliers, bias, zero_point: int, c: int) -> None:
         raise ValueError("zero_point applies to the requantised output; pass multipliers")
     if not isinstance(zero_point, (int, np.integer)) or not -128 <= int(zero_point) <= 127:
         raise ValueError(f"zero_point must be an int in [-128, 127], got {zero_point!r}")
-
-
-def _out_size(h: int, w: int, kh: int, kw: int, stride: int, pad: int) -> tuple[int, int]:
-    oh, ow = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"kernel {kh}x{kw} larger than padded input {h}x{w} (pad {pad})")
-    return oh, ow
 
 
 # ------------------------------------------------------------------------------ conv2d ---
@@ -130,7 +106,7 @@ def pack_conv_weights(w: np.ndarray, bits: int = 8, nr: int = 16) -> PackedConvW
         ValueError: not a C-contiguous 4-D int8 array, bits not 4 or 8, int4 values out of
             range, or an nr the packer does not support.
     """
-    _check_array("w", w, np.int8, 4)
+    check_array("w", w, np.int8, 4)
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     kh, kw, cin, cout = w.shape
@@ -148,13 +124,13 @@ def im2col_int8(x: np.ndarray, kh: int, kw: int, stride: int = 1,
     Column order is (kh, kw, c), matching :func:`pack_conv_weights`; the padding is the
     integer 0 (the zero point of symmetric activations).
     """
-    _check_array("x", x, np.int8, 4)
+    check_array("x", x, np.int8, 4)
     if kh <= 0 or kw <= 0:
         raise ValueError(f"kernel size must be positive, got {kh}x{kw}")
-    stride = _check_stride(stride)
+    stride = check_stride(stride)
     pad = _resolve_padding(padding, kh, kw)
     nb, h, w, c = x.shape
-    oh, ow = _out_size(h, w, kh, kw, stride, pad)
+    oh, ow = output_hw(h, w, kh, kw, stride, pad)
     cols = np.empty((nb * oh * ow, kh * kw * c), np.int8)
     if cols.size:
         _im2col(x, kh, kw, stride, pad, oh, ow, 0, cols)
@@ -197,7 +173,7 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
             epilogue operands of the wrong shape or dtype, or a reduction KH*KW*C_in longer
             than :data:`MAX_REDUCTION`.
     """
-    _check_array("x", x, np.int8, 4)
+    check_array("x", x, np.int8, 4)
     if not isinstance(w, PackedConvWeights):
         raise ValueError("w must be PackedConvWeights (use pack_conv_weights)")
     w.check()
@@ -207,19 +183,13 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
     k = kh * kw * cin
     if k > MAX_REDUCTION:
         raise ValueError(f"reduction KH*KW*C_in={k} may overflow int32 (max {MAX_REDUCTION})")
-    stride = _check_stride(stride)
+    stride = check_stride(stride)
     _check_requant(multipliers, bias, zero_point, cout)
-    if not isinstance(tile, TileSpec):
-        raise ValueError("tile must be a codesign.kernels.specs.TileSpec, "
-                         f"got {type(tile).__name__}")
-    if tile.kc % 2:
-        raise ValueError(f"integer GEMM needs an even kc (whole k-pairs), got kc={tile.kc}")
-    if tile.nr != w.gemm.nr:
-        raise ValueError(f"tile nr={tile.nr} differs from the weights' packing nr={w.gemm.nr}")
+    check_int_tile(tile, w.gemm.nr)
     gemm = gemm_int_kernel(tile.mr, tile.nr, w.bits)
     pad = _resolve_padding(padding, kh, kw)
     nb, h, wd, _ = x.shape
-    oh, ow = _out_size(h, wd, kh, kw, stride, pad)
+    oh, ow = output_hw(h, wd, kh, kw, stride, pad)
     m = nb * oh * ow
     requant = multipliers is not None
     y = np.empty((m, cout), np.int8 if requant else np.int32)
@@ -270,7 +240,7 @@ class PackedDepthwiseInt4:
 
     def check(self) -> None:
         """Raise ValueError unless ``data`` matches ``channels`` (kernels index it unchecked)."""
-        _check_array("packed depthwise data", self.data, np.uint8, 3)
+        check_array("packed depthwise data", self.data, np.uint8, 3)
         if self.channels <= 0 or self.data.shape[2] != (self.channels + 1) // 2:
             raise ValueError(f"packed depthwise data must have {(self.channels + 1) // 2} "
                              f"bytes per tap for {self.channels} channels, got "
@@ -283,7 +253,7 @@ def pack_depthwise_weights_int4(w: np.ndarray) -> PackedDepthwiseInt4:
     Raises:
         ValueError: not a C-contiguous 3-D int8 array, or values outside [-8, 7].
     """
-    _check_array("w", w, np.int8, 3)
+    check_array("w", w, np.int8, 3)
     _check_int4_range("w", w)
     kh, kw, c = w.shape
     nib = np.zeros((kh, kw, 2 * ((c + 1) // 2)), np.uint8)
@@ -301,50 +271,6 @@ def _unpack_nibbles(packed, w):
                 w[u, v, ch] = nib - ((nib & 8) << 1)  # sign-extend the 4-bit value
 
 
-def _accumulate_pixel(x, w, b, i, j, stride, pad, acc):
-    # acc[ch] (holding the bias) += x * w over the taps of output pixel (b, i, j). Channels are
-    # innermost and contiguous, so each tap is a widening multiply-add of two channel vectors
-    # (the loop vectoriser's vpmovsx + vpmulld + vpaddd); taps in the padding are skipped:
-    # the padded value is the zero point 0.
-    h, wd, c = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw = w.shape[0], w.shape[1]
-    for u in range(kh):
-        ih = i * stride - pad + u
-        if ih < 0 or ih >= h:
-            continue
-        for v in range(kw):
-            iw = j * stride - pad + v
-            if iw < 0 or iw >= wd:
-                continue
-            xr = x[b, ih, iw]
-            wr = w[u, v]
-            for ch in range(c):
-                acc[ch] += np.int32(xr[ch]) * np.int32(wr[ch])
-
-
-def _njit_inline(fn):
-    import numba
-
-    # inlined at numba-IR level, so it is optimised with its caller's vectoriser settings
-    return numba.njit(inline="always", **cfg.jit_options())(fn)
-
-
-_accumulate = _njit_inline(_accumulate_pixel)
-
-
-@cfg.kernel("void(int8[:, :, :, ::1], int8[:, :, ::1], int32[::1], int64, int64, "
-            "int32[:, :, :, ::1])")
-def _depthwise_i32(x, w, bias, stride, pad, out):
-    nb, oh, ow, c = out.shape
-    for b in range(nb):
-        for i in range(oh):
-            for j in range(ow):
-                o = out[b, i, j]
-                for ch in range(c):
-                    o[ch] = bias[ch]
-                _accumulate(x, w, b, i, j, stride, pad, o)
-
-
 @cfg.kernel("void(int8[:, :, :, ::1], int8[:, :, ::1], int32[::1], float32[::1], int64, int64, "
             "int64, int8[:, :, :, ::1])")
 def _depthwise_i8(x, w, bias, mult, zero_point, stride, pad, out):
@@ -357,7 +283,7 @@ def _depthwise_i8(x, w, bias, mult, zero_point, stride, pad, out):
             for j in range(ow):
                 for ch in range(c):
                     acc[ch] = bias[ch]
-                _accumulate(x, w, b, i, j, stride, pad, acc)
+                accumulate_pixel(x, w, b, i, j, stride, pad, acc)
                 o = out[b, i, j]
                 for ch in range(c):
                     q = np.int64(np.rint(np.float32(acc[ch]) * mult[ch])) + zero_point
@@ -395,7 +321,7 @@ def depthwise_conv2d_int8(x: np.ndarray, w: np.ndarray | PackedDepthwiseInt4,
         ValueError: dtype/rank/contiguity errors, channel mismatch, int4 values out of
             range, bad weight_bits/stride/padding or epilogue operands.
     """
-    _check_array("x", x, np.int8, 4)
+    check_array("x", x, np.int8, 4)
     if isinstance(w, PackedDepthwiseInt4):
         if weight_bits not in (None, 4):
             raise ValueError(f"nibble-packed weights are 4-bit, got weight_bits={weight_bits!r}")
@@ -405,7 +331,7 @@ def depthwise_conv2d_int8(x: np.ndarray, w: np.ndarray | PackedDepthwiseInt4,
         weight_bits = 8 if weight_bits is None else weight_bits
         if weight_bits not in (4, 8):
             raise ValueError(f"weight_bits must be 4 or 8, got {weight_bits!r}")
-        _check_array("w", w, np.int8, 3)
+        check_array("w", w, np.int8, 3)
         if weight_bits == 4:
             _check_int4_range("w", w)
         kh, kw, c = w.shape
@@ -413,11 +339,11 @@ def depthwise_conv2d_int8(x: np.ndarray, w: np.ndarray | PackedDepthwiseInt4,
         raise ValueError(f"x has {x.shape[3]} channels but w has {c}")
     if kh * kw > MAX_REDUCTION:
         raise ValueError(f"kernel {kh}x{kw} may overflow int32 (max {MAX_REDUCTION} taps)")
-    stride = _check_stride(stride)
+    stride = check_stride(stride)
     _check_requant(multipliers, bias, zero_point, c)
     pad = _resolve_padding(padding, kh, kw)
     nb, h, wd, _ = x.shape
-    oh, ow = _out_size(h, wd, kh, kw, stride, pad)
+    oh, ow = output_hw(h, wd, kh, kw, stride, pad)
     if isinstance(w, PackedDepthwiseInt4):
         packed, w = w.data, np.empty((kh, kw, c), np.int8)
         _unpack_nibbles(packed, w)
@@ -426,7 +352,7 @@ def depthwise_conv2d_int8(x: np.ndarray, w: np.ndarray | PackedDepthwiseInt4,
     if multipliers is None:
         out = np.empty((nb, oh, ow, c), np.int32)
         if out.size:
-            _depthwise_i32(x, w, bias, stride, pad, out)
+            _depthwise(x, w, bias, stride, pad, out)
     else:
         out = np.empty((nb, oh, ow, c), np.int8)
         if out.size:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _numba_config as cfg
+from ._operands import check_array, check_tile_type, result_matrix
 from ._simd_ir import make_f32_tile, make_pack_a_block
 from .specs import TileSpec
 
@@ -72,7 +73,30 @@ def micro_kernel_source(mr: int, nr: int, name: str, dtype: str = "np.float32") 
     return "\n".join(lines) + "\n"
 
 
-_DRIVER_SOURCE = '''
+#: ``store`` of the generated GEMM drivers (this module's and the integer GEMM's): the micro-tile
+#: result leaves through a flat MR*NR scratch, so edge tiles need no special micro-kernel.
+STORE_TILE_SOURCE = '''
+def store(c, s, r0, c0, rows, cols, first):
+    # add (or, for the first k block, write) the micro-tile scratch into C, clipped to the edge
+    if rows == MR and cols == NR:
+        if first:
+            for i in range(MR):
+                for j in range(NR):
+                    c[r0 + i, c0 + j] = s[i * NR + j]
+        else:
+            for i in range(MR):
+                for j in range(NR):
+                    c[r0 + i, c0 + j] += s[i * NR + j]
+    else:
+        for i in range(rows):
+            for j in range(cols):
+                if first:
+                    c[r0 + i, c0 + j] = s[i * NR + j]
+                else:
+                    c[r0 + i, c0 + j] += s[i * NR + j]
+'''
+
+_DRIVER_SOURCE = STORE_TILE_SOURCE + '''
 def pack_a(a, ap, ic, mcb, pc, kcb):
     # panel q holds rows ic+q*MR .. +MR of A[:, pc:pc+kcb], k-major; rows past M are zero.
     # Whole MR x 8 blocks go through the SIMD block transpose, the rest element by element.
@@ -115,26 +139,6 @@ def pack_b(b, bp, pc, kcb, jc, ncb):
             for p in range(kcb):
                 for j in range(NR):
                     bp[base + p * NR + j] = b[pc + p, c0 + j] if j < w else 0
-
-
-def store(c, s, r0, c0, rows, cols, first):
-    # add (or, for the first k block, write) the micro-tile scratch into C, clipped to the edge
-    if rows == MR and cols == NR:
-        if first:
-            for i in range(MR):
-                for j in range(NR):
-                    c[r0 + i, c0 + j] = s[i * NR + j]
-        else:
-            for i in range(MR):
-                for j in range(NR):
-                    c[r0 + i, c0 + j] += s[i * NR + j]
-    else:
-        for i in range(rows):
-            for j in range(cols):
-                if first:
-                    c[r0 + i, c0 + j] = s[i * NR + j]
-                else:
-                    c[r0 + i, c0 + j] += s[i * NR + j]
 
 
 def gemm(a, b, c, mc, nc, kc):
@@ -204,24 +208,10 @@ def gemm_f32_kernel(mr: int, nr: int, parallel: bool = False, micro: str = "ir")
 
 def check_tile(tile: TileSpec) -> None:
     """Raise ValueError unless ``tile`` is a TileSpec this module can run."""
-    if not isinstance(tile, TileSpec):
-        raise ValueError("tile must be a codesign.kernels.specs.TileSpec, "
-                         f"got {type(tile).__name__}")
+    check_tile_type(tile)
     if (tile.mr, tile.nr) not in SUPPORTED_MICRO_TILES:
         raise ValueError(f"micro-tile {tile.mr}x{tile.nr} not supported; choose one of "
                          f"{', '.join(f'{a}x{b}' for a, b in SUPPORTED_MICRO_TILES)}")
-
-
-def _check_matrix(name: str, x: object, dtype: np.dtype) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
-    return x
 
 
 def gemm_f32(a: np.ndarray, b: np.ndarray, tile: TileSpec = DEFAULT_TILE,
@@ -245,21 +235,14 @@ def gemm_f32(a: np.ndarray, b: np.ndarray, tile: TileSpec = DEFAULT_TILE,
         ValueError: wrong dtype, rank, contiguity, mismatched K, bad or overlapping ``out``, or
             an unsupported tile.
     """
-    _check_matrix("a", a, np.float32)
-    _check_matrix("b", b, np.float32)
+    check_array("a", a, np.float32, 2)
+    check_array("b", b, np.float32, 2)
     check_tile(tile)
     m, k = a.shape
     if b.shape[0] != k:
         raise ValueError(f"inner dimensions differ: a is {a.shape}, b is {b.shape}")
     n = b.shape[1]
-    if out is None:
-        out = np.empty((m, n), np.float32)
-    else:
-        _check_matrix("out", out, np.float32)
-        if out.shape != (m, n):
-            raise ValueError(f"out must have shape {(m, n)}, got {out.shape}")
-        if np.may_share_memory(out, a) or np.may_share_memory(out, b):
-            raise ValueError("out must not overlap a or b")
+    out = result_matrix(out, (m, n), np.float32, {"a": a, "b": b})
     if m == 0 or n == 0:
         return out
     if k == 0:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _numba_config as cfg
+from ._operands import check_array, check_int_tile, result_matrix
 from ._simd_ir import PERM16, make_int_tile
+from .gemm_f32 import STORE_TILE_SOURCE
 from .specs import TileSpec
 
 #: Micro-tiles (mr, nr) of the int8-weight kernel: mr*nr/8 accumulators + nr/8 B vectors + 1
@@ -78,18 +80,6 @@ class PackedIntWeights:
                              f"array of {want} elements")
 
 
-def _check_int_matrix(name: str, x: object, dtype=np.int8) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
-    return x
-
-
 def _padded_pairs(w: np.ndarray, nr: int) -> np.ndarray:
     """W zero-padded to (2*kpairs, nslivers*nr), reshaped to (nslivers, kpairs, nr, 2)."""
     k, n = w.shape
@@ -105,7 +95,7 @@ def pack_weights_int8(w: np.ndarray, nr: int = 16) -> PackedIntWeights:
     Raises:
         ValueError: W not a C-contiguous 2-D int8 array, or nr not a multiple of 8.
     """
-    _check_int_matrix("w", w)
+    check_array("w", w, np.int8, 2)
     if nr <= 0 or nr % 8:
         raise ValueError(f"nr must be a positive multiple of 8, got {nr}")
     data = np.ascontiguousarray(_padded_pairs(w, nr)).ravel()
@@ -123,7 +113,7 @@ def pack_weights_int4(w: np.ndarray, nr: int = 16) -> PackedIntWeights:
         ValueError: W not a C-contiguous 2-D int8 array, values outside [-8, 7], or nr not a
             multiple of 16.
     """
-    _check_int_matrix("w", w)
+    check_array("w", w, np.int8, 2)
     if nr <= 0 or nr % 16:
         raise ValueError(f"nr must be a positive multiple of 16 for int4 weights, got {nr}")
     if w.size and (int(w.min()) < -8 or int(w.max()) > 7):
@@ -136,7 +126,7 @@ def pack_weights_int4(w: np.ndarray, nr: int = 16) -> PackedIntWeights:
     return PackedIntWeights(np.ascontiguousarray(data).ravel(), w.shape[0], w.shape[1], nr, 4)
 
 
-_DRIVER_SOURCE = '''
+_DRIVER_SOURCE = STORE_TILE_SOURCE + '''
 def pack_a(a, ap, ic, mcb, p0, kpb):
     # panel q: rows ic+q*MR.., k-pairs p0..p0+kpb of A as int16 pairs; padding is zero
     k = a.shape[1]
@@ -156,25 +146,6 @@ def pack_a(a, ap, ic, mcb, p0, kpb):
                     o = base + (p * MR + i) * 2
                     ap[o] = 0
                     ap[o + 1] = 0
-
-
-def store(c, s, r0, c0, rows, cols, first):
-    if rows == MR and cols == NR:
-        if first:
-            for i in range(MR):
-                for j in range(NR):
-                    c[r0 + i, c0 + j] = s[i * NR + j]
-        else:
-            for i in range(MR):
-                for j in range(NR):
-                    c[r0 + i, c0 + j] += s[i * NR + j]
-    else:
-        for i in range(rows):
-            for j in range(cols):
-                if first:
-                    c[r0 + i, c0 + j] = s[i * NR + j]
-                else:
-                    c[r0 + i, c0 + j] += s[i * NR + j]
 
 
 def gemm(a, bp, c, kpairs, mc, nc, kc):
@@ -251,29 +222,16 @@ def gemm_i8_i32(a: np.ndarray, w: PackedIntWeights, tile: TileSpec = DEFAULT_INT
         ValueError: bad dtype/shape/contiguity, K mismatch, odd kc, tile/weights nr mismatch or
             unsupported micro-tile.
     """
-    _check_int_matrix("a", a)
+    check_array("a", a, np.int8, 2)
     if not isinstance(w, PackedIntWeights):
         raise ValueError("w must be PackedIntWeights (use pack_weights_int8/pack_weights_int4)")
     w.check()
-    if not isinstance(tile, TileSpec):
-        raise ValueError("tile must be a codesign.kernels.specs.TileSpec, "
-                         f"got {type(tile).__name__}")
-    if tile.kc % 2:
-        raise ValueError(f"integer GEMM needs an even kc (whole k-pairs), got kc={tile.kc}")
-    if tile.nr != w.nr:
-        raise ValueError(f"tile nr={tile.nr} differs from the weights' packing nr={w.nr}")
+    check_int_tile(tile, w.nr)
     m, k = a.shape
     if k != w.k:
         raise ValueError(f"inner dimensions differ: a is {a.shape}, w is ({w.k}, {w.n})")
     kern = gemm_int_kernel(tile.mr, tile.nr, w.bits, parallel)
-    if out is None:
-        out = np.empty((m, w.n), np.int32)
-    else:
-        _check_int_matrix("out", out, np.int32)
-        if out.shape != (m, w.n):
-            raise ValueError(f"out must have shape {(m, w.n)}, got {out.shape}")
-        if np.may_share_memory(out, a) or np.may_share_memory(out, w.data):
-            raise ValueError("out must not overlap a or the weights")
+    out = result_matrix(out, (m, w.n), np.int32, {"a": a, "the weights": w.data})
     if m == 0 or w.n == 0:
         return out
     if k == 0:
@@ -312,7 +270,7 @@ def requantize_i32_i8(acc: np.ndarray, multipliers: np.ndarray, bias: np.ndarray
     Returns:
         (M, N) int8.
     """
-    _check_int_matrix("acc", acc, np.int32)
+    check_array("acc", acc, np.int32, 2)
     m, n = acc.shape
     for name, vec, dt in (("multipliers", multipliers, np.float32), ("bias", bias, np.int32)):
         if vec is None:
@@ -325,12 +283,7 @@ def requantize_i32_i8(acc: np.ndarray, multipliers: np.ndarray, bias: np.ndarray
         raise ValueError(f"zero_point must be in [-128, 127], got {zero_point}")
     if bias is None:
         bias = np.zeros(n, np.int32)
-    if out is None:
-        out = np.empty((m, n), np.int8)
-    else:
-        _check_int_matrix("out", out, np.int8)
-        if out.shape != (m, n):
-            raise ValueError(f"out must have shape {(m, n)}, got {out.shape}")
+    out = result_matrix(out, (m, n), np.int8)
     _requantize(acc, bias, multipliers, int(zero_point), out)
     return out
 

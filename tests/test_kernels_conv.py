@@ -76,6 +76,10 @@ def test_conv_validation():
         conv.conv2d(x, w, padding=-1)
     with pytest.raises(ValueError, match="stride"):
         conv.conv2d(x, w, stride=0)
+    # a bool is not a stride (True used to run as stride 1), as in codesign.kernels.conv_int8
+    for call in (conv.conv2d, conv.depthwise_conv2d):
+        with pytest.raises(ValueError, match="stride must be a positive int, got True"):
+            call(x, w if call is conv.conv2d else np.zeros((3, 3, 3), np.float32), stride=True)
     with pytest.raises(ValueError, match="larger than"):
         conv.conv2d(np.zeros((1, 2, 2, 3), np.float32), w)
     with pytest.raises(ValueError, match="4-D"):
