@@ -162,6 +162,28 @@ def _splat_f32(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
     return builder.shuffle_vector(v, ir.Constant(_V8F32, None), _mask([0] * 8))
 
 
+def _load_f32_vectors(builder: ir.IRBuilder, data: ir.Value, base: ir.Value,
+                      n: int) -> list[ir.Value]:
+    """The ``n`` consecutive 8-float vectors at ``data[base:]``."""
+    return [builder.load(_vec_ptr(builder, data, builder.add(base, ir.Constant(_I64, 8 * v)),
+                                  _V8F32), align=4) for v in range(n)]
+
+
+def _zero_f32_accs(builder: ir.IRBuilder, rows: int, nv: int) -> list[list[ir.Value]]:
+    """``rows`` x ``nv`` accumulator slots of 8 floats, zeroed (mem2reg keeps them in ymm)."""
+    zero = ir.Constant(_V8F32, [0.0] * 8)
+    return [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(rows)]
+
+
+def _fma_broadcast(builder: ir.IRBuilder, accs_row: list, data: ir.Value, offset: ir.Value,
+                   vectors: list[ir.Value]) -> None:
+    """``accs_row[v] += data[offset] * vectors[v]``: one broadcast of the float, then one FMA
+    per vector."""
+    s = _splat_f32(builder, builder.load(builder.gep(data, [offset], inbounds=True)))
+    for acc, x in zip(accs_row, vectors):
+        builder.store(_fmuladd(builder, s, x, builder.load(acc)), acc)
+
+
 def _load_index(builder: ir.IRBuilder, data: ir.Value, offset: ir.Value) -> ir.Value:
     v = builder.load(builder.gep(data, [offset], inbounds=True))
     return builder.sext(v, _I64) if v.type.width < 64 else v
@@ -211,26 +233,17 @@ def make_bsr_tile(rows: int, cols: int, mv: int):
             arrs = [context.make_array(signature.args[i])(context, builder, args[i]).data
                     for i in (2, 3, 4, 5)]
             bdata, wdata, xdata, odata = arrs
-            zero = ir.Constant(_V8F32, [0.0] * 8)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(mv)]
-                    for _ in range(rows)]
+            accs = _zero_f32_accs(builder, rows, mv)
             with cgutils.for_range_slice(builder, lo_v, hi_v, ir.Constant(_I64, 1)) as (e, _):
                 k0 = builder.mul(_load_index(builder, bdata, e), ir.Constant(_I64, cols))
                 wbase = builder.mul(e, ir.Constant(_I64, rows * cols))
                 for c in range(cols):
                     xrow = builder.mul(builder.add(k0, ir.Constant(_I64, c)),
                                        ir.Constant(_I64, mb))
-                    xs = [builder.load(_vec_ptr(builder, xdata,
-                                                builder.add(xrow, ir.Constant(_I64, 8 * v)),
-                                                _V8F32), align=4) for v in range(mv)]
+                    xs = _load_f32_vectors(builder, xdata, xrow, mv)
                     for r in range(rows):
-                        w = builder.load(builder.gep(
-                            wdata, [builder.add(wbase, ir.Constant(_I64, r * cols + c))],
-                            inbounds=True))
-                        ws = _splat_f32(builder, w)
-                        for v in range(mv):
-                            acc = accs[r][v]
-                            builder.store(_fmuladd(builder, ws, xs[v], builder.load(acc)), acc)
+                        _fma_broadcast(builder, accs[r], wdata,
+                                       builder.add(wbase, ir.Constant(_I64, r * cols + c)), xs)
             _store_accs(builder, odata, accs, mb)
             return context.get_dummy_value()
 
@@ -286,14 +299,8 @@ def make_nm_tile(rows: int, mv: int, n: int, m: int):
                     for r in range(rows):
                         code = builder.and_(builder.lshr(words[r], c(e * bits)), c(mask))
                         xrow = builder.add(gbase, builder.mul(code, c(mb)))
-                        w = builder.load(builder.gep(wdata, [builder.add(vbases[r], c(e))],
-                                                     inbounds=True))
-                        ws = _splat_f32(builder, w)
-                        for v in range(mv):
-                            x = builder.load(_vec_ptr(builder, xdata, builder.add(xrow, c(8 * v)),
-                                                      _V8F32), align=4)
-                            acc = accs[r][v]
-                            builder.store(_fmuladd(builder, ws, x, builder.load(acc)), acc)
+                        _fma_broadcast(builder, accs[r], wdata, builder.add(vbases[r], c(e)),
+                                       _load_f32_vectors(builder, xdata, xrow, mv))
             _store_accs(builder, odata, accs, mb)
             return context.get_dummy_value()
 
@@ -417,22 +424,15 @@ def make_f32_tile(mr: int, nr: int):
             adata, bdata, odata = [
                 context.make_array(signature.args[i])(context, builder, args[i]).data
                 for i in (1, 2, 3)]
-            zero = ir.Constant(_V8F32, [0.0] * 8)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)]
-                    for _ in range(mr)]
+            accs = _zero_f32_accs(builder, mr, nv)
             with cgutils.for_range(builder, args[0]) as loop:
                 p = loop.index
                 bbase = builder.mul(p, ir.Constant(_I64, nr))
-                bvecs = [builder.load(_vec_ptr(builder, bdata, builder.add(
-                    bbase, ir.Constant(_I64, 8 * v)), _V8F32), align=4) for v in range(nv)]
+                bvecs = _load_f32_vectors(builder, bdata, bbase, nv)
                 abase = builder.mul(p, ir.Constant(_I64, mr))
                 for i in range(mr):
-                    a = builder.load(builder.gep(adata, [builder.add(abase, ir.Constant(_I64, i))],
-                                                 inbounds=True))
-                    av = _splat_f32(builder, a)
-                    for v in range(nv):
-                        acc = accs[i][v]
-                        builder.store(_fmuladd(builder, av, bvecs[v], builder.load(acc)), acc)
+                    _fma_broadcast(builder, accs[i], adata,
+                                   builder.add(abase, ir.Constant(_I64, i)), bvecs)
             _store_accs(builder, odata, accs, nr)
             return context.get_dummy_value()
 

@@ -457,9 +457,14 @@ class ResultCache:
         """Store ``record`` (replacing any with the same key)."""
         if record.host.fingerprint() != self.host.fingerprint():
             raise ValueError("record was measured on another host than this cache's")
+        self._merge({record.key: record.to_dict()})
+
+    def _merge(self, entries: dict[str, dict]) -> None:
+        """Add ``entries`` (key -> record dict) to the file: under the lock, re-read, merge and
+        atomically replace it."""
         with self._locked():
             records = self._read()
-            records[record.key] = record.to_dict()
+            records.update(entries)
             payload = {"host": self.host.to_dict(), "records": records}
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             try:

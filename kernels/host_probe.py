@@ -100,30 +100,26 @@ FMA_FLOP_PER_STEP = _CHAINS * 8 * 2
 MADD_OP_PER_STEP = _CHAINS * 16 * 2
 
 
-@cfg.kernel("float64(int64)")
-def _fma_serial(n):
-    return _fma_chains(n)
+def _serial_and_parallel(chains):
+    """Kernels running the chain intrinsic ``chains``: ``serial(n)`` on the calling thread and
+    ``parallel(n, nthreads)`` once per thread (prange), returning the summed checksums."""
+
+    @cfg.kernel("float64(int64)")
+    def serial(n):
+        return chains(n)
+
+    @cfg.kernel("float64(int64, int64)", parallel=True)
+    def parallel(n, nthreads):
+        out = np.zeros(nthreads)
+        for t in prange(nthreads):
+            out[t] = chains(n)
+        return out.sum()
+
+    return serial, parallel
 
 
-@cfg.kernel("float64(int64, int64)", parallel=True)
-def _fma_parallel(n, nthreads):
-    out = np.zeros(nthreads)
-    for t in prange(nthreads):
-        out[t] = _fma_chains(n)
-    return out.sum()
-
-
-@cfg.kernel("float64(int64)")
-def _madd_serial(n):
-    return _madd_chains(n)
-
-
-@cfg.kernel("float64(int64, int64)", parallel=True)
-def _madd_parallel(n, nthreads):
-    out = np.zeros(nthreads)
-    for t in prange(nthreads):
-        out[t] = _madd_chains(n)
-    return out.sum()
+_fma_serial, _fma_parallel = _serial_and_parallel(_fma_chains)
+_madd_serial, _madd_parallel = _serial_and_parallel(_madd_chains)
 
 
 _TILE_MR, _TILE_NR, _TILE_KC = 6, 16, 256

@@ -180,6 +180,18 @@ def _out(out: np.ndarray | None, x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _operands(x: object, w: object, weights_type: type, producer: str,
+              out: np.ndarray | None) -> np.ndarray:
+    """Check ``x`` against weights ``w`` (made by ``codesign.kernels.sparse_formats.<producer>``)
+    and return the result buffer (``out`` checked, or a new one)."""
+    if not isinstance(w, weights_type):
+        raise ValueError(f"w must be {weights_type.__name__} "
+                         f"(see codesign.kernels.sparse_formats.{producer})")
+    w.check()
+    _check_x(x, w.k)
+    return _out(out, x, w.n_out)
+
+
 def spmm_nm(x: np.ndarray, w: NMWeights, out: np.ndarray | None = None, *, rows: int = NM_ROWS,
             mv: int = NM_MV, kc: int = NM_KC, parallel: bool = False) -> np.ndarray:
     """``Y = X @ W`` for N:M-compressed W (2:4 and friends).
@@ -201,17 +213,12 @@ def spmm_nm(x: np.ndarray, w: NMWeights, out: np.ndarray | None = None, *, rows:
     Raises:
         ValueError: bad x/out, K mismatch, or an invalid rows/mv/kc.
     """
-    if not isinstance(w, NMWeights):
-        raise ValueError("w must be NMWeights (see codesign.kernels.sparse_formats.compress_nm)")
-    w.check()
-    _check_x(x, w.k)
+    y = _operands(x, w, NMWeights, "compress_nm", out)
     if not (1 <= rows <= 12 and 1 <= mv <= 4 and rows * mv <= 13):
         raise ValueError(f"rows={rows}, mv={mv}: need 1<=rows<=12, 1<=mv<=4, rows*mv<=13")
     if kc <= 0:
         raise ValueError(f"kc must be positive, got {kc}")
-    m, n = x.shape[0], w.n_out
-    y = _out(out, x, n)
-    if m == 0 or n == 0:
+    if y.size == 0:
         return y
     per_word = META_WORD_BITS // w.bits
     nwords = w.values.shape[1] // per_word
@@ -238,17 +245,12 @@ def spmm_bsr(x: np.ndarray, w: BSRWeights, out: np.ndarray | None = None, *,
     Returns:
         (M, N) float32.
     """
-    if not isinstance(w, BSRWeights):
-        raise ValueError("w must be BSRWeights (see codesign.kernels.sparse_formats.to_bsr)")
-    w.check()
-    _check_x(x, w.k)
+    y = _operands(x, w, BSRWeights, "to_bsr", out)
     rows, cols = w.block
     mv = BSR_MV.get((rows, cols), DEFAULT_BSR_MV) if mv is None else mv
     if not (1 <= mv <= 12 and rows * mv <= 13):
         raise ValueError(f"mv={mv} with {rows}-row blocks: need 1 <= mv and rows*mv <= 13")
-    m, n = x.shape[0], w.n_out
-    y = _out(out, x, n)
-    if m == 0 or n == 0:
+    if y.size == 0:
         return y
     kp = -(-w.k // cols) * cols
     vals = w.data.reshape(-1)
@@ -270,15 +272,10 @@ def spmm_csr(x: np.ndarray, w: CSRWeights, out: np.ndarray | None = None, *,
     Returns:
         (M, N) float32.
     """
-    if not isinstance(w, CSRWeights):
-        raise ValueError("w must be CSRWeights (see codesign.kernels.sparse_formats.to_csr)")
-    w.check()
-    _check_x(x, w.k)
+    y = _operands(x, w, CSRWeights, "to_csr", out)
     if not 1 <= mv <= 13:
         raise ValueError(f"mv must be in 1..13, got {mv}")
-    m, n = x.shape[0], w.n_out
-    y = _out(out, x, n)
-    if m == 0 or n == 0:
+    if y.size == 0:
         return y
     _bsr_kernel(1, 1, mv, "int16", parallel)(x, w.indptr, w.indices, w.data, y, max(w.k, 1))
     return y

@@ -168,7 +168,23 @@ def compress_nm(w: np.ndarray, n: int = 2, m: int = 4) -> NMWeights:
 
 # ------------------------------------------------------------------------------------ BSR ---
 @dataclass(frozen=True, eq=False)
-class BSRWeights:
+class _CompressedRows:
+    """Rows of W^T (output channels) in compressed-row form: row pointers ``indptr``, column
+    (k) ``indices`` and the stored ``data``; ``k, n_out`` the logical shape of W (K, N)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    k: int
+    n_out: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
+
+
+@dataclass(frozen=True, eq=False)
+class BSRWeights(_CompressedRows):
     """Block-sparse W^T: block row br holds channels br*rows .. +rows, blocks of cols k.
 
     Attributes:
@@ -177,12 +193,6 @@ class BSRWeights:
         data: (nnzb, rows, cols) float32 block values (data[e, r, c] = W[k0 + c, n0 + r]).
         k, n_out: logical shape of W (K, N).
     """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    data: np.ndarray
-    k: int
-    n_out: int
 
     @property
     def block(self) -> tuple[int, int]:
@@ -201,10 +211,6 @@ class BSRWeights:
     def density(self) -> float:
         r, c = self.block
         return self.data.size / float(max(1, -(-self.n_out // r) * r * -(-self.k // c) * c))
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
 
     def to_dense(self) -> np.ndarray:
         r, c = self.block
@@ -264,15 +270,9 @@ def prune_blocks(w: np.ndarray, rows: int, cols: int, sparsity: float) -> np.nda
 
 # ------------------------------------------------------------------------------------ CSR ---
 @dataclass(frozen=True, eq=False)
-class CSRWeights:
+class CSRWeights(_CompressedRows):
     """Unstructured W^T in CSR: channel n keeps ``data[indptr[n]:indptr[n+1]]`` at k
     ``indices[...]`` (int16, so K <= 32767), increasing."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    data: np.ndarray
-    k: int
-    n_out: int
 
     @property
     def density(self) -> float:
@@ -283,10 +283,6 @@ class CSRWeights:
         _check_array("data", self.data, np.float32, 1)
         _check_compressed(self.indptr, self.indices, np.int16, self.n_out, self.data.shape[0],
                           self.k)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
 
     def to_dense(self) -> np.ndarray:
         wt = np.zeros((self.n_out, self.k), np.float32)

@@ -170,26 +170,9 @@ def _cache_class():
         writes dozens; one read-merge-replace per record would rewrite the file each time)."""
 
         def put_many(self, records: Iterable["BenchRecord"]) -> None:
-            import json
-            import tempfile
-
             # measurements of this process carry host_info(); stamp them with the cache's host
             records = [_stamped(rec, self.host) for rec in records]
-            with self._locked():
-                stored = self._read()
-                for rec in records:
-                    stored[rec.key] = rec.to_dict()
-                payload = {"host": self.host.to_dict(), "records": stored}
-                fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "w", encoding="utf-8") as f:
-                        json.dump(payload, f, indent=1, default=str)
-                    os.chmod(tmp, 0o644)
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-                    raise
+            self._merge({rec.key: rec.to_dict() for rec in records})
 
     return TunerCache
 
