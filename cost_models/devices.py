@@ -182,6 +182,11 @@ class ConfigReader:
         at = _field(self.where, key) or "<top>"
         return SpecError(f"{self.path}: field '{at}': {message}")
 
+    def _required(self, key: str) -> Any:
+        if key not in self.data:
+            raise self.error("missing", key)
+        return self.data[key]
+
     def sub(self, key: str, *, optional: bool = False) -> "ConfigReader | None":
         if key not in self.data or self.data[key] is None:
             if optional:
@@ -190,29 +195,23 @@ class ConfigReader:
         return ConfigReader(self.path, self.data[key], _field(self.where, key))
 
     def str(self, key: str, default: str | None = None) -> str:
-        if key not in self.data:
-            if default is not None:
-                return default
-            raise self.error("missing", key)
-        value = self.data[key]
+        if default is not None and key not in self.data:
+            return default
+        value = self._required(key)
         if not isinstance(value, str) or not value.strip():
             raise self.error(f"expected a non-empty string, got {value!r}", key)
         return value
 
     def int(self, key: str, *, minimum: int = 1) -> int:
-        if key not in self.data:
-            raise self.error("missing", key)
-        value = self.data[key]
+        value = self._required(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.error(f"expected an integer >= {minimum}, got {value!r}", key)
         return value
 
     def bool(self, key: str, default: bool | None = None) -> bool:
-        if key not in self.data:
-            if default is not None:
-                return default
-            raise self.error("missing", key)
-        value = self.data[key]
+        if default is not None and key not in self.data:
+            return default
+        value = self._required(key)
         if not isinstance(value, bool):
             raise self.error(f"expected true or false, got {value!r}", key)
         return value
@@ -224,9 +223,7 @@ class ConfigReader:
         return value
 
     def sourced(self, key: str, *, positive: bool = True, maximum: float | None = None) -> Sourced:
-        if key not in self.data:
-            raise self.error("missing", key)
-        raw = self.data[key]
+        raw = self._required(key)
         if not isinstance(raw, Mapping):
             raise self.error("expected {value: NUMBER, source: KIND, ref: TEXT}", key)
         sub = ConfigReader(self.path, raw, _field(self.where, key))
