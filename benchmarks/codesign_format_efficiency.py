@@ -42,13 +42,13 @@ class, and per MBConv block (expand 32 -> 192, depthwise k at 16x16 stride 1, pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.report import publish
 from codesign.kernels.bench_harness import Case, host_info, measure_interleaved, numba_settings
 from codesign.kernels.conv import conv2d, depthwise_conv2d
 from codesign.kernels.conv_int8 import (conv2d_int8, depthwise_conv2d_int8, pack_conv_weights,
@@ -341,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                          "wall time")
     args = ap.parse_args(argv)
     doc = run(args.repeats, args.min_sample_s, clock=args.clock, passes=args.passes)
-    print(table(doc))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-    return 0
+    return publish(table(doc), doc, args.json)
 
 
 if __name__ == "__main__":

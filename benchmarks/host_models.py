@@ -175,37 +175,37 @@ def invres_net(stem: int, stages: tuple[tuple[int, int, int, int], ...], bn: boo
     return nn.Sequential(*layers)
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """ReLU(body(x) + skip(x)); the skip is the identity, or a strided 1x1 projection where the
+    body changes the resolution or the channel count."""
+
+    def __init__(self, body: list[nn.Module], cin: int, cout: int, stride: int, bn: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(*_conv_act(cin, cout, 1, stride, bn=bn, act=None))
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class BasicBlock(_Residual):
     """ResNet basic block: two 3x3 convs, identity or 1x1-projection skip, add, ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1, bn: bool = True) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*_conv_act(cin, cout, 3, stride, bn=bn),
-                                  *_conv_act(cout, cout, 3, bn=bn, act=None))
-        self.skip: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.skip = nn.Sequential(*_conv_act(cin, cout, 1, stride, bn=bn, act=None))
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.skip(x))
+        super().__init__([*_conv_act(cin, cout, 3, stride, bn=bn),
+                          *_conv_act(cout, cout, 3, bn=bn, act=None)], cin, cout, stride, bn)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     """ResNet bottleneck: 1x1 reduce, 3x3, 1x1 expand (x4), skip add."""
 
     def __init__(self, cin: int, mid: int, stride: int = 1, bn: bool = True) -> None:
-        super().__init__()
         cout = 4 * mid
-        self.body = nn.Sequential(*_conv_act(cin, mid, 1, bn=bn), *_conv_act(mid, mid, 3, stride, bn=bn),
-                                  *_conv_act(mid, cout, 1, bn=bn, act=None))
-        self.skip: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.skip = nn.Sequential(*_conv_act(cin, cout, 1, stride, bn=bn, act=None))
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.skip(x))
+        super().__init__([*_conv_act(cin, mid, 1, bn=bn), *_conv_act(mid, mid, 3, stride, bn=bn),
+                          *_conv_act(mid, cout, 1, bn=bn, act=None)], cin, cout, stride, bn)
 
 
 def resnet(stem: int, stages: tuple[tuple[int, int, int], ...], bn: bool = True, bottleneck: bool = False,

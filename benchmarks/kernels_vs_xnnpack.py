@@ -38,7 +38,6 @@ Re-run after changing the YAML: the model column then matches the measured one (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -48,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from benchmarks.report import publish
 
 DEPTH = 8
 FORMATS = ("fp32", "w8a8", "w4a8")
@@ -316,11 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args(argv)
     doc = run(args.rounds, args.repeats)
-    print(table(doc))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-    return 0
+    return publish(table(doc), doc, args.json)
 
 
 if __name__ == "__main__":
