@@ -5,12 +5,11 @@ where there is a closed set, the valid choices. The CLI turns it into exit code 
 """
 from __future__ import annotations
 
-import importlib
 import math
 import re
-import sys
-from pathlib import Path
 from typing import Any, Callable
+
+from codesign.search_spaces.references import UnresolvedReference, import_callable
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµμ]+)\s*$")
 BUDGET_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
@@ -76,25 +75,10 @@ def load_reference(ref: str, what: str) -> Callable:
     """Import ``MODULE:NAME`` (the current directory is importable) and return the attribute."""
     if not isinstance(ref, str) or ref.count(":") != 1 or not all(ref.split(":")):
         raise BadInput(f"{what} {ref!r} must be MODULE:NAME, e.g. mypkg.models:build")
-    module_name, attr = ref.split(":")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise BadInput(f"{what} {ref!r}: cannot import module {exc.name!r}") from None
-    except Exception as exc:  # the user's module failed while importing
-        raise BadInput(f"{what} {ref!r}: importing {module_name} failed: "
-                       f"{type(exc).__name__}: {exc}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise BadInput(f"{what} {ref!r}: module {module_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise BadInput(f"{what} {ref!r} is not callable")
-    return obj
+        return import_callable(*ref.split(":"))
+    except UnresolvedReference as exc:
+        raise BadInput(f"{what} {ref!r}: {exc}") from None
 
 
 def build_user_model(ref: str):

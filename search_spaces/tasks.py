@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from codesign.search_spaces.references import UnresolvedReference, import_callable
 
 SPLITS = ("train", "val", "test")
 
@@ -126,22 +125,10 @@ def _factory(ref: str) -> Callable:
     if not isinstance(ref, str) or ref.count(":") != 1 or not all(ref.split(":")):
         raise TaskError(f"must be MODULE:FACTORY (e.g. mypkg.data:load), or one of "
                         f"{', '.join(task_names())}")
-    module_name, attr = ref.split(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        obj = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise TaskError(f"cannot import module {exc.name!r}") from None
-    except Exception as exc:  # the user's module failed while importing
-        raise TaskError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise TaskError(f"module {module_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TaskError(f"{attr} in {module_name} is not callable")
-    return obj
+        return import_callable(*ref.split(":"))
+    except UnresolvedReference as exc:
+        raise TaskError(str(exc)) from None
 
 
 def _split_tensors(split: Any, name: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
