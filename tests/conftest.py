@@ -25,3 +25,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory):
+    """CODESIGN_CACHE_DIR set to a fresh directory for one test module: what its tests train
+    (supernets, models) is shared between them and never lands in the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CODESIGN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def no_ray_left(monkeypatch):
+    """The test leaves Ray shut down, whatever happened (use with ``usefixtures``)."""
+    import ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    yield
+    if ray.is_initialized():
+        ray.shutdown()

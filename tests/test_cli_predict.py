@@ -9,6 +9,7 @@ import pytest
 
 from codesign.cli import main
 from codesign.userinput import BadInput, parse_budget, parse_shape
+from tests.cli_helpers import assert_bad_input_exits_2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,15 +58,9 @@ def test_predict_table_mentions_every_kernel(capsys):
     (["--cost-model", "magic"], "unknown --cost-model 'magic'; valid: analytic, learned, hybrid"),
 ])
 def test_predict_bad_input_exits_2_with_one_line(args, message, capsys):
-    base = {"--device": "pixel8", "--model": "tests.models:small_convnet",
-            "--input-shape": "1,3,32,32"}
-    for flag, value in zip(args[::2], args[1::2]):
-        base[flag] = value
-    argv = ["predict"] + [x for kv in base.items() for x in kv]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert_bad_input_exits_2("predict", {"--device": "pixel8",
+                                         "--model": "tests.models:small_convnet",
+                                         "--input-shape": "1,3,32,32"}, args, message, capsys)
 
 
 def test_bad_device_yaml_exits_2(tmp_path, capsys):

@@ -47,15 +47,7 @@ def _member(evaluator, trial: int, params: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CODESIGN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def xnn_export(cache, tmp_path_factory):
+def xnn_export(module_cache_dir, tmp_path_factory):
     space = small_space(load_backend("xnnpack"))
     ev = SupernetEvaluator(space, seed=0, train=TINY_TRAIN)
     fp32 = _params(space, 1, lambda unit: "w32a32")
@@ -187,7 +179,8 @@ def test_mixed_precision_survives_per_layer(xnn_export):
                               for a in n.args[:2] if isinstance(a, torch.fx.Node))
 
 
-def test_codesign_member_gets_kernels_json_and_no_pte_when_xnnpack_cannot_run_it(cache, tmp_path):
+def test_codesign_member_gets_kernels_json_and_no_pte_when_xnnpack_cannot_run_it(module_cache_dir,
+                                                                              tmp_path):
     space = small_space(load_backend("codesign"))
     ev = SupernetEvaluator(space, seed=0, train=TINY_TRAIN)
     # w4a8 (per-channel int4 weights, int8 activations): the project's int4 kernels run it,

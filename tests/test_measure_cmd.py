@@ -13,6 +13,7 @@ import pytest
 from codesign.cli import main
 from codesign.measure.table import META_COLUMNS, MeasurementCSV, columns_for
 from codesign.userinput import BadInput
+from tests.cli_helpers import assert_bad_input_exits_2
 
 TINY = "tests.measure_helpers:tiny_mbconv"
 
@@ -128,13 +129,8 @@ def test_measure_two_candidates_end_to_end_and_resume(tmp_path, capsys, one_torc
     (["--out", "/no/such/dir/m.csv"], "does not exist"),
 ])
 def test_measure_bad_input_exits_2(argv, message, capsys) -> None:
-    base = {"--device": "host", "--space": TINY, "--n": "1", "--out": "/tmp/never-written.csv"}
-    for flag, value in zip(argv[::2], argv[1::2]):
-        base[flag] = value
-    args = ["measure"] + [x for kv in base.items() for x in kv]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert_bad_input_exits_2("measure", {"--device": "host", "--space": TINY, "--n": "1",
+                                         "--out": "/tmp/never-written.csv"}, argv, message, capsys)
 
 
 def test_from_pareto_reads_a_fronts_members(tmp_path, capsys) -> None:

@@ -103,25 +103,26 @@ def test_planned_memory_rejects_empty() -> None:
 # ------------------------------------------------------------------ running
 
 
-@pytest.mark.slow
-def test_fp32_pte_matches_eager(fp32_pte: bytes, model_and_input) -> None:
+def _pte_and_eager(pte: bytes, model_and_input) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the program's output, the eager module's) on the same input, one thread."""
     from codesign.measure.host_runner import run_pte
 
     module, inputs = model_and_input
     with torch.no_grad():
         expected = module(*inputs)
-    (got,) = run_pte(fp32_pte, inputs, threads=1)
+    (got,) = run_pte(pte, inputs, threads=1)
+    return got, expected
+
+
+@pytest.mark.slow
+def test_fp32_pte_matches_eager(fp32_pte: bytes, model_and_input) -> None:
+    got, expected = _pte_and_eager(fp32_pte, model_and_input)
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.slow
 def test_int8_pte_is_close_to_eager(int8_pte: bytes, model_and_input) -> None:
-    from codesign.measure.host_runner import run_pte
-
-    module, inputs = model_and_input
-    with torch.no_grad():
-        expected = module(*inputs)
-    (got,) = run_pte(int8_pte, inputs, threads=1)
+    got, expected = _pte_and_eager(int8_pte, model_and_input)
     # Quantization error, not a bit-exact match: bound it relative to the output scale.
     assert float((got - expected).abs().max()) <= 0.1 * float(expected.abs().max())
 

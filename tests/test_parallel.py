@@ -9,18 +9,7 @@ from codesign.search import SearchConfig, run_search
 from tests.ray_helpers import HOLD_DIR_ENV, Background, kill_victim, start_local_ray
 from tests.test_search import load_trials
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def no_ray_left(monkeypatch):
-    """Every test leaves Ray shut down, whatever happened."""
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_ray_left")]
 
 
 def test_two_worker_search_returns_a_valid_front(tmp_path):

@@ -10,6 +10,7 @@ from codesign.search import SearchConfig, run_search
 from codesign.userinput import BadInput
 from codesign.cost_models.backends import Precision, load_backend
 from codesign.search_spaces.mbconv import MBConvSpace
+from tests.cli_helpers import assert_bad_input_exits_2
 
 PROXY = "tests.search_helpers:proxy_accuracy"
 
@@ -148,12 +149,9 @@ def test_baseline_is_enqueued_and_reported(tmp_path):
     (["--sampler", "cmaes"], "unknown --sampler 'cmaes'; valid: tpe, nsga2, random"),
 ])
 def test_search_bad_input_exits_2(tmp_path, argv, message, capsys):
-    flags = {"--device": "pixel8", "--budget": "10ms", "--trials": "2", "--evaluator": PROXY,
-             "--out": str(tmp_path / "r")}
-    flags.update(zip(argv[::2], argv[1::2]))
-    assert main(["search"] + [x for kv in flags.items() for x in kv]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    assert_bad_input_exits_2("search", {"--device": "pixel8", "--budget": "10ms", "--trials": "2",
+                                        "--evaluator": PROXY, "--out": str(tmp_path / "r")},
+                             argv, message, capsys)
 
 
 def test_bad_baseline_and_resume_dirs_exit_2(tmp_path, capsys):

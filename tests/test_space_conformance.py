@@ -47,9 +47,22 @@ def check_suggest_is_decode(space, rng) -> None:
         study.tell(trial, 0.0)
 
 
-def check_decode_refuses_missing_params(space, rng) -> None:
+def check_decode_refuses_bad_params(space, rng) -> None:
+    """decode raises ValueError, naming the problem, on no params, on a sample lacking one of
+    its active params, and on one with a text choice off its menu."""
     with pytest.raises(ValueError):
         space.decode({})
+    params = space.sample(rng)
+    active = dict(space.active_distributions(params))
+    for name in active:
+        with pytest.raises(ValueError, match="missing params"):
+            space.decode({k: v for k, v in params.items() if k != name})
+    for name, dist in active.items():
+        # text choices only: a number's value may decide which params come next
+        if (isinstance(dist, optuna.distributions.CategoricalDistribution)
+                and all(isinstance(c, str) for c in dist.choices)):
+            with pytest.raises(ValueError):
+                space.decode({**params, name: "not-a-choice"})
 
 
 def check_every_sample_prices(space, rng, device=None) -> None:
@@ -82,7 +95,8 @@ def check_op_batch_is_to_ops(space, rng) -> None:
                                           err_msg=column.name)
 
 
-CHECKS = (check_params_round_trip, check_op_batch_is_to_ops, check_suggest_is_decode, check_decode_refuses_missing_params,
+CHECKS = (check_params_round_trip, check_op_batch_is_to_ops, check_suggest_is_decode,
+          check_decode_refuses_bad_params,
           check_every_sample_prices)
 
 

@@ -16,16 +16,7 @@ from tests.test_search import load_trials
 PROXY = "tests.search_helpers:proxy_accuracy"
 RUN_FILES = {"run.json", "study.journal", "pareto.json", "pareto.csv", "search.log"}
 
-
-@pytest.fixture(autouse=True)
-def no_ray_left(monkeypatch):
-    """Every test leaves Ray shut down, whatever happened."""
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = pytest.mark.usefixtures("no_ray_left")
 
 
 @pytest.fixture

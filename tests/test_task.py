@@ -22,15 +22,7 @@ SEARCH = ["search", "--device", "pixel8", "--budget", "10ms", "--space", SPACE]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CODESIGN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def task_run(cache, one_torch_thread, tmp_path_factory):
+def task_run(module_cache_dir, one_torch_thread, tmp_path_factory):
     """A finished search on the synthetic task (few trials, tiny training, 2 fine-tune steps)."""
     run_dir = tmp_path_factory.mktemp("task") / "run"
     rc = main([*SEARCH, "--task", TASK, "--trials", "4", "--predictor-trials", "0",
