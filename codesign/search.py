@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
+from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalStorage
 from optuna.trial import TrialState
 
@@ -96,9 +97,8 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     raise BadInput(f"unknown --sampler {name!r}; valid: {', '.join(SAMPLERS)}")
 
 
-def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: bool,
+def open_study(storage: BaseStorage, sampler: optuna.samplers.BaseSampler, *, create: bool,
                higher_is_better: bool = True) -> optuna.Study:
-    storage = JournalStorage(run.journal_backend())
     # A resumed run whose first process died between writing run.json and creating the study
     # has an empty journal: creating the study then is what that process would have done.
     return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
@@ -106,17 +106,20 @@ def open_study(run: RunDir, sampler: optuna.samplers.BaseSampler, *, create: boo
                                load_if_exists=not create)
 
 
-def fail_stale_running(study: optuna.Study) -> int:
+def fail_stale_running(storage: BaseStorage, study_name: str = STUDY_NAME) -> int:
     """Mark trials a dead process left RUNNING as FAIL (the journal has no heartbeat).
 
     They are tagged ``interrupted``: never evaluated, they do not count towards ``--trials``.
+    Done through the storage's public interface: a study sets attributes only on its own trials.
     """
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    study_id = storage.get_study_id_from_name(study_name)
+    stale = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
-                                           "left RUNNING by a process that died; failed on resume")
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "fail_reason",
+                                    "left RUNNING by a process that died; failed on resume")
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
     return len(stale)
 
 
@@ -186,12 +189,13 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int], None] | None =
                                                                           config.budget_text))
     if config.resume is not None:
         run.check_resume(identity)
-        study = open_study(run, sampler, create=False,
+        storage = JournalStorage(run.journal_backend())
+        study = open_study(storage, sampler, create=False,
                            higher_is_better=context.higher_is_better)
-        n_stale = fail_stale_running(study)
+        n_stale = fail_stale_running(storage)
     else:
         run.create(identity)
-        study = open_study(run, sampler, create=True,
+        study = open_study(JournalStorage(run.journal_backend()), sampler, create=True,
                            higher_is_better=context.higher_is_better)
         n_stale = 0
         if config.baseline is not None:

@@ -109,6 +109,22 @@ def test_resume_continues_to_the_total_and_refuses_mismatch(tmp_path):
         run_search(config(tmp_path, out=None, resume=tmp_path))
 
 
+def test_resume_fails_a_trial_a_dead_process_left_running(tmp_path):
+    first = run_search(config(tmp_path, trials=4))
+    storage = JournalStorage(JournalFileBackend(str(first.run_dir / "study.journal")))
+    optuna.load_study(study_name="codesign", storage=storage).ask()  # asked, never told: a crash
+    resumed = run_search(config(tmp_path, out=None, resume=first.run_dir, trials=6))
+    trials = load_trials(first.run_dir)
+    stale = trials[4]
+    assert stale.state.name == "FAIL" and stale.user_attrs["interrupted"] is True
+    assert stale.user_attrs["fail_reason"] == ("left RUNNING by a process that died; failed on "
+                                               "resume")
+    # the interrupted trial does not count: six evaluated trials besides it
+    assert len(trials) == 7 and sum(t.state.name == "COMPLETE" for t in trials) == 6
+    assert resumed.pareto["n_interrupted"] == 1
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+
+
 def test_failed_trials_are_recorded_and_search_goes_on(tmp_path):
     result = run_search(config(tmp_path, evaluator="tests.search_helpers:broken_evaluator",
                                trials=16, sampler="random"))
