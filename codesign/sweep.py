@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from optuna.storages.journal import BaseJournalBackend
-from optuna.storages.journal._storage import JournalOperation
 
+from codesign.journal_ops import JournalOperation
 from codesign.run_dir import RunDir, atomic_write_json, atomic_write_text
 from codesign.search import SearchConfig, make_sampler, run_search
 from codesign.userinput import BadInput, parse_budget
