@@ -1,4 +1,5 @@
-"""Imports flow one way: codesign -> search_spaces -> cost_models -> kernels (issue 17).
+"""Imports flow one way: codesign -> search_spaces -> cost_models -> kernels (issue 17), and no
+code leans on Optuna's internals (private modules, a study's storage, a trial's id).
 
 Every import statement in the three lower packages, at module level or inside a function, is
 read from the source (ast), so an upward import hidden in a function body is caught too."""
@@ -80,3 +81,68 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     pkg.mkdir()
     (pkg / "x.py").write_text("def f():\n    from codesign.cost_models.ir import Op\n")
     assert upward_imports("kernels", tmp_path) == ["kernels/x.py:2 imports codesign.cost_models.ir"]
+
+
+OPTUNA_PRIVATE_ATTRIBUTES = {"_storage", "_trial_id"}  # Study's storage, FrozenTrial's id
+
+
+def optuna_private_uses(package: str, root: Path = ROOT) -> list[str]:
+    """Optuna internals the code leans on: a module or name of ``optuna`` whose path has a part
+    starting with ``_`` (imported, or reached as ``optuna._x``), and the attributes
+    ``._storage`` / ``._trial_id`` on anything (a study's or a trial's private state)."""
+    def private(dotted: str) -> bool:
+        parts = dotted.split(".")
+        return parts[0] == "optuna" and any(p.startswith("_") for p in parts[1:])
+
+    def dotted_name(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute):
+            base = dotted_name(node.value)
+            return None if base is None else f"{base}.{node.attr}"
+        return None
+
+    found = []
+    for path in sorted((root / package).rglob("*.py")):
+        where = path.relative_to(root)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Attribute):
+                if node.attr in OPTUNA_PRIVATE_ATTRIBUTES:
+                    found.append(f"{where}:{node.lineno} .{node.attr}")
+                    continue
+                names = [dotted_name(node) or ""]
+            found += [f"{where}:{node.lineno} {name}" for name in names if private(name)]
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("package", [*sorted(LAYERS), "codesign", "benchmarks"])
+def test_no_optuna_internals_are_used(package):
+    assert optuna_private_uses(package) == []
+
+
+def test_the_optuna_check_sees_private_modules_and_attributes(tmp_path):
+    pkg = tmp_path / "codesign"
+    pkg.mkdir()
+    (pkg / "x.py").write_text(
+        "import optuna\n"
+        "from optuna._hypervolume import compute_hypervolume\n"
+        "from optuna.storages.journal._storage import JournalOperation\n"
+        "from optuna import _imports\n"
+        "def f(study, t):\n"
+        "    optuna._hypervolume.wfg\n"
+        "    study._storage.set_trial_user_attr(t._trial_id, 'k', 1)\n"
+        "    optuna.storages.journal.JournalStorage  # public: fine\n")
+    assert optuna_private_uses("codesign", tmp_path) == [
+        "codesign/x.py:2 optuna._hypervolume.compute_hypervolume",
+        "codesign/x.py:3 optuna.storages.journal._storage.JournalOperation",
+        "codesign/x.py:4 optuna._imports",
+        "codesign/x.py:6 optuna._hypervolume",
+        "codesign/x.py:6 optuna._hypervolume.wfg",
+        "codesign/x.py:7 ._storage",
+        "codesign/x.py:7 ._trial_id",
+    ]
