@@ -23,7 +23,8 @@ chosen from a fixed grid by cross-validation on its N rows (leave-one-out up to 
 of the best), and the chosen setting's cross-validated errors are the model's error estimate
 (``Prediction.band``).
 
-Hyperparameters are the module constants below: the same for every device and space, never
+Hyperparameters are the constants of ``codesign.cost_models.learned_fit`` (the fitting
+numerics: solver, stage fits, cross-validation): the same for every device and space, never
 tuned per target (the only per-target choice is the cross-validated grid point above; a target
 with no prior devices is never offered the grid points that drop the analytic terms, which would
 leave a constant).
@@ -47,7 +48,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import optimize
 from threadpoolctl import threadpool_limits
 
 from codesign.cost_models.base import CostModel, Prediction
@@ -55,27 +55,17 @@ from codesign.cost_models.features import (FEATURE_NAMES, FEATURE_VERSION, SIGNA
                                            FeatureConfig, OpFeaturizer, SignatureTable,
                                            signatures_from_batch)
 from codesign.cost_models.ir import OpBatch
+from codesign.cost_models.learned_fit import (HUBER_LOG, IRLS_STEPS, MAX_SIGNATURE_TERMS,
+                                              MIN_ROWS_PER_SIGNATURE, PRIOR_BASIS_RIDGE,
+                                              PRIOR_SIGNATURE_RIDGE, ROW_FLOOR, TARGET_GRID,
+                                              Design, DeviceFit, fit_prior_device,
+                                              fit_target_device, json_float, robust_fit)
 
 FORMAT = "codesign.learned"
 # 2: signatures carry the liveness state (features version 2). Version 1 files (a live flag)
 # still load and predict as they did: ``design`` looks their signatures up by that flag.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-
-# ---------------------------------------------------------------------------- hyperparameters
-HUBER_LOG = 0.1  # |log error| where the loss turns linear: a 10 % miss is the "typical" error
-GROSS_LOG = math.log(3.0)  # rows off by more than 3x get no weight (unless that is most rows)
-IRLS_STEPS = 6  # reweighting steps; the fits settle in 3-4
-ROW_FLOOR = 0.1  # x median latency: the smallest latency a row is weighted as before reweighting
-PRIOR_BASIS_RIDGE = 1e-4  # stage 1 shrinkage of the analytic coefficients (scaled units)
-PRIOR_SIGNATURE_RIDGE = 1e-2  # stage 1 shrinkage of per-signature deviations
-MIN_ROWS_PER_SIGNATURE = 3  # a deviation seen in fewer rows cannot be told from noise
-MAX_SIGNATURE_TERMS = 1000  # keep the most frequent signatures' deviations
-# Stage 2 grid of (analytic, signature) shrinkage, most regularised first; inf drops the terms.
-TARGET_GRID = ((math.inf, math.inf), (1.0, math.inf), (0.0, math.inf), (math.inf, 0.1),
-               (1.0, 0.1), (0.0, 0.1), (1.0, 0.01), (0.0, 0.01))
-LOO_MAX_ROWS = 20
-CV_FOLDS = 5
 
 PRIOR_BASIS = tuple(n for n in FEATURE_NAMES if not n.startswith("total.") and (
     n.endswith(".latency_s") or n.endswith(".count")))
@@ -87,137 +77,6 @@ _MS = np.array([1e3 if n.endswith("_s") else 1.0 for n in FEATURE_NAMES])  # sec
 
 class ModelFormatError(ValueError):
     """A saved model this code cannot read; the message says why."""
-
-
-# ---------------------------------------------------------------------------- robust solver
-def robust_fit(Z: np.ndarray, y: np.ndarray, penalty: np.ndarray, *, nonneg: np.ndarray | None,
-               steps: int = IRLS_STEPS) -> tuple[np.ndarray, np.ndarray]:
-    """Fit ``y ~ Z @ theta`` minimising sum Huber(log y - log(Z theta)) + ridge.
-
-    Args:
-        Z: (n, p) design, additive terms in ms.
-        y: (n,) measured latencies in ms, all > 0.
-        penalty: (p,) ridge weight per column, in units of the column's relative scale.
-        nonneg: (p,) True where theta must be >= 0; None for an unconstrained fit.
-    Returns:
-        theta (p,) and the final per-row |log error| (n,).
-    """
-    n, p = Z.shape
-    floor = ROW_FLOOR * float(np.median(y))
-    scale = np.sqrt(np.mean((Z / np.maximum(y, floor)[:, None]) ** 2, axis=0))
-    scale[scale == 0] = 1.0
-    ridge = np.sqrt(penalty * n) * scale
-    w, t = 1.0 / np.maximum(y, floor), y.astype(np.float64)
-    free = np.flatnonzero(~nonneg) if nonneg is not None else None
-    theta = np.zeros(p)
-    for _ in range(steps):
-        A = Z * w[:, None]
-        b = t * w
-        if free is None:
-            theta = np.linalg.solve(A.T @ A + np.diag(ridge ** 2), A.T @ b)
-        else:
-            theta = _ridge_nnls(A, b, ridge, free)
-        pred = np.maximum(Z @ theta, 1e-6 * floor)
-        err = np.log(y / pred)
-        h = np.minimum(1.0, HUBER_LOG / np.maximum(np.abs(err), 1e-12))
-        gross = np.abs(err) > GROSS_LOG
-        if gross.sum() < n / 2:  # a handful of rows no additive model explains: drop them
-            h[gross] = 0.0
-        # Gauss-Newton step on log(Z theta); no row weighs more than one at the floor latency.
-        w, t = np.sqrt(h) / np.maximum(pred, floor), pred * (1.0 + err)
-    pred = np.maximum(Z @ theta, 1e-6 * floor)
-    return theta, np.abs(np.log(y / pred))
-
-
-def _ridge_nnls(A: np.ndarray, b: np.ndarray, ridge: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """argmin ||A theta - b||^2 + ||ridge * theta||^2 with theta >= 0 except at ``free``.
-
-    The free coefficients are eliminated in closed form (for fixed constrained ones they are a
-    ridge regression), leaving an NNLS over the few constrained columns: with hundreds of free
-    per-signature terms this is the same optimum as NNLS over the free terms split in positive
-    and negative parts, orders of magnitude faster.
-    """
-    p = A.shape[1]
-    cons = np.setdiff1d(np.arange(p), free)
-    Ac, rc = A[:, cons], ridge[cons]
-    theta = np.zeros(p)
-    if len(free):
-        Af, rf = A[:, free], ridge[free]
-        # theta_f = K (b - Ac theta_c); the residual is M (b - Ac theta_c), M = I - Af K,
-        # so the objective in theta_c is (b - Ac theta_c)' M (b - Ac theta_c) + ||rc theta_c||^2
-        if np.all(rf > 0):  # push-through / Woodbury: only rows x rows systems
-            AfR = Af / rf ** 2
-            vals, vecs = np.linalg.eigh(np.eye(len(b)) + AfR @ Af.T)  # = M^-1, SPD
-            root = vecs / np.sqrt(vals)  # M = root @ root.T
-            K = AfR.T @ (root @ root.T)
-        else:
-            K = np.linalg.lstsq(Af.T @ Af + np.diag(rf ** 2), Af.T, rcond=None)[0]
-            M = np.eye(len(b)) - Af @ K
-            vals, vecs = np.linalg.eigh((M + M.T) / 2)
-            root = vecs * np.sqrt(np.clip(vals, 0.0, None))
-        Ac_, b_ = root.T @ Ac, root.T @ b
-    else:
-        Ac_, b_ = Ac, b
-    X = np.vstack([Ac_, np.diag(rc)])
-    theta[cons] = optimize.nnls(X, np.concatenate([b_, np.zeros(len(cons))]),
-                                maxiter=50 * max(1, X.shape[1]))[0]
-    if len(free):
-        theta[free] = K @ (b - Ac @ theta[cons])
-    return theta
-
-
-# ---------------------------------------------------------------------------- model pieces
-@dataclass
-class DeviceFit:
-    """One device's additive model: ``basis . basis_coef + counts . signature_coef + intercept``.
-
-    For a prior device the basis is ``PRIOR_BASIS``; for the target it is the prior devices'
-    predictions followed by ``TARGET_BASIS``.
-    """
-
-    name: str
-    basis_coef: np.ndarray
-    signature_coef: np.ndarray  # over the model's signature terms (zeros where unused)
-    intercept: float
-    selected: tuple[float, float] = (math.inf, math.inf)
-    cv_log_errors: tuple[float, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        nz = np.flatnonzero(self.signature_coef)
-        return {"name": self.name, "basis_coef": self.basis_coef.tolist(),
-                "signature_coef": [[int(i), float(self.signature_coef[i])] for i in nz],
-                "intercept": self.intercept,
-                "selected": [_json_float(v) for v in self.selected],
-                "cv_log_errors": list(self.cv_log_errors)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], n_terms: int) -> "DeviceFit":
-        coef = np.zeros(n_terms)
-        for i, v in d["signature_coef"]:
-            coef[int(i)] = float(v)
-        return cls(d["name"], np.asarray(d["basis_coef"], dtype=np.float64), coef,
-                   float(d["intercept"]), tuple(_unjson_float(v) for v in d["selected"]),
-                   tuple(float(v) for v in d["cv_log_errors"]))
-
-
-def _json_float(v: float) -> float | str:
-    return "inf" if math.isinf(v) else v
-
-
-def _unjson_float(v) -> float:
-    return math.inf if v == "inf" else float(v)
-
-
-@dataclass(frozen=True)
-class Design:
-    """What the fits read for a set of candidates: features (ms) and signature-term counts."""
-
-    prior_basis: np.ndarray  # (n, len(PRIOR_BASIS))
-    target_basis: np.ndarray  # (n, len(TARGET_BASIS))
-    terms: np.ndarray  # (n, n_terms) dense counts of the model's signature terms
-
-    def rows(self, idx) -> "Design":
-        return Design(self.prior_basis[idx], self.target_basis[idx], self.terms[idx])
 
 
 class LearnedCostModel(CostModel):
@@ -349,7 +208,7 @@ class LearnedCostModel(CostModel):
             raise ValueError(f"{prior.shape[1]} prior columns but {len(prior_names)} names")
         # Small dense solves: BLAS threads only add contention (100x slower on a busy host).
         with threadpool_limits(limits=1, user_api="blas"):
-            fits = {name: _fit_prior(name, design, prior[:, j])
+            fits = {name: fit_prior_device(name, design, prior[:, j])
                     for j, name in enumerate(prior_names)}
         return PriorStage(model, design, fits)
 
@@ -385,7 +244,7 @@ class LearnedCostModel(CostModel):
     def _fit_target(self, d: Design, y: np.ndarray) -> None:
         self.training = {"latency_ms": y.tolist(), "design": d}
         with threadpool_limits(limits=1, user_api="blas"):
-            self.target = _fit_target(self.target.name, self.prior_predictions(d), d, y)
+            self.target = fit_target_device(self.target.name, self.prior_predictions(d), d, y)
 
     def update(self, batch: OpBatch, measured_latency_s: np.ndarray) -> None:
         """Add measured candidates to the target's training rows and refit stage 2."""
@@ -423,7 +282,7 @@ class LearnedCostModel(CostModel):
             "hyperparameters": {"huber_log": HUBER_LOG, "irls_steps": IRLS_STEPS,
                                 "row_floor": ROW_FLOOR, "prior_basis_ridge": PRIOR_BASIS_RIDGE,
                                 "prior_signature_ridge": PRIOR_SIGNATURE_RIDGE,
-                                "target_grid": [[_json_float(a), _json_float(b)]
+                                "target_grid": [[json_float(a), json_float(b)]
                                                 for a, b in TARGET_GRID]},
         }
         Path(path).write_text(json.dumps(payload))
@@ -490,72 +349,6 @@ class PriorStage:
     fits: dict[str, DeviceFit]
 
 
-# ---------------------------------------------------------------------------- stage fits
-def _fit_prior(name: str, d: Design, y: np.ndarray) -> DeviceFit:
-    nb, nt = d.prior_basis.shape[1], d.terms.shape[1]
-    Z = np.column_stack([d.prior_basis, d.terms, np.ones(len(y))])
-    penalty = np.concatenate([np.full(nb, PRIOR_BASIS_RIDGE), np.full(nt, PRIOR_SIGNATURE_RIDGE),
-                              [0.0]])
-    theta, _ = robust_fit(Z, y, penalty, nonneg=None)
-    return DeviceFit(name, theta[:nb], theta[nb:nb + nt], float(theta[-1]))
-
-
-def _target_design(prior_pred: np.ndarray, d: Design, setting: tuple[float, float]):
-    """Columns and penalties of one grid setting; returns (Z, penalty, nonneg, slices)."""
-    lam_basis, lam_sig = setting
-    blocks, pens, nonneg = [prior_pred], [np.zeros(prior_pred.shape[1])], \
-        [np.ones(prior_pred.shape[1], bool)]
-    if math.isfinite(lam_basis):
-        blocks.append(d.target_basis)
-        pens.append(np.full(d.target_basis.shape[1], lam_basis))
-        nonneg.append(np.ones(d.target_basis.shape[1], bool))
-    used = np.flatnonzero(d.terms.any(axis=0)) if math.isfinite(lam_sig) else np.zeros(0, int)
-    blocks.append(d.terms[:, used])
-    pens.append(np.full(len(used), lam_sig if math.isfinite(lam_sig) else 0.0))
-    nonneg.append(np.zeros(len(used), bool))
-    blocks.append(np.ones((len(d.terms), 1)))
-    pens.append(np.zeros(1))
-    nonneg.append(np.ones(1, bool))
-    return np.column_stack(blocks), np.concatenate(pens), np.concatenate(nonneg), used
-
-
-def _fit_setting(prior_pred, d, y, setting):
-    Z, pen, nonneg, used = _target_design(prior_pred, d, setting)
-    theta, _ = robust_fit(Z, y, pen, nonneg=nonneg)
-    k = prior_pred.shape[1]
-    nb = d.target_basis.shape[1] if math.isfinite(setting[0]) else 0
-    basis = np.concatenate([theta[:k], theta[k:k + nb] if nb else np.zeros(
-        d.target_basis.shape[1])])
-    sig = np.zeros(d.terms.shape[1])
-    sig[used] = theta[k + nb:k + nb + len(used)]
-    return basis, sig, float(theta[-1])
-
-
-def _fit_target(name: str, prior_pred: np.ndarray, d: Design, y: np.ndarray) -> DeviceFit:
-    n = len(y)
-    folds = np.arange(n) % (n if n <= LOO_MAX_ROWS else CV_FOLDS)
-    # Without prior devices the analytic terms are the model's only view of the candidates: a
-    # setting that drops them predicts one constant, which the one-standard-error rule would
-    # pick whenever the target's measurements are noisy.
-    grid = TARGET_GRID if prior_pred.shape[1] else tuple(
-        s for s in TARGET_GRID if math.isfinite(s[0]))
-    results = []
-    for setting in grid:
-        errs = np.empty(n)
-        for f in np.unique(folds):
-            test = folds == f
-            basis, sig, b = _fit_setting(prior_pred[~test], d.rows(~test), y[~test], setting)
-            pred = np.column_stack([prior_pred[test], d.target_basis[test]]) @ basis + \
-                d.terms[test] @ sig + b
-            errs[test] = np.abs(np.log(y[test] / np.maximum(pred, 1e-9 * np.median(y))))
-        errs = np.minimum(errs, 1.0)  # a fold's miss beyond e^1 counts as e^1: one bad fold
-        results.append((float(errs.mean()), float(errs.std(ddof=1) / math.sqrt(n)), errs))
-    best = min(range(len(results)), key=lambda i: results[i][0])
-    limit = results[best][0] + results[best][1]
-    chosen = next(i for i in range(len(results)) if results[i][0] <= limit)
-    basis, sig, b = _fit_setting(prior_pred, d, y, grid[chosen])
-    return DeviceFit(name, basis, sig, b, grid[chosen], tuple(results[chosen][2].tolist()))
-
-
+# DeviceFit, Design, robust_fit and TARGET_GRID live in learned_fit; still importable from here.
 __all__ = ["FORMAT", "FORMAT_VERSION", "LearnedCostModel", "PriorStage", "DeviceFit", "Design",
            "ModelFormatError", "robust_fit", "TARGET_GRID"]
