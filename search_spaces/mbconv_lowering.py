@@ -24,9 +24,10 @@ from codesign.cost_models.ir import N_COLS, DeferredOps, Op, OpBatch, OpKind, op
 from codesign.cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
 from codesign.kernels.specs import (DENSE, QuantSpec, TileSpec, block, two_four,
                                     unstructured)
+from codesign.search_spaces.mbconv_candidate import Candidate, LayerChoice
 
-if TYPE_CHECKING:
-    from codesign.search_spaces.mbconv import Candidate, LayerChoice, MBConvConfig
+if TYPE_CHECKING:  # the config module reads SPARSITY_CHOICES from here
+    from codesign.search_spaces.mbconv_config import MBConvConfig
 
 SPARSITY_CHOICES = {
     "dense": DENSE, "2:4": two_four(), "block4x4": block(4, 4, 0.75),
@@ -330,9 +331,6 @@ class MBConvLowering:
     def _build(self, key: tuple) -> Op:
         """The op of a row key, built by the functions ``lower_arch`` uses (names left empty:
         they are not in the row). The format's tile is left to the batch's tile column."""
-        # the space's own record; a local import avoids a cycle
-        from codesign.search_spaces.mbconv import LayerChoice
-
         n, kind = self.input_shape[0], key[0]
         if kind == "conv":
             h, w, cin, cout, k, stride, groups, precision, sparsity = key[1:]
