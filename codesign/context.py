@@ -18,8 +18,10 @@ import numpy as np
 from codesign.evaluation.base import metric_keys, metric_of
 from codesign.task_option import bind_task, check_evaluator, identity_fields
 from codesign.userinput import BadInput, load_reference
-from codesign.cost_models.analytic import AnalyticCostModel
+from codesign.learned_pricing import CostModels, open_cost_models
+from codesign.pricing import PricedCandidate
 from codesign.cost_models.backends import BackendSpec, backend_for
+from codesign.cost_models.base import CostModel
 from codesign.cost_models.devices import DeviceSpec, load_device
 from codesign.cost_models.ir import OpBatch, model_bytes, peak_activation_bytes
 from codesign.kernels.cache_paths import cache_dir
@@ -174,18 +176,24 @@ class SearchContext:
     budget_s: float
     cost_model_name: str
     baseline_params: dict[str, Any] | None = None
-    learned: Any = None  # codesign.learned_pricing.LearnedPricer for learned/hybrid, else None
+    # every CostModel that prices (one per thread count, made by the one factory); None: made
+    # from cost_model_name here (a saved learned/hybrid model at its default path)
+    cost_models: CostModels | None = None
     ttft_budget_s: float | None = None  # spaces with a prefill phase: time-to-first-token budget
     # the accuracy floor (a constraint like the budget) and the reference model it came from
     min_accuracy: float | None = None
     reference: dict[str, Any] | None = None
     task: Any = None  # --task: the user's data (codesign.search_spaces.tasks.UserTask)
-    _models: dict[int, AnalyticCostModel] = field(default_factory=dict, repr=False)
 
-    def cost_model(self, threads: int) -> AnalyticCostModel:
-        if threads not in self._models:
-            self._models[threads] = AnalyticCostModel(self.device, self.backend, threads=threads)
-        return self._models[threads]
+    def __post_init__(self) -> None:
+        if self.cost_models is None:
+            self.cost_models = open_cost_models(self.cost_model_name, self.device, self.backend,
+                                                None)
+
+    def cost_model(self, threads: int) -> CostModel:
+        """The search's cost model at ``threads`` threads (ValueError: a fitted model measured
+        at another thread count)."""
+        return self.cost_models.at(threads)
 
     @property
     def metric(self) -> str:
@@ -215,7 +223,7 @@ class SearchContext:
                 **({"ttft_budget_s": self.ttft_budget_s} if self.ttft_budget_s is not None else {}),
                 **({"min_accuracy": self.min_accuracy} if self.min_accuracy is not None else {}),
                 **identity_fields(self.task),
-                **(self.learned.provenance() if self.learned is not None else {}),
+                **self.cost_models.provenance(),
                 "cache_dir": str(cache_dir()),
                 "options": study_options(config, self.baseline_params)}
 
@@ -224,17 +232,18 @@ class SearchContext:
         ``lower_fraction`` / ``upper_fraction`` below / above the latency, ``fraction`` the
         larger, and which measured error it is (``source``, ``ref``, ``file``, ``field``) on
         which ``devices``."""
-        if self.learned is not None:
-            model = self.learned.model
+        fitted = self.cost_models.fitted
+        if fitted is not None:
+            model = fitted.model
             e = float(model.error_estimate)
             lo, hi = (1 - math.exp(-e), math.exp(e) - 1) if math.isfinite(e) else (0.0, 0.0)
             device = model.target_info.get("device") or model.target.name
             n = len(model.training["latency_ms"])
             return {"fraction": hi, "lower_fraction": lo, "upper_fraction": hi,
                     "source": "measured",
-                    "ref": f"cross-validated RMS |log error| {e:.3f} of the {self.learned.kind} "
+                    "ref": f"cross-validated RMS |log error| {e:.3f} of the {fitted.kind} "
                            f"model on its {n} measured training rows",
-                    "file": str(self.learned.path), "field": "cost_model_cv_rms_log_error",
+                    "file": str(fitted.path), "field": "cost_model_cv_rms_log_error",
                     "devices": [device]}
         err = self.backend.analytic_error
         if err is None:
@@ -246,26 +255,32 @@ class SearchContext:
                 "source": err.source, "ref": err.ref, "file": _config_path(self.backend.path),
                 "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
 
-    def price(self, candidate) -> dict[str, Any]:
+    def price(self, candidate) -> PricedCandidate:
+        """``candidate`` priced by the search's cost model at its thread count."""
         from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
-        if self.learned is not None:
-            return self._price_learned(candidate)
-        # on the host, a tile the candidate leaves free is the one the tuner measured best
-        ops = apply_tuned_tiles(self.space.to_ops(candidate), self.device, self.backend)
-        threads = getattr(candidate, "threads", self.device.default_threads)
+        threads = getattr(candidate, "threads", self.cost_models.threads
+                          or self.device.default_threads)
+        model = self.cost_model(threads)
+        ops = self.space.to_ops(candidate)
+        if self.cost_models.fitted is None:
+            # on the host, a tile the candidate leaves free is the one the tuner measured best;
+            # a fitted model prices the op list exactly as calibrate featurised its rows
+            ops = apply_tuned_tiles(ops, self.device, self.backend)
         batch = OpBatch.from_oplists([ops])
-        pred = self.cost_model(threads).predict(batch)
+        pred = model.predict(batch)
         latency = float(pred.latency_s[0])
-        e = self.error_fraction
-        priced = {"ops": ops, "batch": batch, "prediction": pred, "latency_s": latency,
-                  "latency_band_s": (latency * (1 - e), latency * (1 + e)),
-                  "model_bytes": model_bytes(ops),
-                  "peak_activation_bytes": peak_activation_bytes(ops)}
-        return {**priced, **self._other_phases(candidate, threads)}
+        return PricedCandidate(tuple(ops), batch, pred, latency, self._band(latency),
+                               model_bytes(ops), peak_activation_bytes(ops),
+                               **self._other_phases(candidate, model))
 
-    def _other_phases(self, candidate, threads: int) -> dict[str, Any]:
-        """A space's prefill phase (time to first token) and RAM check, where it has them."""
+    def _band(self, latency: float) -> tuple[float, float]:
+        lo, hi = self.cost_models.band_factors()
+        return (latency * lo, latency * hi)
+
+    def _other_phases(self, candidate, model) -> dict[str, Any]:
+        """A space's prefill phase (time to first token) and RAM check, where it has them, as
+        ``PricedCandidate`` fields."""
         out: dict[str, Any] = {}
         prefill = self.space.prefill_ops(candidate)
         if prefill is not None:
@@ -273,10 +288,10 @@ class SearchContext:
 
             ops = apply_tuned_tiles(prefill, self.device, self.backend)
             batch = OpBatch.from_oplists([ops])
-            pred = self.cost_model(threads).predict(batch)
-            ttft, e = float(pred.latency_s[0]), self.error_fraction
+            pred = model.predict(batch)
+            ttft = float(pred.latency_s[0])
             out.update(prefill_batch=batch, prefill_prediction=pred, ttft_s=ttft,
-                       ttft_band_s=(ttft * (1 - e), ttft * (1 + e)),
+                       ttft_band_s=self._band(ttft),
                        prefill_peak_activation_bytes=peak_activation_bytes(ops))
         resident = self.space.memory_bytes(candidate)
         if resident is not None:
@@ -289,33 +304,17 @@ class SearchContext:
         seeds = getattr(self.space, "seed_params", None)
         return list(seeds()) if callable(seeds) else []
 
-    def constraints(self, priced: dict[str, Any]) -> dict[str, float]:
+    def constraints(self, priced: PricedCandidate) -> dict[str, float]:
         """Constraints beyond the latency budget (feasible when <= 0)."""
         out: dict[str, float] = {}
-        if self.ttft_budget_s is not None and "ttft_s" in priced:
-            out["ttft_over_budget_s"] = priced["ttft_s"] - self.ttft_budget_s
-        if "memory_bytes" in priced:
+        if self.ttft_budget_s is not None and priced.ttft_s is not None:
+            out["ttft_over_budget_s"] = priced.ttft_s - self.ttft_budget_s
+        if priced.memory_bytes is not None:
             # the resident bytes plus the larger phase's activations must fit the RAM share
-            peak = max(priced["peak_activation_bytes"],
-                       priced.get("prefill_peak_activation_bytes", 0))
-            out["memory_over_share_bytes"] = float(priced["memory_bytes"] + peak
-                                                   - priced["memory_share_bytes"])
+            peak = max(priced.peak_activation_bytes, priced.prefill_peak_activation_bytes or 0)
+            out["memory_over_share_bytes"] = float(priced.memory_bytes + peak
+                                                   - priced.memory_share_bytes)
         return out
-
-    def _price_learned(self, candidate) -> dict[str, Any]:
-        # the op list exactly as calibrate featurised the training rows (no tile resolution)
-        threads = getattr(candidate, "threads", self.learned.threads)
-        if threads != self.learned.threads:
-            raise ValueError(f"the {self.learned.kind} cost model was measured at "
-                             f"{self.learned.threads} thread(s), not {threads}")
-        ops = self.space.to_ops(candidate)
-        pred = self.learned.predict(ops)
-        latency = float(pred.latency_s[0])
-        lo, hi = pred.band
-        return {"ops": ops, "batch": OpBatch.from_oplists([ops]), "prediction": pred,
-                "latency_s": latency, "latency_band_s": (latency * lo, latency * hi),
-                "model_bytes": model_bytes(ops),
-                "peak_activation_bytes": peak_activation_bytes(ops)}
 
     def evaluate(self, candidate, *, split: str = "val") -> TrialOutcome:
         start = time.perf_counter()
@@ -333,11 +332,11 @@ class SearchContext:
                                 candidate_key=_key(candidate))
         return TrialOutcome(
             accuracy=float(result.accuracy), accuracy_interval=tuple(result.interval),
-            n_eval=result.n, latency_s=priced["latency_s"],
-            latency_band_s=priced["latency_band_s"], model_bytes=priced["model_bytes"],
-            peak_activation_bytes=priced["peak_activation_bytes"], candidate_key=_key(candidate),
+            n_eval=result.n, latency_s=priced.latency_s,
+            latency_band_s=priced.latency_band_s, model_bytes=priced.model_bytes,
+            peak_activation_bytes=priced.peak_activation_bytes, candidate_key=_key(candidate),
             eval_seconds=time.perf_counter() - start, pid=os.getpid(),
-            ttft_s=priced.get("ttft_s"), memory_bytes=priced.get("memory_bytes"),
+            ttft_s=priced.ttft_s, memory_bytes=priced.memory_bytes,
             constraints={**self.constraints(priced), **self._floor(result.accuracy)},
             metric=self.metric)
 
@@ -373,14 +372,12 @@ def _key(candidate) -> str:
 def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     """The context for a ``SearchConfig``; ``device``: the spec already loaded for
     ``config.device`` (a sweep ships specs to nodes that may not have the user's YAML file)."""
-    from codesign.learned_pricing import load_pricer
-
     device = device if device is not None else load_device(config.device)
     backend = backend_for(device, config.backend)
-    learned = load_pricer(config.cost_model, device, backend,
-                          getattr(config, "cost_model_file", None))
+    cost_models = open_cost_models(config.cost_model, device, backend,
+                                   getattr(config, "cost_model_file", None))
     space = load_space(config.space, backend, device,
-                       (learned.threads,) if learned is not None else None,
+                       (cost_models.threads,) if cost_models.threads is not None else None,
                        max_formats=getattr(config, "max_formats", 3))
     check_evaluator(getattr(config, "task", None), config.evaluator)
     space, task = bind_task(space, getattr(config, "task", None))
@@ -388,7 +385,7 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     if ttft_budget_s is not None and type(space).prefill_ops is SearchSpace.prefill_ops:
         raise BadInput(f"--ttft-budget: space {space.name!r} has no prefill phase (it applies "
                        "to --space transformer)")
-    if learned is not None and type(space).prefill_ops is not SearchSpace.prefill_ops:
+    if cost_models.fitted is not None and type(space).prefill_ops is not SearchSpace.prefill_ops:
         raise BadInput(f"--cost-model {config.cost_model}: learned models are fitted on single-"
                        f"phase spaces; space {space.name!r} is priced with --cost-model analytic")
     evaluator = load_evaluator(config.evaluator, space, config.seed,
@@ -403,5 +400,5 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     if min_accuracy is None and reference is not None:
         min_accuracy = reference["accuracy"]
     return SearchContext(device, backend, space, evaluator, config.budget_s, config.cost_model,
-                         baseline, learned, ttft_budget_s, min_accuracy, reference, task)
+                         baseline, cost_models, ttft_budget_s, min_accuracy, reference, task)
 

@@ -15,14 +15,16 @@ exp(-/+ RMS |log error|) (``LearnedCostModel.predict``).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from codesign.userinput import BadInput
 from codesign.kernels.cache_paths import cache_dir
 
-__all__ = ["SEARCH_COST_MODELS", "LearnedPricer", "default_model_path", "load_pricer"]
+__all__ = ["SEARCH_COST_MODELS", "CostModels", "LearnedPricer", "default_model_path",
+           "load_pricer", "open_cost_models"]
 
 SEARCH_COST_MODELS = ("analytic", "learned", "hybrid")
 
@@ -41,12 +43,6 @@ class LearnedPricer:
     path: Path
     sha256: str
     threads: int
-
-    def predict(self, ops):
-        """``Prediction`` for one op list (band: the model's held-out multiplicative error)."""
-        from codesign.cost_models.ir import OpBatch
-
-        return self.model.predict(OpBatch.from_oplists([ops]))
 
     def provenance(self) -> dict[str, Any]:
         return {"cost_model_file": str(self.path), "cost_model_sha256": self.sha256,
@@ -98,3 +94,62 @@ def load_pricer(kind: str, device, backend, path: Path | None) -> LearnedPricer 
     threads = int(info.get("threads", model.config.threads))
     return LearnedPricer(kind, model, chosen, hashlib.sha256(chosen.read_bytes()).hexdigest(),
                          threads)
+
+
+@dataclass
+class CostModels:
+    """``--cost-model KIND`` on one device / back-end: the ``CostModel`` (``predict(batch)``)
+    pricing each thread count, every one made by the one factory, the ``COST_MODELS`` registry
+    (``codesign.registry``), and kept. ``fitted``: the saved model of a learned/hybrid kind and
+    where it came from (None: analytic); it prices its own thread count only (the factory
+    refuses another)."""
+
+    kind: str
+    device: Any  # codesign.cost_models.devices.DeviceSpec
+    backend: Any  # codesign.cost_models.backends.BackendSpec
+    fitted: LearnedPricer | None = None
+    _built: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fitted is not None:  # already loaded and checked by load_pricer: not read again
+            self._built[self.fitted.threads] = self.fitted.model
+
+    @property
+    def threads(self) -> int | None:
+        """The one thread count a fitted model prices (None: any)."""
+        return self.fitted.threads if self.fitted is not None else None
+
+    def at(self, threads: int):
+        """The ``CostModel`` pricing ``threads`` threads.
+
+        Raises:
+            ValueError: a fitted model measured at another thread count.
+        """
+        if threads not in self._built:
+            from codesign.registry import COST_MODELS
+
+            path = self.fitted.path if self.fitted is not None else None
+            self._built[threads] = COST_MODELS.get(self.kind)(self.device, self.backend,
+                                                              threads=threads, path=path)
+        return self._built[threads]
+
+    def band_factors(self) -> tuple[float, float]:
+        """What a predicted latency is multiplied by for its (low, high) band: a fitted model's
+        cross-validated RMS |log error| e as exp(-/+e) (as ``LearnedCostModel.predict`` states
+        it), else the back-end's measured ``analytic_error`` e as 1 -/+ e (none: no band)."""
+        if self.fitted is not None:
+            e = float(self.fitted.model.error_estimate)
+            return (math.exp(-e), math.exp(e)) if math.isfinite(e) else (1.0, 1.0)
+        err = self.backend.analytic_error
+        e = err.value if err is not None else 0.0
+        return (1 - e, 1 + e)
+
+    def provenance(self) -> dict[str, Any]:
+        """The fitted model's file, hash, threads and error (empty for analytic)."""
+        return self.fitted.provenance() if self.fitted is not None else {}
+
+
+def open_cost_models(kind: str, device, backend, path: Path | None) -> CostModels:
+    """The cost models of ``--cost-model kind`` [``--cost-model-file path``] on
+    ``device``/``backend``. Raises BadInput as ``load_pricer`` does."""
+    return CostModels(kind, device, backend, load_pricer(kind, device, backend, path))

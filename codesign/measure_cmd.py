@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from codesign.pareto_member import ParetoMember
 from codesign.userinput import BadInput
 
 __all__ = ["MeasureConfig", "run_measure", "load_measure_space", "distinct_candidates",
@@ -124,7 +125,7 @@ def pareto_candidates(path: Path, space, threads: int) -> list[tuple[str, dict, 
     """
     try:
         pareto = json.loads(Path(path).read_text())
-        members = [m["params"] for m in pareto["members"]]
+        members = [ParetoMember.from_json(m).params for m in pareto["members"]]
     except OSError as exc:
         raise BadInput(f"--from-pareto {path}: cannot read: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -1,4 +1,5 @@
-"""Pricing a user's model on a device: the engine behind ``codesign predict``.
+"""Pricing on a device: a user's model (the engine behind ``codesign predict``) and the record a
+search's candidate is priced into (``PricedCandidate``, made by ``SearchContext.price``).
 
 ``cost_model`` is ``analytic`` (the roofline from the device spec) or ``learned``/``hybrid``: a
 model saved by ``codesign calibrate --save`` for this device and back-end, found as ``search``
@@ -13,16 +14,38 @@ from typing import Any
 
 import numpy as np
 
-from codesign.learned_pricing import SEARCH_COST_MODELS as COST_MODELS, load_pricer
+from codesign.learned_pricing import SEARCH_COST_MODELS as COST_MODELS, open_cost_models
 from codesign.userinput import BadInput
-from codesign.cost_models.analytic import AnalyticCostModel
 from codesign.cost_models.backends import backend_for
 from codesign.cost_models.base import BOUNDS, Prediction
 from codesign.cost_models.devices import DeviceSpec
 from codesign.cost_models.ir import OpBatch, Op
-from codesign.cost_models.lowering import apply_precision, lower_module
 
 DTYPES = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class PricedCandidate:
+    """One search candidate priced by the search's cost model: its (decode) phase, and where the
+    space has them a prefill phase (time to first token) and a RAM check; a phase or check the
+    space lacks is None. Bands are (low, high) in seconds."""
+
+    ops: tuple[Op, ...]
+    batch: OpBatch
+    prediction: Prediction
+    latency_s: float
+    latency_band_s: tuple[float, float]
+    model_bytes: int
+    peak_activation_bytes: int
+    # the prefill phase (spaces with one): latency_s is then per decoded token
+    ttft_s: float | None = None
+    ttft_band_s: tuple[float, float] | None = None
+    prefill_batch: OpBatch | None = None
+    prefill_prediction: Prediction | None = None
+    prefill_peak_activation_bytes: int | None = None
+    # the RAM check (spaces with one): resident bytes, and the device's share for the app
+    memory_bytes: int | None = None
+    memory_share_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,8 @@ def price_module(module, input_shape, device: DeviceSpec, *, backend: str | None
         BadInput, SpecError, LoweringError, UnpriceableOp: bad choices, an unknown back-end, a
             model that cannot be lowered, or an op the back-end cannot run.
     """
+    from codesign.cost_models.lowering import apply_precision, lower_module  # imports torch
+
     if cost_model not in COST_MODELS:
         raise BadInput(f"unknown cost model {cost_model!r}; valid: {', '.join(COST_MODELS)}")
     if dtype not in DTYPES:
@@ -70,15 +95,14 @@ def price_module(module, input_shape, device: DeviceSpec, *, backend: str | None
         raise BadInput(f"back-end {spec.name} does not let the thread count be chosen")
     if threads is not None and not 1 <= threads <= device.cpu.n_cores:
         raise BadInput(f"--threads {threads}: {device.name} has {device.cpu.n_cores} cores")
-    pricer = load_pricer(cost_model, device, spec, cost_model_file)
-    if pricer is not None and threads is not None and threads != pricer.threads:
-        raise BadInput(f"--cost-model {cost_model}: the model was measured at {pricer.threads} "
+    models = open_cost_models(cost_model, device, spec, cost_model_file)
+    if models.threads is not None and threads is not None and threads != models.threads:
+        raise BadInput(f"--cost-model {cost_model}: the model was measured at {models.threads} "
                        f"thread(s), not {threads}")
     ops = apply_precision(lower_module(module, input_shape), spec, dtype)
     batch = OpBatch.from_oplists([ops])
-    if pricer is None:
-        prediction = AnalyticCostModel(device, spec, threads=threads).predict(batch)
-    else:
-        prediction = pricer.model.predict(batch)
-        prediction.assumptions.update({**pricer.provenance(), "threads": pricer.threads})
+    threads = threads if threads is not None else models.threads or device.default_threads
+    prediction = models.at(threads).predict(batch)
+    if models.fitted is not None:  # which saved model priced it
+        prediction.assumptions.update({**models.provenance(), "threads": threads})
     return PricedModel(device, spec.name, tuple(ops), batch, prediction)

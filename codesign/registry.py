@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # annotations only: the registry imports no implementation up
     from codesign.cost_models.base import CostModel
     from codesign.cost_models.devices import DeviceSpec
     from codesign.evaluation.base import Evaluator
+    from codesign.pareto_member import ParetoMember
     from codesign.search_spaces.base import SearchSpace
 
 T = TypeVar("T")
@@ -149,15 +150,16 @@ class Exporter(Protocol):
     """Turns a finished run's Pareto members into deployable programs.
 
     ``open(run_dir, evaluator)`` reads the run (``run.json``, ``pareto.json``) and returns the
-    object ``export_member`` takes, with its members in ``run.pareto["members"]``; ``evaluator``
+    object ``export_member`` takes, with its pareto.json in ``run.pareto``; ``evaluator``
     is a caller's evaluator to build the members with (None: the one the run recorded).
-    ``export_member(run, member, out, formats, log)`` writes ``out/`` and returns a
+    ``export_member(run, member, out, formats, log)`` writes ``out/`` for one member (a
+    ``codesign.pareto_member.ParetoMember``) and returns a
     ``codesign.export.run.MemberResult``; it raises on failure (the caller records the member
     as failed with the reason and goes on)."""
 
     def open(self, run_dir: "Path", evaluator: Any = None) -> Any: ...
 
-    def export_member(self, run: Any, member: dict[str, Any], out: "Path",
+    def export_member(self, run: Any, member: "ParetoMember", out: "Path",
                       formats: Sequence[str], log: Callable[[str], None]) -> Any: ...
 
 

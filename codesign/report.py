@@ -23,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from codesign.evaluation.base import metric_keys
+from codesign.pareto_member import ParetoMember, baseline_member, front_members
 from codesign.report_tables import _si, _table, format_pareto, metric_label
 from codesign.run_dir import JOURNAL_FILE, RUN_FILE, STUDY_NAME
 from codesign.userinput import BadInput
@@ -102,34 +103,34 @@ def _point(trial: FrozenTrial, front: set[int], metric: str = "accuracy") -> Tri
         on_front=trial.number in front, baseline=bool(attrs.get("baseline", False)))
 
 
-def _member_point(m: dict[str, Any], metric: str = "accuracy") -> TrialPoint:
-    keys = metric_keys(metric)
-    return TrialPoint(m["trial"], m[keys["value"]], tuple(m[keys["interval"]]), m["latency_s"],
-                      tuple(m["latency_band_s"]), float(m["model_bytes"]), True, True,
-                      bool(m.get("baseline", False)))
+def _member_point(m: ParetoMember) -> TrialPoint:
+    return TrialPoint(m.trial, m.quality, tuple(m.quality_interval), m.latency_s,
+                      tuple(m.latency_band_s), float(m.model_bytes), True, True,
+                      bool(m.baseline))
 
 
 def load_run(run_dir: Path) -> RunReport:
     pareto = load_pareto(run_dir)
     study = load_study(run_dir)
-    members = {m["trial"]: m for m in pareto["members"]}
+    members = {m.trial: m for m in front_members(pareto)}
     metric = pareto.get("metric", "accuracy")
     if study is not None:
         # a front member is drawn with its pareto.json quality (fine-tuned members were scored
         # again after the search), the others with their trial's
-        points = tuple(_member_point(members[t.number], metric) if t.number in members
+        points = tuple(_member_point(members[t.number]) if t.number in members
                        else _point(t, set(members), metric)
                        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     else:
-        points = tuple(_member_point(m, metric) for m in pareto["members"])
+        points = tuple(_member_point(m) for m in members.values())
     return RunReport(Path(run_dir), pareto, points, study)
 
 
-def member_layers(member: dict[str, Any]) -> list[dict[str, Any]]:
-    """The member's layers with ``share`` (fraction of the summed layer latency) added."""
-    total = sum(layer["latency_s"] for layer in member["layers"])
+def member_layers(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A member's ``layers`` (or ``prefill_layers``) with ``share`` (fraction of the summed
+    layer latency) added."""
+    total = sum(layer["latency_s"] for layer in layers)
     return [{**layer, "share": layer["latency_s"] / total if total > 0 else math.nan}
-            for layer in member["layers"]]
+            for layer in layers]
 
 
 def _shares(layers: list[dict[str, Any]], key: str) -> str:
@@ -139,14 +140,15 @@ def _shares(layers: list[dict[str, Any]], key: str) -> str:
     return ", ".join(f"{k} {v:.0%}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
 
 
-def find_member(pareto: dict[str, Any], number: int) -> dict[str, Any]:
-    candidates = list(pareto["members"])
-    if pareto.get("baseline"):
-        candidates.append(pareto["baseline"])
+def find_member(pareto: dict[str, Any], number: int) -> ParetoMember:
+    candidates = front_members(pareto)
+    base = baseline_member(pareto)
+    if base is not None:
+        candidates.append(base)
     for m in candidates:
-        if m["trial"] == number:
+        if m.trial == number:
             return m
-    valid = ", ".join(str(m["trial"]) for m in candidates) or "none"
+    valid = ", ".join(str(m.trial) for m in candidates) or "none"
     raise BadInput(f"--member {number}: trial {number} is not on the front (nor the baseline); "
                    f"its per-layer breakdown is not in pareto.json; valid: {valid}")
 
@@ -154,29 +156,29 @@ def find_member(pareto: dict[str, Any], number: int) -> dict[str, Any]:
 def format_member(pareto: dict[str, Any], number: int, *, top: int = 5) -> str:
     """Per-layer breakdown of one member: where its predicted latency goes, and why."""
     m = find_member(pareto, number)
-    layers = member_layers(m)
+    layers = member_layers(m.layers)
     rows = [[layer["name"], layer["kind"], f"{layer['latency_s'] * 1e3:.4f}",
              f"{layer['share'] * 100:.1f}", layer["bound"],
              f"w{layer['weight_bits']}a{layer['act_bits']}", str(layer["sparsity"]),
              str(layer["tile"]), _si(layer["flops"], "FLOP"), _si(layer["bytes"], "B")]
             for layer in layers]
     total = sum(layer["latency_s"] for layer in layers)
-    lo, hi = m["latency_band_s"]
-    short, metric, _ = metric_label(pareto)
-    keys = metric_keys(metric)
-    alo, ahi = m[keys["interval"]]
-    head = (f"trial {m['trial']}{' (baseline)' if m.get('baseline') else ''} on "
-            f"{pareto['device']} / {pareto['backend']}: {m['latency_s'] * 1e3:.3f} ms predicted "
+    lo, hi = m.latency_band_s
+    short, _, _ = metric_label(pareto)
+    alo, ahi = m.quality_interval
+    head = (f"trial {m.trial}{' (baseline)' if m.baseline else ''} on "
+            f"{pareto['device']} / {pareto['backend']}: {m.latency_s * 1e3:.3f} ms predicted "
             f"[{lo * 1e3:.3f}, {hi * 1e3:.3f}] (budget {pareto['budget_s'] * 1e3:g} ms), "
-            f"val {short} {m[keys['value']]:.3f} [{alo:.3f}, {ahi:.3f}], "
-            f"{m['model_bytes'] / 1e6:.2f} MB, {m.get('threads', '?')} thread(s)")
-    if "ttft_s" in m:
-        head += (f"\n{m['latency_s'] * 1e3:.3f} ms per decoded token (the decode breakdown "
-                 f"below); time to first token {m['ttft_s'] * 1e3:.3f} ms (prefill breakdown "
+            f"val {short} {m.quality:.3f} [{alo:.3f}, {ahi:.3f}], "
+            f"{m.model_bytes / 1e6:.2f} MB, "
+            f"{m.threads if m.threads is not None else '?'} thread(s)")
+    if m.ttft_s is not None:
+        head += (f"\n{m.latency_s * 1e3:.3f} ms per decoded token (the decode breakdown "
+                 f"below); time to first token {m.ttft_s * 1e3:.3f} ms (prefill breakdown "
                  "after it)")
-    if "memory_bytes" in m:
-        head += (f"\nresident {m['memory_bytes'] / 1e6:.2f} MB (weights + whole KV cache) of "
-                 f"a {m['memory_share_bytes'] / 1e9:.2f} GB RAM share")
+    if m.memory_bytes is not None:
+        head += (f"\nresident {m.memory_bytes / 1e6:.2f} MB (weights + whole KV cache) of "
+                 f"a {m.memory_share_bytes / 1e9:.2f} GB RAM share")
     table = _table(["layer", "kind", "ms", "share %", "bound", "bits", "sparsity", "tile",
                     "flops", "bytes"], rows, right={2, 3, 8, 9})
     slowest = sorted(layers, key=lambda layer: -layer["latency_s"])[:top]
@@ -186,14 +188,14 @@ def format_member(pareto: dict[str, Any], number: int, *, top: int = 5) -> str:
             f"time by kind: {_shares(layers, 'kind')}",
             "slowest: " + ", ".join(f"{layer['name']} {layer['share']:.1%} ({layer['bound']})"
                                     for layer in slowest)]
-    if m.get("prefill_layers"):
-        foot += ["", _phase_table("prefill (time to first token)", m["prefill_layers"], top)]
+    if m.prefill_layers:
+        foot += ["", _phase_table("prefill (time to first token)", m.prefill_layers, top)]
     return "\n".join([head, table, *foot])
 
 
 def _phase_table(title: str, layer_rows: list[dict[str, Any]], top: int) -> str:
     """A second phase's per-layer breakdown (the transformer's prefill)."""
-    layers = member_layers({"layers": layer_rows})
+    layers = member_layers(layer_rows)
     rows = [[layer["name"], layer["kind"], f"{layer['latency_s'] * 1e3:.4f}",
              f"{layer['share'] * 100:.1f}", layer["bound"],
              f"w{layer['weight_bits']}a{layer['act_bits']}", str(layer["sparsity"])]

@@ -211,36 +211,35 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     """The end-of-run table: one row per front member, the baseline marked. A space with a
     prefill phase and a RAM check (transformer) adds time to first token and resident bytes;
     the quality column is named after the evaluator's metric (``val ppl`` for perplexity)."""
-    from codesign.evaluation.base import metric_keys
+    from codesign.pareto_member import baseline_member, front_members
 
     short, metric, note = metric_label(pareto)
-    keys = metric_keys(metric)
     rows = []
-    members = list(pareto["members"])
-    phases = any("ttft_s" in m for m in members)
-    memory = any("memory_bytes" in m for m in members)
-    tuned = any("accuracy_before_finetune" in m for m in members)
+    members = front_members(pareto)
+    phases = any(m.ttft_s is not None for m in members)
+    memory = any(m.memory_bytes is not None for m in members)
+    tuned = any(m.quality_before_finetune is not None for m in members)
     for m in members:
-        lo, hi = m[keys["interval"]]
-        tlo, thi = m["latency_band_s"]
-        bits = sorted({f"w{layer['weight_bits']}a{layer['act_bits']}" for layer in m["layers"]
+        lo, hi = m.quality_interval
+        tlo, thi = m.latency_band_s
+        bits = sorted({f"w{layer['weight_bits']}a{layer['act_bits']}" for layer in m.layers
                        if layer["kind"] in ("conv2d", "linear", "depthwise_conv2d")})
-        sparse = sorted({layer["sparsity"] for layer in m["layers"]} - {"dense"})
+        sparse = sorted({layer["sparsity"] for layer in m.layers} - {"dense"})
         extra = []
         if tuned:
-            extra.append(f"{m['accuracy_before_finetune']:.3f}"
-                         if "accuracy_before_finetune" in m else "-")
+            extra.append(f"{m.quality_before_finetune:.3f}"
+                         if m.quality_before_finetune is not None else "-")
         if phases:
-            extra.append(f"{m['ttft_s'] * 1e3:.2f}" if "ttft_s" in m else "-")
+            extra.append(f"{m.ttft_s * 1e3:.2f}" if m.ttft_s is not None else "-")
         if memory:
-            extra.append(f"{m['memory_bytes'] / 1e6:.2f}/{m['memory_share_bytes'] / 1e9:.1f}G"
-                         if "memory_bytes" in m else "-")
-        rows.append([str(m["trial"]) + (" (baseline)" if m.get("baseline") else ""),
-                     f"{m[keys['value']]:.3f} [{lo:.3f},{hi:.3f}]",
-                     f"{m.get(keys['test'], float('nan')):.3f}",
-                     f"{m['latency_s'] * 1e3:.2f} [{tlo * 1e3:.2f},{thi * 1e3:.2f}]", *extra,
-                     f"{m['model_bytes'] / 1e6:.2f}", f"{m['peak_activation_bytes'] / 1e6:.2f}",
-                     str(m["threads"]), ",".join(m.get("formats") or bits),
+            extra.append(f"{m.memory_bytes / 1e6:.2f}/{m.memory_share_bytes / 1e9:.1f}G"
+                         if m.memory_bytes is not None else "-")
+        test = m.test_quality if m.test_quality is not None else float("nan")
+        rows.append([str(m.trial) + (" (baseline)" if m.baseline else ""),
+                     f"{m.quality:.3f} [{lo:.3f},{hi:.3f}]", f"{test:.3f}",
+                     f"{m.latency_s * 1e3:.2f} [{tlo * 1e3:.2f},{thi * 1e3:.2f}]", *extra,
+                     f"{m.model_bytes / 1e6:.2f}", f"{m.peak_activation_bytes / 1e6:.2f}",
+                     str(m.threads), ",".join(m.formats or bits),
                      ",".join(sparse) or "dense"])
     head = (f"Pareto front: {pareto['device']} / {pareto['backend']}, budget "
             f"{pareto['budget_s'] * 1e3:g} ms"
@@ -261,7 +260,7 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
               f"({pareto['n_feasible']} within budget), {pareto['n_failed']} failed"
               + (f" ({interrupted} interrupted by a crash)" if interrupted else "")
               + f"; {len(members)} on the front")
-    base = pareto.get("baseline")
+    base = baseline_member(pareto)
     shapes, band = shapes_note(pareto), band_note(pareto)
     lines = [head, *([shapes] if shapes else []), table, *([band] if band else []), counts]
     floor = floor_note(pareto)
@@ -271,9 +270,9 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     if task:
         lines.insert(1, task)
     if base is not None:
-        lines.append(f"baseline (trial {base['trial']}): val {short} {base[keys['value']]:.3f}, "
-                     f"{base['latency_s'] * 1e3:.2f} ms, {base['model_bytes'] / 1e6:.2f} MB"
-                     + ("" if base["latency_s"] <= pareto["budget_s"] else " — over budget"))
+        lines.append(f"baseline (trial {base.trial}): val {short} {base.quality:.3f}, "
+                     f"{base.latency_s * 1e3:.2f} ms, {base.model_bytes / 1e6:.2f} MB"
+                     + ("" if base.latency_s <= pareto["budget_s"] else " — over budget"))
     if run_dir is not None:
         lines.append(f"run directory: {run_dir}" + (f"  ({elapsed_s:.0f} s)" if elapsed_s else ""))
     return "\n".join(lines)

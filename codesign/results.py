@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from codesign.evaluation.base import metric_keys
+from codesign.pareto_member import ParetoMember, front_members
 from codesign.run_dir import RunDir
 
 _VERSIONED = ("codesign", "torch", "numpy", "optuna", "numba", "executorch", "torchao", "ray")
@@ -31,44 +32,38 @@ def _feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
-def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> dict[str, Any]:
+def member_record(trial: FrozenTrial, context, *, with_test: bool = True) -> ParetoMember:
     """Everything pareto.json says about one trial: metrics, test accuracy (or the evaluator's
     metric, under its own name: ``perplexity``, ``test_perplexity``...), per-layer breakdown."""
     keys = metric_keys(context.metric)
     candidate = context.space.decode(trial.params)
     priced = context.price(candidate)
-    record = {
-        "trial": trial.number, "params": dict(trial.params),
-        "latency_s": priced["latency_s"], "latency_band_s": list(priced["latency_band_s"]),
-        keys["value"]: trial.values[0], keys["interval"]: trial.user_attrs[keys["interval"]],
-        "model_bytes": priced["model_bytes"],
-        "peak_activation_bytes": priced["peak_activation_bytes"],
-        "threads": getattr(candidate, "threads", context.device.default_threads),
-        "baseline": bool(trial.user_attrs.get("baseline", False)),
-        **({"formats": candidate.formats()} if callable(getattr(candidate, "formats", None))
-           else {}),
-        "layers": _layer_rows(priced["prediction"], priced["batch"]),
-    }
-    if "ttft_s" in priced:  # a space with a prefill phase: latency_s is per decoded token
-        record.update(ttft_s=priced["ttft_s"], ttft_band_s=list(priced["ttft_band_s"]),
-                      prefill_layers=_layer_rows(priced["prefill_prediction"],
-                                                 priced["prefill_batch"]))
-    if "memory_bytes" in priced:
-        record.update(memory_bytes=priced["memory_bytes"],
-                      memory_share_bytes=priced["memory_share_bytes"])
+    formats = candidate.formats() if callable(getattr(candidate, "formats", None)) else None
+    member = ParetoMember(
+        trial=trial.number, params=dict(trial.params), metric=context.metric,
+        latency_s=priced.latency_s, latency_band_s=tuple(priced.latency_band_s),
+        quality=trial.values[0], quality_interval=tuple(trial.user_attrs[keys["interval"]]),
+        model_bytes=priced.model_bytes, peak_activation_bytes=priced.peak_activation_bytes,
+        threads=getattr(candidate, "threads", context.device.default_threads),
+        baseline=bool(trial.user_attrs.get("baseline", False)), formats=formats,
+        layers=_layer_rows(priced.prediction, priced.batch),
+        # a space with a prefill phase: latency_s is per decoded token
+        ttft_s=priced.ttft_s, ttft_band_s=priced.ttft_band_s,
+        prefill_layers=(None if priced.prefill_prediction is None else
+                        _layer_rows(priced.prefill_prediction, priced.prefill_batch)),
+        memory_bytes=priced.memory_bytes, memory_share_bytes=priced.memory_share_bytes)
     finetuned = getattr(context.evaluator, "finetuned_path", None)
     finetuned = finetuned(candidate) if callable(finetuned) else None
     if finetuned is not None and finetuned.is_file():  # scored again with its fine-tuned weights
         after = context.evaluator.evaluate(candidate, split="val")
-        record.update({"accuracy_before_finetune": trial.values[0],
-                       "accuracy_before_finetune_interval": trial.user_attrs[keys["interval"]],
-                       keys["value"]: float(after.accuracy),
-                       keys["interval"]: list(after.interval)})
+        member.quality_before_finetune = member.quality
+        member.quality_before_finetune_interval = member.quality_interval
+        member.quality, member.quality_interval = float(after.accuracy), tuple(after.interval)
     if with_test:
         test = context.evaluator.evaluate(candidate, split="test")
-        record[keys["test"]] = float(test.accuracy)
-        record[keys["test_interval"]] = list(test.interval)
-    return record
+        member.test_quality, member.test_quality_interval = float(test.accuracy), \
+            tuple(test.interval)
+    return member
 
 
 def _layer_rows(prediction, batch) -> list[dict[str, Any]]:
@@ -103,11 +98,11 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
     front = front_trials(study)
     members = [member_record(t, context) for t in front]
     for m in members:  # the constraint guarantees it; a violated invariant must not ship
-        if m["latency_s"] > context.budget_s:
-            raise RuntimeError(f"trial {m['trial']} on the front exceeds the budget")
+        if m.latency_s > context.budget_s:
+            raise RuntimeError(f"trial {m.trial} on the front exceeds the budget")
         ttft_budget = getattr(context, "ttft_budget_s", None)
-        if ttft_budget is not None and m["ttft_s"] > ttft_budget:
-            raise RuntimeError(f"trial {m['trial']} on the front exceeds the TTFT budget")
+        if ttft_budget is not None and m.ttft_s > ttft_budget:
+            raise RuntimeError(f"trial {m.trial} on the front exceeds the TTFT budget")
     baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
     n_eval = max((t.user_attrs.get("n_eval", 0) for t in complete), default=0)
     identity = context.identity(config)
@@ -145,8 +140,8 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         "max_formats": getattr(context.space, "max_formats", None),
         "latency_band": context.latency_band(),  # what latency_band_s is, and its provenance
         "predictor": study.user_attrs.get("predictor"),  # the predictor-guided stage, if run
-        "baseline": member_record(baseline, context) if baseline is not None else None,
-        "members": members,
+        "baseline": member_record(baseline, context).to_json() if baseline is not None else None,
+        "members": [m.to_json() for m in members],
     }
 
 
@@ -182,16 +177,14 @@ def csv_columns(metric: str = "accuracy") -> list[str]:
 
 
 def pareto_csv(pareto: dict[str, Any]) -> str:
-    metric = pareto.get("metric", "accuracy")
-    keys = metric_keys(metric)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(csv_columns(metric))
-    for m in pareto["members"]:
-        writer.writerow([m["trial"], m[keys["value"]], *m[keys["interval"]], m[keys["test"]],
-                         m["latency_s"] * 1e3, *(x * 1e3 for x in m["latency_band_s"]),
-                         m["model_bytes"], m["peak_activation_bytes"], m["threads"],
-                         int(m["baseline"]), json.dumps(m["params"], sort_keys=True)])
+    writer.writerow(csv_columns(pareto.get("metric", "accuracy")))
+    for m in front_members(pareto):
+        writer.writerow([m.trial, m.quality, *m.quality_interval, m.test_quality,
+                         m.latency_s * 1e3, *(x * 1e3 for x in m.latency_band_s),
+                         m.model_bytes, m.peak_activation_bytes, m.threads,
+                         int(m.baseline), json.dumps(m.params, sort_keys=True)])
     return buf.getvalue()
 
 

@@ -15,25 +15,25 @@ trials completed but none fits its budget with status ``no-feasible``; the other
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from optuna.storages.journal import BaseJournalBackend
 
 from codesign.journal_ops import JournalOperation
+from codesign.pareto_member import front_members
 from codesign.run_dir import RunDir, atomic_write_json, atomic_write_text
 from codesign.search import SearchConfig, make_sampler, run_search
+# format_summary: the CLI prints it through this module
+from codesign.sweep_rows import (SUMMARY_FILE, SWEEP_FILE, SweepResult, SweepRow,  # noqa: F401
+                                 format_summary, summary_csv)
 from codesign.userinput import BadInput, parse_budget
 
-SWEEP_FILE = "sweep.json"
-SUMMARY_FILE = "summary.csv"
 SWEEP_LOG = "sweep.log"
 log = logging.getLogger("codesign.sweep")
 
@@ -63,44 +63,6 @@ class RunJob:
     device: str
     budget_text: str
     search: SearchConfig
-
-
-@dataclass
-class SweepRow:
-    """One line of sweep.json."""
-
-    device: str
-    budget_s: float
-    run_dir: str
-    n_pareto: int = 0
-    status: str = "failed"  # "ok", "no-feasible" (no trial fits the budget) or "failed"
-    reason: str | None = None
-    budget: str = ""
-    trials: int = 0
-    n_complete: int = 0
-    n_failed: int = 0
-    n_feasible: int = 0
-    metric: str = "accuracy"  # the evaluator's quality metric (perplexity for transformers)
-    best_quality: float | None = None  # the best front member's, by the metric's direction
-    best_latency_s: float | None = None
-    elapsed_s: float = 0.0
-    attempts: int = 0
-    node: str | None = None
-
-
-@dataclass
-class SweepResult:
-    out: Path
-    rows: list[SweepRow] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def n_failed(self) -> int:
-        return sum(r.status == "failed" for r in self.rows)
-
-    @property
-    def n_no_feasible(self) -> int:
-        return sum(r.status == "no-feasible" for r in self.rows)
 
 
 # ------------------------------------------------------------------ input
@@ -329,17 +291,17 @@ def run_job(job: RunJob, devices: dict[str, Any], shared: tuple[str, Any] | None
     if shared is not None:
         context.evaluator.use_shared_state(*shared)
     result = run_search(config, context=context, run=run)
-    members = result.pareto["members"]
+    members = front_members(result.pareto)
     metric = result.pareto.get("metric", "accuracy")
     pick = max if result.pareto.get("higher_is_better", True) else min
-    best = pick(members, key=lambda m: m[metric], default=None)
+    best = pick(members, key=lambda m: m.quality, default=None)
     status, why = run_status(result.pareto)  # a run with no trial completed counts as failed
     return {"status": status, "reason": why, "n_pareto": len(members),
             "trials": result.n_trials, "metric": metric,
             "n_complete": result.pareto["n_complete"], "n_failed": result.n_failed,
             "n_feasible": result.pareto["n_feasible"],
-            "best_quality": None if best is None else best[metric],
-            "best_latency_s": None if best is None else best["latency_s"],
+            "best_quality": None if best is None else best.quality,
+            "best_latency_s": None if best is None else best.latency_s,
             "elapsed_s": result.elapsed_s, "attempts": attempt,
             "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
@@ -460,51 +422,3 @@ def _write_sweep(out: Path, config: SweepConfig, result: SweepResult, elapsed_s:
         "trials": config.trials, "backend": config.backend or "default (each device's first)",
         "space": config.space, "seed": config.seed, "ray_address": config.ray_address,
         "elapsed_s": elapsed_s, "runs": [asdict(r) for r in result.rows]})
-
-
-# ------------------------------------------------------------------ the summary
-SUMMARY_COLUMNS = ["device", "budget", "budget_ms", "status", "trials", "failed_trials",
-                   "feasible", "n_pareto", "metric", "best_quality", "best_latency_ms", "attempts",
-                   "run_dir", "reason"]
-
-
-def _summary_cells(row: SweepRow) -> list[str]:
-    def num(value, fmt):
-        return "" if value is None else format(value, fmt)
-
-    return [row.device, row.budget, f"{row.budget_s * 1e3:g}", row.status, str(row.trials),
-            str(row.n_failed), str(row.n_feasible), str(row.n_pareto),
-            row.metric, num(row.best_quality, ".4g"),
-            num(None if row.best_latency_s is None else row.best_latency_s * 1e3, ".2f"),
-            str(row.attempts), row.run_dir, row.reason or ""]
-
-
-def summary_csv(rows: list[SweepRow]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(SUMMARY_COLUMNS)
-    writer.writerows(_summary_cells(r) for r in rows)
-    return buf.getvalue()
-
-
-def format_summary(result: SweepResult) -> str:
-    from codesign.report_tables import _table, metric_label
-
-    metric = result.rows[0].metric if result.rows else "accuracy"
-    headers = ["run", "status", "trials", "failed", "feasible", "front",
-               f"best val {metric_label({'metric': metric})[0]}", "its ms", "attempts"]
-    rows = []
-    for r in result.rows:
-        cells = dict(zip(SUMMARY_COLUMNS, _summary_cells(r)))  # by name: the table's order
-        rows.append([Path(r.run_dir).name, *(cells[c] for c in (  # is not the CSV's
-            "status", "trials", "failed_trials", "feasible", "n_pareto", "best_quality",
-            "best_latency_ms", "attempts"))])
-    lines = [_table(headers, rows, right={2, 3, 4, 5, 6, 7, 8})]
-    for r in result.rows:
-        if r.status != "ok":
-            lines.append(f"{Path(r.run_dir).name} {r.status}: {r.reason}")
-    n_ok = sum(r.status == "ok" for r in result.rows)
-    lines.append(f"{n_ok} of {len(result.rows)} runs ok in "
-                 f"{result.elapsed_s:.0f} s; {result.out / SWEEP_FILE}, "
-                 f"{result.out / SUMMARY_FILE}")
-    return "\n".join(lines)

@@ -139,11 +139,13 @@ def test_from_pareto_reads_a_fronts_members(tmp_path, capsys) -> None:
     space = load_measure_space(TINY, "xnnpack", 1)
     params = [space.sample(np.random.default_rng(s)) for s in (0, 1)]
     pareto = tmp_path / "pareto.json"
-    pareto.write_text(json.dumps({"members": [{"params": p} for p in params]}))
+    pareto.write_text(json.dumps({"members": [{"trial": i, "params": p}
+                                              for i, p in enumerate(params)]}))
     got = pareto_candidates(pareto, space, 1)
     assert [p for _, p, _ in got] == [space.encode(space.decode(p)) for p in params]
     assert [cid for cid, _, _ in got] == ["c-" + space.decode(p).key() for p in params]
-    pareto.write_text(json.dumps({"members": [{"params": {**params[0], "threads": 2}}]}))
+    pareto.write_text(json.dumps({"members": [{"trial": 0,
+                                               "params": {**params[0], "threads": 2}}]}))
     assert main(["measure", "--device", "host", "--space", TINY, "--n", "1", "--out",
                  str(tmp_path / "m.csv"), "--from-pareto", str(pareto)]) == 2
     assert "a member runs 2 threads, this measurement 1" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_member_breakdown_shares_sum_to_100(run_dir, capsys):
     assert all(re.fullmatch(r"w\d+a\d+", row[5]) for row in rows)
     assert f"trial {member['trial']} on pixel8 / codesign" in out
     assert re.search(r"time by bound: (compute|memory|overhead) \d+%", out)
-    layers = member_layers(member)
+    layers = member_layers(member["layers"])
     assert sum(layer["share"] for layer in layers) == pytest.approx(1.0)
     slowest = max(layers, key=lambda layer: layer["latency_s"])
     assert f"slowest: {slowest['name']}" in out

@@ -144,7 +144,7 @@ def test_predictor_stage_prices_exactly_as_the_search(tmp_path):
     rng = np.random.default_rng(0)
     cands = [context.space.decode(context.space.sample(rng)) for _ in range(100)]
     latency, size = _price(context, cands)
-    assert latency.tolist() == [context.price(c)["latency_s"] for c in cands]
+    assert latency.tolist() == [context.price(c).latency_s for c in cands]
     assert size.tolist() == [model_bytes(context.space.to_ops(c)) for c in cands]
 
 

@@ -226,8 +226,8 @@ def test_memory_is_weights_plus_whole_kv_cache_against_ram_share():
     fits, over = ctx.constraints(ctx.price(small)), ctx.constraints(ctx.price(big))
     assert fits["memory_over_share_bytes"] < 0 < over["memory_over_share_bytes"]
     priced = ctx.price(small)
-    assert priced["ttft_s"] > priced["latency_s"]
-    assert fits["ttft_over_budget_s"] == pytest.approx(priced["ttft_s"] - 0.5)
+    assert priced.ttft_s > priced.latency_s
+    assert fits["ttft_over_budget_s"] == pytest.approx(priced.ttft_s - 0.5)
 
 
 def test_config_widths_must_be_multiples_of_group_sizes(tmp_path):

@@ -34,6 +34,7 @@ import torch
 
 from codesign.export.host_check import host_prediction, target_prediction
 from codesign.export.plan import kernel_spec, plan_layers, refusal_reason, unexpressible
+from codesign.pareto_member import ParetoMember, front_members
 from codesign.run_dir import RUN_FILE, atomic_write_json
 from codesign.userinput import BadInput
 
@@ -64,11 +65,11 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def select_members(members: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+def select_members(members: list[ParetoMember], spec: str) -> list[ParetoMember]:
     """``all`` or a comma list of trial numbers (the ``trial`` column of the Pareto table)."""
     if str(spec).strip() == "all":
         return list(members)
-    by_trial = {int(m["trial"]): m for m in members}
+    by_trial = {int(m.trial): m for m in members}
     chosen = []
     for part in str(spec).split(","):
         try:
@@ -242,14 +243,14 @@ def _lower_and_check(run: _Run, model, plans, ops, shape, timer) -> tuple[Any, b
     return built, pte
 
 
-def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequence[str],
+def export_member(run: _Run, member: ParetoMember, out: Path, formats: Sequence[str],
                   log: Callable[[str], None]) -> MemberResult:
     from codesign.export.verify import check_outputs, program_accuracy
     from codesign.measure.host_runner import time_pte
     from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
     from codesign.cost_models.tile_resolution import apply_tuned_tiles, resolve_tile
 
-    trial = int(member["trial"])
+    trial = int(member.trial)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -263,31 +264,33 @@ def export_member(run: _Run, member: dict[str, Any], out: Path, formats: Sequenc
 
     start = time.perf_counter()
     space = run.space
-    candidate = space.decode(member["params"])
+    candidate = space.decode(member.params)
     deploy_shape = tuple(space.deploy_input_shape)
     eval_shape = tuple(space.eval_input_shape)
     ops = apply_tuned_tiles(space.to_ops(candidate), run.device, run.backend)
     plans = plan_layers(ops, run.xnnpack)
     bad = unexpressible(plans)
     model = run.evaluator.build_deployable(candidate)
-    threads = max(1, min(int(member.get("threads") or 1), run.threads_cap))
+    threads = max(1, min(int(member.threads or 1), run.threads_cap))
     files: dict[str, Path] = {}
     manifest: dict[str, Any] = {
-        "trial": trial, "params": member["params"], "device": run.identity["device"],
+        "trial": trial, "params": member.params, "device": run.identity["device"],
         "backend": run.identity["backend"], "budget_s": run.pareto.get("budget_s"),
         "deploy_input_shape": list(deploy_shape), "eval_input_shape": list(eval_shape),
-        "latency_s_predicted": member.get("latency_s"),
-        "latency_band_s_predicted": member.get("latency_band_s"),
+        "latency_s_predicted": member.latency_s,
+        "latency_band_s_predicted": (None if member.latency_band_s is None
+                                     else list(member.latency_band_s)),
         "target_prediction": target_prediction(run.identity, run.device, run.backend, candidate),
-        "accuracy_search_val": member.get("accuracy"),
-        "accuracy_search_test": member.get("test_accuracy"),
-        "memory": {"model_bytes_predicted": member.get("model_bytes"),
-                   "peak_activation_bytes_predicted": member.get("peak_activation_bytes")},
+        # the accuracy keys hold accuracy only (another metric's value is not one)
+        "accuracy_search_val": member.quality if member.metric == "accuracy" else None,
+        "accuracy_search_test": member.test_quality if member.metric == "accuracy" else None,
+        "memory": {"model_bytes_predicted": member.model_bytes,
+                   "peak_activation_bytes_predicted": member.peak_activation_bytes},
         "precision_per_layer": [p.as_json() for p in plans],
         "threads": threads,
     }
     if run.backend.project_kernels:
-        layer_lat = {layer["name"]: layer["latency_s"] for layer in member.get("layers", [])}
+        layer_lat = {layer["name"]: layer["latency_s"] for layer in member.layers or []}
         tiles = {op.name: resolve_tile(run.device, op, run.backend) for op in ops}
         files["kernels.json"] = out / "kernels.json"
         atomic_write_json(files["kernels.json"], {"trial": trial, "device": run.device.name,
@@ -388,22 +391,22 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
                        "(no exporter registered for it)")
     exporter = EXPORTERS.get(entry.exporter if entry is not None else "supernet")
     run, export_one = exporter.open(run_dir, evaluator), exporter.export_member
-    chosen = select_members(run.pareto.get("members", []), members)
+    chosen = select_members(front_members(run.pareto), members)
     torch.set_num_threads(1)
     results = []
     for member in chosen:
-        out = run_dir / "export" / f"trial-{int(member['trial'])}"
+        out = run_dir / "export" / f"trial-{int(member.trial)}"
         try:
             results.append(export_one(run, member, out, formats, log))
         except Exception as exc:  # reported with its reason; the other members go on
             out.mkdir(parents=True, exist_ok=True)
             reason = f"{type(exc).__name__}: {exc}"
             (out / "error.log").write_text(traceback.format_exc())
-            atomic_write_json(out / "manifest.json", {"trial": int(member["trial"]),
-                                                      "params": member.get("params"),
+            atomic_write_json(out / "manifest.json", {"trial": int(member.trial),
+                                                      "params": member.params,
                                                       "status": "failed", "reason": reason})
-            log(f"trial {member['trial']}: failed - {reason}")
-            results.append(MemberResult(int(member["trial"]), out, "failed", reason))
+            log(f"trial {member.trial}: failed - {reason}")
+            results.append(MemberResult(int(member.trial), out, "failed", reason))
     (run_dir / "export").mkdir(exist_ok=True)
     atomic_write_json(run_dir / "export" / "summary.json", {"members": [
         {"trial": r.trial, "status": r.status, "reason": r.reason, "dir": str(r.directory),

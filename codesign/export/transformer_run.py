@@ -27,6 +27,8 @@ from codesign.export.plan import PT2E_INT8, TORCHAO_DYN, refusal_reason, unexpre
 from codesign.export.run import (MemberResult, RunSpecs, _save_pt2, _write_bytes,
                                  check_space_hash, finish_member, open_run_specs)
 from codesign.export.transformer_plan import head_tie, plan_linears
+from codesign.evaluation.base import metric_keys
+from codesign.pareto_member import ParetoMember
 from codesign.run_dir import atomic_write_json
 
 WARMUP, REPEATS = 5, 30
@@ -74,7 +76,7 @@ def _kv_json(run: TransformerRun, candidate, program) -> dict[str, Any]:
                     "in the program's planned memory (zero at load)"}
 
 
-def kernel_phases(run: TransformerRun, candidate, member: Mapping[str, Any]) -> dict[str, Any]:
+def kernel_phases(run: TransformerRun, candidate, member: ParetoMember) -> dict[str, Any]:
     """``kernels.json`` of a codesign-back-end member: per phase, every kernel's contract
     (shape, precision, sparse format, tile, predicted latency; ``plan.kernel_spec``)."""
     from codesign.export.plan import kernel_spec
@@ -83,12 +85,21 @@ def kernel_phases(run: TransformerRun, candidate, member: Mapping[str, Any]) -> 
     phases = {}
     for phase, key in (("decode", "layers"), ("prefill", "prefill_layers")):
         ops = run.space.to_ops(candidate, phase)
-        latency = {layer["name"]: layer["latency_s"] for layer in member.get(key) or []}
+        latency = {layer["name"]: layer["latency_s"] for layer in getattr(member, key) or []}
         tiles = {op.name: resolve_tile(run.device, op, run.backend) for op in ops}
         phases[phase] = kernel_spec(ops, tiles, latency)
-    return {"trial": int(member["trial"]), "device": run.device.name,
+    return {"trial": int(member.trial), "device": run.device.name,
             "context": candidate.arch.context,
             "prompt_tokens": run.space.config.prompt_tokens, "phases": phases}
+
+
+def quality_search(member: ParetoMember) -> dict[str, Any]:
+    """The member's search-time quality (val and test, each with its interval) under the keys
+    pareto.json gives them (``perplexity``, ``perplexity_interval``, ``test_perplexity``...)."""
+    keys = metric_keys(member.metric)
+    record = member.to_json()
+    return {k: record[k] for k in (keys["value"], keys["interval"], keys["test"],
+                                   keys["test_interval"]) if k in record}
 
 
 def on_grid_program(space, candidate, state_dict, seed: int) -> torch.export.ExportedProgram:
@@ -113,19 +124,18 @@ def on_grid_program(space, candidate, state_dict, seed: int) -> torch.export.Exp
         return torch.export.export(model, (tokens, {"input_pos": pos}), strict=False)
 
 
-def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: Path,
+def export_transformer_member(run: TransformerRun, member: ParetoMember, out: Path,
                               formats: Sequence[str], log: Callable[[str], None]
                               ) -> MemberResult:
     from codesign.export.transformer import check_decode, export_decoder, time_decode
     from codesign.measure.pte import delegate_backends, planned_memory, undelegated_operators
     from codesign.cost_models.ir import model_bytes
 
-    trial = int(member["trial"])
+    trial = int(member.trial)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     space = run.space
-    metric = run.pareto.get("metric", "accuracy")  # perplexity, with the built-in evaluator
-    candidate = space.decode(member["params"])
+    candidate = space.decode(member.params)
     arch = candidate.arch
     vocab = space.config.vocab
     ops = space.to_ops(candidate, "decode")
@@ -133,23 +143,21 @@ def export_transformer_member(run: TransformerRun, member: dict[str, Any], out: 
     bad = unexpressible(plans)
     threads = max(1, min(int(candidate.threads or 1), run.threads_cap))
     manifest: dict[str, Any] = {
-        "trial": trial, "params": member["params"], "space": run.identity["space"],
+        "trial": trial, "params": member.params, "space": run.identity["space"],
         "device": run.identity["device"], "backend": run.identity["backend"],
         "budget_s": run.pareto.get("budget_s"),
         "arch": {"layers": arch.layers, "d_model": arch.d_model, "heads": arch.heads,
                  "kv_heads": arch.kv_heads, "d_ff": arch.d_ff, "context": arch.context,
                  "vocab": vocab},
-        "latency_s_predicted": member.get("latency_s"),
+        "latency_s_predicted": member.latency_s,
         "latency_s_predicted_means": "one decoded token at position context-1 on "
                                      f"{run.identity['device']}",
         "target_prediction": target_prediction(run.identity, run.device, run.backend, candidate),
-        "ttft_s_predicted": member.get("ttft_s"),
-        "quality_search": {k: member[k] for k in (
-            metric, f"{metric}_interval", f"test_{metric}", f"test_{metric}_interval")
-            if k in member},
+        "ttft_s_predicted": member.ttft_s,
+        "quality_search": quality_search(member),
         "memory": {"model_bytes_predicted": model_bytes(ops),
                    "kv_cache_bytes_predicted": space.kv_cache_bytes(candidate),
-                   "memory_bytes_predicted": member.get("memory_bytes")},
+                   "memory_bytes_predicted": member.memory_bytes},
         "precision_per_layer": [p.as_json() for p in plans],
         "lm_head": head_tie(plans, vocab, arch.d_model),
         "stream": STREAM_NOTE.format(bits=space.config.stream_bits),
