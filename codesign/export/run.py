@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -37,6 +37,11 @@ from codesign.export.plan import kernel_spec, plan_layers, refusal_reason, unexp
 from codesign.pareto_member import ParetoMember, front_members
 from codesign.run_dir import RUN_FILE, atomic_write_json
 from codesign.userinput import BadInput
+
+if TYPE_CHECKING:  # annotations only
+    from codesign.cost_models.backends import BackendSpec
+    from codesign.cost_models.devices import DeviceSpec
+    from codesign.search_spaces.base import SearchSpace
 
 FORMATS = ("pte", "pt2")
 CALIBRATION_IMAGES = 32
@@ -97,7 +102,8 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return files[RUN_FILE], files["pareto.json"]
 
 
-def open_run_specs(run_dir: Path, *, evaluator_given: bool = False):
+def open_run_specs(run_dir: Path, *, evaluator_given: bool = False
+                   ) -> tuple[dict[str, Any], dict[str, Any], DeviceSpec, BackendSpec]:
     """(identity, pareto, device, back-end) of a finished run, for export.
 
     Raises:
@@ -117,7 +123,7 @@ def open_run_specs(run_dir: Path, *, evaluator_given: bool = False):
     return identity, pareto, device, backend_for(device, identity["backend"])
 
 
-def check_space_hash(run_dir: Path, identity: dict[str, Any], space) -> None:
+def check_space_hash(run_dir: Path, identity: dict[str, Any], space: SearchSpace) -> None:
     """BadInput when the space loaded now is not the config the run searched (its hash)."""
     sha = getattr(getattr(space, "config", None), "sha256", "")  # "" for a user's space
     if sha and identity.get("space_sha256") not in (None, sha):
@@ -169,12 +175,12 @@ class RunSpecs:
     """What every member of one run shares, whatever its space: the run's record, the specs,
     XNNPACK's capability table (what a .pte can express), the space, and the thread cap."""
 
-    identity: dict[str, Any]
-    pareto: dict[str, Any]
-    device: Any
-    backend: Any
-    xnnpack: Any
-    space: Any
+    identity: dict[str, Any]  # run.json
+    pareto: dict[str, Any]  # pareto.json (its members: codesign.pareto_member.front_members)
+    device: DeviceSpec
+    backend: BackendSpec  # the back-end the run searched
+    xnnpack: BackendSpec  # what ExecuTorch's XNNPACK back-end can express (a .pte's limits)
+    space: SearchSpace
     threads_cap: int
 
 
