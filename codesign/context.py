@@ -255,18 +255,22 @@ class SearchContext:
                 "source": err.source, "ref": err.ref, "file": _config_path(self.backend.path),
                 "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
 
-    def price(self, candidate) -> PricedCandidate:
-        """``candidate`` priced by the search's cost model at its thread count."""
+    def priced_ops(self, candidate) -> list:
+        """The op list the search's cost model prices for ``candidate``."""
         from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
+        ops = self.space.to_ops(candidate)
+        if self.cost_models.fitted is not None:
+            return ops  # exactly as calibrate featurised the fitted model's training rows
+        # on the host, a tile the candidate leaves free is the one the tuner measured best
+        return apply_tuned_tiles(ops, self.device, self.backend)
+
+    def price(self, candidate) -> PricedCandidate:
+        """``candidate`` priced by the search's cost model at its thread count."""
         threads = getattr(candidate, "threads", self.cost_models.threads
                           or self.device.default_threads)
         model = self.cost_model(threads)
-        ops = self.space.to_ops(candidate)
-        if self.cost_models.fitted is None:
-            # on the host, a tile the candidate leaves free is the one the tuner measured best;
-            # a fitted model prices the op list exactly as calibrate featurised its rows
-            ops = apply_tuned_tiles(ops, self.device, self.backend)
+        ops = self.priced_ops(candidate)
         batch = OpBatch.from_oplists([ops])
         pred = model.predict(batch)
         latency = float(pred.latency_s[0])

@@ -115,9 +115,8 @@ def _price(context, candidates: list) -> tuple[np.ndarray, np.ndarray]:
     """Predicted latency (s) and model bytes of ``candidates``, batched per thread count:
     through the space's ``op_batch`` (the same prices as ``to_ops``, tested; memoised in
     MBConv), or op by op where the device's tiles are tuned by measurement
-    (``device.tunes_tiles``)."""
+    (``device.tunes_tiles``); by the search's cost model (a learned/hybrid one too)."""
     from codesign.cost_models.ir import OpBatch, OpKind, KIND_CODES
-    from codesign.cost_models.tile_resolution import apply_tuned_tiles
 
     fast = not context.device.tunes_tiles
     latency = np.empty(len(candidates))
@@ -128,10 +127,8 @@ def _price(context, candidates: list) -> tuple[np.ndarray, np.ndarray]:
         idx = np.flatnonzero(threads == t)
         if fast:
             batch = context.space.op_batch([candidates[i] for i in idx])
-        else:
-            batch = OpBatch.from_oplists([apply_tuned_tiles(
-                context.space.to_ops(candidates[i]), context.device, context.backend)
-                for i in idx])
+        else:  # the op lists context.price prices
+            batch = OpBatch.from_oplists([context.priced_ops(candidates[i]) for i in idx])
         latency[idx] = context.cost_model(int(t)).predict(batch).latency_s
         stored = np.where(batch.kind == KIND_CODES[OpKind.MATMUL], 0.0, batch.weight_bytes)
         size[idx] = np.round(np.bincount(batch.candidate, weights=stored,

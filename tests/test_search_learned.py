@@ -170,3 +170,25 @@ def test_predict_refuses_a_model_that_does_not_fit(models, capsys, extra, messag
     assert main(_predict(*argv)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_predictor_stage_prices_with_the_searchs_learned_model(tmp_path, models) -> None:
+    """The predictor-guided stage filters its proposals by the latency the search's own cost
+    model predicts (it priced them with the analytic model before, whatever --cost-model)."""
+    import numpy as np
+
+    from codesign.context import build_context
+    from codesign.predictor_stage import _price
+    from codesign.search import SearchConfig
+
+    context = build_context(SearchConfig(
+        device="host", backend="xnnpack", budget_s=2.0, budget_text="2s", evaluator=PROXY,
+        cost_model="learned", cost_model_file=models["learned"], out=tmp_path / "run",
+        progress=False))
+    rng = np.random.default_rng(0)
+    candidates = [context.space.decode(context.space.sample(rng)) for _ in range(4)]
+    latency, _ = _price(context, candidates)
+    assert latency.tolist() == [context.price(c).latency_s for c in candidates]
+    assert context.cost_model(1) is context.cost_models.fitted.model
+    with pytest.raises(ValueError, match="measured at 1 thread"):
+        context.cost_model(2)
