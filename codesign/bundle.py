@@ -147,14 +147,11 @@ def write_bundle(space_ref: str, n: int, out: Path, *, backend: str = "xnnpack",
         BadInput: ``out`` exists and is not empty, bad counts, unknown space/back-end/device.
     """
     from codesign.measure.candidate_program import lower_candidate
-    from codesign.measure_cmd import distinct_candidates, load_measure_space
+    from codesign.measure_cmd import check_timing_counts, distinct_candidates, load_measure_space
 
     echo = echo or (lambda line: print(line, file=sys.stderr))
-    for name, value, low in (("--n", n, 1), ("--threads", threads, 1), ("--warmup", warmup, 1),
-                             ("--repeats", repeats, 1), ("--rounds", rounds, 1),
-                             ("--seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise BadInput(f"{name} must be an integer >= {low}, got {value!r}")
+    check_timing_counts(n=n, seed=seed, threads=threads, warmup=warmup, repeats=repeats,
+                        rounds=rounds)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInput(f"--out {out}: exists and is not an empty directory")

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from codesign.pareto_member import ParetoMember
-from codesign.userinput import BadInput
+from codesign.userinput import BadInput, parse_int, parse_seed
 
 __all__ = ["MeasureConfig", "run_measure", "load_measure_space", "distinct_candidates",
            "noise_path", "noise_summary"]
@@ -160,20 +160,25 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def check_timing_counts(*, n: int, seed: int, threads: int, warmup: int, repeats: int,
+                        rounds: int) -> None:
+    """The counts ``measure`` and ``bundle`` share, by the CLI's rules (``cli_options.SHARED``:
+    ``--warmup`` may be 0, the others at least 1), for callers that skip the command line."""
+    for flag, value, low in (("--n", n, 1), ("--threads", threads, 1), ("--warmup", warmup, 0),
+                             ("--repeats", repeats, 1), ("--rounds", rounds, 1)):
+        parse_int(value, flag, low=low, text=False)
+    parse_seed(seed, text=False)
+
+
 def _check(config: MeasureConfig) -> None:
-    for name, value, low in (("--n", config.n, 1), ("--threads", config.threads, 1),
-                             ("--repeats", config.repeats, 1), ("--rounds", config.rounds, 1),
-                             ("--warmup", config.warmup, 0),
-                             ("--noise-candidates", config.noise_candidates, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise BadInput(f"{name} must be an integer >= {low}, got {value!r}")
+    check_timing_counts(n=config.n, seed=config.seed, threads=config.threads,
+                        warmup=config.warmup, repeats=config.repeats, rounds=config.rounds)
+    parse_int(config.noise_candidates, "--noise-candidates", low=0, text=False)
     if config.clock not in ("auto", "cpu", "wall"):
         raise BadInput(f"unknown --clock {config.clock!r}; valid: auto, cpu, wall")
     if config.clock == "cpu" and config.threads != 1:
         raise BadInput("--clock cpu needs --threads 1: with more threads the work runs on pool "
                        "threads the calling thread's CPU clock does not see; use --clock wall")
-    if config.seed < 0:
-        raise BadInput(f"--seed must be a non-negative integer, got {config.seed}")
     cores = os.cpu_count() or 1
     if config.threads > cores:
         raise BadInput(f"--threads {config.threads}: this machine has {cores} logical cores")

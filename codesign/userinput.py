@@ -1,4 +1,5 @@
-"""Parsing and validation of what users type: budgets, shapes, ``MODULE:FACTORY`` references.
+"""Parsing and validation of what users type: integers, durations, shapes, ``MODULE:FACTORY``
+references. The CLI and the library entry points share these, so a rule is stated once.
 
 Every function raises ``BadInput`` (a ValueError) with a one-line message naming the problem and,
 where there is a closed set, the valid choices. The CLI turns it into exit code 2.
@@ -14,35 +15,44 @@ from codesign.search_spaces.references import UnresolvedReference, import_callab
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµμ]+)\s*$")
 BUDGET_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 _UNIT_ALIASES = {"μs": "µs"}  # Greek small mu (U+03BC), what most keyboards type, for micro
+_INTEGER = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")  # ASCII: int() would also take other digits
+SEED_MAX = 2**32 - 1  # numpy.random.RandomState (Optuna's samplers) takes no larger seed
 
 
 class BadInput(ValueError):
     """Input a user can fix; the message is shown as is, without a traceback."""
 
 
-def parse_budget(text: str) -> float:
-    """``10ms``, ``10 ms``, ``2.5ms``, ``500us``, ``0.01s`` -> seconds.
+def parse_duration(text: Any, what: str, *, bare_unit: str | None = None) -> float:
+    """``10ms``, ``10 ms``, ``2.5ms``, ``500us``, ``0.01s`` -> seconds: the one duration rule.
 
-    A number without a unit, zero, a negative value or an unknown unit is bad input.
+    Zero, a negative value, an unknown unit or a number without a unit is bad input; with
+    ``bare_unit`` a number without a unit means that unit instead (``--timeout 600``: seconds).
     """
     if not isinstance(text, str):
-        raise BadInput(f"budget must be text like 10ms, got {text!r}")
-    match = _BUDGET.match(text)
+        raise BadInput(f"{what} must be text like 10ms, got {text!r}")
+    bare_number = re.match(r"^\s*[0-9.eE+-]+\s*$", text)
+    match = _BUDGET.match(f"{text.strip()}{bare_unit}" if bare_unit and bare_number else text)
     if not match:
         if re.match(r"^\s*-", text):
-            raise BadInput(f"budget {text!r} is negative; give a positive latency like 10ms")
-        if re.match(r"^\s*[0-9.eE+-]+\s*$", text):
-            raise BadInput(f"budget {text!r} has no unit; valid units: "
+            raise BadInput(f"{what} {text!r} is negative; give a positive duration like 10ms")
+        if bare_number and not bare_unit:
+            raise BadInput(f"{what} {text!r} has no unit; valid units: "
                            f"{', '.join(BUDGET_UNITS)} (e.g. 10ms)")
-        raise BadInput(f"budget {text!r} is not a latency like 10ms, 2.5ms, 500us or 0.01s")
+        raise BadInput(f"{what} {text!r} is not a duration like 10ms, 2.5ms, 500us or 0.01s")
     value, unit = float(match[1]), _UNIT_ALIASES.get(match[2], match[2])
     if unit not in BUDGET_UNITS:
-        raise BadInput(f"budget {text!r} has unknown unit {unit!r}; valid units: "
+        raise BadInput(f"{what} {text!r} has unknown unit {unit!r}; valid units: "
                        f"{', '.join(BUDGET_UNITS)}")
     seconds = value * BUDGET_UNITS[unit]
     if not math.isfinite(seconds) or seconds <= 0:
-        raise BadInput(f"budget {text!r} must be a positive latency")
+        raise BadInput(f"{what} {text!r} must be a positive duration")
     return seconds
+
+
+def parse_budget(text: str) -> float:
+    """A latency budget (``10ms``) -> seconds; ``parse_duration``'s rules, a unit required."""
+    return parse_duration(text, "budget")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -61,14 +71,30 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def parse_positive_int(text: Any, what: str) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise BadInput(f"{what} must be a positive integer, got {text!r}") from None
-    if value <= 0 or str(value) != str(text).strip().lstrip("+"):
-        raise BadInput(f"{what} must be a positive integer, got {text!r}")
-    return value
+def parse_int(value: Any, flag: str, *, low: int = 0, high: int | None = None,
+              noun: str | None = None, text: bool = True) -> int:
+    """``value`` (text as typed, or an int) -> an int in [low, high]: the one integer rule.
+
+    Decimal digits with an optional sign only, so ``1.5``, ``1e3``, ``0x10``, ``1_000``, an
+    empty string and a bool are bad input, named by ``flag`` (and ``noun``, what it must be).
+    ``text=False``: an int is wanted (a library caller's, already parsed), text is bad input.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number: int | None = value
+    elif text and isinstance(value, str) and _INTEGER.fullmatch(value):
+        number = int(value)
+    else:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        wanted = noun or (f"an integer >= {low}" if high is None
+                          else f"an integer from {low} to {high}")
+        raise BadInput(f"{flag} must be {wanted}, got {value!r}")
+    return number
+
+
+def parse_seed(value: Any, flag: str = "--seed", *, text: bool = True) -> int:
+    """A random seed: what NumPy's and Optuna's generators take, 0 to 2**32 - 1."""
+    return parse_int(value, flag, low=0, high=SEED_MAX, text=text)
 
 
 def load_reference(ref: str, what: str) -> Callable:

@@ -53,7 +53,7 @@ def test_predict_table_mentions_every_kernel(capsys):
     (["--input-shape", "1,3,x,32"], "comma-separated positive integers"),
     (["--input-shape", "1,5,32,32"], "torch.export failed"),
     (["--dtype", "int4"], "unknown --dtype 'int4'; valid: fp32, fp16, int8"),
-    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--threads", "0"], "--threads must be an integer >= 1, got '0'"),
     (["--threads", "99"], "pixel8 has 9 cores"),
     (["--cost-model", "magic"], "unknown --cost-model 'magic'; valid: analytic, learned, hybrid"),
 ])
@@ -102,7 +102,7 @@ def test_budget_parsing(text, seconds):
 
 @pytest.mark.parametrize("text, message", [("10", "has no unit"), ("0ms", "positive"),
                                            ("-5ms", "negative"), ("10min", "unknown unit 'min'"),
-                                           ("fast", "not a latency"), ("", "not a latency")])
+                                           ("fast", "not a duration"), ("", "not a duration")])
 def test_budget_bad(text, message):
     with pytest.raises(BadInput, match=message):
         parse_budget(text)

@@ -1,8 +1,9 @@
-"""Fuzzing what users write: device / back-end / space YAML, measurement CSVs, budgets.
+"""Fuzzing what users write: device / back-end / space YAML, measurement CSVs, budgets, durations
+and integer options.
 
 Each loader either returns its value or raises its documented error (``SpecError`` for YAML
-configs, ``BadInput`` for measurement CSVs and budgets) — never another exception, never a hang
-(``no_hang`` fails an example that runs longer than ``HANG_S``). Inputs are the shipped files
+configs, ``BadInput`` for measurement CSVs and typed values) — never another exception, never a
+hang (``no_hang`` fails an example that runs longer than ``HANG_S``). Inputs are the shipped files
 mutated (a field replaced by a value of another type, deleted, or a cell changed) and raw text.
 """
 import copy
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codesign.calibrate import read_measurements
-from codesign.userinput import BUDGET_UNITS, BadInput, parse_budget
+from codesign.userinput import BUDGET_UNITS, BadInput, parse_budget, parse_duration, parse_int
 from codesign.cost_models.backends import BackendSpec, load_backend, parse_backend
 from codesign.cost_models.devices import CONFIG_DIR, DeviceSpec, SpecError, load_device, load_yaml
 from codesign.search_spaces.mbconv import MBConvConfig, MBConvSpace, load_mbconv_config
@@ -237,10 +238,13 @@ def test_measurement_csv_raw_content_reads_or_raises_badinput(space, content):
 
 
 # ----------------------------------------------------------------------------- budgets
+DURATION_TEXT = st.one_of(st.text(max_size=16),  # anything, and what looks like a duration
+                          st.from_regex(r"\A\s?[-+]?[0-9]{0,4}\.?[0-9]{0,4}([eE][-+]?[0-9]{1,3})?"
+                                        r"\s?[a-zA-Zµμ]{0,3}\s?\Z"))
+
+
 @settings(max_examples=400, deadline=None, derandomize=True)
-@given(st.one_of(st.text(max_size=16),
-                 st.from_regex(r"\A\s?[-+]?[0-9]{0,4}\.?[0-9]{0,4}([eE][-+]?[0-9]{1,3})?\s?"
-                               r"[a-zA-Zµμ]{0,3}\s?\Z")))
+@given(DURATION_TEXT)
 def test_parse_budget_returns_positive_seconds_or_raises_badinput(text):
     try:
         seconds = parse_budget(text)
@@ -256,3 +260,33 @@ def test_parse_budget_returns_positive_seconds_or_raises_badinput(text):
 def test_parse_budget_reads_what_it_is_given(value, unit, space):
     assert parse_budget(f"{value!r}{space}{unit}") == pytest.approx(
         value * BUDGET_UNITS.get(unit, 1e-6))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(DURATION_TEXT)
+def test_parse_duration_with_bare_seconds_returns_positive_seconds_or_raises_badinput(text):
+    """``--timeout``'s rule: ``parse_budget``'s, a number without a unit meaning seconds."""
+    try:
+        seconds = parse_duration(text, "--timeout", bare_unit="s")
+    except BadInput as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(f"--timeout {text!r} ")
+    else:
+        assert math.isfinite(seconds) and seconds > 0
+
+
+# ----------------------------------------------------------------------------- integers
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.one_of(st.text(max_size=8), st.from_regex(r"\A\s?[-+]?[0-9]{0,6}(\.[0-9]?)?\s?\Z"),
+                 st.integers(-10, 10), st.floats(), st.booleans(), st.none()),
+       st.integers(0, 2), st.one_of(st.none(), st.integers(2, 5)))
+def test_parse_int_returns_an_int_in_range_or_raises_badinput(value, low, high):
+    """The rule of every integer option: decimal digits only, within [low, high]."""
+    try:
+        number = parse_int(value, "--n", low=low, high=high)
+    except BadInput as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("--n must be an integer ")
+        assert str(exc).endswith(f", got {value!r}")
+    else:
+        assert type(number) is int and low <= number and (high is None or number <= high)
+        assert isinstance(value, int) or value.strip().lstrip("+-").isdigit()
+        assert number == int(value)

@@ -156,7 +156,7 @@ def test_baseline_is_enqueued_and_reported(tmp_path):
     (["--budget", "0ms"], "positive"),
     (["--budget", "-1ms"], "negative"),
     (["--budget", "10parsecs"], "unknown unit"),
-    (["--trials", "0"], "--trials must be a positive integer"),
+    (["--trials", "0"], "--trials must be an integer >= 1"),
     (["--space", "nope"], "unknown --space 'nope'; valid: mbconv, nasbench201, fbnet"),
     (["--space", "tests.search_helpers:not_a_space"],
      "not a codesign.search_spaces.base.SearchSpace"),
