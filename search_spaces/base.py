@@ -11,12 +11,38 @@ run is never offered, so it is never priced.
 from __future__ import annotations
 
 import abc
+import numbers
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import optuna
 
 from codesign.cost_models.backends import BackendSpec
 from codesign.cost_models.ir import Op, OpBatch
+
+
+def admits(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one ``dist`` can give, type included: a depth written as the text
+    ``"3"`` (JSON from ``--baseline``) is not the integer 3."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        # equal numbers of another type (1.0 for 1) are admitted, as Optuna admits them
+        try:
+            return any(isinstance(c, str) == isinstance(value, str) and bool(value == c)
+                       for c in dist.choices)
+        except (TypeError, ValueError):  # an array or an incomparable value
+            return False
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                and dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0)
+    if isinstance(dist, optuna.distributions.FloatDistribution):
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and dist.low <= value <= dist.high)
+    return False
+
+
+def _menu(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"one of {list(dist.choices)}"
+    return f"in [{dist.low}, {dist.high}]"
 
 
 class SearchSpace(abc.ABC):
@@ -83,7 +109,9 @@ class SearchSpace(abc.ABC):
         partial: dict[str, Any] = {}
         for name, dist in self.iter_distributions(partial):
             yield name, dist
-            if name not in params:
+            # a value off its distribution ends the walk like a missing one: later params may
+            # depend on it (``range(depth)``), and check_params names it with a ValueError
+            if name not in params or not admits(dist, params[name]):
                 return
             partial[name] = params[name]
 
@@ -99,9 +127,9 @@ class SearchSpace(abc.ABC):
         if missing:
             raise ValueError(f"space {self.name}: missing params {missing[:5]}")
         for name, dist in expected.items():
-            if params[name] not in dist.choices:
-                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not one of "
-                                 f"{list(dist.choices)}")
+            if not admits(dist, params[name]):
+                raise ValueError(f"space {self.name}: param {name}={params[name]!r} not "
+                                 f"{_menu(dist)}")
         unknown = sorted(set(params) - set(expected))
         if unknown and not allow_unknown:
             raise ValueError(f"space {self.name}: unexpected params {unknown[:5]}")

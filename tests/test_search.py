@@ -181,6 +181,25 @@ def test_bad_baseline_and_resume_dirs_exit_2(tmp_path, capsys):
     assert "not a codesign run directory" in capsys.readouterr().err
 
 
+def test_baseline_with_a_number_written_as_text_exits_2_naming_it(tmp_path, capsys):
+    # was a TypeError traceback from range("3") while the space walked its params
+    from codesign.context import load_space
+    from codesign.cost_models.devices import load_device
+    import numpy as np
+
+    space = load_space("mbconv", load_backend("xnnpack"), load_device("pixel8"))
+    params = space.sample(np.random.default_rng(3))
+    params["s0.depth"] = str(params["s0.depth"])
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(params))
+    assert main(["search", "--device", "pixel8", "--budget", "10ms", "--trials", "2",
+                 "--evaluator", PROXY, "--baseline", str(path),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "not a point of space mbconv" in err and "s0.depth=" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_cli_search_end_to_end_with_user_space(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["search", "--device", "rpi5", "--budget", "20ms", "--trials", "6",

@@ -63,6 +63,12 @@ def check_decode_refuses_bad_params(space, rng) -> None:
                 and all(isinstance(c, str) for c in dist.choices)):
             with pytest.raises(ValueError):
                 space.decode({**params, name: "not-a-choice"})
+    # a value of the wrong type (as JSON from --baseline can give): a number written as text,
+    # a text choice written as a number: ValueError naming the param, never a TypeError
+    for name, dist in active.items():
+        wrong = str(params[name]) if not isinstance(params[name], str) else 3
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            space.decode({**params, name: wrong})
 
 
 def check_every_sample_prices(space, rng, device=None) -> None:
