@@ -21,6 +21,7 @@ import torch
 
 from codesign.cost_models.backends import load_backend
 from codesign.export.run import MemberResult, _sha256
+from codesign.pareto_member import ParetoMember
 from codesign.registry import EXPORTERS
 from codesign.userinput import BadInput
 from tests.export_helpers import write_run
@@ -42,7 +43,8 @@ class TinyRun:
     def export(self, member: dict[str, Any], formats=("pte", "pt2")) -> MemberResult:
         run = self.exporter.open(self.run_dir, self.evaluator)
         out = self.run_dir / "export" / f"trial-{member['trial']}"
-        return self.exporter.export_member(run, member, out, formats, lambda _: None)
+        return self.exporter.export_member(run, ParetoMember.from_json(member), out, formats,
+                                           lambda _: None)
 
 
 def _supernet_run(root: Path, monkeypatch) -> tuple[Path, Any, dict, dict]:
