@@ -23,15 +23,13 @@ EXIT_NO_FEASIBLE = 3  # search / sweep: trials completed, but no candidate fits 
 
 
 def _cmd_predict(args) -> int:
-    from codesign.pricing import COST_MODELS, price_module
+    from codesign.pricing import price_module
     from codesign.report_tables import format_prediction
     from codesign.userinput import build_user_model
     from codesign.cost_models.devices import load_device
 
     if args.dtype not in ("fp32", "fp16", "int8"):
         raise BadInput(f"unknown --dtype {args.dtype!r}; valid: fp32, fp16, int8")
-    if args.cost_model not in COST_MODELS:
-        raise BadInput(f"unknown --cost-model {args.cost_model!r}; valid: {', '.join(COST_MODELS)}")
     shape = parse_shape(args.input_shape)
     device = load_device(args.device)
     model = build_user_model(args.model)

@@ -97,7 +97,7 @@ SHARED: dict[str, dict[str, Any]] = {
     "--trials": dict(parse=COUNT, default=50, help="total trials (default 50)"),
     "--cost-model": dict(default="analytic",
                          help="analytic (default), learned or hybrid (a model from calibrate "
-                              "--save)"),
+                              "--save), or a plug-in's registered name"),
     "--cost-model-file": dict(default=None,
                               help="learned/hybrid model JSON (default: <cache>/models/"
                                    "<device>-<backend>-<kind>.json; <cache> is "

@@ -1,4 +1,6 @@
-"""Which cost model prices a search: the analytic roofline, or a saved learned/hybrid model.
+"""Which cost model prices a search: the analytic roofline, a saved learned/hybrid model, or a
+plug-in's (any name in ``codesign.registry.COST_MODELS``, entry point group
+``codesign.cost_models``; its factory gets ``path=None``).
 
 ``--cost-model learned|hybrid`` reads a model written by ``codesign calibrate --save`` (the
 versioned JSON of ``codesign.cost_models.learned``): ``--cost-model-file PATH``, or by default
@@ -23,10 +25,18 @@ from typing import Any
 from codesign.userinput import BadInput
 from codesign.kernels.cache_paths import cache_dir
 
-__all__ = ["SEARCH_COST_MODELS", "CostModels", "LearnedPricer", "default_model_path",
+__all__ = ["FITTED_COST_MODELS", "cost_model_names", "CostModels", "LearnedPricer", "default_model_path",
            "load_pricer", "open_cost_models"]
 
-SEARCH_COST_MODELS = ("analytic", "learned", "hybrid")
+# the kinds ``codesign calibrate`` fits and saves: read from a file, checked against the search
+FITTED_COST_MODELS = ("learned", "hybrid")
+
+
+def cost_model_names() -> list[str]:
+    """What ``--cost-model`` takes: every registered cost model, built-ins first."""
+    from codesign.registry import COST_MODELS
+
+    return COST_MODELS.names()
 
 
 def default_model_path(device: str, backend: str, kind: str) -> Path:
@@ -60,9 +70,10 @@ def load_pricer(kind: str, device, backend, path: Path | None) -> LearnedPricer 
     """
     from codesign.cost_models.learned import LearnedCostModel
 
-    if kind not in SEARCH_COST_MODELS:
-        raise BadInput(f"unknown --cost-model {kind!r}; valid: {', '.join(SEARCH_COST_MODELS)}")
-    if kind == "analytic":
+    names = cost_model_names()
+    if kind not in names:
+        raise BadInput(f"unknown --cost-model {kind!r}; valid: {', '.join(names)}")
+    if kind not in FITTED_COST_MODELS:  # the analytic model or a plug-in: nothing to load
         if path is not None:
             raise BadInput("--cost-model-file needs --cost-model learned or hybrid")
         return None
@@ -136,12 +147,14 @@ class CostModels:
     def band_factors(self) -> tuple[float, float]:
         """What a predicted latency is multiplied by for its (low, high) band: a fitted model's
         cross-validated RMS |log error| e as exp(-/+e) (as ``LearnedCostModel.predict`` states
-        it), else the back-end's measured ``analytic_error`` e as 1 -/+ e (none: no band)."""
+        it), the analytic model's the back-end's measured ``analytic_error`` e as 1 -/+ e (none,
+        or a plug-in's: no band)."""
         if self.fitted is not None:
             e = float(self.fitted.model.error_estimate)
             return (math.exp(-e), math.exp(e)) if math.isfinite(e) else (1.0, 1.0)
         err = self.backend.analytic_error
-        e = err.value if err is not None else 0.0
+        # the back-end's error was measured for the analytic model: a plug-in's is unknown
+        e = err.value if err is not None and self.kind == "analytic" else 0.0
         return (1 - e, 1 + e)
 
     def provenance(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from codesign.learned_pricing import SEARCH_COST_MODELS as COST_MODELS, open_cost_models
+from codesign.learned_pricing import cost_model_names, open_cost_models
 from codesign.userinput import BadInput
 from codesign.cost_models.backends import backend_for
 from codesign.cost_models.base import BOUNDS, Prediction
@@ -86,8 +86,9 @@ def price_module(module, input_shape, device: DeviceSpec, *, backend: str | None
     """
     from codesign.cost_models.lowering import apply_precision, lower_module  # imports torch
 
-    if cost_model not in COST_MODELS:
-        raise BadInput(f"unknown cost model {cost_model!r}; valid: {', '.join(COST_MODELS)}")
+    if cost_model not in cost_model_names():
+        raise BadInput(f"unknown --cost-model {cost_model!r}; "
+                       f"valid: {', '.join(cost_model_names())}")
     if dtype not in DTYPES:
         raise BadInput(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     spec = backend_for(device, backend)

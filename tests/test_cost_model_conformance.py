@@ -58,24 +58,22 @@ def test_the_built_in_cost_models_are_registered() -> None:
     assert {"analytic", "learned", "hybrid"} <= set(COST_MODELS.names())
 
 
-@pytest.mark.parametrize("name", COST_MODELS.names())
-def test_batch_is_one_at_a_time(model_of, op_lists, name) -> None:
-    model = model_of(name)
+def check_batch_is_one_at_a_time(model: CostModel, op_lists, tmp_path: Path) -> None:
+    """A batch prices each candidate as it prices it alone; a candidate is the sum of its
+    ops; every latency is above 0 s."""
     assert isinstance(model, CostModel)
     batched = model.predict(OpBatch.from_oplists(op_lists))
     assert isinstance(batched, Prediction)
     single = [model.predict(OpBatch.from_oplists([ops])).latency_s[0] for ops in op_lists]
     np.testing.assert_allclose(batched.latency_s, single, rtol=1e-12)
     assert np.all(batched.latency_s > 0)
-    # the candidate's latency is the sum of its ops'
     batch = OpBatch.from_oplists(op_lists)
     np.testing.assert_allclose(np.bincount(batch.candidate, batched.op_latency_s),
                                batched.latency_s, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", COST_MODELS.names())
-def test_save_load_predicts_identically(model_of, op_lists, name, tmp_path) -> None:
-    model = model_of(name)
+def check_save_load_predicts_identically(model: CostModel, op_lists, tmp_path: Path) -> None:
+    """``save`` then ``load`` gives the same predictions, bit for bit, and the same band."""
     model.save(tmp_path / "model.json")
     again = type(model).load(tmp_path / "model.json")
     batch = OpBatch.from_oplists(op_lists)
@@ -92,7 +90,19 @@ def _w4a8_conv() -> Op:
               quant=QuantSpec(4, 8))
 
 
-@pytest.mark.parametrize("name", COST_MODELS.names())
-def test_an_unpriceable_op_raises(model_of, name) -> None:
+def check_an_unpriceable_op_raises(model: CostModel, op_lists, tmp_path: Path) -> None:
+    """An op XNNPACK has no kernel for is ``UnpriceableOp``, never 0 s."""
     with pytest.raises(UnpriceableOp):
-        model_of(name).predict(OpBatch.from_oplists([[_w4a8_conv()]]))
+        model.predict(OpBatch.from_oplists([[_w4a8_conv()]]))
+
+
+# The contract, as plain functions of (a model on host / XNNPACK / 1 thread, op lists of the
+# MBConv space, a scratch folder): a plug-in's own test runs them on its model.
+CHECKS = (check_batch_is_one_at_a_time, check_save_load_predicts_identically,
+          check_an_unpriceable_op_raises)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", COST_MODELS.names())
+def test_cost_model_conformance(model_of, op_lists, name, check, tmp_path) -> None:
+    check(model_of(name), op_lists, tmp_path)

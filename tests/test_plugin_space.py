@@ -1,17 +1,12 @@
 """A search space from outside the repository, registered through an entry point only.
 
-The toy plug-in is written into ``tmp_path`` as a package plus the ``.dist-info`` directory an
-installer would write (``METADATA`` and ``entry_points.txt``), and put on ``sys.path``: that is
-all ``importlib.metadata`` needs to see an installed distribution. No module of the project is
-touched. The plug-in registers a space (``codesign.spaces``) whose default evaluator is its own
+The toy plug-in is written into ``tmp_path`` as a module plus the ``.dist-info`` directory an
+installer would write (``tests/plugin_helpers.py``). No module of the project is touched. The plug-in registers a space (``codesign.spaces``) whose default evaluator is its own
 (``codesign.evaluators``); the test shows it registered, conforming, priced and searchable.
 """
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -24,6 +19,7 @@ from codesign.cost_models.backends import load_backend
 from codesign.cost_models.devices import load_device
 from codesign.registry import EVALUATORS, SPACES, entry_of
 
+from tests.plugin_helpers import forget_plugin, install_plugin
 from tests.test_space_conformance import CHECKS
 
 PLUGIN = '''
@@ -84,19 +80,11 @@ ENTRY = SpaceEntry("toy-mlp", lambda backend, device, threads, max_formats: MlpS
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    (tmp_path / "toy_mlp_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    info = tmp_path / "toy_mlp_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-mlp-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[codesign.spaces]\ntoy-mlp = toy_mlp_plugin:ENTRY\n\n"
-                                           "[codesign.evaluators]\n"
-                                           "toy-mlp = toy_mlp_plugin:evaluator\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    install_plugin(tmp_path, monkeypatch, "toy_mlp_plugin", PLUGIN, {
+        "codesign.spaces": [("toy-mlp", "toy_mlp_plugin:ENTRY")],
+        "codesign.evaluators": [("toy-mlp", "toy_mlp_plugin:evaluator")]})
     yield "toy-mlp"
-    for registry in (SPACES, EVALUATORS):  # forget what was loaded from tmp_path
-        registry.unregister("toy-mlp")
-    sys.modules.pop("toy_mlp_plugin", None)
+    forget_plugin("toy_mlp_plugin", "toy-mlp", (SPACES, EVALUATORS))
 
 
 def test_not_registered_without_the_plugin() -> None:
