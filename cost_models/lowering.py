@@ -5,66 +5,33 @@ The lowering follows what on-device runtimes execute, not the Python module tree
   is folded into that layer (its weights absorb the affine transform);
 - activations and clamps (ReLU, ReLU6/hardtanh, hardswish, SiLU, GELU, sigmoid, clamp) are fused
   into the producer they alone read from (XNNPACK's output clamps and fused activations);
-- view/reshape/flatten/squeeze/unsqueeze/expand/dropout/clone/contiguous/alias are ``FREE``: priced
-  at zero by that explicit rule (no data moves, or the runtime elides them);
-- every other ATen op needs a rule in ``_RULES``; an op without one is an error, never 0 ms.
+- views that keep the element order, eval-mode dropout (every form), same-dtype casts are
+  ``FREE``: priced at zero by that explicit rule (no data moves, or the runtime elides them);
+- an op whose inputs are all static (parameters, buffers, constants, tensors generated from
+  shapes: arange, zeros, ...) is folded into a constant (``FREE``), as the exporter's constant
+  propagation does, provided it has a rule (an op without one is an error even there) and is
+  not a layer (``lowering_rules.LAYERS``: convolutions, matmuls, pooling, norms, activations
+  run even on constants);
+- every other ATen op needs a rule in ``lowering_rules.RULES``; an op without one is an error,
+  never 0 ms.
 Precision boundaries (``apply_precision``) insert priced quantize/dequantize ops.
 """
 from __future__ import annotations
 
-import math
+import operator
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from codesign.cost_models.ir import GEMM_KINDS, Op, OpKind, PRICED_FREE_KINDS, WEIGHTED_KINDS
+from codesign.cost_models.lowering_rules import (ACTIVATIONS, BATCHNORM, FREE_TARGETS, GENERATORS,
+                                                 LAYERS, RANDOM, RULES, LoweringError,
+                                                 node_shape, node_shapes, numel)
 # the precision passes need no torch: they live apart so that pricing can run without it
 from codesign.cost_models.precision_boundaries import boundary_op, insert_precision_boundaries
 from codesign.kernels.specs import QuantSpec
 
-aten = torch.ops.aten
-
-
-class LoweringError(ValueError):
-    """The model cannot be lowered; the message names the op and why."""
-
-
-def _shape(node) -> tuple[int, ...]:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    if isinstance(val, (tuple, list)):
-        val = val[0]
-    if val is None or not hasattr(val, "shape"):
-        raise LoweringError(f"node {node} has no static shape")
-    try:
-        return tuple(int(d) for d in val.shape)
-    except TypeError:
-        raise LoweringError(f"node {node} has a dynamic shape {tuple(val.shape)}; "
-                            "give a fixed --input-shape") from None
-
-
-def _numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)
-
-
-_FREE_TARGETS = {
-    aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.squeeze.dim,
-    aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default, aten.expand.default,
-    aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
-    aten.detach.default, aten.feature_dropout.default, aten.alpha_dropout.default,
-    aten.unflatten.int, aten._unsafe_view.default, aten.lift_fresh_copy.default,
-}
-_ACTIVATIONS = {
-    aten.relu.default: "relu", aten.relu_.default: "relu", aten.hardtanh.default: "hardtanh",
-    aten.hardtanh_.default: "hardtanh", aten.relu6.default: "relu6",
-    aten.hardswish.default: "hardswish", aten.hardswish_.default: "hardswish",
-    aten.silu.default: "silu", aten.silu_.default: "silu", aten.gelu.default: "gelu",
-    aten.sigmoid.default: "sigmoid", aten.sigmoid_.default: "sigmoid",
-    aten.hardsigmoid.default: "hardsigmoid", aten.hardsigmoid_.default: "hardsigmoid",
-    aten.clamp.default: "clamp", aten.clamp_.default: "clamp", aten.tanh.default: "tanh",
-    aten.leaky_relu.default: "leaky_relu", aten.elu.default: "elu",
-}
-_BATCHNORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 _FUSE_INTO = {OpKind.CONV2D, OpKind.DEPTHWISE_CONV2D, OpKind.LINEAR, OpKind.MATMUL, OpKind.ADD,
               OpKind.MUL, OpKind.NORM}
 
@@ -80,6 +47,9 @@ class _Lowerer:
         self.value_of: dict[torch.fx.Node, str] = {}  # node -> name of the op producing it
         self.index: dict[str, int] = {}
         self.names: dict[str, int] = {}
+        # nodes whose value is known before any input arrives (parameters, constants, what is
+        # computed from them alone): folded into constants
+        self.static: set[torch.fx.Node] = set()
 
     # ---------------------------------------------------------------- helpers
     def name_for(self, node: torch.fx.Node) -> str:
@@ -102,6 +72,29 @@ class _Lowerer:
             out += [x for x in items if isinstance(x, torch.fx.Node) and x.name not in self.params]
         return out
 
+    def is_param(self, arg) -> bool:
+        """True for a stored tensor: a parameter, buffer or constant, or a folded function of
+        them (a transposed weight)."""
+        return isinstance(arg, torch.fx.Node) and arg in self.static
+
+    @staticmethod
+    def scalar_arithmetic(node) -> bool:
+        """A Python operator or torch.sym_* function on scalars (shape checks): not a tensor op."""
+        val = node.meta.get("val")
+        module = getattr(node.target, "__module__", "") or ""
+        return not isinstance(val, (torch.Tensor, tuple, list)) and (
+            module in ("_operator", "operator", "math") or module.startswith("torch.fx")
+            or (module == "torch" and getattr(node.target, "__name__", "").startswith("sym_")))
+
+    def free(self, node, source: str = "") -> None:
+        """A record priced at zero: the node's value exists without a kernel running."""
+        src = node.args[0] if node.args else None
+        shapes = node_shapes(node)
+        in_shapes = tuple(node_shapes(src)[:1]) if isinstance(src, torch.fx.Node) else ()
+        self.emit(node, Op(self.name_for(node), OpKind.FREE, shapes[0] if shapes else (),
+                           in_shapes, inputs=(self.producer(src),),
+                           source=source or str(node.target)))
+
     def emit(self, node, op: Op) -> None:
         self.index[op.name] = len(self.ops)
         self.ops.append(op)
@@ -116,30 +109,41 @@ class _Lowerer:
         for node in self.graph.nodes:
             if node.op == "placeholder":
                 self.value_of[node] = "" if node.name not in self.params else node.name
+                if node.name in self.params:
+                    self.static.add(node)
             elif node.op == "call_function":
                 self.lower(node)
         return self.ops
 
     def lower(self, node: torch.fx.Node) -> None:
         target = node.target
-        if target is __import__("operator").getitem:
+        if target is operator.getitem:
             self.value_of[node] = self.producer(node.args[0])
+            if node.args[0] in self.static:
+                self.static.add(node)
             return
-        if target in _FREE_TARGETS:
-            src = node.args[0]
-            op = Op(self.name_for(node), OpKind.FREE, _shape(node),
-                    (_shape(src),) if isinstance(src, torch.fx.Node) else (),
-                    inputs=(self.producer(src),), source=str(target))
-            self.emit(node, op)
+        if self.scalar_arithmetic(node):  # Python on the host, between checks: no kernel
+            self.value_of[node] = ""
+            if all(a in self.static for a in node.all_input_nodes):
+                self.static.add(node)
             return
-        if target in _ACTIVATIONS:
-            return self.activation(node, _ACTIVATIONS[target])
-        if target in _BATCHNORM:
-            return self.batchnorm(node)
-        rule = _RULES.get(target)
-        if rule is None:
-            raise LoweringError(f"no lowering rule for {target} (node {node.name}); "
+        rule = RULES.get(target)
+        if rule is None and not (target in FREE_TARGETS or target in ACTIVATIONS
+                                 or target in BATCHNORM or target in GENERATORS):
+            label = str(target) if "<" not in str(target) else \
+                f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+            raise LoweringError(f"no lowering rule for {label} (node {node.name}); "
                                 "it cannot be priced")
+        if target not in RANDOM and target not in LAYERS and \
+                all(a in self.static for a in node.all_input_nodes):
+            self.static.add(node)  # computed once, when the program is built
+            return self.free(node, source=f"folded {target}")
+        if target in FREE_TARGETS or target in GENERATORS:  # GENERATORS: shapes are static
+            return self.free(node)
+        if target in ACTIVATIONS:
+            return self.activation(node, ACTIVATIONS[target])
+        if target in BATCHNORM:
+            return self.batchnorm(node)
         rule(self, node)
 
     def activation(self, node, label: str) -> None:
@@ -150,9 +154,9 @@ class _Lowerer:
                 self.ops[i] = replace(self.ops[i], fused=self.ops[i].fused + (label,))
                 self.value_of[node] = self.ops[i].name
                 return
-        shape = _shape(node)
-        self.emit(node, Op(self.name_for(node), OpKind.ELEMENTWISE, shape, (_shape(src),),
-                           flops=float(_numel(shape)), inputs=(self.producer(src),),
+        shape = node_shape(node)
+        self.emit(node, Op(self.name_for(node), OpKind.ELEMENTWISE, shape, (node_shape(src),),
+                           flops=float(numel(shape)), inputs=(self.producer(src),),
                            fused=(label,), source=str(node.target)))
 
     def batchnorm(self, node) -> None:
@@ -164,134 +168,18 @@ class _Lowerer:
                 self.ops[i] = replace(self.ops[i], fused=self.ops[i].fused + ("batchnorm",))
                 self.value_of[node] = self.ops[i].name
                 return
-        shape = _shape(node)
-        self.emit(node, Op(self.name_for(node), OpKind.NORM, shape, (_shape(src),),
-                           flops=2.0 * _numel(shape), weight_elems=0,
+        shape = node_shape(node)
+        self.emit(node, Op(self.name_for(node), OpKind.NORM, shape, (node_shape(src),),
+                           flops=2.0 * numel(shape), weight_elems=0,
                            inputs=(self.producer(src),), source=str(node.target)))
 
     def simple(self, node, kind: OpKind, flops_per_elem: float = 1.0, from_input: bool = False):
         ins = self.tensor_inputs(node)
-        shape = _shape(node)
-        count = _numel(_shape(ins[0])) if (from_input and ins) else _numel(shape)
-        self.emit(node, Op(self.name_for(node), kind, shape, tuple(_shape(x) for x in ins),
+        shape = node_shape(node)
+        count = numel(node_shape(ins[0])) if (from_input and ins) else numel(shape)
+        self.emit(node, Op(self.name_for(node), kind, shape, tuple(node_shape(x) for x in ins),
                            flops=flops_per_elem * count,
                            inputs=tuple(self.producer(x) for x in ins), source=str(node.target)))
-
-
-def _conv(self: _Lowerer, node) -> None:
-    x, w = node.args[0], node.args[1]
-    groups = int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
-    if node.target is aten.convolution.default:
-        groups = int(node.args[8])
-        if node.args[6]:
-            raise LoweringError(f"transposed convolution {node.name} has no lowering rule")
-    xs, ws, out = _shape(x), _shape(w), _shape(node)
-    if len(ws) != 4:
-        raise LoweringError(f"{node.name}: only 2-D convolutions are supported, got weight {ws}")
-    cout, cin_g, kh, kw = ws
-    m = out[0] * out[2] * out[3]
-    n, k = cout // groups, cin_g * kh * kw
-    depthwise = groups > 1 and cin_g == 1 and groups == xs[1]
-    self.emit(node, Op(
-        self.name_for(node), OpKind.DEPTHWISE_CONV2D if depthwise else OpKind.CONV2D, out, (xs,),
-        m=m, n=n, k=k, groups=groups, flops=2.0 * m * n * k * groups, weight_elems=_numel(ws),
-        out_channels=cout, inputs=(self.producer(x),), source=str(node.target)))
-
-
-def _linear(self: _Lowerer, node) -> None:
-    x, w = node.args[0], node.args[1]
-    xs, ws, out = _shape(x), _shape(w), _shape(node)
-    n, k = ws
-    m = _numel(xs[:-1])
-    self.emit(node, Op(self.name_for(node), OpKind.LINEAR, out, (xs,), m=m, n=n, k=k,
-                       flops=2.0 * m * n * k, weight_elems=n * k, out_channels=n,
-                       inputs=(self.producer(x),), source=str(node.target)))
-
-
-def _addmm(self: _Lowerer, node) -> None:
-    bias, x, wt = node.args[:3]
-    xs, ws, out = _shape(x), _shape(wt), _shape(node)
-    k, n = ws
-    m = xs[0]
-    if wt.name in self.params or (isinstance(wt, torch.fx.Node) and self.producer(wt) in self.params):
-        self.emit(node, Op(self.name_for(node), OpKind.LINEAR, out, (xs,), m=m, n=n, k=k,
-                           flops=2.0 * m * n * k, weight_elems=n * k, out_channels=n,
-                           inputs=(self.producer(x),), source=str(node.target)))
-    else:
-        _matmul(self, node, x, wt)
-
-
-def _matmul(self: _Lowerer, node, a=None, b=None) -> None:
-    a = node.args[0] if a is None else a
-    b = node.args[1] if b is None else b
-    if isinstance(b, torch.fx.Node) and b.name in self.params:
-        ws = _shape(b)
-        if len(ws) == 2:  # x @ W with a parameter: a linear layer written as matmul
-            xs, out = _shape(a), _shape(node)
-            k, n = ws
-            m = _numel(xs[:-1])
-            self.emit(node, Op(self.name_for(node), OpKind.LINEAR, out, (xs,), m=m, n=n, k=k,
-                               flops=2.0 * m * n * k, weight_elems=n * k, out_channels=n,
-                               inputs=(self.producer(a),), source=str(node.target)))
-            return
-    as_, bs, out = _shape(a), _shape(b), _shape(node)
-    m, k, n = as_[-2] if len(as_) > 1 else 1, as_[-1], bs[-1]
-    batch = _numel(out[:-2]) if len(out) > 2 else 1
-    self.emit(node, Op(self.name_for(node), OpKind.MATMUL, out, (as_, bs), m=m, n=n, k=k,
-                       groups=batch, flops=2.0 * m * n * k * batch,
-                       inputs=(self.producer(a), self.producer(b)), source=str(node.target)))
-
-
-def _binary(kind: OpKind) -> Callable:
-    def rule(self: _Lowerer, node) -> None:
-        self.simple(node, kind)
-    return rule
-
-
-def _pool(kind: OpKind) -> Callable:
-    def rule(self: _Lowerer, node) -> None:
-        ks = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", 1)
-        area = math.prod(ks) if isinstance(ks, (list, tuple)) else int(ks) ** 2
-        self.simple(node, kind, flops_per_elem=float(area))
-    return rule
-
-
-def _global_pool(self: _Lowerer, node) -> None:
-    self.simple(node, OpKind.GLOBAL_POOL, from_input=True)
-
-
-def _adaptive_pool(self: _Lowerer, node) -> None:
-    out = _shape(node)
-    if math.prod(out[2:]) == 1:
-        return _global_pool(self, node)
-    self.simple(node, OpKind.AVG_POOL, from_input=True)
-
-
-def _mean(self: _Lowerer, node) -> None:
-    self.simple(node, OpKind.GLOBAL_POOL, from_input=True)
-
-
-def _layout(self: _Lowerer, node) -> None:
-    self.simple(node, OpKind.LAYOUT, flops_per_elem=0.0)
-
-
-_RULES: dict = {
-    aten.conv2d.default: _conv, aten.convolution.default: _conv,
-    aten.linear.default: _linear, aten.addmm.default: _addmm,
-    aten.matmul.default: _matmul, aten.mm.default: _matmul, aten.bmm.default: _matmul,
-    aten.add.Tensor: _binary(OpKind.ADD), aten.add_.Tensor: _binary(OpKind.ADD),
-    aten.sub.Tensor: _binary(OpKind.ADD), aten.mul.Tensor: _binary(OpKind.MUL),
-    aten.mul_.Tensor: _binary(OpKind.MUL), aten.div.Tensor: _binary(OpKind.MUL),
-    aten.max_pool2d.default: _pool(OpKind.MAX_POOL), aten.avg_pool2d.default: _pool(OpKind.AVG_POOL),
-    aten.adaptive_avg_pool2d.default: _adaptive_pool, aten.mean.dim: _mean,
-    aten.softmax.int: lambda self, n: self.simple(n, OpKind.SOFTMAX, 5.0),
-    aten._softmax.default: lambda self, n: self.simple(n, OpKind.SOFTMAX, 5.0),
-    aten.layer_norm.default: lambda self, n: self.simple(n, OpKind.NORM, 5.0),
-    aten.cat.default: lambda self, n: self.simple(n, OpKind.CONCAT, 0.0),
-    aten.constant_pad_nd.default: lambda self, n: self.simple(n, OpKind.PAD, 0.0),
-    aten.pad.default: lambda self, n: self.simple(n, OpKind.PAD, 0.0),
-    aten.permute.default: _layout, aten.transpose.int: _layout,
-}
 
 
 def lower_module(module: torch.nn.Module, input_shape: Sequence[int]) -> list[Op]:

@@ -84,3 +84,51 @@ class SmallConvNet(nn.Module):
 def small_convnet() -> nn.Module:
     torch.manual_seed(0)
     return SmallConvNet().eval()
+
+
+class AttentionBlock(nn.Module):
+    """A pre-norm ViT block over (batch, tokens, dim), its attention written one of three ways:
+    ``unbind`` (timm: one qkv linear, ``qkv.unbind(0)``, explicit softmax(q k^T) v),
+    ``mha`` (``nn.MultiheadAttention``) or ``sdpa`` (``F.scaled_dot_product_attention``)."""
+
+    def __init__(self, style: str, dim: int = 32, heads: int = 2):
+        super().__init__()
+        self.style, self.heads = style, heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        if style == "mha":
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        else:
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def attention(self, x):
+        if self.style == "mha":
+            return self.attn(x, x, x)[0]
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.style == "sdpa":
+            out = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+            out = attn.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def vit_block_unbind() -> nn.Module:
+    torch.manual_seed(0)
+    return AttentionBlock("unbind").eval()
+
+
+def vit_block_mha() -> nn.Module:
+    torch.manual_seed(0)
+    return AttentionBlock("mha").eval()
+
+
+def vit_block_sdpa() -> nn.Module:
+    torch.manual_seed(0)
+    return AttentionBlock("sdpa").eval()
