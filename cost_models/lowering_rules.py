@@ -273,31 +273,42 @@ def _einsum(lw, node) -> None:
 
 
 def _sdpa(lw, node) -> None:
-    """Scaled dot-product attention as the exported program runs it on a CPU back-end (ExecuTorch
-    decomposes it): scores = Q K^T (batched over heads), + the mask, softmax (the 1/sqrt(d) scale
-    folded in), context = P V. Grouped-query K/V are read once per query head's group."""
+    """Scaled dot-product attention as the exported program runs it on a CPU back-end: ExecuTorch
+    takes PyTorch's math decomposition. Q and K are each scaled by sqrt(scale); scores = Q K^T
+    (batched over heads); with a mask (or is_causal), the mask is added and the softmax is the
+    "safe" one, which zeroes rows that are wholly masked: a compare over the scores, a row
+    reduction and a select; then context = P V."""
     q, k, v = node.args[:3]
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     causal = bool(node.args[5] if len(node.args) > 5 else node.kwargs.get("is_causal", False))
     qs, ks, vs, out = node_shape(q), node_shape(k), node_shape(v), node_shape(node)
     length, e, s, ev = qs[-2], qs[-1], ks[-2], vs[-1]
     batch = numel(qs[:-2])
-    base = lw.name_for(node)
-    scores_shape = qs[:-2] + (length, s)
-    src = str(node.target)
-    lw.emit(node, Op(f"{base}.scores", OpKind.MATMUL, scores_shape, (qs, ks), m=length, n=s, k=e,
-                     groups=batch, flops=2.0 * length * s * e * batch,
-                     inputs=(lw.producer(q), lw.producer(k)), source=src))
-    if isinstance(mask, torch.fx.Node) or causal:
+    base, src = lw.name_for(node), str(node.target)
+    sc = qs[:-2] + (length, s)  # the scores
+    n_sc = float(numel(sc))
+
+    def add(suffix, kind, shape, in_shapes, inputs, flops=0.0, **gemm):
+        lw.emit(node, Op(f"{base}.{suffix}", kind, shape, in_shapes, flops=flops,
+                         inputs=inputs, source=src, **gemm))
+        return f"{base}.{suffix}"
+
+    sq = add("scale_q", OpKind.MUL, qs, (qs,), (lw.producer(q),), float(numel(qs)))
+    sk = add("scale_k", OpKind.MUL, ks, (ks,), (lw.producer(k),), float(numel(ks)))
+    x = add("scores", OpKind.MATMUL, sc, (qs, ks), (sq, sk), 2.0 * length * s * e * batch,
+            m=length, n=s, k=e, groups=batch)
+    masked = isinstance(mask, torch.fx.Node) or causal
+    if masked:
         mask_shape = node_shape(mask) if isinstance(mask, torch.fx.Node) else (length, s)
-        lw.emit(node, Op(f"{base}.mask", OpKind.ADD, scores_shape, (scores_shape, mask_shape),
-                         flops=float(numel(scores_shape)),
-                         inputs=(f"{base}.scores", lw.producer(mask)), source=src))
-    lw.emit(node, Op(f"{base}.softmax", OpKind.SOFTMAX, scores_shape, (scores_shape,),
-                     flops=6.0 * numel(scores_shape), inputs=(lw.value_of[node],), source=src))
-    lw.emit(node, Op(f"{base}.context", OpKind.MATMUL, out, (scores_shape, vs), m=length, n=ev,
-                     k=s, groups=batch, flops=2.0 * length * ev * s * batch,
-                     inputs=(f"{base}.softmax", lw.producer(v)), source=src))
+        x = add("mask", OpKind.ADD, sc, (sc, mask_shape), (x, lw.producer(mask)), n_sc)
+    p = add("softmax", OpKind.SOFTMAX, sc, (sc,), (x,), 5.0 * n_sc)
+    if masked:
+        rows = sc[:-1] + (1,)
+        hit = add("masked", OpKind.ELEMENTWISE, sc, (sc,), (x,), n_sc)
+        dead = add("masked_rows", OpKind.GLOBAL_POOL, rows, (sc,), (hit,), n_sc)
+        p = add("safe_softmax", OpKind.ELEMENTWISE, sc, (sc, rows), (p, dead), n_sc)
+    add("context", OpKind.MATMUL, out, (sc, vs), (p, lw.producer(v)),
+        2.0 * length * ev * s * batch, m=length, n=ev, k=s, groups=batch)
 
 
 def _pool(kind: OpKind) -> Callable:

@@ -44,10 +44,12 @@ def test_handwritten_attention_blocks_price_on_both_backends(factory):
 def test_sdpa_decomposes_into_what_the_runtime_runs():
     ops = lower_module(vit_block_sdpa(), (1, TOKENS, DIM))
     names = [op.name for op in ops if op.source.startswith("aten.scaled_dot_product")]
-    assert [n.rsplit(".", 1)[1] for n in names] == ["scores", "softmax", "context"]
+    assert [n.rsplit(".", 1)[1] for n in names] == ["scale_q", "scale_k", "scores", "softmax",
+                                                    "context"]
     by_name = {op.name: op for op in ops}
-    assert by_name[names[2]].inputs[0] == names[1]  # context reads the softmax
-    assert by_name[names[0]].out_shape == (1, HEADS, TOKENS, TOKENS)
+    assert by_name[names[4]].inputs[0] == names[3]  # context reads the softmax
+    assert by_name[names[2]].inputs == (names[0], names[1])
+    assert by_name[names[2]].out_shape == (1, HEADS, TOKENS, TOKENS)
 
 
 class WithMask(nn.Module):
@@ -55,9 +57,12 @@ class WithMask(nn.Module):
         return nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
 
 
-def test_causal_sdpa_prices_its_mask():
+def test_causal_sdpa_prices_its_mask_and_safe_softmax():
     ops = lower_module(WithMask(), (1, 2, 8, 4))
-    assert kinds(ops) == [OpKind.MATMUL, OpKind.ADD, OpKind.SOFTMAX, OpKind.MATMUL]
+    assert kinds(ops) == [OpKind.MUL, OpKind.MUL, OpKind.MATMUL, OpKind.ADD, OpKind.SOFTMAX,
+                          OpKind.ELEMENTWISE, OpKind.GLOBAL_POOL, OpKind.ELEMENTWISE,
+                          OpKind.MATMUL]
+    assert ops[-1].inputs[0].endswith(".safe_softmax")
 
 
 class Extra(nn.Module):
