@@ -10,6 +10,9 @@ it (no lowering rule, or an op the back-end cannot run) or the step that failed 
         --out-json benchmarks/results/zoo_coverage_vision.json \\
         --out-md benchmarks/results/zoo_coverage_vision.md
 
+``--measure-host N`` compares host predictions with ``.pte`` timings instead
+(``benchmarks.zoo_host_check``).
+
 A family is a function returning ``ZooEntry`` records (``FAMILIES``); another family registers
 its own ``*_entries`` there and reuses ``price_zoo``.
 """
@@ -189,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--only", default="", help="comma-separated class names or types")
+    parser.add_argument("--measure-host", type=int, default=0, metavar="N",
+                        help="instead: export N models to XNNPACK .pte, time them on this host "
+                             "(1 thread) and compare with --device host predictions")
     parser.add_argument("--out-json", type=Path)
     parser.add_argument("--out-md", type=Path)
     args = parser.parse_args(argv)
@@ -196,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         entries = [e for e in entries if e.name in wanted or e.key in wanted]
+    if args.measure_host:
+        return _measure_host(entries, args)
     start = time.perf_counter()
     rows = price_zoo(entries, args.devices.split(","), args.backends.split(","),
                      args.dtypes.split(","), progress=lambda s: print(s, file=sys.stderr))
@@ -209,6 +217,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "family": args.family, "n_entries": len(entries), "seconds": round(seconds, 1),
             "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     return 0
+
+
+def _measure_host(entries: Sequence[ZooEntry], args) -> int:
+    import torch
+
+    from benchmarks import zoo_host_check
+
+    torch.set_num_threads(1)  # the runtime is timed on one thread: keep torch off the other core
+    result = zoo_host_check.measure_host(entries, args.measure_host,
+                                         log=lambda s: print(s, file=sys.stderr))
+    table = zoo_host_check.markdown(result)
+    print(table)
+    if args.out_md:
+        args.out_md.write_text(table)
+    if args.out_json:
+        args.out_json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["models"] else 1
 
 
 if __name__ == "__main__":

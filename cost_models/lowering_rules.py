@@ -275,7 +275,8 @@ def _einsum(lw, node) -> None:
 def _sdpa(lw, node) -> None:
     """Scaled dot-product attention as the exported program runs it on a CPU back-end: ExecuTorch
     takes PyTorch's math decomposition. Q and K are each scaled by sqrt(scale); scores = Q K^T
-    (batched over heads); with a mask (or is_causal), the mask is added and the softmax is the
+    (batched over heads); with a mask (or is_causal), the mask is added (a boolean one turned
+    into 0 / -inf first, in every call: ExecuTorch runs that select) and the softmax is the
     "safe" one, which zeroes rows that are wholly masked: a compare over the scores, a row
     reduction and a select; then context = P V."""
     q, k, v = node.args[:3]
@@ -300,7 +301,12 @@ def _sdpa(lw, node) -> None:
     masked = isinstance(mask, torch.fx.Node) or causal
     if masked:
         mask_shape = node_shape(mask) if isinstance(mask, torch.fx.Node) else (length, s)
-        x = add("mask", OpKind.ADD, sc, (sc, mask_shape), (x, lw.producer(mask)), n_sc)
+        m = lw.producer(mask)
+        if not isinstance(mask, torch.fx.Node) or node_val(mask).dtype == torch.bool:
+            # a boolean (or causal) mask becomes 0 / -inf in every call: a select over the mask
+            m = add("mask_values", OpKind.ELEMENTWISE, mask_shape, (mask_shape,), (m,),
+                    float(numel(mask_shape)))
+        x = add("mask", OpKind.ADD, sc, (sc, mask_shape), (x, m), n_sc)
     p = add("softmax", OpKind.SOFTMAX, sc, (sc,), (x,), 5.0 * n_sc)
     if masked:
         rows = sc[:-1] + (1,)

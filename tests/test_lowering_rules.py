@@ -59,7 +59,8 @@ class WithMask(nn.Module):
 
 def test_causal_sdpa_prices_its_mask_and_safe_softmax():
     ops = lower_module(WithMask(), (1, 2, 8, 4))
-    assert kinds(ops) == [OpKind.MUL, OpKind.MUL, OpKind.MATMUL, OpKind.ADD, OpKind.SOFTMAX,
+    assert kinds(ops) == [OpKind.MUL, OpKind.MUL, OpKind.MATMUL, OpKind.ELEMENTWISE, OpKind.ADD,
+                          OpKind.SOFTMAX,
                           OpKind.ELEMENTWISE, OpKind.GLOBAL_POOL, OpKind.ELEMENTWISE,
                           OpKind.MATMUL]
     assert ops[-1].inputs[0].endswith(".safe_softmax")
