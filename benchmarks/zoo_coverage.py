@@ -195,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--measure-host", type=int, default=0, metavar="N",
                         help="instead: export N models to XNNPACK .pte, time them on this host "
                              "(1 thread) and compare with --device host predictions")
+    parser.add_argument("--profile-host", metavar="CLASS",
+                        help="instead: ExecuTorch ETDump breakdown of one model on this host")
     parser.add_argument("--out-json", type=Path)
     parser.add_argument("--out-md", type=Path)
     args = parser.parse_args(argv)
@@ -204,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries = [e for e in entries if e.name in wanted or e.key in wanted]
     if args.measure_host:
         return _measure_host(entries, args)
+    if args.profile_host:
+        return _profile_host(entries, args.profile_host)
     start = time.perf_counter()
     rows = price_zoo(entries, args.devices.split(","), args.backends.split(","),
                      args.dtypes.split(","), progress=lambda s: print(s, file=sys.stderr))
@@ -234,6 +238,22 @@ def _measure_host(entries: Sequence[ZooEntry], args) -> int:
     if args.out_json:
         args.out_json.write_text(json.dumps(result, indent=1) + "\n")
     return 0 if result["models"] else 1
+
+
+def _profile_host(entries: Sequence[ZooEntry], name: str) -> int:
+    import torch
+
+    from benchmarks import zoo_host_check
+
+    torch.set_num_threads(1)
+    entry = next((e for e in entries if e.name == name), None)
+    if entry is None:
+        print(f"unknown class {name!r}", file=sys.stderr)
+        return 2
+    print(f"| {name}: ETDump event | median ms (summed) | calls |\n|---|---|---|")
+    for event, ms, calls in zoo_host_check.profile(entry):
+        print(f"| {event} | {ms:.3f} | {calls} |")
+    return 0
 
 
 if __name__ == "__main__":

@@ -91,6 +91,46 @@ def measure_host(entries: Sequence[ZooEntry], n: int = 10, *, rounds: int = 3,
             "skipped": skipped}
 
 
+def profile(entry: ZooEntry, runs: int = 20, top: int = 12) -> list[tuple[str, float, int]]:
+    """Where one inference's time goes on this host (ExecuTorch ETDump over ``runs`` runs of the
+    fp32 XNNPACK program, 1 thread): (event, median ms summed over its calls, calls), largest
+    first. ``OPERATOR_CALL`` is the time in kernels outside the delegate, ``DELEGATE_CALL`` in
+    XNNPACK."""
+    import os
+    import tempfile
+    from collections import defaultdict
+
+    from codesign.measure import lower_to_pte
+    from codesign.measure.host_runner import configure_threads
+    from codesign.measure.pte import quiet_imports
+
+    with quiet_imports():
+        from executorch.devtools import Inspector
+        from executorch.extension.pybindings import portable_lib
+    configure_threads(1)
+    module, shape = entry.build()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pte = lower_to_pte(module, (x,))  # kept alive: the loaded program reads from it
+    program = portable_lib._load_for_executorch_from_buffer(pte, enable_etdump=True)
+    for _ in range(runs):
+        program.run_method("forward", (x,))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "profile.etdp")
+        program.write_etdump_result_to_file(path)
+        inspector = Inspector(etdump_path=path)
+    total, calls = defaultdict(float), defaultdict(int)
+    for block in inspector.event_blocks:
+        for event in block.events:
+            if event.perf_data is not None and not event.name.startswith(("Program::",
+                                                                          "Method::init")):
+                total[event.name] += statistics.median(event.perf_data.raw)  # ms
+                calls[event.name] += 1
+    ranked = sorted(total, key=total.get, reverse=True)[:top]
+    return [(name, total[name], calls[name]) for name in ranked]
+
+
 def markdown(result: dict) -> str:
     lines = ["| model | input | measured p50 (ms) | predicted (ms) | predicted / measured | "
              "ops outside XNNPACK |", "|---|---|---|---|---|---|"]
