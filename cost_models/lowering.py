@@ -8,10 +8,11 @@ The lowering follows what on-device runtimes execute, not the Python module tree
 - views that keep the element order, eval-mode dropout (every form), same-dtype casts are
   ``FREE``: priced at zero by that explicit rule (no data moves, or the runtime elides them);
 - an op whose inputs are all static (parameters, buffers, constants, tensors generated from
-  shapes: arange, zeros, ...) is folded into a constant (``FREE``), as the exporter's constant
-  propagation does, provided it has a rule (an op without one is an error even there) and is
-  not a layer (``lowering_rules.LAYERS``: convolutions, matmuls, pooling, norms, activations
-  run even on constants);
+  shapes: arange, zeros, ...) is folded into a constant (``FREE``): its value is known when the
+  program is built (ExecuTorch 1.5.1's programs still compute some of it per call, a small
+  cost: BENCHMARKS.md, issue 18), provided it has a rule (an op without one is an error even
+  there) and is not a layer (``lowering_rules.LAYERS``: convolutions, matmuls, pooling, norms,
+  activations run even on constants);
 - every other ATen op needs a rule in ``lowering_rules.RULES``; an op without one is an error,
   never 0 ms.
 Precision boundaries (``apply_precision``) insert priced quantize/dequantize ops.

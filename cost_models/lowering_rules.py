@@ -90,7 +90,7 @@ ACTIVATIONS = {
     aten.mish.default: "mish", aten.softplus.default: "softplus", aten.prelu.default: "prelu",
 }
 BATCHNORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
-# Tensors made from shapes alone: static once the input shape is fixed, so folded into constants.
+# Tensors made from shapes alone: static once the input shape is fixed, so priced as constants.
 GENERATORS = {
     aten.arange.default, aten.arange.start, aten.arange.start_step, aten.full.default,
     aten.zeros.default, aten.ones.default, aten.empty.memory_format, aten.zeros_like.default,
