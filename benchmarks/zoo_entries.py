@@ -13,6 +13,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+# First: from the repository root, importing codesign keeps the checkout's kernels/ folder from
+# shadowing the `kernels` package transformers imports (codesign/__init__.py).
+import codesign  # noqa: F401  isort: skip
+
 import torch
 from torch import nn
 
