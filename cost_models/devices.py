@@ -38,6 +38,10 @@ class Sourced:
     value: float
     source: str
     ref: str = ""
+    # The file the number was written in: the device file, or the core file a cluster took it
+    # from (cost_models/cores.py). Provenance only: two equal numbers from different files are
+    # the same number.
+    origin: str = field(default="", compare=False, repr=False)
 
     def __float__(self) -> float:
         return float(self.value)
@@ -66,6 +70,9 @@ class CoreCluster:
     fma_latency_cycles: Sourced
     load_ports: Sourced
     l2_shared: bool = False
+    # The core file's record (issue width, pipes, i8mm, ...); None for a cluster that states
+    # every per-core field itself and names no core file. Not part of the spec's value.
+    uarch: Any = field(default=None, compare=False)
 
     @property
     def fp32_lanes(self) -> int:
@@ -248,36 +255,44 @@ class ConfigReader:
             raise sub.error(f"expected text, got {ref!r}", "ref")
         if source in ("published", "reported", "estimated") and not ref.strip():
             raise sub.error(f"a {source} number must say where or how in 'ref'", "ref")
-        return Sourced(float(value), source, ref)
+        return Sourced(float(value), source, ref, origin=self.path)
 
 
-def _parse_cluster(r: ConfigReader) -> CoreCluster:
-    fpc = r.sub("flops_per_cycle")
-    missing = [d for d in DTYPES if d not in fpc.data]
-    if missing:
-        raise fpc.error(f"needs every dtype of {DTYPES}; missing {missing}")
-    unknown = sorted(set(fpc.data) - set(DTYPES), key=repr)
+def _parse_cluster(r: ConfigReader, isa: str, device_dir: Path | None) -> CoreCluster:
+    """One cluster: what the device file writes, the rest from the core file it names."""
+    from codesign.cost_models.cores import CLUSTER_NUMBERS, cluster_core
+
+    core = cluster_core(r, device_dir=device_dir)
+    if core is not None and core.isa != isa:
+        raise r.error(f"core {core.name!r} ({core.path}) is {core.isa}, the CPU is {isa}", "core")
+    fpc = r.sub("flops_per_cycle", optional=core is not None)
+    given = fpc.data if fpc is not None else {}
+    unknown = sorted(set(given) - set(DTYPES), key=repr)
     if unknown:
         raise fpc.error(f"unknown dtype(s) {unknown}; valid: {', '.join(DTYPES)}")
+    flops = {d: fpc.sourced(d) if d in given else core.flops_per_cycle[d] for d in DTYPES}
+    numbers = {k: r.sourced(k) if k in r.data else getattr(core, k) for k in CLUSTER_NUMBERS}
+    flags = {"int8_dot_product": r.bool("int8_dot_product",
+                                        default=core.int8_dot_product if core else None),
+             "l2_shared": r.bool("l2_shared", default=core.l2_shared if core else False)}
     sustained, burst = r.sourced("sustained_hz"), r.sourced("burst_hz")
     if burst.value < sustained.value:
         raise r.error("burst_hz must be >= sustained_hz", "burst_hz")
     return CoreCluster(
         name=r.str("name"), core=r.str("core"), count=r.int("count"),
-        sustained_hz=sustained, burst_hz=burst,
-        flops_per_cycle={d: fpc.sourced(d) for d in DTYPES},
-        int8_dot_product=r.bool("int8_dot_product"),
-        l1d_bytes=r.sourced("l1d_bytes"), l2_bytes=r.sourced("l2_bytes"),
-        simd_bits=r.sourced("simd_bits"), vector_registers=r.sourced("vector_registers"),
-        fma_latency_cycles=r.sourced("fma_latency_cycles"), load_ports=r.sourced("load_ports"),
-        l2_shared=r.bool("l2_shared", default=False),
+        sustained_hz=sustained, burst_hz=burst, flops_per_cycle=flops,
+        **numbers, **flags, uarch=core,
     )
 
 
-def _parse_cpu(r: ConfigReader) -> CpuSpec:
+def _parse_cpu(r: ConfigReader, device_dir: Path | None) -> CpuSpec:
+    isa = r.str("isa", default="aarch64")
+    if isa not in ISAS:
+        raise r.error(f"unknown ISA {isa!r}; valid: {', '.join(ISAS)}", "isa")
     clusters = []
     for i, raw in enumerate(r.list("clusters")):
-        clusters.append(_parse_cluster(ConfigReader(r.path, raw, f"{r.where}.clusters[{i}]")))
+        clusters.append(_parse_cluster(ConfigReader(r.path, raw, f"{r.where}.clusters[{i}]"),
+                                       isa, device_dir))
     names = [c.name for c in clusters]
     if len(set(names)) != len(names):
         raise r.error(f"cluster names must be unique, got {names}", "clusters")
@@ -285,9 +300,6 @@ def _parse_cpu(r: ConfigReader) -> CpuSpec:
     if not all(isinstance(o, str) for o in order) or sorted(order) != sorted(names):
         raise r.error(f"must list every cluster once ({', '.join(names)}), got {order}",
                       "thread_order")
-    isa = r.str("isa", default="aarch64")
-    if isa not in ISAS:
-        raise r.error(f"unknown ISA {isa!r}; valid: {', '.join(ISAS)}", "isa")
     return CpuSpec(tuple(clusters), r.sourced("l3_bytes", positive=False), tuple(order), isa)
 
 
@@ -302,8 +314,9 @@ def _parse_accelerator(r: ConfigReader | None) -> AcceleratorSpec | None:
     )
 
 
-def parse_device(data: Any, path: str) -> DeviceSpec:
-    """Build a DeviceSpec from parsed YAML; ``path`` is only used in messages and provenance."""
+def parse_device(data: Any, path: str, *, device_dir: Path | None = None) -> DeviceSpec:
+    """Build a DeviceSpec from parsed YAML; ``path`` names the file in messages and provenance,
+    ``device_dir`` is where a cluster's ``core: my-core.yaml`` path is looked up."""
     from codesign.cost_models.backends import backend_names  # local: backends import this module
 
     r = ConfigReader(path, data)
@@ -315,7 +328,7 @@ def parse_device(data: Any, path: str) -> DeviceSpec:
     for b in backends:
         if b not in known:
             raise r.error(f"unknown back-end {b!r}; valid: {', '.join(known)}", "backends")
-    cpu = _parse_cpu(r.sub("cpu"))
+    cpu = _parse_cpu(r.sub("cpu"), device_dir)
     threads = r.int("default_threads")
     if threads > cpu.n_cores:
         raise r.error(f"{threads} exceeds the {cpu.n_cores} cores", "default_threads")
@@ -343,6 +356,29 @@ def load_yaml(path: Path) -> tuple[Any, str]:
     return data, hashlib.sha256(raw).hexdigest()
 
 
+def source_counts(spec: DeviceSpec) -> dict[str, int]:
+    """How many of the spec's numbers are of each source kind (``estimated`` is the share a
+    reader should distrust), over the numbers pricing reads, GPU/NPU peaks included."""
+    counts = dict.fromkeys(SOURCE_KINDS, 0)
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Sourced):
+            counts[obj.source] += 1
+        elif hasattr(obj, "__dataclass_fields__"):
+            for f in obj.__dataclass_fields__.values():
+                if f.compare:
+                    walk(getattr(obj, f.name))
+        elif isinstance(obj, Mapping):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(spec)
+    return counts
+
+
 def catalog_names() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "devices").glob("*.yaml"))
 
@@ -368,7 +404,13 @@ def load_device(name_or_path: str) -> DeviceSpec:
     if detected:
         from codesign.cost_models.host import detect_host_fields
         data = detect_host_fields(data, path=str(path))
-    spec = parse_device(data, str(path))
+    spec = parse_device(data, str(path), device_dir=path.parent)
+    cores = {c.uarch.path: c.uarch for c in spec.cpu.clusters if c.uarch is not None}
+    if cores:
+        # The spec depends on the core files too: a change there changes the device's digest.
+        from codesign.cost_models.cores import core_digest
+        digest = hashlib.sha256(f"{digest}:{core_digest(list(cores.values()))}".encode()
+                                ).hexdigest()
     object.__setattr__(spec, "sha256", digest)
     object.__setattr__(spec, "is_this_machine", detected)
     return spec

@@ -48,6 +48,13 @@ def _num(value: float, source: str, ref: str) -> dict[str, Any]:
     return {"value": value, "source": source, "ref": ref}
 
 
+def _core_number(key: str) -> dict[str, Any]:
+    from codesign.cost_models.cores import load_core
+
+    num = getattr(load_core("x86-64"), key)
+    return _num(num.value, num.source, f"{num.ref} (configs/cores/x86-64.yaml)")
+
+
 def host_fingerprint() -> str:
     info = _cpuinfo()
     flags = " ".join(sorted(info.get("flags", "").split()))
@@ -92,8 +99,8 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
         "l2_bytes": _num(caches.get("l2", 524288), "detected", "/sys/devices/system/cpu/cpu0/cache"),
         "simd_bits": _num(simd, "detected", f"{where} flags"),
         "vector_registers": _num(regs, "detected", f"{where} flags (ymm0-15 / zmm0-31)"),
-        "fma_latency_cycles": _num(4, "estimated", "FMA latency of current x86 cores (Agner Fog tables)"),
-        "load_ports": _num(2, "estimated", "two vector loads per cycle on current x86 cores"),
+        # Not readable off /proc: the generic x86-64 core file's values (configs/cores/x86-64.yaml).
+        **{k: _core_number(k) for k in ("fma_latency_cycles", "load_ports")},
     }
     ram = _ram_bytes() or 8 * 2**30
     bandwidth = _num(10e9 * cores, "estimated",

@@ -181,8 +181,21 @@ def test_missing_field(tmp_path, base):
 
 
 def test_missing_nested_field(tmp_path, base):
-    del base["cpu"]["clusters"][1]["l2_bytes"]
-    expect_error(write(tmp_path, base), "'cpu.clusters[1].l2_bytes'", "missing")
+    del base["cpu"]["clusters"][1]["burst_hz"]
+    expect_error(write(tmp_path, base), "'cpu.clusters[1].burst_hz'", "missing")
+
+
+def test_a_per_core_field_left_out_comes_from_the_core_file(tmp_path, base):
+    """The A715's L2 is not in pixel8.yaml: the core file's default (and its source) is used;
+    a cluster that writes the field overrides it."""
+    assert "l2_bytes" not in base["cpu"]["clusters"][1]
+    spec = load_device(str(write(tmp_path, base, "ok.yaml")))
+    l2 = spec.cpu.clusters[1].l2_bytes
+    assert l2.value == 524288 and l2.origin == str(CONFIG_DIR / "cores" / "cortex-a715.yaml")
+    base["cpu"]["clusters"][1]["l2_bytes"] = {"value": 262144, "source": "reported", "ref": "x"}
+    path = write(tmp_path, base, "override.yaml")
+    l2 = load_device(str(path)).cpu.clusters[1].l2_bytes
+    assert (l2.value, l2.source, l2.origin) == (262144, "reported", str(path))
 
 
 def test_wrong_type(tmp_path, base):
@@ -206,7 +219,7 @@ def test_estimated_without_ref(tmp_path, base):
 
 
 def test_negative_number(tmp_path, base):
-    base["cpu"]["clusters"][0]["l1d_bytes"]["value"] = -65536
+    base["cpu"]["clusters"][0]["l1d_bytes"] = {"value": -65536, "source": "published", "ref": "x"}
     expect_error(write(tmp_path, base), "'cpu.clusters[0].l1d_bytes.value'", "positive")
 
 
@@ -256,14 +269,18 @@ def test_app_ram_fraction_above_one(tmp_path, base):
 
 
 def test_unknown_dtype_in_flops_per_cycle(tmp_path, base):
-    flops = base["cpu"]["clusters"][0]["flops_per_cycle"]
+    flops = base["cpu"]["clusters"][1]["flops_per_cycle"]
     flops["bf16"] = copy.deepcopy(flops["fp16"])
-    expect_error(write(tmp_path, base), "'cpu.clusters[0].flops_per_cycle'", "bf16")
+    expect_error(write(tmp_path, base), "'cpu.clusters[1].flops_per_cycle'", "bf16")
 
 
-def test_missing_dtype_in_flops_per_cycle(tmp_path, base):
-    del base["cpu"]["clusters"][2]["flops_per_cycle"]["int8"]
-    expect_error(write(tmp_path, base), "'cpu.clusters[2].flops_per_cycle'", "int8")
+def test_missing_dtype_in_flops_per_cycle_of_an_unlisted_core(tmp_path, base):
+    """A core with no core file must state every per-core field; the message says which not."""
+    cluster = base["cpu"]["clusters"][2]
+    cluster["core"] = "my-core"
+    msg = expect_error(write(tmp_path, base), "'cpu.clusters[2].core'", "my-core",
+                       "flops_per_cycle", "l1d_bytes", "cortex-a510")
+    assert "\n" not in msg
 
 
 def test_default_threads_above_core_count(tmp_path, base):

@@ -82,6 +82,9 @@ def test_device_catalog_loads_through_package_data():
     assert catalog_names() == shipped and "pixel8" in shipped
     spec = load_device("pixel8")
     assert spec.name == "pixel8" and Path(spec.path).parent == CONFIG_DIR / "devices"
+    # its clusters take their per-core numbers from the shipped core files
+    assert Path(spec.cpu.clusters[0].l1d_bytes.origin).parent == CONFIG_DIR / "cores"
+    assert (data / "cores" / "cortex-x3.yaml").is_file()
     assert (data / "backends" / "xnnpack.yaml").is_file()
     assert load_backend("xnnpack").name == "xnnpack"
     assert any(p.name.endswith(".safetensors") for p in (data / "weights").iterdir())
@@ -124,9 +127,10 @@ def test_wheel_ships_namespaced_packages_and_configs(tmp_path):
     for must in ("codesign/kernels/__init__.py", "codesign/kernels/gemm_f32.py",
                  "codesign/cost_models/devices.py", "codesign/search_spaces/mbconv.py",
                  "codesign/configs/__init__.py", "codesign/configs/devices/pixel8.yaml",
+                 "codesign/configs/cores/cortex-x3.yaml",
                  "codesign/configs/backends/xnnpack.yaml", "codesign/configs/spaces/mbconv.yaml"):
         assert must in names
-    for folder in ("devices", "backends", "spaces", "tile_terms", "weights"):
+    for folder in ("devices", "cores", "backends", "spaces", "tile_terms", "weights"):
         shipped = {p.name for p in (ROOT / "configs" / folder).iterdir() if p.is_file()}
         assert {n.rsplit("/", 1)[1] for n in names
                 if n.startswith(f"codesign/configs/{folder}/")} == shipped
@@ -138,6 +142,7 @@ def test_wheel_ships_namespaced_packages_and_configs(tmp_path):
     code = ("import sys, codesign, codesign.kernels.specs\n"
             "from codesign.cost_models.devices import CONFIG_DIR, load_device\n"
             "assert load_device('pixel8').name == 'pixel8'\n"
+            "assert load_device('pixel8').cpu.clusters[0].uarch.path.startswith(str(CONFIG_DIR))\n"
             "assert all(getattr(f, '__name__', '') != '_SiblingFinder' for f in sys.meta_path)\n"
             "print(codesign.kernels.__file__); print(CONFIG_DIR)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, text=True,
