@@ -1,9 +1,10 @@
 """Plain-text tables for the terminal (predict, devices)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from codesign.cost_models.devices import DeviceSpec, Sourced
+from codesign.cost_models.devices import CONFIG_DIR, DeviceSpec, Sourced, source_counts
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
@@ -51,12 +52,49 @@ def format_prediction(priced, *, model_name: str, input_shape, dtype: str) -> st
     return f"{head}\n{body}\n{foot}"
 
 
-def _src(s: Sourced, unit: str = "", scale: float = 1.0) -> str:
+def _src(s: Sourced, unit: str = "", scale: float = 1.0, device_file: str | None = None) -> str:
+    """``value unit [source — ref]``; a cluster's number (``device_file`` given) that its device
+    file took from a core file says which."""
     ref = f" — {s.ref}" if s.ref else ""
-    return f"{s.value / scale:g}{unit} [{s.source}{ref}]"
+    came = (f" (from core file {_short(s.origin)})"
+            if device_file is not None and s.origin and s.origin != device_file else "")
+    return f"{s.value / scale:g}{unit} [{s.source}{ref}]{came}"
+
+
+def _short(path: str) -> str:
+    """A shipped config file as configs/..., a user's file as written."""
+    try:
+        return "configs/" + str(Path(path).relative_to(CONFIG_DIR))
+    except ValueError:
+        return path
+
+
+def estimated_summary(spec: DeviceSpec) -> dict[str, Any]:
+    """How many of a device's numbers are estimates, and how many came from core files: what
+    ``codesign devices show`` and its ``--json`` report."""
+    counts = source_counts(spec)
+    from_cores = sum(1 for c in spec.cpu.clusters for _, v in _cluster_numbers(c)
+                     if v.origin and v.origin != spec.path)
+    return {"estimated": counts["estimated"], "numbers": sum(counts.values()),
+            "by_source": counts, "from_core_files": from_cores}
+
+
+def _cluster_numbers(c) -> list[tuple[str, Sourced]]:
+    return [(f"{d} ops/cycle/core", v) for d, v in c.flops_per_cycle.items()] + [
+        (k, getattr(c, k)) for k in ("sustained_hz", "burst_hz", "l1d_bytes", "l2_bytes",
+                                     "simd_bits", "vector_registers", "fma_latency_cycles",
+                                     "load_ports")]
+
+
+def _uarch_line(core) -> str:
+    order = "out-of-order" if core.out_of_order else "in-order"
+    return (f"    core file {_short(core.path)}: {core.vendor} {core.arch}, {order}, decode "
+            f"{core.decode_width.value:g}/dispatch {core.dispatch_width.value:g} per cycle, "
+            f"{core.fp_pipes.value:g} FP/ASIMD pipe(s), i8mm {'yes' if core.i8mm else 'no'}")
 
 
 def format_device(spec: DeviceSpec) -> str:
+    here = spec.path
     lines = [f"{spec.name}: {spec.display_name} ({spec.soc})",
              f"  file: {spec.path}  sha256: {spec.sha256[:16]}",
              f"  back-ends: {', '.join(spec.backends)}  default threads: {spec.default_threads}",
@@ -64,10 +102,12 @@ def format_device(spec: DeviceSpec) -> str:
              f"  L3: {_src(spec.cpu.l3_bytes, ' KiB', 1024)}"]
     for c in spec.cpu.clusters:
         lines.append(f"  cluster {c.name}: {c.count}x {c.core}")
-        lines.append(f"    sustained clock: {_src(c.sustained_hz, ' GHz', 1e9)}")
-        lines.append(f"    burst clock:     {_src(c.burst_hz, ' GHz', 1e9)}")
+        if c.uarch is not None:
+            lines.append(_uarch_line(c.uarch))
+        lines.append(f"    sustained clock: {_src(c.sustained_hz, ' GHz', 1e9, here)}")
+        lines.append(f"    burst clock:     {_src(c.burst_hz, ' GHz', 1e9, here)}")
         for dtype, v in c.flops_per_cycle.items():
-            lines.append(f"    {dtype} ops/cycle/core: {_src(v)}")
+            lines.append(f"    {dtype} ops/cycle/core: {_src(v, device_file=here)}")
         lines.append(f"    int8 dot product: {'yes' if c.int8_dot_product else 'no'}")
         for label, value, unit, scale in (("L1D", c.l1d_bytes, " KiB", 1024),
                                           ("L2" + (" (shared)" if c.l2_shared else ""),
@@ -76,7 +116,7 @@ def format_device(spec: DeviceSpec) -> str:
                                           ("vector registers", c.vector_registers, "", 1),
                                           ("FMA latency", c.fma_latency_cycles, " cycles", 1),
                                           ("load ports", c.load_ports, "", 1)):
-            lines.append(f"    {label}: {_src(value, unit, scale)}")
+            lines.append(f"    {label}: {_src(value, unit, scale, here)}")
     m = spec.memory
     lines += [f"  DRAM bandwidth: {_src(m.dram_bytes_per_s, ' GB/s', 1e9)}",
               f"  RAM: {_src(m.ram_bytes, ' GB', 1e9)}",
@@ -87,6 +127,10 @@ def format_device(spec: DeviceSpec) -> str:
             lines.append(f"  {label}: {acc.name} {acc.description} {peaks or '(no peak published)'}")
     if spec.notes:
         lines.append(f"  notes: {spec.notes}")
+    est = estimated_summary(spec)
+    others = ", ".join(f"{k} {v}" for k, v in est["by_source"].items() if k != "estimated" and v)
+    lines.append(f"  estimated: {est['estimated']} of {est['numbers']} numbers ({others}); "
+                 f"{est['from_core_files']} from core files")
     return "\n".join(lines)
 
 
@@ -107,7 +151,8 @@ def format_device_list(specs: list[DeviceSpec]) -> str:
 
 def _sourced_json(value: Any) -> Any:
     if isinstance(value, Sourced):
-        return {"value": value.value, "source": value.source, "ref": value.ref}
+        out = {"value": value.value, "source": value.source, "ref": value.ref}
+        return {**out, "origin": value.origin} if value.origin else out
     if isinstance(value, dict):
         return {k: _sourced_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -122,8 +167,9 @@ def device_json(spec: DeviceSpec, *, brief: bool = False) -> dict[str, Any]:
         return {"name": spec.name, "display_name": spec.display_name, "soc": spec.soc,
                 "backends": list(spec.backends), "default_threads": spec.default_threads,
                 "fp32_peak_flops_per_s": _peak_default(spec),
-                "dram_bytes_per_s": spec.memory.dram_bytes_per_s.value}
-    return _sourced_json(spec)
+                "dram_bytes_per_s": spec.memory.dram_bytes_per_s.value,
+                "estimated": estimated_summary(spec)}
+    return {**_sourced_json(spec), "estimated": estimated_summary(spec)}
 
 
 METRIC_LABELS = {"accuracy": "acc", "perplexity": "ppl"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -92,12 +91,26 @@ def parse_core(data: Any, path: str) -> CoreSpec:
     )
 
 
-@lru_cache(maxsize=64)
-def _load_core_file(path: str, _mtime_ns: int, _size: int) -> CoreSpec:
-    data, digest = load_yaml(Path(path))
-    spec = parse_core(data, path)
-    object.__setattr__(spec, "sha256", digest)
-    return spec
+# Parsed core files by (path, sha256 of the bytes): every device load reads its core files
+# again (cheap) but parses each version once; keyed on content, not mtime, so a file rewritten
+# within the clock's resolution is never served stale.
+_PARSED: dict[tuple[str, str], CoreSpec] = {}
+
+
+def _load_core_file(path: Path) -> CoreSpec:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    key = (str(path), hashlib.sha256(raw).hexdigest())
+    if key not in _PARSED:
+        data, digest = load_yaml(path)
+        spec = parse_core(data, str(path))
+        object.__setattr__(spec, "sha256", digest)
+        if len(_PARSED) > 256:
+            _PARSED.clear()
+        _PARSED[key] = spec
+    return _PARSED[key]
 
 
 def core_path(name: str, *, relative_to: Path | None = None) -> Path | None:
@@ -120,8 +133,7 @@ def load_core(name: str, *, relative_to: Path | None = None) -> CoreSpec:
     if path is None:
         raise SpecError(f"unknown core {name!r}; valid: {', '.join(core_names())} "
                         "(or a path to a core YAML file)")
-    stat = path.stat()
-    return _load_core_file(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load_core_file(path)
 
 
 def core_digest(cores: list[CoreSpec]) -> str:

@@ -275,7 +275,11 @@ def _parse_cluster(r: ConfigReader, isa: str, device_dir: Path | None) -> CoreCl
     flags = {"int8_dot_product": r.bool("int8_dot_product",
                                         default=core.int8_dot_product if core else None),
              "l2_shared": r.bool("l2_shared", default=core.l2_shared if core else False)}
-    sustained, burst = r.sourced("sustained_hz"), r.sourced("burst_hz")
+    burst = r.sourced("burst_hz")
+    sustained = (r.sourced("sustained_hz") if "sustained_hz" in r.data else
+                 _default(burst.value * SUSTAINED_SHARE, f"burst {burst.value / 1e9:g} GHz x "
+                          f"{SUSTAINED_SHARE}, the share the catalog assumes a phone holds under "
+                          "multi-second load", r.path))
     if burst.value < sustained.value:
         raise r.error("burst_hz must be >= sustained_hz", "burst_hz")
     return CoreCluster(
@@ -296,11 +300,33 @@ def _parse_cpu(r: ConfigReader, device_dir: Path | None) -> CpuSpec:
     names = [c.name for c in clusters]
     if len(set(names)) != len(names):
         raise r.error(f"cluster names must be unique, got {names}", "clusters")
-    order = r.list("thread_order")
+    # Default: the clusters as listed, which a spec sheet writes fastest first.
+    order = r.list("thread_order") if "thread_order" in r.data else list(names)
     if not all(isinstance(o, str) for o in order) or sorted(order) != sorted(names):
         raise r.error(f"must list every cluster once ({', '.join(names)}), got {order}",
                       "thread_order")
-    return CpuSpec(tuple(clusters), r.sourced("l3_bytes", positive=False), tuple(order), isa)
+    l3 = (r.sourced("l3_bytes", positive=False) if "l3_bytes" in r.data else
+          _default(0, "no L3 size in the device file: none assumed (the conservative choice)",
+                   r.path))
+    return CpuSpec(tuple(clusters), l3, tuple(order), isa)
+
+
+# What a device file may leave out (a spec sheet does not say): the catalog's own rules.
+SUSTAINED_SHARE = 0.85
+APP_RAM_SHARE = 0.25
+
+
+def _default(value: float, why: str, path: str) -> Sourced:
+    return Sourced(float(value), "estimated", why, origin=path)
+
+
+def _default_threads(cpu: CpuSpec) -> int:
+    """Every core but the slowest cluster's (they stay free for the UI and the OS), as the
+    catalog's phones choose; all cores when there is one cluster."""
+    if len(cpu.clusters) == 1:
+        return cpu.n_cores
+    slowest = cpu.thread_order[-1]
+    return sum(c.count for c in cpu.clusters if c.name != slowest)
 
 
 def _parse_accelerator(r: ConfigReader | None) -> AcceleratorSpec | None:
@@ -322,18 +348,23 @@ def parse_device(data: Any, path: str, *, device_dir: Path | None = None) -> Dev
     r = ConfigReader(path, data)
     mem = r.sub("memory")
     memory = MemorySpec(mem.sourced("dram_bytes_per_s"), mem.sourced("ram_bytes"),
-                        mem.sourced("app_ram_fraction", maximum=1.0))
+                        mem.sourced("app_ram_fraction", maximum=1.0)
+                        if "app_ram_fraction" in mem.data else
+                        _default(APP_RAM_SHARE, "not in the device file: the Android phones' "
+                                 "share (~2 of 8 GB for a foreground app)", path))
     backends = tuple(r.list("backends"))
     known = backend_names()
     for b in backends:
         if b not in known:
             raise r.error(f"unknown back-end {b!r}; valid: {', '.join(known)}", "backends")
     cpu = _parse_cpu(r.sub("cpu"), device_dir)
-    threads = r.int("default_threads")
+    threads = (r.int("default_threads") if "default_threads" in r.data
+               else _default_threads(cpu))
     if threads > cpu.n_cores:
         raise r.error(f"{threads} exceeds the {cpu.n_cores} cores", "default_threads")
     return DeviceSpec(
-        name=r.str("name"), display_name=r.str("display_name"), soc=r.str("soc"),
+        name=r.str("name"), display_name=r.str("display_name", default=r.str("name")),
+        soc=r.str("soc"),
         cpu=cpu, memory=memory, backends=backends, default_threads=threads,
         gpu=_parse_accelerator(r.sub("gpu", optional=True)),
         npu=_parse_accelerator(r.sub("npu", optional=True)),

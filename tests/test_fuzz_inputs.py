@@ -1,5 +1,5 @@
-"""Fuzzing what users write: device / back-end / space YAML, measurement CSVs, budgets, durations
-and integer options.
+"""Fuzzing what users write: device / core / back-end / space YAML, measurement CSVs, budgets,
+durations and integer options.
 
 Each loader either returns its value or raises its documented error (``SpecError`` for YAML
 configs, ``BadInput`` for measurement CSVs and typed values) — never another exception, never a
@@ -118,6 +118,24 @@ def test_device_yaml_mutations_load_or_raise_specerror(data):
             assert isinstance(load_device(str(path)), DeviceSpec)
         except SpecError as exc:
             assert str(path) in str(exc)
+
+
+_ON_CORE = _base("devices", "pixel8")
+_ON_CORE["cpu"]["clusters"][0]["core"] = "core.yaml"  # the mutated core file, beside it
+
+
+@FUZZ
+@given(mutated(_base("cores", "cortex-x3")))
+def test_core_yaml_mutations_load_or_raise_specerror(data):
+    """A mutated core file under a device that names it: a spec, or a SpecError naming the core
+    file (a core file's error is about the core file) or the device file."""
+    core = write("core.yaml", dump(data))
+    path = write("on-core.yaml", dump(_ON_CORE))
+    with no_hang():
+        try:
+            assert isinstance(load_device(str(path)), DeviceSpec)
+        except SpecError as exc:
+            assert str(core) in str(exc) or str(path) in str(exc)
 
 
 @FUZZ
