@@ -214,3 +214,12 @@ def test_core_name_cannot_walk_out_of_the_catalog(tmp_path):
     device = write(tmp_path, "mine.yaml", SPEC_SHEET.replace("core: cortex-x3", "core: ../devices/pixel8"))
     with pytest.raises(SpecError, match="unknown core"):
         load_device(str(device))
+
+
+def test_readme_example_is_the_tested_spec_sheet():
+    """README's 'Describe a new device' example is the file the tests above price."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Describe a new device", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == yaml.safe_load(SPEC_SHEET)
+    assert len(block.strip().splitlines()) <= 11
