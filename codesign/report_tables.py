@@ -142,11 +142,12 @@ def format_device_list(specs: list[DeviceSpec]) -> str:
     rows = []
     for s in specs:
         cores = " + ".join(f"{c.count}x {c.core}" for c in s.cpu.clusters)
+        est = estimated_summary(s)
         rows.append([s.name, s.display_name, cores, str(s.default_threads),
                      f"{_peak_default(s) / 1e9:.0f}", f"{s.memory.dram_bytes_per_s.value / 1e9:.1f}",
-                     ",".join(s.backends)])
-    return _table(["device", "name", "CPU", "threads", "fp32 GFLOP/s", "DRAM GB/s", "back-ends"],
-                  rows, right={3, 4, 5})
+                     f"{est['estimated']}/{est['numbers']}", ",".join(s.backends)])
+    return _table(["device", "name", "CPU", "threads", "fp32 GFLOP/s", "DRAM GB/s", "estimated",
+                   "back-ends"], rows, right={3, 4, 5, 6})
 
 
 def _sourced_json(value: Any) -> Any:

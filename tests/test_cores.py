@@ -143,6 +143,9 @@ def test_show_marks_core_file_numbers_and_counts_estimates(capsys):
     assert out["estimated"] == estimated_summary(spec)
     assert out["estimated"]["numbers"] == total and out["estimated"]["from_core_files"] > 10
     assert out["cpu"]["clusters"][0]["l1d_bytes"]["origin"].endswith("cores/cortex-x3.yaml")
+    assert main(["devices"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pixel8"))
+    assert f"{counts['estimated']}/{total}" in row.split()
     assert main(["devices", "--json"]) == 0
     brief = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     assert brief["pixel8"]["estimated"]["estimated"] == counts["estimated"]
