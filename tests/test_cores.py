@@ -172,7 +172,8 @@ def test_spec_sheet_device_prices_a_model(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ errors
 def test_unknown_core_is_one_line_naming_file_and_field(tmp_path, capsys):
-    path = write(tmp_path, "mine.yaml", SPEC_SHEET.replace("core: cortex-a715", "core: cortex-a999"))
+    path = write(tmp_path, "mine.yaml",
+                 SPEC_SHEET.replace("core: cortex-a715", "core: cortex-a999"))
     with pytest.raises(SpecError) as err:
         load_device(str(path))
     msg = str(err.value)
@@ -198,7 +199,8 @@ def test_malformed_core_file_names_the_core_file(tmp_path, capsys, mutate, field
     core = yaml.safe_load((CORES_DIR / "cortex-x3.yaml").read_text())
     mutate(core)
     core_file = write(tmp_path, "my-core.yaml", core)
-    device = write(tmp_path, "mine.yaml", SPEC_SHEET.replace("core: cortex-x3", "core: my-core.yaml"))
+    device = write(tmp_path, "mine.yaml",
+                   SPEC_SHEET.replace("core: cortex-x3", "core: my-core.yaml"))
     with pytest.raises(SpecError) as err:
         load_device(str(device))
     msg = str(err.value)
@@ -214,7 +216,8 @@ def test_core_of_another_isa(tmp_path):
 
 
 def test_core_name_cannot_walk_out_of_the_catalog(tmp_path):
-    device = write(tmp_path, "mine.yaml", SPEC_SHEET.replace("core: cortex-x3", "core: ../devices/pixel8"))
+    device = write(tmp_path, "mine.yaml",
+                   SPEC_SHEET.replace("core: cortex-x3", "core: ../devices/pixel8"))
     with pytest.raises(SpecError, match="unknown core"):
         load_device(str(device))
 
