@@ -387,10 +387,13 @@ class TransformerSpace(SearchSpace):
     @staticmethod
     def _attention(u: str, a, t: int, attended: int, kv: QuantSpec, tile, qkv, add,
                    elementwise) -> str:
-        """Attention as separate kernels: QK^T, softmax, PV; the K and V caches are the
-        matmuls' streamed operands."""
+        """Attention as separate kernels: the step's new K and V rows written into the caches
+        (a copy of t rows each, at the cache's precision: the fused path's ``cache_updates``),
+        then QK^T, softmax, PV; the K and V caches are the matmuls' streamed operands."""
         hd, kvh, ratio = a.head_dim, a.kv_heads, a.heads // a.kv_heads
         q, k, v = qkv
+        k, v = (add(Op(f"{u}.{n}_cache_write", OpKind.LAYOUT, (t, kvh, hd), ((t, kvh, hd),),
+                       quant=kv, inputs=(src,))) for n, src in (("k", k), ("v", v)))
         # scores: per K/V head, its `ratio` query heads x t tokens against the K cache
         s = add(Op(f"{u}.qk", OpKind.MATMUL, (t, a.heads, attended),
                    ((t, a.heads, hd), (t, kvh, hd)), m=t * ratio, n=attended, k=hd,

@@ -1,0 +1,152 @@
+"""Export a causal LM at one generation phase: token ids in (int64), a static KV cache.
+
+- ``prefill``: P prompt tokens at positions 0..P-1, into a cache of C positions;
+- ``decode``: one token at position C-1, so its attention reads a full cache of C tokens.
+
+Two kinds of module are accepted:
+
+- a Hugging Face ``PreTrainedModel`` with a language-model head (not encoder-decoder): wrapped
+  as ``transformers.integrations.executorch`` wraps it for ExecuTorch (a ``StaticCache`` of C
+  positions, its tensors registered as buffers; sliding-window layers become full static
+  layers, as that wrapper does), with the logits of the last position only
+  (``logits_to_keep=1``: what generation reads);
+- any other module taking token ids: ``forward(tokens)`` for prefill, and for decode
+  ``forward(tokens, input_pos)`` (or ExecuTorch's Llama ``forward(tokens, {"input_pos": pos})``)
+  with its own cache buffers.
+
+Weights may live on the ``meta`` device (Llama 3.2 1B/3B shapes without their weights): the
+export needs shapes, not values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from codesign.cost_models.lowering import LoweringError
+
+PHASES = ("prefill", "decode")
+
+
+class NotACausalLM(LoweringError):
+    """The module is not a causal LM this lowering can drive."""
+
+
+@dataclass(frozen=True)
+class PhaseShape:
+    """Where one exported step sits in a generation: ``tokens`` new tokens at ``start``,
+    attending to ``start + tokens`` cached positions of a cache of ``context``."""
+
+    phase: str
+    tokens: int
+    start: int
+    context: int
+
+    @property
+    def attended(self) -> int:
+        return self.start + self.tokens
+
+
+def phase_shape(phase: str, prompt_len: int | None, context: int) -> PhaseShape:
+    """The step of ``phase``; ValueError for a phase or lengths that do not fit."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; valid: {', '.join(PHASES)}")
+    if not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive integer, got {context!r}")
+    if phase == "prefill":
+        if prompt_len is None:
+            raise ValueError("prefill needs the prompt length (--prompt-len)")
+        if not 0 < prompt_len <= context:
+            raise ValueError(f"prompt of {prompt_len} tokens does not fit a context of {context}")
+        return PhaseShape(phase, prompt_len, 0, context)
+    if prompt_len is not None and prompt_len > context:
+        raise ValueError(f"prompt of {prompt_len} tokens does not fit a context of {context}")
+    return PhaseShape(phase, 1, context - 1, context)
+
+
+def is_hf_causal_lm(model: torch.nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.") and hasattr(model, "config")
+
+
+def _check_hf(model) -> None:
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise NotACausalLM(f"{type(model).__name__} is an encoder-decoder model, not a causal LM")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise NotACausalLM(f"{type(model).__name__} has no language-model head: not a causal "
+                           "LM (use its *ForCausalLM class)")
+
+
+def _hf_step(model, context: int) -> torch.nn.Module:
+    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+    class LastTokenLogits(TorchExportableModuleWithStaticCache):
+        """transformers' ExecuTorch wrapper, returning the last position's logits only."""
+
+        def forward(self, input_ids, cache_position):  # noqa: D401 - torch API
+            for layer in self.static_cache.layers:
+                layer.cumulative_length.copy_(cache_position[0])
+            out = self.model(input_ids=input_ids, attention_mask=None, cache=self.static_cache,
+                             use_cache=True, logits_to_keep=1)
+            return out.logits
+
+    _check_hf(model)
+    text = model.config.get_text_config()
+    if getattr(text, "use_cache", None) is False:
+        text.use_cache = True
+    if model.generation_config is None:
+        from transformers import GenerationConfig
+        model.generation_config = GenerationConfig()
+    model.generation_config.use_cache = True
+    model.generation_config.cache_implementation = "static"
+    try:
+        return LastTokenLogits(model, batch_size=1, max_cache_len=context, device=model.device)
+    except Exception as exc:  # transformers raises many types for configs it cannot cache
+        raise LoweringError(f"{type(model).__name__}: no static KV cache: "
+                            f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _param_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.ExportedProgram:
+    """``torch.export`` of one ``shape`` step of ``model`` (eval mode, no grad).
+
+    Raises:
+        NotACausalLM: a Hugging Face model without an LM head, or an encoder-decoder.
+        LoweringError: the export failed (its one-line reason).
+    """
+    model = model.eval()
+    device = _param_device(model)
+    ids = torch.zeros(1, shape.tokens, dtype=torch.long, device=device)
+    positions = torch.arange(shape.start, shape.attended, dtype=torch.long, device=device)
+    attempts: list[tuple[torch.nn.Module, tuple, dict]] = []
+    if is_hf_causal_lm(model):
+        step = _hf_step(model, shape.context)
+        attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
+    elif shape.phase == "prefill":
+        attempts.append((model, (ids,), {}))
+    else:
+        start = positions[:1]
+        attempts += [(model, (ids, start), {}), (model, (ids, {"input_pos": start}), {})]
+    errors = []
+    for module, args, kwargs in attempts:
+        try:
+            with torch.no_grad():
+                return torch.export.export(module, args, kwargs)
+        except Exception as exc:  # torch raises many types; the user needs the one-line reason
+            errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+    if not is_hf_causal_lm(model) and shape.phase == "decode":
+        raise NotACausalLM("decode needs a Hugging Face causal LM or a module taking "
+                           f"(tokens, input_pos) with its own KV cache; export failed: {errors[-1]}")
+    raise LoweringError(f"torch.export of the {shape.phase} step ({shape.tokens} tokens, "
+                        f"context {shape.context}) failed: {errors[-1]}")

@@ -1,0 +1,529 @@
+"""Lower one generation step of a causal LM (``lm_export``) to the op IR, as ExecuTorch's LLM
+export runs it, with the conventions of the decoder space (``search_spaces/transformer.py``):
+
+- **token dependence**: only what depends on the token ids runs per step. Integer and boolean
+  ops (positions, masks) and float ops that depend on positions alone (RoPE cos/sin tables,
+  additive masks) are priced at zero: ExecuTorch's Llama export precomputes the RoPE tables and
+  its ``custom_sdpa`` masks by position itself;
+- **embedding**: a gather of ``tokens`` rows (``EMBEDDING``, no streamed weight: the table's
+  stored bytes are counted by ``LoweredLM.embedding_elems`` where the table is not the LM head's);
+- **norms**: the ops of one norm module call (RMSNorm's pow/mean/add/rsqrt/mul, LayerNorm) are one
+  ``NORM`` op (4 FLOPs per element for RMSNorm, 5 for LayerNorm), as the decoder space prices it;
+- **rotary embedding**: ``x * cos + rotate_half(x) * sin`` (with its slice/neg/cat) is one ``ROPE``
+  op per rotated tensor (3 FLOPs per element);
+- **attention** (``scaled_dot_product_attention`` over the cache): on a back-end with a fused
+  decode-attention kernel (its ``fused_attention`` layout), the layout copies and cache writes that
+  ExecuTorch's custom KV cache + ``custom_sdpa`` program runs, then one ``ATTENTION`` op; the
+  graph's own transposes and cache writes in that attention module are then priced by that
+  layout (FREE here). Elsewhere QK^T, softmax and PV (``MATMUL``s streaming the K and V caches as
+  their stationary operand) and the cache writes as copies of the written rows. Either way the
+  step attends to ``start + tokens`` positions (the custom kernel stops at the last filled one),
+  not the whole allocated cache.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+import torch
+
+from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
+from codesign.cost_models.lm_export import PhaseShape
+from codesign.cost_models.lowering import LoweringError, _Lowerer, _shape
+from codesign.cost_models.precision_boundaries import insert_precision_boundaries
+from codesign.kernels.specs import QuantSpec
+
+aten = torch.ops.aten
+
+_SDPA = {aten.scaled_dot_product_attention.default}
+_CACHE_WRITES = {aten.index_copy_.default: 3, aten.index_copy.default: 3,
+                 aten.index_put_.default: 2, aten.index_put.default: 2,
+                 aten.slice_scatter.default: 1, aten.copy_.default: 1}  # -> the written operand
+_TRANSPOSES = {aten.transpose.int, aten.permute.default, aten.t.default}
+_VIEWS = {aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.split_with_sizes.default,
+          aten.chunk.default, aten.narrow.default, aten.unbind.int, aten.view.default,
+          aten.reshape.default, aten.expand.default, aten.unsqueeze.default, aten.squeeze.dim,
+          aten.squeeze.dims, aten.squeeze.default, aten._unsafe_view.default, aten.clone.default,
+          aten.contiguous.default, aten.alias.default, aten.flatten.using_ints,
+          aten.unflatten.int, aten.dropout.default, aten.detach.default}
+_UNARY = {aten.neg.default, aten.rsqrt.default, aten.sqrt.default, aten.exp.default,
+          aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
+          aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.reciprocal.default,
+          aten.abs.default, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
+          aten.rsub.Scalar, aten.softplus.default, aten.sub.Scalar, aten.add.Scalar,
+          aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor_mode, aten.maximum.default,
+          aten.minimum.default, aten.sign.default, aten.log1p.default, aten.gelu_.default,
+          aten.tanh_.default, aten.exp_.default, aten.div_.Tensor, aten.sub_.Tensor}
+_REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default, aten.var_mean.correction,
+               aten.var.correction, aten.std.correction}
+_NORM_FLOPS = {"rms": 4.0, "layer": 5.0}
+CACHE_WRITE = "cache_write"  # the ``source`` of an op storing the step's K or V rows
+
+
+def _float_out(node) -> bool:
+    val = node.meta.get("val")
+    if isinstance(val, (tuple, list)):
+        val = val[0] if val else None
+    return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
+
+
+_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.to.device,
+          aten.type_as.default}
+
+
+def _is_alias_cast(node) -> bool:
+    src = node.args[0] if node.args else None
+    return node.target in _CASTS and (not isinstance(src, torch.fx.Node) or not _float_out(src)
+                                      or src.meta["val"].dtype == node.meta["val"].dtype)
+
+
+def _module_of(node) -> tuple[str, str]:
+    """(path, class name) of the innermost module the node ran in."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, cls = list(stack.values())[-1]
+    name = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
+    return path, name.rsplit(".", 1)[-1]
+
+
+def _norm_kind(cls: str) -> str | None:
+    low = cls.lower()
+    if "rmsnorm" in low or "rms_norm" in low:
+        return "rms"
+    if "layernorm" in low or "layer_norm" in low or low.endswith("norm"):
+        return "layer" if "layer" in low else "rms"
+    return None
+
+
+@dataclass(frozen=True)
+class LoweredLM:
+    """One step's ops (fp32, before ``lm_precision``) and what the graph told about the model."""
+
+    ops: list[Op]
+    shape: PhaseShape
+    kv_cache_elems: int  # every K and V cache buffer the step updates, in elements
+    embedding_elems: int  # token-embedding tables not shared with a linear (stored apart)
+    tied: bool  # the token table is the LM head's matrix (stored once)
+
+
+class _LMLowerer(_Lowerer):
+    def __init__(self, ep: torch.export.ExportedProgram, shape: PhaseShape,
+                 fused_attention: Mapping[str, int] | None) -> None:
+        super().__init__(ep)
+        self.shape, self.layout = shape, fused_attention
+        sig = ep.graph_signature
+        self.mutated = set((getattr(sig, "buffers_to_mutate", {}) or {}).values())
+        self.buffer_of = dict(sig.inputs_to_buffers)
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        user = [n for n in placeholders if n.name in set(sig.user_inputs)]
+        self.tokens = user[0] if user else None
+        self.live = self._token_dependent()
+        self.attention_modules = {_module_of(n)[0] for n in self.graph.nodes if n.target in _SDPA}
+        self.norm_out, self.norm_inner = self._norm_groups()
+        self.rope_of, self.rope_inner = self._rope_regions()
+        self.embedding_tables: list[torch.fx.Node] = []
+        self.linear_weights: set[str] = set()
+
+    # ------------------------------------------------------------------ graph analysis
+    def _token_dependent(self) -> set:
+        live = set()
+        if self.tokens is None:
+            return live
+        live.add(self.tokens)
+        for node in self.graph.nodes:
+            if node.op == "call_function" and any(a in live for a in node.all_input_nodes):
+                live.add(node)
+        return live
+
+    def _norm_groups(self):
+        """Contiguous runs of live float nodes in one norm module call: output node -> group."""
+        out, inner = {}, set()
+        run: list = []
+        key = None
+
+        def close():
+            # a leading same-dtype cast is the norm's input itself (the residual reads it too)
+            while run and (_is_alias_cast(run[0]) or not _float_out(run[0])):
+                run.pop(0)
+            if run:
+                members = set(run)
+                ends = [n for n in run if any(u not in members for u in n.users)]
+                if len(ends) == 1:
+                    out[ends[0]] = (key, run[:])
+                    inner.update(n for n in run if n is not ends[0])
+            run.clear()
+
+        for node in self.graph.nodes:
+            if node.op != "call_function" or node not in self.live:
+                continue
+            path, cls = _module_of(node)
+            kind = _norm_kind(cls)
+            this = (path, kind) if kind else None
+            if this != key:
+                close()
+                key = this
+            if this is not None:
+                run.append(node)
+        close()
+        return out, inner
+
+    def _rope_regions(self):
+        """``x*cos + rotate_half(x)*sin``: the add -> (x, interior nodes)."""
+        rope_of, inner = {}, set()
+
+        def split_mul(mul):
+            if mul.target is not aten.mul.Tensor or len(mul.args) < 2:
+                return None
+            a, b = mul.args[:2]
+            if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
+                return None
+            if a in self.live and b not in self.live:
+                return a
+            if b in self.live and a not in self.live:
+                return b
+            return None
+
+        for node in self.graph.nodes:
+            if node.target is not aten.add.Tensor or node not in self.live:
+                continue
+            args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+            if len(args) != 2:
+                continue
+            xs = [split_mul(a) for a in args]
+            if None in xs:
+                continue
+            for first, second in ((0, 1), (1, 0)):
+                x, y = xs[first], xs[second]
+                region = self._path_between(x, y)
+                if region is not None:
+                    rope_of[node] = (x, args + list(region))
+                    inner.update(args)
+                    inner.update(region)
+                    break
+        return rope_of, inner
+
+    def _path_between(self, x, y, depth: int = 8):
+        """The live nodes from ``x`` (excluded) to ``y`` (included) if ``y`` derives from ``x``
+        within ``depth`` steps through rotate-half ops, else None."""
+        allowed = {aten.neg.default, aten.cat.default, aten.slice.Tensor, aten.stack.default,
+                   aten.view.default, aten.reshape.default, aten.flatten.using_ints,
+                   aten.unsqueeze.default, aten.select.int, aten.mul.Tensor,
+                   aten.transpose.int, aten.clone.default, operator.getitem,
+                   aten.split.Tensor, aten.chunk.default, aten.unbind.int}
+        region, frontier = set(), [y]
+        for _ in range(depth):
+            nxt = []
+            for n in frontier:
+                if n is x:
+                    continue
+                if n.target not in allowed or n not in self.live:
+                    return None
+                region.add(n)
+                nxt += [a for a in n.all_input_nodes if a in self.live]
+            if not nxt:
+                break
+            frontier = nxt
+        if any(n is not x for n in frontier) or x in region:
+            return None
+        return region
+
+    # ------------------------------------------------------------------ lowering
+    def lower(self, node: torch.fx.Node) -> None:
+        target = node.target
+        if node not in self.live:
+            self.value_of[node] = ""  # positions, masks, RoPE tables: precomputed, no kernel
+            return
+        if not _float_out(node) and target is not operator.getitem \
+                and target not in _CACHE_WRITES:
+            self.value_of[node] = ""  # integer/boolean bookkeeping
+            return
+        if node in self.norm_inner or node in self.rope_inner:
+            return  # part of the fused op emitted at its output
+        if node in self.norm_out:
+            return self._norm(node)
+        if node in self.rope_of:
+            return self._rope(node)
+        if target in _SDPA:
+            return self._attention(node)
+        if target in _CACHE_WRITES:
+            return self._cache_write(node)
+        if target in _TRANSPOSES and _module_of(node)[0] in self.attention_modules:
+            # heads <-> tokens: the fused layout prices the copies its program runs; separate
+            # matmuls read the heads strided (``groups``), as the decoder space prices them
+            return self._free(node)
+        if target in _VIEWS:
+            return self._free(node)
+        if target is aten.embedding.default:
+            return self._embedding(node)
+        if target in _CASTS:
+            return self._free(node) if _is_alias_cast(node) else self.simple(
+                node, OpKind.ELEMENTWISE)
+        if target in _UNARY:
+            return self.simple(node, OpKind.ELEMENTWISE)
+        if target in _REDUCTIONS:
+            return self.simple(node, OpKind.GLOBAL_POOL, from_input=True)
+        if target is aten.rms_norm.default:
+            return self.simple(node, OpKind.NORM, _NORM_FLOPS["rms"])
+        if target in (aten.stack.default,):
+            return self.simple(node, OpKind.CONCAT, 0.0)
+        if target in (aten.repeat.default, aten.repeat_interleave.self_int,
+                      aten.index_select.default, aten.gather.default, aten.index.Tensor,
+                      aten.roll.default, aten.flip.default):
+            return self.simple(node, OpKind.LAYOUT, 0.0)
+        if target is aten.baddbmm.default:
+            from codesign.cost_models.lowering import _matmul
+            return _matmul(self, node, node.args[1], node.args[2])
+        if target is aten.linear.default and isinstance(node.args[1], torch.fx.Node):
+            self.linear_weights.add(node.args[1].name)
+        if target is aten.addmm.default and isinstance(node.args[2], torch.fx.Node):
+            self.linear_weights.add(node.args[2].name)
+        super().lower(node)
+
+    def _free(self, node) -> None:
+        src = node.args[0] if node.args else None
+        shape = _shape(node)
+        self.emit(node, Op(self.name_for(node), OpKind.FREE, shape,
+                           (_shape(src),) if isinstance(src, torch.fx.Node) else (),
+                           inputs=(self.producer(src),), source=str(node.target)))
+
+    def _external(self, members: Sequence) -> list:
+        inside = set(members)
+        seen, out = set(), []
+        for n in members:
+            for a in n.all_input_nodes:
+                if a not in inside and a in self.live and _float_out(a) and a not in seen:
+                    seen.add(a)
+                    out.append(a)
+        return out
+
+    def _norm(self, node) -> None:
+        (path, kind), members = self.norm_out[node]
+        ins = self._external(members)
+        shape = _shape(node)
+        self.emit(node, Op(self.name_for(node), OpKind.NORM, shape,
+                           tuple(_shape(x) for x in ins), flops=_NORM_FLOPS[kind] * _numel(shape),
+                           inputs=tuple(self.producer(x) for x in ins), source=f"{kind}_norm"))
+
+    def _rope(self, node) -> None:
+        x, _ = self.rope_of[node]
+        shape = _shape(node)
+        self.emit(node, Op(self.name_for(node) + ".rope", OpKind.ROPE, shape, (_shape(x),),
+                           flops=3.0 * _numel(shape), inputs=(self.producer(x),),
+                           source="rotary_embedding"))
+
+    def _embedding(self, node) -> None:
+        table, idx = node.args[0], node.args[1]
+        shape = _shape(node)
+        self.embedding_tables.append(table)
+        rows = (_numel(shape[:-1]), shape[-1])
+        self.emit(node, Op(self.name_for(node), OpKind.EMBEDDING, shape, (rows,),
+                           inputs=(self.producer(idx),), source=str(node.target)))
+
+    def _written(self, node):
+        src = node.args[_CACHE_WRITES[node.target]] if len(node.args) > _CACHE_WRITES[
+            node.target] else None
+        return src if isinstance(src, torch.fx.Node) else None
+
+    def _cache_write(self, node) -> None:
+        src = self._written(node)
+        if self.layout is not None and _module_of(node)[0] in self.attention_modules:
+            # priced by the fused layout's cache writes at the attention op
+            self.value_of[node] = self.producer(src) if src is not None else ""
+            return
+        if src is None:
+            return self._free(node)
+        shape = _shape(src)
+        self.emit(node, Op(self.name_for(node), OpKind.LAYOUT, shape, (shape,),
+                           inputs=(self.producer(src),), source=CACHE_WRITE))
+
+    def _kv_heads(self, k) -> int:
+        """K/V heads of the cache behind ``k`` (GQA expands them with views before SDPA)."""
+        heads = _shape(k)[1]
+        node = k
+        for _ in range(8):
+            if not isinstance(node, torch.fx.Node) or not node.args:
+                break
+            shape = _shape(node) if node.meta.get("val") is not None else ()
+            if len(shape) == 4:
+                heads = min(heads, shape[1])
+            node = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
+        return heads
+
+    def _attention(self, node) -> None:
+        q, k, v = node.args[:3]
+        qs, ks = _shape(q), _shape(k)
+        if len(qs) != 4 or len(ks) != 4:
+            raise LoweringError(f"{node.name}: attention over {qs} x {ks}: expected 4-D "
+                                "[batch, heads, tokens, head_dim] operands")
+        heads, t, hd = qs[1] * qs[0], qs[2], qs[3]
+        kvh = self._kv_heads(k)
+        attended = min(self.shape.attended, ks[2])
+        ctx = ks[2]
+        base = self.name_for(node).rsplit(".", 1)[0] if "." in self.name_for(node) else node.name
+        names = [self.producer(q), self.producer(k), self.producer(v)]
+        out_shape = (t, heads * hd)
+
+        def add(op: Op) -> str:
+            self.ops.append(op)
+            self.index[op.name] = len(self.ops) - 1
+            return op.name
+
+        if self.layout is not None:
+            def move(name, shape, prev):
+                return add(Op(name, OpKind.LAYOUT, shape, (shape,), inputs=(prev,)))
+
+            qn, kn, vn = names
+            for i in range(self.layout["query_transposes"]):
+                qn = move(f"{base}.q_layout{i}", (t, heads, hd), qn)
+            for i in range(self.layout["kv_transposes"] // 2):
+                kn = move(f"{base}.k_layout{i}", (t, kvh, hd), kn)
+                vn = move(f"{base}.v_layout{i}", (t, kvh, hd), vn)
+            for i in range(self.layout["cache_updates"] // 2):
+                kn = move(f"{base}.k_cache_write{i}", (t, kvh, hd), kn)
+                vn = move(f"{base}.v_cache_write{i}", (t, kvh, hd), vn)
+            for i in range(self.layout["cache_transposes"] // 2):
+                kn = move(f"{base}.k_cache_layout{i}", (ctx, kvh, hd), kn)
+                vn = move(f"{base}.v_cache_layout{i}", (ctx, kvh, hd), vn)
+            name = add(Op(f"{base}.sdpa", OpKind.ATTENTION, out_shape,
+                          ((t, heads, hd), (attended, kvh, hd), (attended, kvh, hd)),
+                          groups=heads, flops=t * heads * attended * (4.0 * hd + 5.0),
+                          inputs=(qn, kn, vn), source=str(node.target)))
+        else:
+            ratio = max(heads // kvh, 1)
+            s = add(Op(f"{base}.qk", OpKind.MATMUL, (t, heads, attended),
+                       ((t, heads, hd), (t, kvh, hd)), m=t * ratio, n=attended, k=hd, groups=kvh,
+                       flops=2.0 * t * heads * attended * hd, weight_elems=kvh * attended * hd,
+                       fused=("scale", "mask"), inputs=(names[0], names[1]),
+                       source=str(node.target)))
+            s = add(Op(f"{base}.softmax", OpKind.SOFTMAX, (t, heads, attended),
+                       ((t, heads, attended),), flops=5.0 * t * heads * attended, inputs=(s,)))
+            name = add(Op(f"{base}.pv", OpKind.MATMUL, out_shape,
+                          ((t, heads, attended), (t, kvh, hd)), m=t * ratio, n=hd, k=attended,
+                          groups=kvh, flops=2.0 * t * heads * attended * hd,
+                          weight_elems=kvh * attended * hd, inputs=(s, names[2]),
+                          source=str(node.target)))
+        self.value_of[node] = name
+
+    # ------------------------------------------------------------------ summary
+    def kv_cache_elems(self) -> int:
+        """Elements of the float buffers the step writes K/V rows into (the caches; in-place
+        writes are not in ``buffers_to_mutate`` in torch.export's training IR)."""
+        caches = {}
+        for node in self.graph.nodes:
+            if node.target not in _CACHE_WRITES or node not in self.live:
+                continue
+            base = node.args[0] if node.args else None
+            for _ in range(8):
+                if not isinstance(base, torch.fx.Node) or base.op == "placeholder":
+                    break
+                base = base.args[0] if base.args else None
+            if isinstance(base, torch.fx.Node) and base.name in self.params \
+                    and _float_out(base):
+                caches[base.name] = _numel(_shape(base))
+        for node in self.graph.nodes:  # functionalized graphs say it in the signature
+            if node.op == "placeholder" and self.buffer_of.get(node.name) in self.mutated \
+                    and _float_out(node) and len(_shape(node)) >= 3:
+                caches[node.name] = _numel(_shape(node))
+        return sum(caches.values())
+
+
+def _numel(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
+               fused_attention: Mapping[str, int] | None = None) -> LoweredLM:
+    """The fp32 op list of one exported step (``lm_export.export_step``).
+
+    ``fused_attention``: the back-end's decode-attention layout (``BackendSpec.fused_attention``)
+    where it has a fused attention kernel, else None (separate QK^T / softmax / PV).
+
+    Raises:
+        LoweringError: an op without a rule (named), or a graph with no kernel.
+    """
+    lowerer = _LMLowerer(ep, shape, fused_attention)
+    ops = lowerer.run()
+    if not any(op.kind not in PRICED_FREE_KINDS for op in ops):
+        raise LoweringError("the model has no op that runs a kernel")
+    tables = {t.name for t in lowerer.embedding_tables if isinstance(t, torch.fx.Node)}
+    tied = bool(tables) and tables <= lowerer.linear_weights
+    untied = [t for t in lowerer.embedding_tables
+              if isinstance(t, torch.fx.Node) and t.name not in lowerer.linear_weights]
+    return LoweredLM(ops, shape, lowerer.kv_cache_elems(),
+                     sum(_numel(_shape(t)) for t in {t.name: t for t in untied}.values()), tied)
+
+
+# ------------------------------------------------------------------------ precision
+def linear_quant(backend, weight_bits: int, group_size: int) -> QuantSpec:
+    """The precision ExecuTorch's Llama export gives linears (8da4w / 8da8w): ``weight_bits``
+    weights (4-bit: group-wise, ``group_size`` per scale) with int8 dynamic activations where
+    the back-end runs that (XNNPACK), else int8 static activations (the project's kernels)."""
+    group = group_size if weight_bits < 8 else 0
+    tried = []
+    for dynamic in (True, False):
+        quant = QuantSpec(weight_bits, 8, group, dynamic)
+        reason = backend.why_not(OpKind.LINEAR, quant, _dense())
+        if reason is None:
+            return quant
+        tried.append(reason)
+    raise ValueError(tried[0])
+
+
+def _dense():
+    from codesign.kernels.specs import DENSE
+    return DENSE
+
+
+def kv_bits(backend, act_bits: int, stream_bits: int) -> int:
+    """Bits of a K/V cache element: the linears' activation bits where the back-end runs
+    attention's matmuls at that precision, else the stream's (the decoder space's rule)."""
+    if backend.capability(OpKind.ATTENTION) is None and \
+            backend.why_not(OpKind.MATMUL, QuantSpec(act_bits, act_bits), _dense()) is None:
+        return act_bits
+    return stream_bits
+
+
+def lm_precision(ops: Sequence[Op], backend, *, weight_bits: int, group_size: int,
+                 stream_bits: int) -> tuple[list[Op], list[str]]:
+    """Linears at ``linear_quant``; attention at ``kv_bits``; everything else on the
+    ``stream_bits`` residual stream. A linear whose reduction length the group size does not
+    divide stays at the stream precision (torchao's quantizer skips it). Returns the ops with
+    precision boundaries, and the names of the linears left unquantized."""
+    lin = linear_quant(backend, weight_bits, group_size)
+    kv = QuantSpec(kv_bits(backend, lin.act_bits, stream_bits),
+                   kv_bits(backend, lin.act_bits, stream_bits))
+    stream = QuantSpec(stream_bits, stream_bits)
+    out, skipped = [], []
+    for op in ops:
+        if op.kind is OpKind.LINEAR:
+            if lin.group_size and op.k % lin.group_size:
+                skipped.append(op.name)
+                out.append(replace(op, quant=stream))
+            else:
+                out.append(replace(op, quant=lin))
+        elif op.kind in (OpKind.MATMUL, OpKind.ATTENTION) or op.source == CACHE_WRITE:
+            out.append(replace(op, quant=kv))
+        else:
+            out.append(replace(op, quant=stream))
+    return drop_dynamic_dequantize(insert_precision_boundaries(out, input_bits=stream_bits)), skipped
+
+
+def drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:
+    """Remove the DEQUANTIZE after a dynamically quantized op: its kernel quantizes its input
+    itself and writes float (the decoder space's rule, ``search_spaces/transformer.py``)."""
+    dynamic = {op.name for op in ops if op.quant.dynamic_act}
+    for op in ops:  # views of a dynamic op's output are float too
+        if op.kind in PRICED_FREE_KINDS and op.inputs and op.inputs[0] in dynamic:
+            dynamic.add(op.name)
+    dropped = {op.name: op.inputs[0] for op in ops
+               if op.kind is OpKind.DEQUANTIZE and op.inputs and op.inputs[0] in dynamic}
+    if not dropped:
+        return ops
+    return [replace(op, inputs=tuple(dropped.get(n, n) for n in op.inputs))
+            if any(n in dropped for n in op.inputs) else op
+            for op in ops if op.name not in dropped]
