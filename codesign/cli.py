@@ -28,6 +28,16 @@ def _cmd_predict(args) -> int:
     from codesign.userinput import build_user_model
     from codesign.cost_models.devices import load_device
 
+    if args.phase is not None:
+        from codesign.llm_predict import run_phase
+        return run_phase(args)
+    lm_only = [flag for flag, value in (("--prompt-len", args.prompt_len),
+                                        ("--context", args.context),
+                                        ("--group-size", args.group_size)) if value is not None]
+    if lm_only:
+        raise BadInput(f"{', '.join(lm_only)} need --phase prefill|decode (a causal LM)")
+    if args.input_shape is None:
+        raise BadInput("give --input-shape (or --phase prefill|decode for a causal LM)")
     if args.dtype not in ("fp32", "fp16", "int8"):
         raise BadInput(f"unknown --dtype {args.dtype!r}; valid: fp32, fp16, int8")
     shape = parse_shape(args.input_shape)

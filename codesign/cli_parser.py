@@ -31,8 +31,19 @@ def _add_predict(sub) -> None:
                                    "the op list and price it on DEVICE.")
     shared(p, "--device")
     p.add_argument("--model", required=True, help="MODULE:FACTORY returning a torch.nn.Module")
-    p.add_argument("--input-shape", required=True, help="e.g. 1,3,224,224")
-    p.add_argument("--dtype", default="fp32", help="fp32, fp16 or int8 (default fp32)")
+    p.add_argument("--input-shape", default=None,
+                   help="e.g. 1,3,224,224 (required unless --phase)")
+    p.add_argument("--dtype", default="fp32", help="fp32, fp16 or int8 (default fp32; with "
+                   "--phase: the residual stream's, fp32 or fp16)")
+    # causal LMs (codesign.llm_predict): one generation phase with token ids and a KV cache
+    p.add_argument("--phase", default=None, help="prefill or decode: price one generation "
+                   "phase of a causal LM (--model returns one) instead of --input-shape")
+    option(p, "--prompt-len", COUNT, default=None, help="prompt tokens (prefill: required)")
+    option(p, "--context", COUNT, default=None,
+           help="KV-cache length in tokens (decode: required; prefill: default --prompt-len)")
+    option(p, "--weight-bits", COUNT, default=4, help="linear weights: 4 (group-wise) or 8 "
+           "(per channel), int8 dynamic activations (default 4)")
+    option(p, "--group-size", COUNT, default=None, help="4-bit weights per scale (default 32)")
     shared(p, "--threads", default=None, help="threads (default: the device's)")
     shared(p, "--backend", help="one of the device's back-ends")
     shared(p, "--cost-model", "--cost-model-file", "--json")

@@ -145,8 +145,11 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
                 return torch.export.export(module, args, kwargs)
         except Exception as exc:  # torch raises many types; the user needs the one-line reason
             errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
-    if not is_hf_causal_lm(model) and shape.phase == "decode":
-        raise NotACausalLM("decode needs a Hugging Face causal LM or a module taking "
-                           f"(tokens, input_pos) with its own KV cache; export failed: {errors[-1]}")
+    if not is_hf_causal_lm(model):
+        need = ("forward(tokens, input_pos) with its own KV cache" if shape.phase == "decode"
+                else "forward(tokens) on int64 token ids")
+        raise NotACausalLM(f"{type(model).__name__} is not a causal LM this can run: it needs "
+                           f"to be a Hugging Face causal LM or take {need}; torch.export "
+                           f"failed: {errors[-1]}")
     raise LoweringError(f"torch.export of the {shape.phase} step ({shape.tokens} tokens, "
                         f"context {shape.context}) failed: {errors[-1]}")

@@ -21,7 +21,9 @@ PHONE_RESULTS = Path(__file__).parent / "data" / "phone_results"
 
 # every subcommand's options as they were before the split ("!" required), recorded from it
 OPTIONS_BEFORE = {
-    "predict": "--device! --model! --input-shape! --dtype --threads --backend --cost-model "
+    # issue 18: --input-shape optional beside the causal-LM phase options
+    "predict": "--device! --model! --input-shape --dtype --phase --prompt-len --context "
+               "--weight-bits --group-size --threads --backend --cost-model "
                "--cost-model-file --json",
     "search": "--device! --budget! --ttft-budget --backend --space --trials --timeout --seed "
               "--sampler --cost-model --cost-model-file --workers --ray-address --evaluator "
@@ -43,7 +45,7 @@ OPTIONS_BEFORE = {
 }
 # the options that read an integer (each must be typed: a plain string would skip the rule)
 INTEGER_OPTIONS = {
-    "predict": {"--threads"},
+    "predict": {"--threads", "--prompt-len", "--context", "--weight-bits", "--group-size"},
     "search": {"--trials", "--seed", "--workers", "--max-formats", "--predictor-trials",
                "--finetune-steps"},
     "calibrate": {"--samples", "--seed", "--threads"},

@@ -1,0 +1,180 @@
+"""Causal-LM coverage of ``codesign predict --phase``: every class of transformers'
+``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, built from a tiny config (random weights, no download),
+priced in both phases on pixel8 through both back-ends at fp32-stream with 8-bit and 4-bit
+linears. Each row says whether the model lowers and its latency, or the op / reason blocking it.
+
+    .venv/bin/python -m benchmarks.zoo_causal_lm [--only llama,gpt2] [--json OUT]
+
+``causal_lm_entries()`` lists the entries (for ``benchmarks/zoo_coverage.py``'s ``price_zoo``);
+``price_causal_lm(entry)`` prices one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# sizes every tiny config gets, under each of the names configs use for them
+WIDTH, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, POSITIONS = 64, 2, 4, 2, 128, 256, 256
+_SIZES = {
+    ("hidden_size", "n_embd", "d_model", "dim", "model_dim", "embed_dim", "hidden_dim",
+     "word_embed_proj_dim"): WIDTH,
+    ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers"): LAYERS,
+    ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"): HEADS,
+    ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num"): KV_HEADS,
+    ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "decoder_ffn_dim",
+     "moe_intermediate_size", "shared_expert_intermediate_size"): FFN,
+    ("vocab_size",): VOCAB,
+    ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+     "n_ctx"): POSITIONS,
+    ("head_dim", "kv_channels", "attention_head_dim"): WIDTH // HEADS,
+    ("num_experts", "n_routed_experts", "num_local_experts"): 4,
+    ("num_experts_per_tok", "moe_topk", "top_k"): 2,
+}
+PROMPT, CONTEXT = 16, 64
+SETTINGS = [(backend, bits) for backend in ("xnnpack", "codesign") for bits in (8, 4)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    model_type: str
+    class_name: str
+    factory: Callable[[], Any]
+
+
+def tiny_config(model_type: str):
+    """The model type's default config with every size set small (text config of
+    multimodal ones too), ``use_cache`` on, eager-free SDPA attention where offered."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    targets = [config]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else None
+    if text is not None and text is not config:
+        targets.append(text)
+    for target in targets:
+        for names, value in _SIZES.items():
+            for name in names:
+                if hasattr(target, name) and isinstance(getattr(target, name), int):
+                    setattr(target, name, value)
+        for name in ("layer_types",):  # per-layer lists follow the layer count
+            value = getattr(target, name, None)
+            if isinstance(value, list) and value:
+                setattr(target, name, (value * LAYERS)[:LAYERS])
+        if hasattr(target, "use_cache"):
+            target.use_cache = True
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(target, name, None)
+            if isinstance(value, int) and value >= VOCAB:
+                setattr(target, name, 0)
+    return config
+
+
+def causal_lm_entries() -> list[Entry]:
+    """One entry per model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    def factory_for(model_type: str, class_name: str):
+        def build():
+            import transformers
+            cls = getattr(transformers, class_name)
+            return cls(tiny_config(model_type)).eval()
+        return build
+
+    return [Entry(t, c, factory_for(t, c))
+            for t, c in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items())]
+
+
+def _reason(exc: Exception) -> tuple[str, str]:
+    """(blocking op or error kind, one-line message)."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"no lowering rule for (\S+)", text)
+    if match:
+        return match[1], text
+    if "torch.export" in text or "export" in type(exc).__name__.lower():
+        return "torch.export", text
+    return type(exc).__name__, text
+
+
+def price_causal_lm(entry: Entry, device_name: str = "pixel8") -> list[dict[str, Any]]:
+    """Rows (one per phase x back-end x weight bits) for ``entry``; a model that cannot be
+    built gives one row per setting with that reason."""
+    from codesign.cost_models.devices import load_device
+    from codesign.llm_predict import price_lm_phase
+
+    device = load_device(device_name)
+    base = {"model_type": entry.model_type, "class": entry.class_name}
+    try:
+        model = entry.factory()
+    except Exception as exc:  # any construction failure is a row, not a crash
+        return [{**base, "phase": "-", "backend": "-", "weight_bits": 0, "lowers": False,
+                 "blocker": "build", "reason": _reason(exc)[1][:300]}]
+    rows = []
+    for phase in ("prefill", "decode"):
+        for backend, bits in SETTINGS:
+            row = {**base, "phase": phase, "backend": backend, "weight_bits": bits}
+            start = time.perf_counter()
+            try:
+                priced = price_lm_phase(model, device, phase=phase, prompt_len=PROMPT,
+                                        context=CONTEXT, weight_bits=bits, backend=backend,
+                                        group_size=32 if bits == 4 else None)
+                row.update(lowers=True, latency_s=priced.latency_s,
+                           kv_cache_bytes=priced.kv_cache_bytes,
+                           weight_bytes=priced.weight_bytes, bound=priced.bound)
+            except Exception as exc:  # the blocker is the result
+                blocker, message = _reason(exc)
+                row.update(lowers=False, blocker=blocker, reason=message[:300])
+            row["seconds"] = round(time.perf_counter() - start, 2)
+            rows.append(row)
+            if not row["lowers"] and row["blocker"] in ("torch.export", "LoweringError"):
+                # the same export fails in every setting of the phase: do not repeat it
+                rows += [{**row, "backend": b, "weight_bits": w} for b, w in SETTINGS
+                         if (b, w) != (backend, bits)]
+                break
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    models = sorted({r["model_type"] for r in rows})
+    full = [m for m in models if all(r["lowers"] for r in rows if r["model_type"] == m)]
+    blockers: dict[str, int] = {}
+    for m in models:
+        failed = [r for r in rows if r["model_type"] == m and not r["lowers"]]
+        for b in sorted({r["blocker"] for r in failed}):
+            blockers[b] = blockers.get(b, 0) + 1
+    return {"models": len(models), "fully_priced": len(full),
+            "fraction": len(full) / max(len(models), 1),
+            "rows": len(rows), "rows_priced": sum(r["lowers"] for r in rows),
+            "blockers": dict(sorted(blockers.items(), key=lambda kv: -kv[1]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="model types, comma separated")
+    parser.add_argument("--json", default=None, help="write rows + summary here")
+    args = parser.parse_args(argv)
+    entries = causal_lm_entries()
+    if args.only:
+        wanted = set(args.only.split(","))
+        entries = [e for e in entries if e.model_type in wanted]
+    rows = []
+    for i, entry in enumerate(entries):
+        new = price_causal_lm(entry)
+        rows += new
+        ok = sum(r["lowers"] for r in new)
+        why = sorted({r.get("blocker") for r in new if not r["lowers"]})
+        print(f"[{i + 1}/{len(entries)}] {entry.model_type:<24} {ok}/{len(new)} priced"
+              + (f"  blocked by {', '.join(why)}" if why else ""), flush=True)
+    summary = summarize(rows)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"summary": summary, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
