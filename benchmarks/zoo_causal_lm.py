@@ -66,6 +66,8 @@ def tiny_config(model_type: str):
                 setattr(target, name, (value * LAYERS)[:LAYERS])
         if hasattr(target, "use_cache"):
             target.use_cache = True
+        if hasattr(target, "is_decoder"):  # encoders' *LMHeadModel run causally only so
+            target.is_decoder = True
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(target, name, None)
             if isinstance(value, int) and value >= VOCAB:
@@ -79,9 +81,18 @@ def causal_lm_entries() -> list[Entry]:
 
     def factory_for(model_type: str, class_name: str):
         def build():
+            import torch
             import transformers
             cls = getattr(transformers, class_name)
-            return cls(tiny_config(model_type)).eval()
+            # on the meta device: a config whose sizes the tiny overrides miss stays cheap
+            # (pricing needs shapes only); a model whose init needs real tensors builds on CPU
+            try:
+                with torch.device("meta"):
+                    return cls(tiny_config(model_type)).eval()
+            except TimeoutError:
+                raise
+            except Exception:
+                return cls(tiny_config(model_type)).eval()
         return build
 
     return [Entry(t, c, factory_for(t, c))
@@ -109,6 +120,8 @@ def price_causal_lm(entry: Entry, device_name: str = "pixel8") -> list[dict[str,
     base = {"model_type": entry.model_type, "class": entry.class_name}
     try:
         model = entry.factory()
+    except TimeoutError:
+        raise
     except Exception as exc:  # any construction failure is a row, not a crash
         return [{**base, "phase": "-", "backend": "-", "weight_bits": 0, "lowers": False,
                  "blocker": "build", "reason": _reason(exc)[1][:300]}]
@@ -124,6 +137,8 @@ def price_causal_lm(entry: Entry, device_name: str = "pixel8") -> list[dict[str,
                 row.update(lowers=True, latency_s=priced.latency_s,
                            kv_cache_bytes=priced.kv_cache_bytes,
                            weight_bytes=priced.weight_bytes, bound=priced.bound)
+            except TimeoutError:
+                raise
             except Exception as exc:  # the blocker is the result
                 blocker, message = _reason(exc)
                 row.update(lowers=False, blocker=blocker, reason=message[:300])
@@ -155,14 +170,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="model types, comma separated")
     parser.add_argument("--json", default=None, help="write rows + summary here")
+    parser.add_argument("--timeout", type=int, default=120, help="seconds per model (120)")
     args = parser.parse_args(argv)
+    import logging
+    import warnings
+    for name in ("torch", "transformers", "torchao"):  # failures are rows, not log noise
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore")
     entries = causal_lm_entries()
     if args.only:
         wanted = set(args.only.split(","))
         entries = [e for e in entries if e.model_type in wanted]
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"over {args.timeout} s")
+
+    signal.signal(signal.SIGALRM, alarm)
     rows = []
     for i, entry in enumerate(entries):
-        new = price_causal_lm(entry)
+        signal.alarm(args.timeout)
+        try:
+            new = price_causal_lm(entry)
+        except TimeoutError as exc:
+            new = [{"model_type": entry.model_type, "class": entry.class_name, "phase": "-",
+                    "backend": "-", "weight_bits": 0, "lowers": False, "blocker": "timeout",
+                    "reason": str(exc)}]
+        finally:
+            signal.alarm(0)
         rows += new
         ok = sum(r["lowers"] for r in new)
         why = sorted({r.get("blocker") for r in new if not r["lowers"]})
