@@ -30,7 +30,7 @@ _SIZES = {
     ("vocab_size",): VOCAB,
     ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
      "n_ctx"): POSITIONS,
-    ("head_dim", "kv_channels", "attention_head_dim"): WIDTH // HEADS,
+    ("head_dim", "kv_channels", "attention_head_dim", "rotary_dim"): WIDTH // HEADS,
     ("num_experts", "n_routed_experts", "num_local_experts"): 4,
     ("num_experts_per_tok", "moe_topk", "top_k"): 2,
 }
@@ -59,7 +59,12 @@ def tiny_config(model_type: str):
         for names, value in _SIZES.items():
             for name in names:
                 if hasattr(target, name) and isinstance(getattr(target, name), int):
-                    setattr(target, name, value)
+                    try:
+                        setattr(target, name, value)
+                    except AttributeError:  # a derived property (falcon's head_dim)
+                        pass
+        if getattr(target, "multi_query", False) and hasattr(target, "num_kv_heads"):
+            target.num_kv_heads = 1  # falcon's multi-query attention: one K/V head
         for name in ("layer_types",):  # per-layer lists follow the layer count
             value = getattr(target, name, None)
             if isinstance(value, list) and value:

@@ -19,6 +19,7 @@ export needs shapes, not values.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -87,8 +88,11 @@ def _hf_step(model, context: int) -> torch.nn.Module:
         def forward(self, input_ids, cache_position):  # noqa: D401 - torch API
             for layer in self.static_cache.layers:
                 layer.cumulative_length.copy_(cache_position[0])
+            extra = {}
+            if self.takes_positions:  # else some (OPT, CTRL) derive them with .item()
+                extra["position_ids"] = cache_position.unsqueeze(0)
             out = self.model(input_ids=input_ids, attention_mask=None, cache=self.static_cache,
-                             use_cache=True, logits_to_keep=1)
+                             use_cache=True, logits_to_keep=1, **extra)
             return out.logits
 
     _check_hf(model)
@@ -101,7 +105,9 @@ def _hf_step(model, context: int) -> torch.nn.Module:
     model.generation_config.use_cache = True
     model.generation_config.cache_implementation = "static"
     try:
-        return LastTokenLogits(model, batch_size=1, max_cache_len=context, device=model.device)
+        step = LastTokenLogits(model, batch_size=1, max_cache_len=context, device=model.device)
+        step.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        return step
     except Exception as exc:  # transformers raises many types for configs it cannot cache
         raise LoweringError(f"{type(model).__name__}: no static KV cache: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None

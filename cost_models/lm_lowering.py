@@ -47,7 +47,7 @@ _VIEWS = {aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.split_with
           aten.squeeze.dims, aten.squeeze.default, aten._unsafe_view.default, aten.clone.default,
           aten.contiguous.default, aten.alias.default, aten.flatten.using_ints,
           aten.unflatten.int, aten.dropout.default, aten.detach.default}
-_UNARY = {aten.neg.default, aten.rsqrt.default, aten.sqrt.default, aten.exp.default,
+_UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.default, aten.exp.default,
           aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
           aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.reciprocal.default,
           aten.abs.default, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
