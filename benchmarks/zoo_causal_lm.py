@@ -1,7 +1,8 @@
 """Causal-LM coverage of ``codesign predict --phase``: every class of transformers'
 ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, built from a tiny config (random weights, no download),
-priced in both phases on pixel8 through both back-ends at fp32-stream with 8-bit and 4-bit
-linears. Each row says whether the model lowers and its latency, or the op / reason blocking it.
+priced in both phases on pixel8 through both back-ends with fp32 linears and with 4-bit
+group-wise ones (group 32, int8 activations). Each row says whether the model lowers and its
+latency, or the op / reason blocking it.
 
     .venv/bin/python -m benchmarks.zoo_causal_lm [--only llama,gpt2] [--json OUT]
 
@@ -35,7 +36,7 @@ _SIZES = {
     ("num_experts_per_tok", "moe_topk", "top_k"): 2,
 }
 PROMPT, CONTEXT = 16, 64
-SETTINGS = [(backend, bits) for backend in ("xnnpack", "codesign") for bits in (8, 4)]
+SETTINGS = [(backend, bits) for backend in ("xnnpack", "codesign") for bits in (32, 4)]
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def price_causal_lm(entry: Entry, device_name: str = "pixel8") -> list[dict[str,
                 priced = price_lm_phase(model, device, phase=phase, prompt_len=PROMPT,
                                         context=CONTEXT, weight_bits=bits, backend=backend,
                                         group_size=32 if bits == 4 else None)
+                row["float_linears"] = len(priced.float_linears)
                 row.update(lowers=True, latency_s=priced.latency_s,
                            kv_cache_bytes=priced.kv_cache_bytes,
                            weight_bytes=priced.weight_bytes, bound=priced.bound)

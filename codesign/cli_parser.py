@@ -42,7 +42,7 @@ def _add_predict(sub) -> None:
     option(p, "--context", COUNT, default=None,
            help="KV-cache length in tokens (decode: required; prefill: default --prompt-len)")
     option(p, "--weight-bits", COUNT, default=4, help="linear weights: 4 (group-wise) or 8 "
-           "(per channel), int8 dynamic activations (default 4)")
+           "(per channel) with int8 dynamic activations, or 32 (not quantized; default 4)")
     option(p, "--group-size", COUNT, default=None, help="4-bit weights per scale (default 32)")
     shared(p, "--threads", default=None, help="threads (default: the device's)")
     shared(p, "--backend", help="one of the device's back-ends")

@@ -36,7 +36,7 @@ from codesign.cost_models.devices import DeviceSpec
 from codesign.cost_models.ir import Op, OpBatch, OpKind, model_bytes
 from codesign.kernels.specs import QuantSpec
 
-WEIGHT_BITS = (4, 8)
+WEIGHT_BITS = (4, 8, 32)  # 32: linears not quantized (float at --dtype)
 STREAM_DTYPES = {"fp32": 32, "fp16": 16}
 
 
@@ -175,7 +175,7 @@ def price_lm_phase(model, device: DeviceSpec, *, phase: str, prompt_len: int | N
     if threads is not None and not 1 <= threads <= device.cpu.n_cores:
         raise BadInput(f"--threads {threads}: {device.name} has {device.cpu.n_cores} cores")
     try:
-        lin = linear_quant(spec, weight_bits, group)
+        lin = linear_quant(spec, weight_bits, group, STREAM_DTYPES[dtype])
     except ValueError as exc:
         raise BadInput(f"--weight-bits {weight_bits} --group-size {group}: {exc}") from None
     models = open_cost_models(cost_model, device, spec, cost_model_file)
@@ -194,13 +194,14 @@ def price_lm_phase(model, device: DeviceSpec, *, phase: str, prompt_len: int | N
     if models.fitted is not None:
         prediction.assumptions.update({**models.provenance(), "threads": threads})
     cache_bits = kv_bits(spec, lin.act_bits, stream)
-    table = QuantSpec(weight_bits, 8, lin.group_size)
-    table_bytes = lowered.embedding_elems * (weight_bits / 8 + table.scale_bytes_per_weight())
+    table = lin if weight_bits >= 16 else QuantSpec(weight_bits, 8, lin.group_size)
+    table_bytes = lowered.embedding_elems * (table.weight_bits / 8
+                                             + table.scale_bytes_per_weight())
     return PricedPhase(device, spec.name, phase, shape.tokens, context, shape.attended,
                        tuple(ops), batch, prediction,
                        weight_bytes=int(round(model_bytes(ops) + table_bytes)),
                        kv_cache_bytes=lowered.kv_cache_elems * cache_bits // 8, kv_bits=cache_bits,
-                       weight_bits=weight_bits, group_size=lin.group_size, stream_bits=stream,
+                       weight_bits=lin.weight_bits, group_size=lin.group_size, stream_bits=stream,
                        float_linears=tuple(skipped))
 
 
@@ -215,7 +216,8 @@ def format_phase(priced: PricedPhase, *, model_name: str) -> str:
     a = priced.prediction.assumptions
     cores = ", ".join(f"{c['count']}x {c['core']}" for c in a["cores"])
     prec = (f"w{priced.weight_bits}"
-            + (f" g{priced.group_size}" if priced.weight_bits < 8 else " per-channel")
+            + (f" g{priced.group_size}" if priced.weight_bits < 8 else
+               " per-channel" if priced.weight_bits == 8 else " (float)")
             + f", fp{priced.stream_bits} stream, {priced.kv_bits}-bit KV cache")
     step = (f"prefill of {priced.tokens} prompt tokens into a KV cache of {priced.context}"
             if priced.phase == "prefill" else f"decode of 1 token at context {priced.context}")

@@ -459,10 +459,14 @@ def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
 
 
 # ------------------------------------------------------------------------ precision
-def linear_quant(backend, weight_bits: int, group_size: int) -> QuantSpec:
+def linear_quant(backend, weight_bits: int, group_size: int,
+                 stream_bits: int = 32) -> QuantSpec:
     """The precision ExecuTorch's Llama export gives linears (8da4w / 8da8w): ``weight_bits``
     weights (4-bit: group-wise, ``group_size`` per scale) with int8 dynamic activations where
-    the back-end runs that (XNNPACK), else int8 static activations (the project's kernels)."""
+    the back-end runs that (XNNPACK), else int8 static activations (the project's kernels).
+    ``weight_bits`` 16 or more: not quantized, float at the stream's precision."""
+    if weight_bits >= 16:
+        return QuantSpec(stream_bits, stream_bits)
     group = group_size if weight_bits < 8 else 0
     tried = []
     for dynamic in (True, False):
@@ -494,7 +498,7 @@ def lm_precision(ops: Sequence[Op], backend, *, weight_bits: int, group_size: in
     ``stream_bits`` residual stream. A linear whose reduction length the group size does not
     divide stays at the stream precision (torchao's quantizer skips it). Returns the ops with
     precision boundaries, and the names of the linears left unquantized."""
-    lin = linear_quant(backend, weight_bits, group_size)
+    lin = linear_quant(backend, weight_bits, group_size, stream_bits)
     kv = QuantSpec(kv_bits(backend, lin.act_bits, stream_bits),
                    kv_bits(backend, lin.act_bits, stream_bits))
     stream = QuantSpec(stream_bits, stream_bits)

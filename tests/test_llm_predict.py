@@ -77,6 +77,16 @@ def test_untied_table_is_stored_not_streamed():
     assert len(emb) == 1 and emb[0].weight_elems == 0 and emb[0].in_shapes == ((1, T["d_model"]),)
 
 
+def test_float_linears(tiny):
+    device = load_device("pixel8")
+    f32 = price_lm_phase(tiny, device, phase="decode", context=64, weight_bits=32)
+    w4 = price_lm_phase(tiny, device, phase="decode", context=64)
+    assert {(op.quant.weight_bits, op.quant.act_bits) for op in f32.ops
+            if op.kind is OpKind.LINEAR} == {(32, 32)}
+    assert not any(op.kind is OpKind.QUANTIZE for op in f32.ops)
+    assert f32.weight_bytes > 5 * w4.weight_bytes  # fp32 vs 4 bits + scales (+ the same biases)
+
+
 def test_eight_bit_and_fp16_stream(tiny):
     device = load_device("pixel8")
     w8 = price_lm_phase(tiny, device, phase="decode", context=64, weight_bits=8, dtype="fp16")
@@ -129,7 +139,7 @@ LM = {"--device": "pixel8", "--model": "tests.lm_models:llama", "--phase": "pref
 @pytest.mark.parametrize("overrides, message", [
     (["--phase", "generate"], "unknown --phase 'generate'; valid: prefill, decode"),
     (["--context", "8"], "--context 8 is smaller than --prompt-len 16"),
-    (["--weight-bits", "3"], "--weight-bits 3: valid: 4, 8"),
+    (["--weight-bits", "3"], "--weight-bits 3: valid: 4, 8, 32"),
     (["--weight-bits", "8", "--group-size", "32"], "--group-size applies to 4-bit weights"),
     (["--dtype", "int8"], "--dtype 'int8' with --phase: valid: fp32, fp16"),
     (["--group-size", "48"], "does not accept group size 48"),
