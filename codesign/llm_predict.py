@@ -164,7 +164,8 @@ def price_lm_phase(model, device: DeviceSpec, *, phase: str, prompt_len: int | N
         BadInput, SpecError, LoweringError (NotACausalLM included), UnpriceableOp.
     """
     from codesign.cost_models.lm_export import export_step, phase_shape
-    from codesign.cost_models.lm_lowering import kv_bits, linear_quant, lm_precision, lower_step
+    from codesign.cost_models.lm_lowering import lower_step
+    from codesign.cost_models.lm_precision import kv_bits, linear_quant, lm_precision
 
     context, group = check_phase_args(phase, prompt_len, context, weight_bits, group_size, dtype)
     if cost_model not in COST_MODELS:
@@ -195,8 +196,9 @@ def price_lm_phase(model, device: DeviceSpec, *, phase: str, prompt_len: int | N
         prediction.assumptions.update({**models.provenance(), "threads": threads})
     cache_bits = kv_bits(spec, lin.act_bits, stream)
     table = lin if weight_bits >= 16 else QuantSpec(weight_bits, 8, lin.group_size)
-    table_bytes = lowered.embedding_elems * (table.weight_bits / 8
-                                             + table.scale_bytes_per_weight())
+    # stored, never streamed: an untied token table, MoE experts the step does not route to
+    table_bytes = (lowered.embedding_elems + lowered.idle_expert_elems) * (
+        table.weight_bits / 8 + table.scale_bytes_per_weight())
     return PricedPhase(device, spec.name, phase, shape.tokens, context, shape.attended,
                        tuple(ops), batch, prediction,
                        weight_bytes=int(round(model_bytes(ops) + table_bytes)),

@@ -23,7 +23,7 @@ export runs it, with the conventions of the decoder space (``search_spaces/trans
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -31,8 +31,6 @@ import torch
 from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_export import PhaseShape
 from codesign.cost_models.lowering import LoweringError, _Lowerer, _shape
-from codesign.cost_models.precision_boundaries import insert_precision_boundaries
-from codesign.kernels.specs import QuantSpec
 
 aten = torch.ops.aten
 
@@ -46,7 +44,8 @@ _VIEWS = {aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.split_with
           aten.reshape.default, aten.expand.default, aten.unsqueeze.default, aten.squeeze.dim,
           aten.squeeze.dims, aten.squeeze.default, aten._unsafe_view.default, aten.clone.default,
           aten.contiguous.default, aten.alias.default, aten.flatten.using_ints,
-          aten.unflatten.int, aten.dropout.default, aten.detach.default}
+          aten.unflatten.int, aten.dropout.default, aten.detach.default, aten.view_as.default,
+          aten.expand_as.default, aten.lift_fresh_copy.default, aten._unsafe_view.default}
 _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.default, aten.exp.default,
           aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
           aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.reciprocal.default,
@@ -55,9 +54,15 @@ _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.d
           aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor_mode, aten.maximum.default,
           aten.minimum.default, aten.sign.default, aten.log1p.default, aten.gelu_.default,
           aten.tanh_.default, aten.exp_.default, aten.div_.Tensor, aten.sub_.Tensor}
+_UNARY |= {aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_max.default,
+           aten.sigmoid.default, aten.relu.default, aten.floor_divide.default}
+# reductions and selections reading their input once (an MoE router's top-k too)
 _REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default, aten.var_mean.correction,
-               aten.var.correction, aten.std.correction}
+               aten.var.correction, aten.std.correction, aten.topk.default, aten.max.dim,
+               aten.min.dim, aten.logsumexp.default, aten.amin.default, aten.argmax.default,
+               aten.cumsum.default, aten.sort.default}
 _NORM_FLOPS = {"rms": 4.0, "layer": 5.0}
+_GROUPED_MM = {"transformers.grouped_mm_fallback.default", "aten._grouped_mm.default"}
 CACHE_WRITE = "cache_write"  # the ``source`` of an op storing the step's K or V rows
 
 
@@ -106,6 +111,7 @@ class LoweredLM:
     kv_cache_elems: int  # every K and V cache buffer the step updates, in elements
     embedding_elems: int  # token-embedding tables not shared with a linear (stored apart)
     tied: bool  # the token table is the LM head's matrix (stored once)
+    idle_expert_elems: int = 0  # MoE experts' weights the step does not read (stored only)
 
 
 class _LMLowerer(_Lowerer):
@@ -124,6 +130,7 @@ class _LMLowerer(_Lowerer):
         self.norm_out, self.norm_inner = self._norm_groups()
         self.rope_of, self.rope_inner = self._rope_regions()
         self.embedding_tables: list[torch.fx.Node] = []
+        self.idle_expert_elems = 0
         self.linear_weights: set[str] = set()
 
     # ------------------------------------------------------------------ graph analysis
@@ -272,6 +279,8 @@ class _LMLowerer(_Lowerer):
                       aten.index_select.default, aten.gather.default, aten.index.Tensor,
                       aten.roll.default, aten.flip.default):
             return self.simple(node, OpKind.LAYOUT, 0.0)
+        if str(target) in _GROUPED_MM:
+            return self._grouped_mm(node)
         if target is aten.baddbmm.default:
             from codesign.cost_models.lowering import _matmul
             return _matmul(self, node, node.args[1], node.args[2])
@@ -280,6 +289,19 @@ class _LMLowerer(_Lowerer):
         if target is aten.addmm.default and isinstance(node.args[2], torch.fx.Node):
             self.linear_weights.add(node.args[2].name)
         super().lower(node)
+
+    def _grouped_mm(self, node) -> None:
+        """An MoE layer's experts as one grouped GEMM: rows sorted by expert, weights
+        (experts, K, N). Each row goes to one expert, so at most ``rows`` experts' weights are
+        read (decode: its top-k); the others are stored, not streamed (``idle_expert_elems``)."""
+        x, w = node.args[0], node.args[1]
+        (rows, k), (experts, _, n) = _shape(x)[-2:], _shape(w)
+        touched = min(experts, rows)
+        self.idle_expert_elems += (experts - touched) * k * n
+        self.emit(node, Op(self.name_for(node), OpKind.LINEAR, _shape(node), ((rows, k),),
+                           m=rows, n=n, k=k, flops=2.0 * rows * n * k,
+                           weight_elems=touched * k * n, out_channels=touched * n,
+                           inputs=(self.producer(x),), source=str(node.target)))
 
     def _free(self, node) -> None:
         src = node.args[0] if node.args else None
@@ -455,79 +477,5 @@ def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
     untied = [t for t in lowerer.embedding_tables
               if isinstance(t, torch.fx.Node) and t.name not in lowerer.linear_weights]
     return LoweredLM(ops, shape, lowerer.kv_cache_elems(),
-                     sum(_numel(_shape(t)) for t in {t.name: t for t in untied}.values()), tied)
-
-
-# ------------------------------------------------------------------------ precision
-def linear_quant(backend, weight_bits: int, group_size: int,
-                 stream_bits: int = 32) -> QuantSpec:
-    """The precision ExecuTorch's Llama export gives linears (8da4w / 8da8w): ``weight_bits``
-    weights (4-bit: group-wise, ``group_size`` per scale) with int8 dynamic activations where
-    the back-end runs that (XNNPACK), else int8 static activations (the project's kernels).
-    ``weight_bits`` 16 or more: not quantized, float at the stream's precision."""
-    if weight_bits >= 16:
-        return QuantSpec(stream_bits, stream_bits)
-    group = group_size if weight_bits < 8 else 0
-    tried = []
-    for dynamic in (True, False):
-        quant = QuantSpec(weight_bits, 8, group, dynamic)
-        reason = backend.why_not(OpKind.LINEAR, quant, _dense())
-        if reason is None:
-            return quant
-        tried.append(reason)
-    raise ValueError(tried[0])
-
-
-def _dense():
-    from codesign.kernels.specs import DENSE
-    return DENSE
-
-
-def kv_bits(backend, act_bits: int, stream_bits: int) -> int:
-    """Bits of a K/V cache element: the linears' activation bits where the back-end runs
-    attention's matmuls at that precision, else the stream's (the decoder space's rule)."""
-    if backend.capability(OpKind.ATTENTION) is None and \
-            backend.why_not(OpKind.MATMUL, QuantSpec(act_bits, act_bits), _dense()) is None:
-        return act_bits
-    return stream_bits
-
-
-def lm_precision(ops: Sequence[Op], backend, *, weight_bits: int, group_size: int,
-                 stream_bits: int) -> tuple[list[Op], list[str]]:
-    """Linears at ``linear_quant``; attention at ``kv_bits``; everything else on the
-    ``stream_bits`` residual stream. A linear whose reduction length the group size does not
-    divide stays at the stream precision (torchao's quantizer skips it). Returns the ops with
-    precision boundaries, and the names of the linears left unquantized."""
-    lin = linear_quant(backend, weight_bits, group_size, stream_bits)
-    kv = QuantSpec(kv_bits(backend, lin.act_bits, stream_bits),
-                   kv_bits(backend, lin.act_bits, stream_bits))
-    stream = QuantSpec(stream_bits, stream_bits)
-    out, skipped = [], []
-    for op in ops:
-        if op.kind is OpKind.LINEAR:
-            if lin.group_size and op.k % lin.group_size:
-                skipped.append(op.name)
-                out.append(replace(op, quant=stream))
-            else:
-                out.append(replace(op, quant=lin))
-        elif op.kind in (OpKind.MATMUL, OpKind.ATTENTION) or op.source == CACHE_WRITE:
-            out.append(replace(op, quant=kv))
-        else:
-            out.append(replace(op, quant=stream))
-    return drop_dynamic_dequantize(insert_precision_boundaries(out, input_bits=stream_bits)), skipped
-
-
-def drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:
-    """Remove the DEQUANTIZE after a dynamically quantized op: its kernel quantizes its input
-    itself and writes float (the decoder space's rule, ``search_spaces/transformer.py``)."""
-    dynamic = {op.name for op in ops if op.quant.dynamic_act}
-    for op in ops:  # views of a dynamic op's output are float too
-        if op.kind in PRICED_FREE_KINDS and op.inputs and op.inputs[0] in dynamic:
-            dynamic.add(op.name)
-    dropped = {op.name: op.inputs[0] for op in ops
-               if op.kind is OpKind.DEQUANTIZE and op.inputs and op.inputs[0] in dynamic}
-    if not dropped:
-        return ops
-    return [replace(op, inputs=tuple(dropped.get(n, n) for n in op.inputs))
-            if any(n in dropped for n in op.inputs) else op
-            for op in ops if op.name not in dropped]
+                     sum(_numel(_shape(t)) for t in {t.name: t for t in untied}.values()), tied,
+                     lowerer.idle_expert_elems)
