@@ -36,6 +36,7 @@ _SIZES = {
     ("num_experts_per_tok", "moe_topk", "top_k"): 2,
 }
 PROMPT, CONTEXT = 16, 64
+MAX_CPU_PARAMS = 20_000_000  # larger tiny-config models stay on the meta device
 SETTINGS = [(backend, bits) for backend in ("xnnpack", "codesign") for bits in (32, 4)]
 
 
@@ -90,15 +91,19 @@ def causal_lm_entries() -> list[Entry]:
             import torch
             import transformers
             cls = getattr(transformers, class_name)
-            # on the meta device: a config whose sizes the tiny overrides miss stays cheap
-            # (pricing needs shapes only); a model whose init needs real tensors builds on CPU
+            # sized on the meta device first: a config whose sizes the tiny overrides miss stays
+            # there (pricing needs shapes only); the others build on CPU, where the exporter
+            # can read the cache's position counters (data-dependent .item() calls, biogpt)
             try:
                 with torch.device("meta"):
-                    return cls(tiny_config(model_type)).eval()
+                    sized = cls(tiny_config(model_type)).eval()
+                if sum(p.numel() for p in sized.parameters()) > MAX_CPU_PARAMS:
+                    return sized
             except TimeoutError:
                 raise
             except Exception:
-                return cls(tiny_config(model_type)).eval()
+                pass
+            return cls(tiny_config(model_type)).eval()
         return build
 
     return [Entry(t, c, factory_for(t, c))

@@ -89,7 +89,7 @@ def _hf_step(model, context: int) -> torch.nn.Module:
             for layer in self.static_cache.layers:
                 layer.cumulative_length.copy_(cache_position[0])
             extra = {}
-            if self.takes_positions:  # else some (OPT, CTRL) derive them with .item()
+            if self.takes_positions:  # absolute positions, passed on export's retry
                 extra["position_ids"] = cache_position.unsqueeze(0)
             out = self.model(input_ids=input_ids, attention_mask=None, cache=self.static_cache,
                              use_cache=True, logits_to_keep=1, **extra)
@@ -106,7 +106,7 @@ def _hf_step(model, context: int) -> torch.nn.Module:
     model.generation_config.cache_implementation = "static"
     try:
         step = LastTokenLogits(model, batch_size=1, max_cache_len=context, device=model.device)
-        step.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        step.takes_positions = False
         return step
     except Exception as exc:  # transformers raises many types for configs it cannot cache
         raise LoweringError(f"{type(model).__name__}: no static KV cache: "
@@ -139,13 +139,17 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     if is_hf_causal_lm(model):
         step = _hf_step(model, shape.context)
         attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
+        if "position_ids" in inspect.signature(model.forward).parameters:
+            attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
     elif shape.phase == "prefill":
         attempts.append((model, (ids,), {}))
     else:
         start = positions[:1]
         attempts += [(model, (ids, start), {}), (model, (ids, {"input_pos": start}), {})]
     errors = []
-    for module, args, kwargs in attempts:
+    for i, (module, args, kwargs) in enumerate(attempts):
+        if i and hasattr(module, "takes_positions"):
+            module.takes_positions = True  # the retry: OPT and CTRL derive them with .item()
         try:
             with torch.no_grad():
                 return torch.export.export(module, args, kwargs)

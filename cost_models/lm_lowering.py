@@ -60,7 +60,7 @@ _UNARY |= {aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_ma
 _REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default, aten.var_mean.correction,
                aten.var.correction, aten.std.correction, aten.topk.default, aten.max.dim,
                aten.min.dim, aten.logsumexp.default, aten.amin.default, aten.argmax.default,
-               aten.cumsum.default, aten.sort.default}
+               aten.cumsum.default, aten.sort.default, aten.histc.default, aten.bincount.default}
 _NORM_FLOPS = {"rms": 4.0, "layer": 5.0}
 _GROUPED_MM = {"transformers.grouped_mm_fallback.default", "aten._grouped_mm.default"}
 CACHE_WRITE = "cache_write"  # the ``source`` of an op storing the step's K or V rows
@@ -300,7 +300,7 @@ class _LMLowerer(_Lowerer):
         self.idle_expert_elems += (experts - touched) * k * n
         self.emit(node, Op(self.name_for(node), OpKind.LINEAR, _shape(node), ((rows, k),),
                            m=rows, n=n, k=k, flops=2.0 * rows * n * k,
-                           weight_elems=touched * k * n, out_channels=touched * n,
+                           weight_elems=touched * k * n, out_channels=experts * n,
                            inputs=(self.producer(x),), source=str(node.target)))
 
     def _free(self, node) -> None:

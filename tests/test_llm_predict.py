@@ -179,7 +179,8 @@ def test_llama32_1b_published_shape_on_meta(capsys):
 
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "phi", "gpt2",
-            "gpt_neox", "olmo", "stablelm", "starcoder2", "bloom"]
+            "gpt_neox", "olmo", "stablelm", "starcoder2", "bloom", "opt", "gptj", "codegen",
+            "mixtral", "qwen2_moe"]
 
 
 @pytest.mark.slow
@@ -201,3 +202,19 @@ def test_causal_lm_families_price_in_both_phases(model_type):
         assert p.kv_cache_bytes > 0 and p.weight_bytes > 0 and p.latency_s > 0
     assert pre.kv_cache_bytes == dec.kv_cache_bytes
     assert pre.tokens_per_s > dec.tokens_per_s  # 16 tokens at once beat one at a time
+
+
+@pytest.mark.slow
+def test_moe_decode_streams_only_the_routed_experts():
+    from benchmarks.zoo_causal_lm import causal_lm_entries
+
+    entry = next(e for e in causal_lm_entries() if e.model_type == "mixtral")
+    model = entry.factory()  # 4 experts, top-2 (benchmarks/zoo_causal_lm.py)
+    device = load_device("pixel8")
+    dec = price_lm_phase(model, device, phase="decode", context=64, weight_bits=32)
+    pre = price_lm_phase(model, device, phase="prefill", prompt_len=16, context=64,
+                         weight_bits=32)
+    experts = [op for op in dec.ops if op.kind is OpKind.LINEAR and op.n and op.m == 2]
+    assert experts  # one token x top-2 rows reach two of the four experts
+    assert dec.weight_bytes == pre.weight_bytes  # stored: every expert, whichever phase
+    assert dec.streamed_bytes < pre.streamed_bytes  # decode reads 2 of 4, prefill all 4
