@@ -34,6 +34,10 @@ _SIZES = {
     ("head_dim", "kv_channels", "attention_head_dim", "rotary_dim"): WIDTH // HEADS,
     ("num_experts", "n_routed_experts", "num_local_experts"): 4,
     ("num_experts_per_tok", "moe_topk", "top_k"): 2,
+    # multi-head latent attention (deepseek v2/v3): its own head dims and ranks
+    ("qk_rope_head_dim", "qk_nope_head_dim"): WIDTH // HEADS // 2,
+    ("v_head_dim",): WIDTH // HEADS,
+    ("kv_lora_rank", "q_lora_rank"): 32,
 }
 PROMPT, CONTEXT = 16, 64
 MAX_CPU_PARAMS = 20_000_000  # larger tiny-config models stay on the meta device

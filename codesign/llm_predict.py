@@ -234,7 +234,8 @@ def format_phase(priced: PricedPhase, *, model_name: str) -> str:
         lines.append(f"per-token latency: {ms:.3f} ms  ({priced.tokens_per_s:.2f} tokens/s)")
     shares = ", ".join(f"{k} {v:.0%}" for k, v in priced.bound_shares().items())
     lines.append(f"bound: {priced.bound} (time by bound: {shares})")
-    lines.append(f"weights {_si(priced.weight_bytes, 'B')}, KV cache {_si(priced.kv_cache_bytes, 'B')}"
+    lines.append(f"weights {_si(priced.weight_bytes, 'B')}, "
+                 f"KV cache {_si(priced.kv_cache_bytes, 'B')}"
                  f"; streamed per step {_si(priced.streamed_bytes, 'B')} = "
                  f"{priced.dram_fraction():.0%} of the DRAM peak "
                  f"({_si(priced.device.memory.dram_bytes_per_s.value, 'B/s')})")

@@ -45,9 +45,10 @@ _VIEWS = {aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.split_with
           aten.squeeze.dims, aten.squeeze.default, aten._unsafe_view.default, aten.clone.default,
           aten.contiguous.default, aten.alias.default, aten.flatten.using_ints,
           aten.unflatten.int, aten.dropout.default, aten.detach.default, aten.view_as.default,
-          aten.expand_as.default, aten.lift_fresh_copy.default, aten._unsafe_view.default}
-_UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.default, aten.exp.default,
-          aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
+          aten.expand_as.default, aten.lift_fresh_copy.default, aten._unsafe_view.default,
+          aten.view_as_real.default, aten.view_as_complex.default}
+_UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.default,
+          aten.exp.default, aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
           aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.reciprocal.default,
           aten.abs.default, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
           aten.rsub.Scalar, aten.softplus.default, aten.sub.Scalar, aten.add.Scalar,
@@ -55,7 +56,14 @@ _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.d
           aten.minimum.default, aten.sign.default, aten.log1p.default, aten.gelu_.default,
           aten.tanh_.default, aten.exp_.default, aten.div_.Tensor, aten.sub_.Tensor}
 _UNARY |= {aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_max.default,
-           aten.sigmoid.default, aten.relu.default, aten.floor_divide.default}
+           aten.sigmoid.default, aten.relu.default, aten.floor_divide.default,
+           aten.expm1.default, aten.clamp.Tensor, aten.scatter.value, aten.scatter.src,
+           aten.scatter_.value, aten.scatter_.src, aten.scatter_add.default,
+           aten.scatter_add_.default, aten.index_add.default, aten.index_add_.default}
+# a new tensor shaped like a live one: an allocation the memory planner does, no kernel
+_ALLOCATIONS = {aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
+                aten.empty_like.default, aten.new_zeros.default, aten.new_ones.default,
+                aten.new_full.default, aten.new_empty.default}
 # reductions and selections reading their input once (an MoE router's top-k too)
 _REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default, aten.var_mean.correction,
                aten.var.correction, aten.std.correction, aten.topk.default, aten.max.dim,
@@ -260,7 +268,7 @@ class _LMLowerer(_Lowerer):
             # heads <-> tokens: the fused layout prices the copies its program runs; separate
             # matmuls read the heads strided (``groups``), as the decoder space prices them
             return self._free(node)
-        if target in _VIEWS:
+        if target in _VIEWS or target in _ALLOCATIONS:
             return self._free(node)
         if target is aten.embedding.default:
             return self._embedding(node)

@@ -62,7 +62,8 @@ def lm_precision(ops: Sequence[Op], backend, *, weight_bits: int, group_size: in
             out.append(replace(op, quant=kv))
         else:
             out.append(replace(op, quant=stream))
-    return drop_dynamic_dequantize(insert_precision_boundaries(out, input_bits=stream_bits)), skipped
+    bounded = insert_precision_boundaries(out, input_bits=stream_bits)
+    return drop_dynamic_dequantize(bounded), skipped
 
 
 def drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:
