@@ -281,7 +281,7 @@ class _LMLowerer(_Lowerer):
             return self.simple(node, OpKind.GLOBAL_POOL, from_input=True)
         if target is aten.rms_norm.default:
             return self.simple(node, OpKind.NORM, _NORM_FLOPS["rms"])
-        if target in (aten.stack.default,):
+        if target in (aten.stack.default, aten.concat.default, aten.concatenate.default):
             return self.simple(node, OpKind.CONCAT, 0.0)
         if target in (aten.repeat.default, aten.repeat_interleave.self_int,
                       aten.index_select.default, aten.gather.default, aten.index.Tensor,
