@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from codesign.learned_pricing import SEARCH_COST_MODELS as COST_MODELS, open_cost_models
+from codesign.learned_pricing import cost_model_names, open_cost_models
 from codesign.userinput import BadInput
 from codesign.cost_models.backends import backend_for
 from codesign.cost_models.base import BOUNDS, Prediction
@@ -168,8 +168,9 @@ def price_lm_phase(model, device: DeviceSpec, *, phase: str, prompt_len: int | N
     from codesign.cost_models.lm_precision import kv_bits, linear_quant, lm_precision
 
     context, group = check_phase_args(phase, prompt_len, context, weight_bits, group_size, dtype)
-    if cost_model not in COST_MODELS:
-        raise BadInput(f"unknown cost model {cost_model!r}; valid: {', '.join(COST_MODELS)}")
+    if cost_model not in cost_model_names():
+        raise BadInput(f"unknown --cost-model {cost_model!r}; "
+                       f"valid: {', '.join(cost_model_names())}")
     spec = backend_for(device, backend)
     if threads is not None and not spec.threads_choosable and threads != device.default_threads:
         raise BadInput(f"back-end {spec.name} does not let the thread count be chosen")

@@ -30,7 +30,8 @@ import torch
 
 from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_export import PhaseShape
-from codesign.cost_models.lowering import LoweringError, _Lowerer, _shape
+from codesign.cost_models.lowering import _Lowerer
+from codesign.cost_models.lowering_rules import LoweringError, matmul_rule, node_shape as _shape
 
 aten = torch.ops.aten
 
@@ -290,8 +291,7 @@ class _LMLowerer(_Lowerer):
         if str(target) in _GROUPED_MM:
             return self._grouped_mm(node)
         if target is aten.baddbmm.default:
-            from codesign.cost_models.lowering import _matmul
-            return _matmul(self, node, node.args[1], node.args[2])
+            return matmul_rule(self, node, node.args[1], node.args[2])
         if target is aten.linear.default and isinstance(node.args[1], torch.fx.Node):
             self.linear_weights.add(node.args[1].name)
         if target is aten.addmm.default and isinstance(node.args[2], torch.fx.Node):

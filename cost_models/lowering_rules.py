@@ -230,10 +230,10 @@ def _addmm(lw, node) -> None:
         k, n = node_shape(wt)
         _linear_op(lw, node, x, (n, k))
     else:
-        _matmul(lw, node, x, wt)
+        matmul_rule(lw, node, x, wt)
 
 
-def _matmul(lw, node, a=None, b=None) -> None:
+def matmul_rule(lw, node, a=None, b=None) -> None:
     a = node.args[0] if a is None else a
     b = node.args[1] if b is None else b
     if lw.is_param(b) and len(node_shape(b)) == 2:  # x @ W with a parameter: a linear layer
@@ -248,7 +248,7 @@ def _matmul(lw, node, a=None, b=None) -> None:
 
 
 def _baddbmm(lw, node) -> None:
-    _matmul(lw, node, node.args[1], node.args[2])
+    matmul_rule(lw, node, node.args[1], node.args[2])
 
 
 def _einsum(lw, node) -> None:
@@ -387,7 +387,7 @@ def _selection(lw, node) -> None:
 RULES: dict = {
     aten.conv2d.default: _conv, aten.conv2d.padding: _conv, aten.convolution.default: _conv,
     aten.linear.default: _linear, aten.addmm.default: _addmm,
-    aten.matmul.default: _matmul, aten.mm.default: _matmul, aten.bmm.default: _matmul,
+    aten.matmul.default: matmul_rule, aten.mm.default: matmul_rule, aten.bmm.default: matmul_rule,
     aten.baddbmm.default: _baddbmm, aten.einsum.default: _einsum,
     aten.scaled_dot_product_attention.default: _sdpa,
     aten.add.Tensor: _elementwise(OpKind.ADD, 1.0), aten.add_.Tensor: _elementwise(OpKind.ADD, 1.0),
