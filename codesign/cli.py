@@ -305,6 +305,9 @@ def _log_failure(command: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    # torchao 0.18 registers enums with torch's pytree, which warns (a deprecation aimed at
+    # torchao, not something a user can act on) on every command that imports it
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log and table say what ran

@@ -218,3 +218,22 @@ def test_moe_decode_streams_only_the_routed_experts():
     assert experts  # one token x top-2 rows reach two of the four experts
     assert dec.weight_bytes == pre.weight_bytes  # stored: every expert, whichever phase
     assert dec.streamed_bytes < pre.streamed_bytes  # decode reads 2 of 4, prefill all 4
+
+
+def test_a_user_sees_no_torch_pytree_deprecation_warnings():
+    # torchao's enum registration made torch log two 'register_constant() ... deprecated'
+    # warnings at the top of every causal-LM predict
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("from codesign.cli import main; raise SystemExit(main(['predict', '--device', "
+            "'pixel8', '--model', 'tests.lm_models:llama', '--phase', 'decode', '--context', "
+            "'64']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "per-token latency" in proc.stdout
+    assert "register_constant" not in proc.stderr and "_pytree" not in proc.stderr
