@@ -70,7 +70,7 @@ from codesign.cost_models.learned_fit import (
     HUBER_LOG, IRLS_STEPS, MAX_SIGNATURE_TERMS, MIN_BLEND_ROWS, MIN_ROWS_PER_SIGNATURE,
     PRIOR_BASIS_RIDGE, PRIOR_SIGNATURE_RIDGE, ROW_FLOOR, SHRINK_PRIORS, TARGET_GRID, Blend, Design,
     DeviceFit, choose_blend, cv_folds, fit_prior_device, fit_target_device, json_float,
-    prior_scale, robust_fit, target_prediction)
+    monotone_map, prior_scale, robust_fit, target_prediction)
 
 FORMAT = "codesign.learned"
 # 2: signatures carry the liveness state (features version 2). Version 1 files (a live flag)
@@ -266,41 +266,64 @@ class LearnedCostModel(CostModel):
                     {"latency_ms": []}, base.featurizer)
         if shrink_prior is not None and shrink_prior not in SHRINK_PRIORS:
             raise ValueError(f"shrink_prior {shrink_prior!r} is not one of {SHRINK_PRIORS}")
-        model._fit_target(stage.design.rows(train_rows), y, shrink_prior)
+        # the table's candidates (op lists, never a target measurement) carry a kept prior
+        # onto the fit's latencies
+        model._fit_target(stage.design.rows(train_rows), y, shrink_prior, stage.design)
         return model
 
-    def _fit_target(self, d: Design, y: np.ndarray, shrink_prior: str | None) -> None:
+    def _fit_target(self, d: Design, y: np.ndarray, shrink_prior: str | None,
+                    reference: Design | None = None) -> None:
+        """Stage 2 on the training rows ``d``, then the shrinkage. ``reference``: candidates
+        (their op lists only, no measurement) over which a kept prior is mapped onto the fit's
+        latencies; None keeps the current model's map (``update``)."""
         self.training = {"latency_ms": y.tolist(), "design": d}
         pp = self.prior_predictions(d)
+        old = self.blend
         with threadpool_limits(limits=1, user_api="blas"):
             self.target = fit_target_device(self.target.name, pp, d, y)
             self.blend = None if shrink_prior is None else self._choose_blend(
-                pp, d, y, shrink_prior)
+                pp, d, y, shrink_prior, reference, old)
 
-    def _choose_blend(self, pp: np.ndarray, d: Design, y: np.ndarray, name: str) -> Blend:
+    def _reference_map(self, fit: DeviceFit, ref: tuple[np.ndarray, Design], name: str):
+        """Knots of the map from the prior to ``fit``'s latencies over the reference rows."""
+        pp_ref, reference = ref
+        return monotone_map(self._shrink_prior(reference, name),
+                            target_prediction(fit, pp_ref, reference))
+
+    def _choose_blend(self, pp: np.ndarray, d: Design, y: np.ndarray, name: str,
+                      reference: Design | None, old: Blend | None) -> Blend:
         """Shrink the fitted target toward the prior ``name`` (see ``choose_blend``). The fit's
         out-of-fold predictions refit the whole stage 2 (its grid choice included) without each
         fold: nested cross-validation, so the fit is judged as it would price unseen rows."""
         prior = self._shrink_prior(d, name)
         folds = cv_folds(len(y))
+        fold_fits = {}
         if len(y) < MIN_BLEND_ROWS:  # the fit cannot be cross-validated: the prior wins
             oof, blend = None, Blend(name, 0.0, prior_scale(y, prior))
         else:
             oof = np.empty(len(y))
             for f in np.unique(folds):
                 test = folds == f
-                fit = fit_target_device(self.target.name, pp[~test], d.rows(~test), y[~test])
-                oof[test] = target_prediction(fit, pp[test], d.rows(test))
+                fold_fits[f] = fit_target_device(self.target.name, pp[~test], d.rows(~test),
+                                                 y[~test])
+                oof[test] = target_prediction(fold_fits[f], pp[test], d.rows(test))
             blend = choose_blend(name, oof, prior, y)
             if blend.weight == 1.0:
                 return blend
-        # The error estimate (the search's band) is then the blend's own out-of-fold error,
-        # each fold's prior scaled on the other rows.
+        ref = None if reference is None else (self.prior_predictions(reference), reference)
+        if ref is not None:
+            blend = replace(blend, knots=self._reference_map(self.target, ref, name))
+        elif old is not None and old.prior == name:
+            blend = replace(blend, knots=old.knots)
+        # The error estimate (the search's band) is then the blend's own out-of-fold error:
+        # each fold's prior mapped from that fold's fit (or scaled on the other rows).
         errs = np.empty(len(y))
         for f in np.unique(folds):
             test = folds == f
             rest = ~test if (~test).any() else test
             fold = Blend(name, blend.weight, prior_scale(y[rest], prior[rest]))
+            if ref is not None and f in fold_fits:
+                fold = replace(fold, knots=self._reference_map(fold_fits[f], ref, name))
             pred = fold.apply(prior[test] if oof is None else oof[test], prior[test])
             errs[test] = np.minimum(np.abs(np.log(y[test] / pred)), 1.0)
         self.target = replace(self.target, cv_log_errors=tuple(errs.tolist()))

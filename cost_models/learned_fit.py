@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize
+from scipy.optimize import isotonic_regression
 
 # ---------------------------------------------------------------------------- hyperparameters
 HUBER_LOG = 0.1  # |log error| where the loss turns linear: a 10 % miss is the "typical" error
@@ -256,6 +257,10 @@ SHRINK_PRIORS = ("total.flops", "total.latency_s")
 # leave-one-device-out runs and let more seeds fall below the prior (BENCHMARKS.md, issue 19).
 BLEND_WEIGHTS = (0.0, 1.0)
 MIN_BLEND_ROWS = 3  # the fit's out-of-fold predictions need folds of >= 2 training rows
+MAP_KNOTS = 256  # knots kept of the prior -> latency map (a saved model stays small)
+# Slope (in log latency per log prior) added to the map so flat stretches of the isotonic fit
+# still order candidates as the prior does; 1e-6 moves no latency by a visible amount.
+MAP_TIE_BREAK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -265,31 +270,68 @@ class Blend:
     ``prior`` names a ``SHRINK_PRIORS`` feature, ``scale`` (ms per unit of it) is the median
     measured/prior ratio of the training rows, ``cv_discordance`` the cross-validated share of
     misordered training pairs of each ``BLEND_WEIGHTS`` entry (what chose ``weight``).
+    ``knots``: (log prior, log ms) points of a non-decreasing map from the prior to the fit's
+    latencies (``monotone_map``); with them the prior's part is that map (the prior's order, the
+    fit's latencies), without them ``scale x prior``.
     """
 
     prior: str
     weight: float
     scale: float
     cv_discordance: tuple[float, ...] = ()
+    knots: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+
+    def prior_log_ms(self, prior: np.ndarray) -> np.ndarray:
+        """log ms of the prior's part: strictly increasing in the prior."""
+        lp = np.log(np.maximum(prior, 1e-300))
+        if not self.knots[0]:
+            return math.log(self.scale) + lp
+        x, g = np.asarray(self.knots[0]), np.asarray(self.knots[1])
+        # beyond the knots latency is taken proportional to the prior
+        out = np.where(lp < x[0], g[0] + lp - x[0], np.where(
+            lp > x[-1], g[-1] + lp - x[-1], np.interp(lp, x, g)))
+        return out + MAP_TIE_BREAK * (lp - x[0])
 
     def apply(self, fit_ms: np.ndarray, prior: np.ndarray) -> np.ndarray:
         if self.weight == 1.0:
             return fit_ms
-        scaled = self.scale * np.maximum(prior, 1e-300)
-        floor = 1e-9 * scaled  # a fit can go non-positive far from its rows; the prior cannot
+        log_prior = self.prior_log_ms(prior)
+        if self.weight == 0.0:
+            return np.exp(log_prior)
+        floor = 1e-9 * np.exp(log_prior)  # a fit can go non-positive far from its rows
         return np.exp(self.weight * np.log(np.maximum(fit_ms, floor)) +
-                      (1.0 - self.weight) * np.log(scaled))
+                      (1.0 - self.weight) * log_prior)
 
     def to_json(self) -> dict[str, Any]:
         return {"prior": self.prior, "weight": self.weight, "scale": self.scale,
-                "cv_discordance": list(self.cv_discordance)}
+                "cv_discordance": list(self.cv_discordance),
+                "knots": [list(self.knots[0]), list(self.knots[1])]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Blend":
         if d["prior"] not in SHRINK_PRIORS:
             raise ValueError(f"blend prior {d['prior']!r} is not one of {SHRINK_PRIORS}")
+        x, g = d.get("knots", [[], []])
+        if len(x) != len(g) or np.any(np.diff(x) <= 0) or np.any(np.diff(g) < 0):
+            raise ValueError("blend knots must be increasing in the prior, non-decreasing in ms")
         return cls(d["prior"], float(d["weight"]), float(d["scale"]),
-                   tuple(float(v) for v in d["cv_discordance"]))
+                   tuple(float(v) for v in d["cv_discordance"]),
+                   (tuple(float(v) for v in x), tuple(float(v) for v in g)))
+
+
+def monotone_map(prior: np.ndarray, fit_ms: np.ndarray
+                 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Knots of the isotonic regression of log ``fit_ms`` on log ``prior`` over a set of
+    candidates: the non-decreasing function of the prior closest to the fit (least squares in
+    logs), kept at up to ``MAP_KNOTS`` evenly spaced distinct prior values."""
+    lp = np.log(np.maximum(prior, 1e-300))
+    lf = np.log(np.maximum(fit_ms, 1e-9 * float(np.median(np.abs(fit_ms))) + 1e-300))
+    order = np.argsort(lp, kind="stable")
+    g = isotonic_regression(lf[order]).x
+    x, inverse = np.unique(lp[order], return_inverse=True)
+    g = np.bincount(inverse, g) / np.bincount(inverse)  # equal priors: one value (still sorted)
+    keep = np.unique(np.linspace(0, len(x) - 1, MAP_KNOTS).round().astype(int))
+    return tuple(x[keep].tolist()), tuple(g[keep].tolist())
 
 
 def prior_scale(y: np.ndarray, prior: np.ndarray) -> float:

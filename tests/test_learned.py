@@ -358,7 +358,7 @@ def test_blend_survives_save_load_and_update(tmp_path, fb_table):
     flops = fb_table.features[:, FEATURE_NAMES.index("total.flops")]
     table = _with_target(fb_table, flops * 1e-7)
     _, model = fit_and_score(table, "synthetic", list(fb_table.columns), 10, 0)
-    assert model.blend.weight == 0.0
+    assert model.blend.weight == 0.0 and len(model.blend.knots[0]) > 10
     model.save(tmp_path / "m.json")
     loaded = LearnedCostModel.load(tmp_path / "m.json")
     assert loaded.blend == model.blend
@@ -369,3 +369,26 @@ def test_blend_survives_save_load_and_update(tmp_path, fb_table):
     loaded.update(batch, flops[20:25] * 1e-10)  # s: the same FLOPs-proportional target
     assert len(loaded.training["latency_ms"]) == 15 and loaded.blend is not None
     assert loaded.blend.prior == "total.flops"
+
+
+def test_kept_prior_takes_the_fits_latencies_in_the_priors_order():
+    from codesign.cost_models.learned_fit import Blend, monotone_map
+
+    rng = np.random.default_rng(4)
+    prior = np.exp(rng.normal(size=2000))
+    # a fit that agrees with the prior's order up to noise, on another scale (power 1.5)
+    fit = 3.0 * prior ** 1.5 * np.exp(rng.normal(scale=0.05, size=2000))
+    blend = Blend("total.flops", 0.0, 1.0, knots=monotone_map(prior, fit))
+    assert len(blend.knots[0]) == 256
+    new = np.exp(rng.normal(scale=1.3, size=500))  # some beyond the knots' range
+    out = blend.apply(np.ones(500), new)
+    assert _rank_corr(out, new) == pytest.approx(1.0)
+    inside = (new > prior.min()) & (new < prior.max())
+    ratio = out[inside] / (3.0 * new[inside] ** 1.5)
+    assert np.median(np.abs(ratio - 1)) < 0.03
+    # a fit flat over half the range still leaves the prior's order intact (no ties)
+    flat = Blend("total.flops", 0.0, 1.0, knots=monotone_map(prior, np.minimum(prior, 1.0)))
+    out = flat.apply(np.ones(500), new)
+    assert len(np.unique(out)) == 500 and _rank_corr(out, new) == pytest.approx(1.0)
+    top = (new > 3) & inside
+    assert top.sum() > 10 and np.allclose(out[top], 1.0, rtol=1e-4)  # the fit's values: flat
