@@ -329,7 +329,8 @@ def monotone_map(prior: np.ndarray, fit_ms: np.ndarray
     order = np.argsort(lp, kind="stable")
     g = isotonic_regression(lf[order]).x
     x, inverse = np.unique(lp[order], return_inverse=True)
-    g = np.bincount(inverse, g) / np.bincount(inverse)  # equal priors: one value (still sorted)
+    # equal priors: one value; the running max undoes rounding of the means (one ulp down)
+    g = np.maximum.accumulate(np.bincount(inverse, g) / np.bincount(inverse))
     keep = np.unique(np.linspace(0, len(x) - 1, MAP_KNOTS).round().astype(int))
     return tuple(x[keep].tolist()), tuple(g[keep].tolist())
 

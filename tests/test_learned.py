@@ -380,6 +380,7 @@ def test_kept_prior_takes_the_fits_latencies_in_the_priors_order():
     fit = 3.0 * prior ** 1.5 * np.exp(rng.normal(scale=0.05, size=2000))
     blend = Blend("total.flops", 0.0, 1.0, knots=monotone_map(prior, fit))
     assert len(blend.knots[0]) == 256
+    assert Blend.from_json(json.loads(json.dumps(blend.to_json()))) == blend  # a file keeps it
     new = np.exp(rng.normal(scale=1.3, size=500))  # some beyond the knots' range
     out = blend.apply(np.ones(500), new)
     assert _rank_corr(out, new) == pytest.approx(1.0)
@@ -388,6 +389,7 @@ def test_kept_prior_takes_the_fits_latencies_in_the_priors_order():
     assert np.median(np.abs(ratio - 1)) < 0.03
     # a fit flat over half the range still leaves the prior's order intact (no ties)
     flat = Blend("total.flops", 0.0, 1.0, knots=monotone_map(prior, np.minimum(prior, 1.0)))
+    assert np.all(np.diff(flat.knots[1]) >= 0)  # tie means rounded down by one ulp were not
     out = flat.apply(np.ones(500), new)
     assert len(np.unique(out)) == 500 and _rank_corr(out, new) == pytest.approx(1.0)
     top = (new > 3) & inside
