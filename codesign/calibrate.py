@@ -21,6 +21,11 @@ featurises on the *target* device's own analytic model (``--device``/``--backend
 so the fit is the analytic prior for that device plus a learned residual (per kernel-group scales
 and per-signature deviations). The metadata columns of ``codesign measure``/``ingest`` files
 (``codesign.measure.table.META_COLUMNS``) are not latency columns.
+
+Either kind is shrunk toward a prior that needs no target rows (``shrink_prior``: total FLOPs,
+or for the hybrid the device's analytic latency) by cross-validation on the ``samples`` rows
+alone (``codesign.cost_models.learned_fit.choose_blend``); ``blend_weight`` reports the outcome.
+``--device`` takes a catalog name or a device YAML path (a phone the catalog lacks).
 """
 from __future__ import annotations
 
