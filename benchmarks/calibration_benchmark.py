@@ -92,6 +92,7 @@ def run_space(space: str, path: Path, seeds: list[int]) -> dict:
                 train, test = split_rows(len(data.archs), n, seed)
                 runs.append({"seed": seed, "model": model_metrics, "fit_s": fit_s,
                              "selected": [str(v) for v in model.target.selected],
+                             "blend_weight": model.blend.weight,
                              **baselines(data, target, train, test)})
             per_n[str(n)] = runs
             log.info("%s %s N=%d: spearman %.3f within10 %.3f", space, target, n,
@@ -125,6 +126,31 @@ def _cell(s, method, key):
         else f"{s[method][key]['mean']:.3f}"
 
 
+def never_below_flops(results: dict, n: int) -> list[str]:
+    """Per target: the model's Spearman (min and mean over seeds), FLOPs' on the same test rows,
+    how many seeds fell below FLOPs and the blend weights (0: the FLOPs prior, 1: the fit)."""
+    lines = []
+    for space, res in results["spaces"].items():
+        lines += [f"### {space}, N = {n}: Spearman never below FLOPs?", "",
+                  "| target | min over seeds | mean | FLOPs (mean) | seeds below FLOPs | "
+                  "blend weights |", "|---|---|---|---|---|---|"]
+        means, below_total = [], 0
+        for target, per_n in res["targets"].items():
+            runs = per_n[str(n)]
+            model = np.array([r["model"]["spearman"] for r in runs])
+            flops = np.array([r["flops"]["spearman"] for r in runs])
+            below = [r["seed"] for r, m, f in zip(runs, model, flops) if m < f]
+            below_total += len(below)
+            means.append(model.mean())
+            weights = " ".join(f"{r['blend_weight']:g}" for r in runs)
+            lines.append(f"| {target} | {model.min():.3f} | {model.mean():.3f} | "
+                         f"{flops.mean():.3f} | {len(below)}{' ' + str(below) if below else ''}"
+                         f" | {weights} |")
+        lines += [f"| **mean of {len(means)}** | | **{np.mean(means):.3f}** | | "
+                  f"{below_total} | |", ""]
+    return lines
+
+
 def markdown(results: dict, summary: dict, command: str) -> str:
     lines = ["# Calibration benchmark: leave-one-device-out transfer", "",
              f"Command: `{command}`", "",
@@ -140,6 +166,7 @@ def markdown(results: dict, summary: dict, command: str) -> str:
             lines.append(f"- {space}, N = {n}, {key}: {got:.3f} (goal >= {goal}: "
                          f"{'met' if got >= goal else 'not met'})")
     lines.append("")
+    lines += never_below_flops(results, 10)
     for space, res in results["spaces"].items():
         lines += [f"## {space} ({res['rows']} rows; featurised in {res['featurise_s']:.1f} s, "
                   f"stage 1 for all {len(res['targets'])} devices in "

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append({"model": model, "n_train": n_train, "seed": seed,
                              "n_test": len(test), **metrics(pred[test], measured[test])})
             for kind, data in tables.items():
-                result, fitted = fit_and_score(data, "host", [], n_train, seed)
+                result, fitted = fit_and_score(data, "host", [], n_train, seed, kind=kind)
                 runs.append({"model": kind, "n_train": n_train, "seed": seed,
                              "cv_rms_log_error": fitted.error_estimate, **result})
             print(f"N={n_train} seed={seed}: " + ", ".join(

@@ -21,6 +21,11 @@ featurises on the *target* device's own analytic model (``--device``/``--backend
 so the fit is the analytic prior for that device plus a learned residual (per kernel-group scales
 and per-signature deviations). The metadata columns of ``codesign measure``/``ingest`` files
 (``codesign.measure.table.META_COLUMNS``) are not latency columns.
+
+Either kind is shrunk toward a prior that needs no target rows (``shrink_prior``: total FLOPs,
+or for the hybrid the device's analytic latency) by cross-validation on the ``samples`` rows
+alone (``codesign.cost_models.learned_fit.choose_blend``); ``blend_weight`` reports the outcome.
+``--device`` takes a catalog name or a device YAML path (a phone the catalog lacks).
 """
 from __future__ import annotations
 
@@ -240,13 +245,21 @@ def resolve_columns(data: MeasurementTable, target: str,
     return priors
 
 
+def shrink_prior(kind: str) -> str:
+    """The prior a ``kind`` model shrinks toward: the learned kind's features are another
+    device's, so total FLOPs; the hybrid's are the target's own analytic model, its latency."""
+    return "total.latency_s" if kind == "hybrid" else "total.flops"
+
+
 def fit_and_score(data: MeasurementTable, target: str, priors: Sequence[str], samples: int,
-                  seed: int, *, prior_stage: PriorStage | None = None
+                  seed: int, *, prior_stage: PriorStage | None = None, kind: str = "learned"
                   ) -> tuple[dict[str, Any], LearnedCostModel]:
     """Fit on ``samples`` seeded target rows (+ all prior rows), score on the other rows.
 
     ``prior_stage`` (from ``LearnedCostModel.fit_priors`` on ``data``, covering ``priors``)
-    skips refitting stage 1 when one table is calibrated for many targets or seeds.
+    skips refitting stage 1 when one table is calibrated for many targets or seeds. ``kind``
+    picks the prior the fit is shrunk toward (``shrink_prior``). Only the ``samples`` rows
+    choose anything; the held-out rows are only scored.
     """
     n = len(data.archs)
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or \
@@ -261,20 +274,26 @@ def fit_and_score(data: MeasurementTable, target: str, priors: Sequence[str], sa
     model = LearnedCostModel.fit(data.table, data.features, target_name=target,
                                  train_rows=train, target_latency_ms=y[train],
                                  prior_latency_ms=prior, prior_names=list(priors),
-                                 config=data.config, prior_stage=prior_stage)
+                                 config=data.config, prior_stage=prior_stage,
+                                 shrink_prior=shrink_prior(kind))
     pred = model.predict_table(data.table, data.features)
     result = metrics(pred[test], y[test])
     result.update({"n_train": int(len(train)), "n_test": int(len(test)),
                    "target": target, "prior_columns": list(priors), "space": data.space,
-                   "seed": int(seed), "cv_rms_log_error": model.error_estimate})
+                   "seed": int(seed), "cv_rms_log_error": model.error_estimate,
+                   "shrink_prior": model.blend.prior, "blend_weight": model.blend.weight})
     return result, model
 
 
 def feature_config(kind: str, device: str | None, backend: str, threads: int) -> FeatureConfig:
     """The features' device: the reference one (``learned``) or the target's own (``hybrid``).
 
+    ``device`` is a catalog name or a device YAML path (a phone not in the catalog); a path is
+    kept, made absolute, as the features' device so the saved model can load it again.
+
     Raises:
         BadInput: unknown kind, a hybrid without ``device``, bad threads.
+        SpecError: an unknown device or an unreadable / invalid device file.
     """
     if kind not in KINDS:
         raise BadInput(f"unknown --cost-model {kind!r}; valid: {', '.join(KINDS)}")
@@ -294,7 +313,18 @@ def feature_config(kind: str, device: str | None, backend: str, threads: int) ->
         raise BadInput(f"--threads {threads}: {spec.name} has {spec.cpu.n_cores} cores")
     if kind == "learned":
         return FeatureConfig()
-    return FeatureConfig(spec.name, backend, threads)
+    return FeatureConfig(device_reference(device, spec.name), backend, threads)
+
+
+def device_reference(device: str, name: str) -> str:
+    """How a saved model names its device: the catalog name, or a YAML file's absolute path."""
+    from codesign.cost_models.devices import CONFIG_DIR
+
+    path = Path(device)
+    if not (device.endswith((".yaml", ".yml")) or path.is_file()):
+        return name
+    path = path.resolve()
+    return name if path == (CONFIG_DIR / "devices" / f"{name}.yaml").resolve() else str(path)
 
 
 def calibrate(space: str, measurements: Path, target: str, prior_columns: list[str] | None,
@@ -312,12 +342,14 @@ def calibrate(space: str, measurements: Path, target: str, prior_columns: list[s
         seed: the sampling seed.
         save: where to write the fitted model (JSON), or None.
         kind: "learned" or "hybrid" (see the module docstring).
-        device, backend, threads: what the target column measured (a catalog device); needed
-            for a hybrid, recorded in the saved model either way so ``search`` can check it.
+        device, backend, threads: what the target column measured (a catalog device name or a
+            device YAML path); needed for a hybrid, recorded in the saved model either way (the
+            device's name) so ``search`` can check it.
     Returns:
         {"spearman", "kendall", "mape", "within_10pct", "n_train", "n_test"} plus
         "median_ape", "n_near_zero", "near_zero_threshold_ms", "mape_excluding_near_zero",
-        "target", "prior_columns", "space", "seed", "cv_rms_log_error", "cost_model",
+        "target", "prior_columns", "space", "seed", "cv_rms_log_error", "shrink_prior",
+        "blend_weight" (1: the fit alone, 0: the prior alone), "cost_model",
         "runtime_s" and "saved" (the path, when ``save`` is given).
     Raises:
         BadInput: anything the user can fix, in one line.
@@ -328,10 +360,13 @@ def calibrate(space: str, measurements: Path, target: str, prior_columns: list[s
     config = feature_config(kind, device, backend, threads)
     data = read_measurements(space, Path(measurements), config=config)
     priors = resolve_columns(data, target, prior_columns)
-    result, model = fit_and_score(data, target, priors, samples, seed)
+    result, model = fit_and_score(data, target, priors, samples, seed, kind=kind)
     model.target_info = {"kind": kind, "column": target, "space": space}
     if device:
-        model.target_info.update({"device": device, "backend": backend, "threads": threads})
+        from codesign.cost_models.devices import load_device
+
+        model.target_info.update({"device": load_device(device).name, "backend": backend,
+                                  "threads": threads})
     result["cost_model"] = kind
     if save is not None:
         try:
@@ -345,4 +380,4 @@ def calibrate(space: str, measurements: Path, target: str, prior_columns: list[s
 
 __all__ = ["calibrate", "read_measurements", "fit_and_score", "metrics", "split_rows",
            "resolve_columns", "MeasurementTable", "space_reader", "NEAR_ZERO_FRACTION", "KINDS",
-           "feature_config"]
+           "feature_config", "shrink_prior", "device_reference"]

@@ -123,7 +123,8 @@ def _add_calibrate(sub) -> None:
            help="learned (default: reference-device features) or hybrid (the --device's "
                 "own analytic model as the prior, a learned residual)")
     shared(c, "--device", required=False, default=None,
-           help="catalog device the target column measured (hybrid: required)")
+           help="catalog device name or device YAML path the target column measured "
+                "(hybrid: required)")
     shared(c, "--backend", default="xnnpack", help="its back-end (default xnnpack)")
     shared(c, "--threads", help="its thread count (default 1)")
     shared(c, "--json", help="print the metrics as JSON")

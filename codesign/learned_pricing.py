@@ -95,12 +95,14 @@ def load_pricer(kind: str, device, backend, path: Path | None) -> LearnedPricer 
     if info.get("backend", backend.name) != backend.name:
         raise BadInput(f"{where} was fitted on back-end {info['backend']!r}, this search uses "
                        f"{backend.name!r}")
-    model_kind = info.get("kind", "hybrid" if model.config.device == device.name else "learned")
+    # the features' device by name: a hybrid fitted on a device YAML file keeps the file's path
+    features_of = model.featurizer.analytic.device.name
+    model_kind = info.get("kind", "hybrid" if features_of == device.name else "learned")
     if model_kind != kind:
         raise BadInput(f"{where} is a {model_kind} model, not a {kind} one (calibrate "
                        f"--cost-model {kind} fits one)")
-    if kind == "hybrid" and model.config.device != device.name:
-        raise BadInput(f"{where}: its features are {model.config.device}'s analytic terms, a "
+    if kind == "hybrid" and features_of != device.name:
+        raise BadInput(f"{where}: its features are {features_of}'s analytic terms, a "
                        f"hybrid for {device.name} needs {device.name}'s")
     threads = int(info.get("threads", model.config.threads))
     return LearnedPricer(kind, model, chosen, hashlib.sha256(chosen.read_bytes()).hexdigest(),

@@ -23,6 +23,15 @@ chosen from a fixed grid by cross-validation on its N rows (leave-one-out up to 
 of the best), and the chosen setting's cross-validated errors are the model's error estimate
 (``Prediction.band``).
 
+3. **Shrinkage toward a prior** that needs no target rows to rank candidates — total FLOPs (the
+   ``learned`` kind) or the target's own analytic latency (the ``hybrid``): the prediction is
+   ``fit^w x (scale x prior)^(1 - w)``, with ``w`` from ``learned_fit.BLEND_WEIGHTS`` chosen by
+   nested cross-validation of the whole stage 2 on the N target rows (how often each weight
+   misorders pairs of rows it did not see), the prior winning unless the fit is better by more
+   than one standard error (``learned_fit.choose_blend``). With few rows the fit must be clearly
+   better to replace the prior: a learned model should not rank worse than what it learned from.
+   When the prior is kept, the error estimate is the blend's own out-of-fold error.
+
 Hyperparameters are the constants of ``codesign.cost_models.learned_fit`` (the fitting
 numerics: solver, stage fits, cross-validation): the same for every device and space, never
 tuned per target (the only per-target choice is the cross-validated grid point above; a target
@@ -35,7 +44,9 @@ analytic latency (so a loaded model prices known ops exactly as when it was fitt
 stages' coefficients and the target's training rows (so ``update`` can refit), and an optional
 ``target_info`` object saying what was measured (device, back-end, threads, and whether the
 features were the target device's own analytic terms: ``kind`` "hybrid") so ``search`` can check
-it prices the device it was fitted for; files without it stay readable. ``load`` rejects other
+it prices the device it was fitted for; files without it stay readable. ``blend`` (and each
+training row's ``shrink_priors``) records the shrinkage; a file without it prices by the fit alone,
+as it did when it was saved. ``load`` rejects other
 formats and versions; version 1 files (features version 1: a live flag where version 2 has the
 liveness state) load and price exactly as when they were saved, and are written back as version 1.
 """
@@ -43,7 +54,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,11 +66,11 @@ from codesign.cost_models.features import (FEATURE_NAMES, FEATURE_VERSION, SIGNA
                                            FeatureConfig, OpFeaturizer, SignatureTable,
                                            signatures_from_batch)
 from codesign.cost_models.ir import OpBatch
-from codesign.cost_models.learned_fit import (HUBER_LOG, IRLS_STEPS, MAX_SIGNATURE_TERMS,
-                                              MIN_ROWS_PER_SIGNATURE, PRIOR_BASIS_RIDGE,
-                                              PRIOR_SIGNATURE_RIDGE, ROW_FLOOR, TARGET_GRID,
-                                              Design, DeviceFit, fit_prior_device,
-                                              fit_target_device, json_float, robust_fit)
+from codesign.cost_models.learned_fit import (
+    HUBER_LOG, IRLS_STEPS, MAX_SIGNATURE_TERMS, MIN_BLEND_ROWS, MIN_ROWS_PER_SIGNATURE,
+    PRIOR_BASIS_RIDGE, PRIOR_SIGNATURE_RIDGE, ROW_FLOOR, SHRINK_PRIORS, TARGET_GRID, Blend, Design,
+    DeviceFit, choose_blend, cv_folds, fit_prior_device, fit_target_device, json_float,
+    monotone_map, prior_scale, robust_fit, target_prediction)
 
 FORMAT = "codesign.learned"
 # 2: signatures carry the liveness state (features version 2). Version 1 files (a live flag)
@@ -72,6 +83,7 @@ PRIOR_BASIS = tuple(n for n in FEATURE_NAMES if not n.startswith("total.") and (
 TARGET_BASIS = tuple(n for n in PRIOR_BASIS if n.endswith(".latency_s"))
 _PRIOR_COLS = np.array([FEATURE_NAMES.index(n) for n in PRIOR_BASIS])
 _TARGET_COLS = np.array([FEATURE_NAMES.index(n) for n in TARGET_BASIS])
+_SHRINK_COLS = np.array([FEATURE_NAMES.index(n) for n in SHRINK_PRIORS])
 _MS = np.array([1e3 if n.endswith("_s") else 1.0 for n in FEATURE_NAMES])  # seconds -> ms
 
 
@@ -92,8 +104,11 @@ class LearnedCostModel(CostModel):
                  signature_latency_s: np.ndarray, priors: list[DeviceFit], target: DeviceFit,
                  training: dict[str, Any], featurizer: OpFeaturizer | None = None,
                  target_info: dict[str, Any] | None = None, *,
-                 feature_version: int = FEATURE_VERSION) -> None:
+                 feature_version: int = FEATURE_VERSION, blend: Blend | None = None) -> None:
         self.config = config
+        # The target fit shrunk toward a prior (``learned_fit.choose_blend``); None: the fit
+        # alone (models saved before the shrinkage existed)
+        self.blend = blend
         self.feature_version = feature_version  # 1: a model loaded from a version-1 file
         # What the target rows measured: {"kind", "device", "backend", "threads", "column"}
         # (keys present where known). Saved with the model; never read by the fits.
@@ -131,7 +146,7 @@ class LearnedCostModel(CostModel):
         terms = np.zeros((table.n_candidates, len(self.signatures)))
         if len(known):  # summed: a version-1 model maps ops of several states to one term
             np.add.at(terms.T, cols[known], counts.toarray().T)
-        return Design(X[:, _PRIOR_COLS], X[:, _TARGET_COLS], terms)
+        return Design(X[:, _PRIOR_COLS], X[:, _TARGET_COLS], terms, X[:, _SHRINK_COLS])
 
     # ------------------------------------------------------------------ prediction
     def prior_predictions(self, d: Design) -> np.ndarray:
@@ -143,9 +158,16 @@ class LearnedCostModel(CostModel):
 
     def predict_design(self, d: Design) -> np.ndarray:
         """Target latencies (ms) of the candidates of ``d``."""
-        t = self.target
-        basis = np.column_stack([self.prior_predictions(d), d.target_basis])
-        return basis @ t.basis_coef + d.terms @ t.signature_coef + t.intercept
+        fit = target_prediction(self.target, self.prior_predictions(d), d)
+        if self.blend is None:
+            return fit
+        return self.blend.apply(fit, self._shrink_prior(d, self.blend.prior))
+
+    @staticmethod
+    def _shrink_prior(d: Design, name: str) -> np.ndarray:
+        if d.shrink_priors is None:
+            raise ValueError("these training rows were saved without their prior features")
+        return d.shrink_priors[:, SHRINK_PRIORS.index(name)]
 
     def predict_table(self, table: SignatureTable, features: np.ndarray | None = None
                       ) -> np.ndarray:
@@ -172,6 +194,7 @@ class LearnedCostModel(CostModel):
                             "priors": [p.name for p in self.priors],
                             "reference_device": self.config.device,
                             "cv_rms_log_error": e,
+                            "blend": None if self.blend is None else self.blend.to_json(),
                             "n_training_rows": len(self.training["latency_ms"])})
         return Prediction(latency_s=total_ms * 1e-3, op_latency_s=op_latency,
                           op_bound=analytic.op_bound, candidate=batch.candidate,
@@ -217,8 +240,11 @@ class LearnedCostModel(CostModel):
             train_rows: np.ndarray, target_latency_ms: np.ndarray,
             prior_latency_ms: np.ndarray | None = None, prior_names: Sequence[str] = (),
             config: FeatureConfig = FeatureConfig(), featurizer: OpFeaturizer | None = None,
-            prior_stage: "PriorStage | None" = None) -> "LearnedCostModel":
-        """Fit both stages (stage 1 reused from ``prior_stage`` when given).
+            prior_stage: "PriorStage | None" = None,
+            shrink_prior: str | None = "total.flops") -> "LearnedCostModel":
+        """Fit both stages (stage 1 reused from ``prior_stage`` when given), then shrink the
+        target fit toward ``shrink_prior`` (a ``SHRINK_PRIORS`` feature; None: the fit alone)
+        as far as cross-validation on the target rows says (``learned_fit.choose_blend``).
 
         Args:
             table, features, prior_latency_ms, prior_names: as ``fit_priors``; with
@@ -238,13 +264,70 @@ class LearnedCostModel(CostModel):
                     [stage.fits[n] for n in prior_names],
                     DeviceFit(target_name, np.zeros(0), np.zeros(len(base.signatures)), 0.0),
                     {"latency_ms": []}, base.featurizer)
-        model._fit_target(stage.design.rows(train_rows), y)
+        if shrink_prior is not None and shrink_prior not in SHRINK_PRIORS:
+            raise ValueError(f"shrink_prior {shrink_prior!r} is not one of {SHRINK_PRIORS}")
+        # the table's candidates (op lists, never a target measurement) carry a kept prior
+        # onto the fit's latencies
+        model._fit_target(stage.design.rows(train_rows), y, shrink_prior, stage.design)
         return model
 
-    def _fit_target(self, d: Design, y: np.ndarray) -> None:
+    def _fit_target(self, d: Design, y: np.ndarray, shrink_prior: str | None,
+                    reference: Design | None = None) -> None:
+        """Stage 2 on the training rows ``d``, then the shrinkage. ``reference``: candidates
+        (their op lists only, no measurement) over which a kept prior is mapped onto the fit's
+        latencies; None keeps the current model's map (``update``)."""
         self.training = {"latency_ms": y.tolist(), "design": d}
+        pp = self.prior_predictions(d)
+        old = self.blend
         with threadpool_limits(limits=1, user_api="blas"):
-            self.target = fit_target_device(self.target.name, self.prior_predictions(d), d, y)
+            self.target = fit_target_device(self.target.name, pp, d, y)
+            self.blend = None if shrink_prior is None else self._choose_blend(
+                pp, d, y, shrink_prior, reference, old)
+
+    def _reference_map(self, fit: DeviceFit, ref: tuple[np.ndarray, Design], name: str):
+        """Knots of the map from the prior to ``fit``'s latencies over the reference rows."""
+        pp_ref, reference = ref
+        return monotone_map(self._shrink_prior(reference, name),
+                            target_prediction(fit, pp_ref, reference))
+
+    def _choose_blend(self, pp: np.ndarray, d: Design, y: np.ndarray, name: str,
+                      reference: Design | None, old: Blend | None) -> Blend:
+        """Shrink the fitted target toward the prior ``name`` (see ``choose_blend``). The fit's
+        out-of-fold predictions refit the whole stage 2 (its grid choice included) without each
+        fold: nested cross-validation, so the fit is judged as it would price unseen rows."""
+        prior = self._shrink_prior(d, name)
+        folds = cv_folds(len(y))
+        fold_fits = {}
+        if len(y) < MIN_BLEND_ROWS:  # the fit cannot be cross-validated: the prior wins
+            oof, blend = None, Blend(name, 0.0, prior_scale(y, prior))
+        else:
+            oof = np.empty(len(y))
+            for f in np.unique(folds):
+                test = folds == f
+                fold_fits[f] = fit_target_device(self.target.name, pp[~test], d.rows(~test),
+                                                 y[~test])
+                oof[test] = target_prediction(fold_fits[f], pp[test], d.rows(test))
+            blend = choose_blend(name, oof, prior, y)
+            if blend.weight == 1.0:
+                return blend
+        ref = None if reference is None else (self.prior_predictions(reference), reference)
+        if ref is not None:
+            blend = replace(blend, knots=self._reference_map(self.target, ref, name))
+        elif old is not None and old.prior == name:
+            blend = replace(blend, knots=old.knots)
+        # The error estimate (the search's band) is then the blend's own out-of-fold error:
+        # each fold's prior mapped from that fold's fit (or scaled on the other rows).
+        errs = np.empty(len(y))
+        for f in np.unique(folds):
+            test = folds == f
+            rest = ~test if (~test).any() else test
+            fold = Blend(name, blend.weight, prior_scale(y[rest], prior[rest]))
+            if ref is not None and f in fold_fits:
+                fold = replace(fold, knots=self._reference_map(fold_fits[f], ref, name))
+            pred = fold.apply(prior[test] if oof is None else oof[test], prior[test])
+            errs[test] = np.minimum(np.abs(np.log(y[test] / pred)), 1.0)
+        self.target = replace(self.target, cv_log_errors=tuple(errs.tolist()))
+        return blend
 
     def update(self, batch: OpBatch, measured_latency_s: np.ndarray) -> None:
         """Add measured candidates to the target's training rows and refit stage 2."""
@@ -254,10 +337,14 @@ class LearnedCostModel(CostModel):
                              f"({batch.n_candidates}), got shape {measured.shape}")
         new = self.design(signatures_from_batch(batch))
         old = self.training["design"]
+        shrink = None if old.shrink_priors is None else np.vstack([old.shrink_priors,
+                                                                   new.shrink_priors])
         d = Design(np.vstack([old.prior_basis, new.prior_basis]),
                    np.vstack([old.target_basis, new.target_basis]),
-                   np.vstack([old.terms, new.terms]))
-        self._fit_target(d, np.concatenate([self.training["latency_ms"], measured]))
+                   np.vstack([old.terms, new.terms]), shrink)
+        # a model saved before the shrinkage existed keeps pricing by its fit alone
+        prior = None if self.blend is None or shrink is None else self.blend.prior
+        self._fit_target(d, np.concatenate([self.training["latency_ms"], measured]), prior)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
@@ -274,11 +361,14 @@ class LearnedCostModel(CostModel):
             "priors": [p.to_json() for p in self.priors],
             "target": self.target.to_json(),
             "target_info": self.target_info,
+            "blend": None if self.blend is None else self.blend.to_json(),
             "training": {"latency_ms": list(self.training["latency_ms"]),
                          "prior_basis": d.prior_basis.tolist(),
                          "target_basis": d.target_basis.tolist(),
                          "terms": [[[int(i), float(r[i])] for i in np.flatnonzero(r)]
-                                   for r in d.terms]},
+                                   for r in d.terms],
+                         "shrink_priors": None if d.shrink_priors is None else
+                         d.shrink_priors.tolist()},
             "hyperparameters": {"huber_log": HUBER_LOG, "irls_steps": IRLS_STEPS,
                                 "row_floor": ROW_FLOOR, "prior_basis_ridge": PRIOR_BASIS_RIDGE,
                                 "prior_signature_ridge": PRIOR_SIGNATURE_RIDGE,
@@ -327,9 +417,12 @@ class LearnedCostModel(CostModel):
             for r, row in enumerate(tr["terms"]):
                 for i, v in row:
                     terms[r, int(i)] = float(v)
+            shrink = tr.get("shrink_priors")  # absent or null: saved before the shrinkage
             design = Design(np.asarray(tr["prior_basis"], dtype=np.float64).reshape(
                 -1, len(PRIOR_BASIS)), np.asarray(tr["target_basis"], dtype=np.float64).reshape(
-                -1, len(TARGET_BASIS)), terms)
+                -1, len(TARGET_BASIS)), terms, None if shrink is None else np.asarray(
+                    shrink, dtype=np.float64).reshape(-1, len(SHRINK_PRIORS)))
+            blend = None if payload.get("blend") is None else Blend.from_json(payload["blend"])
         except ModelFormatError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -337,7 +430,7 @@ class LearnedCostModel(CostModel):
                                    f"{type(exc).__name__}: {exc}") from None
         return cls(config, signatures, latency_s, priors, target,
                    {"latency_ms": list(tr["latency_ms"]), "design": design}, featurizer,
-                   target_info, feature_version=feature_version)
+                   target_info, feature_version=feature_version, blend=blend)
 
 
 @dataclass(frozen=True)

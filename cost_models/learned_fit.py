@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize
+from scipy.optimize import isotonic_regression
 
 # ---------------------------------------------------------------------------- hyperparameters
 HUBER_LOG = 0.1  # |log error| where the loss turns linear: a 10 % miss is the "typical" error
@@ -155,9 +156,13 @@ class Design:
     prior_basis: np.ndarray  # (n, len(PRIOR_BASIS))
     target_basis: np.ndarray  # (n, len(TARGET_BASIS))
     terms: np.ndarray  # (n, n_terms) dense counts of the model's signature terms
+    # (n, len(SHRINK_PRIORS)) the candidates' values of the priors a fit may shrink toward;
+    # None for training rows of a model saved before the shrinkage existed
+    shrink_priors: np.ndarray | None = None
 
     def rows(self, idx) -> "Design":
-        return Design(self.prior_basis[idx], self.target_basis[idx], self.terms[idx])
+        return Design(self.prior_basis[idx], self.target_basis[idx], self.terms[idx],
+                      None if self.shrink_priors is None else self.shrink_priors[idx])
 
 
 # ---------------------------------------------------------------------------- stage fits
@@ -203,12 +208,23 @@ def _fit_setting(prior_pred, d, y, setting):
     return basis, sig, float(theta[-1])
 
 
+def cv_folds(n: int) -> np.ndarray:
+    """Fold of each of ``n`` rows: leave-one-out up to ``LOO_MAX_ROWS`` rows, else ``CV_FOLDS``."""
+    return np.arange(n) % (n if n <= LOO_MAX_ROWS else CV_FOLDS)
+
+
+def target_prediction(fit: DeviceFit, prior_pred: np.ndarray, d: Design) -> np.ndarray:
+    """Stage-2 latencies (ms) of the rows of ``d`` (``prior_pred``: their stage-1 latencies)."""
+    return np.column_stack([prior_pred, d.target_basis]) @ fit.basis_coef + \
+        d.terms @ fit.signature_coef + fit.intercept
+
+
 def fit_target_device(name: str, prior_pred: np.ndarray, d: Design, y: np.ndarray) -> DeviceFit:
     """Stage 2: the target as a non-negative mix of the prior devices' predictions
     ``prior_pred`` (n, n_priors) and its analytic terms, plus signature deviations, at the
     ``TARGET_GRID`` setting cross-validation picks (the one-standard-error rule)."""
     n = len(y)
-    folds = np.arange(n) % (n if n <= LOO_MAX_ROWS else CV_FOLDS)
+    folds = cv_folds(n)
     # Without prior devices the analytic terms are the model's only view of the candidates: a
     # setting that drops them predicts one constant, which the one-standard-error rule would
     # pick whenever the target's measurements are noisy.
@@ -230,3 +246,137 @@ def fit_target_device(name: str, prior_pred: np.ndarray, d: Design, y: np.ndarra
     chosen = next(i for i in range(len(results)) if results[i][0] <= limit)
     basis, sig, b = _fit_setting(prior_pred, d, y, grid[chosen])
     return DeviceFit(name, basis, sig, b, grid[chosen], tuple(results[chosen][2].tolist()))
+
+
+# ---------------------------------------------------------------------------- shrinkage
+# What a fit can fall back to: total FLOPs (the learned kind: its features are another device's)
+# or the total analytic latency (the hybrid: its features are the target's own analytic model).
+SHRINK_PRIORS = ("total.flops", "total.latency_s")
+# Weights of the fit in the log-space blend fit^w (scale x prior)^(1 - w), prior first. Only the
+# two ends: with 10 target rows, intermediate weights (0.5; 0.25 steps) were tried on the HELP
+# leave-one-device-out runs and let more seeds fall below the prior (BENCHMARKS.md, issue 19).
+BLEND_WEIGHTS = (0.0, 1.0)
+MIN_BLEND_ROWS = 3  # the fit's out-of-fold predictions need folds of >= 2 training rows
+MAP_KNOTS = 256  # knots kept of the prior -> latency map (a saved model stays small)
+# Slope (in log latency per log prior) added to the map so flat stretches of the isotonic fit
+# still order candidates as the prior does; 1e-6 moves no latency by a visible amount.
+MAP_TIE_BREAK = 1e-6
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A target fit shrunk toward a prior: ``fit^weight x (scale x prior)^(1 - weight)``.
+
+    ``prior`` names a ``SHRINK_PRIORS`` feature, ``scale`` (ms per unit of it) is the median
+    measured/prior ratio of the training rows, ``cv_discordance`` the cross-validated share of
+    misordered training pairs of each ``BLEND_WEIGHTS`` entry (what chose ``weight``).
+    ``knots``: (log prior, log ms) points of a non-decreasing map from the prior to the fit's
+    latencies (``monotone_map``); with them the prior's part is that map (the prior's order, the
+    fit's latencies), without them ``scale x prior``.
+    """
+
+    prior: str
+    weight: float
+    scale: float
+    cv_discordance: tuple[float, ...] = ()
+    knots: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+
+    def prior_log_ms(self, prior: np.ndarray) -> np.ndarray:
+        """log ms of the prior's part: strictly increasing in the prior."""
+        lp = np.log(np.maximum(prior, 1e-300))
+        if not self.knots[0]:
+            return math.log(self.scale) + lp
+        x, g = np.asarray(self.knots[0]), np.asarray(self.knots[1])
+        # beyond the knots latency is taken proportional to the prior
+        out = np.where(lp < x[0], g[0] + lp - x[0], np.where(
+            lp > x[-1], g[-1] + lp - x[-1], np.interp(lp, x, g)))
+        return out + MAP_TIE_BREAK * (lp - x[0])
+
+    def apply(self, fit_ms: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        if self.weight == 1.0:
+            return fit_ms
+        log_prior = self.prior_log_ms(prior)
+        if self.weight == 0.0:
+            return np.exp(log_prior)
+        floor = 1e-9 * np.exp(log_prior)  # a fit can go non-positive far from its rows
+        return np.exp(self.weight * np.log(np.maximum(fit_ms, floor)) +
+                      (1.0 - self.weight) * log_prior)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prior": self.prior, "weight": self.weight, "scale": self.scale,
+                "cv_discordance": list(self.cv_discordance),
+                "knots": [list(self.knots[0]), list(self.knots[1])]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Blend":
+        if d["prior"] not in SHRINK_PRIORS:
+            raise ValueError(f"blend prior {d['prior']!r} is not one of {SHRINK_PRIORS}")
+        x, g = d.get("knots", [[], []])
+        if len(x) != len(g) or np.any(np.diff(x) <= 0) or np.any(np.diff(g) < 0):
+            raise ValueError("blend knots must be increasing in the prior, non-decreasing in ms")
+        return cls(d["prior"], float(d["weight"]), float(d["scale"]),
+                   tuple(float(v) for v in d["cv_discordance"]),
+                   (tuple(float(v) for v in x), tuple(float(v) for v in g)))
+
+
+def monotone_map(prior: np.ndarray, fit_ms: np.ndarray
+                 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Knots of the isotonic regression of log ``fit_ms`` on log ``prior`` over a set of
+    candidates: the non-decreasing function of the prior closest to the fit (least squares in
+    logs), kept at up to ``MAP_KNOTS`` evenly spaced distinct prior values."""
+    lp = np.log(np.maximum(prior, 1e-300))
+    lf = np.log(np.maximum(fit_ms, 1e-9 * float(np.median(np.abs(fit_ms))) + 1e-300))
+    order = np.argsort(lp, kind="stable")
+    g = isotonic_regression(lf[order]).x
+    x, inverse = np.unique(lp[order], return_inverse=True)
+    # equal priors: one value; the running max undoes rounding of the means (one ulp down)
+    g = np.maximum.accumulate(np.bincount(inverse, g) / np.bincount(inverse))
+    keep = np.unique(np.linspace(0, len(x) - 1, MAP_KNOTS).round().astype(int))
+    return tuple(x[keep].tolist()), tuple(g[keep].tolist())
+
+
+def prior_scale(y: np.ndarray, prior: np.ndarray) -> float:
+    """ms per unit of the prior: the median measured/prior ratio of the rows (in logs)."""
+    return float(np.exp(np.median(np.log(y) - np.log(np.maximum(prior, 1e-300)))))
+
+
+def row_discordance(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row, the share of its pairs with another row that ``pred`` orders against ``y``.
+
+    Pairs tied in ``y`` carry no order and are left out; a tie in ``pred`` counts half (it
+    orders nothing). The mean over rows weighs every pair equally (each counts for both rows).
+    """
+    n = len(y)
+    i, j = np.triu_indices(n, 1)
+    dy, dp = np.sign(y[i] - y[j]), np.sign(pred[i] - pred[j])
+    wrong = np.where(dy == 0, 0.0, np.where(dp == 0, 0.5, (dy * dp < 0).astype(np.float64)))
+    valid = (dy != 0).astype(np.float64)
+    den = np.bincount(i, valid, n) + np.bincount(j, valid, n)
+    return (np.bincount(i, wrong, n) + np.bincount(j, wrong, n)) / np.maximum(den, 1.0)
+
+
+def choose_blend(prior_name: str, fit_oof_ms: np.ndarray, prior: np.ndarray,
+                 y: np.ndarray) -> Blend:
+    """The blend weight whose cross-validated ranking of the training rows is best, by the
+    one-standard-error rule toward the prior.
+
+    ``fit_oof_ms``: each training row's latency predicted by the fit refitted without its fold
+    (``cv_folds``), so the fit is judged on rows it did not see; the prior has no parameter that
+    changes an order (its scale does not), so its ranking of the rows is already out of sample.
+    The error is ``row_discordance`` (ranking is what a search uses the model for). The weight
+    picked is the most prior-ward one whose mean error is within one standard error (over the N
+    rows, of the paired difference between the best weight and the prior) of the best: the fit
+    has to order the rows better than the prior by more than the N rows can tell apart by chance,
+    which with few rows it rarely can unless it is much better.
+    """
+    logp = np.log(np.maximum(prior, 1e-300))
+    scale = prior_scale(y, prior)
+    floor = 1e-9 * float(np.median(y))
+    logf = np.log(np.maximum(fit_oof_ms, floor))
+    per = [row_discordance(w * logf + (1.0 - w) * logp, y) for w in BLEND_WEIGHTS]
+    means = np.array([e.mean() for e in per])
+    best = int(np.argmin(means))  # the first minimum: on an exact tie the prior wins
+    diff = per[best] - per[0]
+    se = float(diff.std(ddof=1) / math.sqrt(len(y))) if len(y) > 1 else 0.0
+    chosen = next(k for k in range(len(BLEND_WEIGHTS)) if means[k] <= means[best] + se)
+    return Blend(prior_name, float(BLEND_WEIGHTS[chosen]), scale, tuple(means.tolist()))

@@ -259,3 +259,138 @@ def test_calibrate_bad_input_is_one_line(args, fragment):
 def test_malformed_csv_names_line_and_column(tmp_path, text, fragment):
     with pytest.raises(BadInput, match=fragment.replace("(", r"\(")):
         calibrate("fbnet", _write(tmp_path, text), "pixel3", None, 2, 0, None)
+
+
+# ------------------------------------------------------------------------------ shrinkage
+def _rank_corr(a, b):
+    return stats.spearmanr(a, b)[0]
+
+
+def test_blend_keeps_the_prior_when_the_fit_ranks_worse_out_of_fold():
+    from codesign.cost_models.learned_fit import choose_blend
+
+    rng = np.random.default_rng(0)
+    y = np.exp(rng.normal(size=10))
+    prior = y * np.exp(rng.normal(scale=0.02, size=10))  # orders the rows as measured
+    fit_oof = np.exp(rng.normal(size=10))  # unrelated to the measurements
+    blend = choose_blend("total.flops", fit_oof, prior, y)
+    assert blend.weight == 0.0
+    assert blend.scale == pytest.approx(float(np.exp(np.median(np.log(y / prior)))))
+    # priced on new candidates it ranks them exactly as the prior, whatever the fit says
+    new_prior, new_fit = np.exp(rng.normal(size=50)), np.exp(rng.normal(size=50))
+    out = blend.apply(new_fit, new_prior)
+    assert _rank_corr(out, new_prior) == pytest.approx(1.0)
+    np.testing.assert_allclose(out, blend.scale * new_prior, rtol=1e-12)
+
+
+def test_blend_moves_to_the_fit_when_it_ranks_clearly_better():
+    from codesign.cost_models.learned_fit import choose_blend
+
+    rng = np.random.default_rng(1)
+    y = np.exp(rng.normal(size=10))
+    fit_oof = y * np.exp(rng.normal(scale=0.02, size=10))
+    prior = np.exp(rng.normal(size=10))
+    blend = choose_blend("total.flops", fit_oof, prior, y)
+    assert blend.weight == 1.0
+    fit = np.exp(rng.normal(size=50))
+    np.testing.assert_array_equal(blend.apply(fit, np.exp(rng.normal(size=50))), fit)
+
+
+def test_blend_prior_wins_ties_and_small_wins_need_more_rows():
+    from codesign.cost_models.learned_fit import choose_blend
+
+    y = np.arange(1.0, 11.0)
+    same = y[::-1].copy()  # fit and prior equally (maximally) wrong
+    assert choose_blend("total.flops", same, same, y).weight == 0.0
+    # a fit a little better than the prior: at 10 rows that is within the noise, at 400 it
+    # is not (the rule depends on N through the standard error of the difference)
+    weights = {}
+    for n in (10, 400):
+        rng = np.random.default_rng(2)
+        logy = rng.normal(size=n)
+        prior = np.exp(logy + rng.normal(scale=0.6, size=n))
+        fit = np.exp(logy + rng.normal(scale=0.5, size=n))
+        weights[n] = choose_blend("total.flops", fit, prior, np.exp(logy)).weight
+    assert weights == {10: 0.0, 400: 1.0}
+
+
+def _with_target(table, values):
+    """The table with one more latency column, "synthetic", holding ``values``."""
+    from dataclasses import replace
+
+    return replace(table, columns=table.columns + ("synthetic",),
+                   latency_ms=np.column_stack([table.latency_ms, values]))
+
+
+def test_fit_that_ranks_worse_than_flops_returns_the_flops_ranking(fb_table):
+    # a target whose latency grows as FLOPs squared: FLOPs rank it perfectly, a model additive
+    # over ops cannot (its ten-row fit misorders some rows); the model must rank as FLOPs does
+    flops = fb_table.features[:, FEATURE_NAMES.index("total.flops")]
+    table = _with_target(fb_table, (flops / np.median(flops)) ** 2 * 20.0)
+    y = table.column("synthetic")
+    for seed in range(3):
+        train, test = split_rows(len(y), 10, seed)
+        fit_alone = LearnedCostModel.fit(
+            table.table, table.features, target_name="synthetic", train_rows=train,
+            target_latency_ms=y[train], prior_latency_ms=fb_table.latency_ms,
+            prior_names=list(fb_table.columns), shrink_prior=None)
+        assert _rank_corr(fit_alone.predict_table(table.table, table.features)[test],
+                          y[test]) < 0.999  # the fit alone is worse than the prior
+        result, model = fit_and_score(table, "synthetic", list(fb_table.columns), 10, seed)
+        assert model.blend.prior == "total.flops" and model.blend.weight == 0.0
+        pred = model.predict_table(table.table, table.features)
+        assert _rank_corr(pred, flops) == pytest.approx(1.0)
+        assert result["blend_weight"] == 0.0 and result["shrink_prior"] == "total.flops"
+
+
+def test_fit_that_ranks_better_than_flops_is_kept(fb_table):
+    # a GPU column: FLOPs rank it poorly (Spearman ~0.2 in the full data), the prior GPUs well
+    flops = fb_table.features[:, FEATURE_NAMES.index("total.flops")]
+    y = fb_table.column("titanx_1")
+    priors = [c for c in fb_table.columns if c != "titanx_1"]
+    result, model = fit_and_score(fb_table, "titanx_1", priors, 10, 0)
+    assert model.blend.weight == 1.0
+    train, test = split_rows(len(y), 10, 0)
+    assert result["spearman"] > _rank_corr(flops[test], y[test]) + 0.3
+
+
+def test_blend_survives_save_load_and_update(tmp_path, fb_table):
+    flops = fb_table.features[:, FEATURE_NAMES.index("total.flops")]
+    table = _with_target(fb_table, flops * 1e-7)
+    _, model = fit_and_score(table, "synthetic", list(fb_table.columns), 10, 0)
+    assert model.blend.weight == 0.0 and len(model.blend.knots[0]) > 10
+    model.save(tmp_path / "m.json")
+    loaded = LearnedCostModel.load(tmp_path / "m.json")
+    assert loaded.blend == model.blend
+    np.testing.assert_allclose(loaded.predict_table(table.table, table.features),
+                               model.predict_table(table.table, table.features), rtol=1e-12)
+    batch = OpBatch.from_oplists([fbnet.lower_arch(fbnet.parse_ops(a))
+                                  for a in table.archs[20:25]])
+    loaded.update(batch, flops[20:25] * 1e-10)  # s: the same FLOPs-proportional target
+    assert len(loaded.training["latency_ms"]) == 15 and loaded.blend is not None
+    assert loaded.blend.prior == "total.flops"
+
+
+def test_kept_prior_takes_the_fits_latencies_in_the_priors_order():
+    from codesign.cost_models.learned_fit import Blend, monotone_map
+
+    rng = np.random.default_rng(4)
+    prior = np.exp(rng.normal(size=2000))
+    # a fit that agrees with the prior's order up to noise, on another scale (power 1.5)
+    fit = 3.0 * prior ** 1.5 * np.exp(rng.normal(scale=0.05, size=2000))
+    blend = Blend("total.flops", 0.0, 1.0, knots=monotone_map(prior, fit))
+    assert len(blend.knots[0]) == 256
+    assert Blend.from_json(json.loads(json.dumps(blend.to_json()))) == blend  # a file keeps it
+    new = np.exp(rng.normal(scale=1.3, size=500))  # some beyond the knots' range
+    out = blend.apply(np.ones(500), new)
+    assert _rank_corr(out, new) == pytest.approx(1.0)
+    inside = (new > prior.min()) & (new < prior.max())
+    ratio = out[inside] / (3.0 * new[inside] ** 1.5)
+    assert np.median(np.abs(ratio - 1)) < 0.03
+    # a fit flat over half the range still leaves the prior's order intact (no ties)
+    flat = Blend("total.flops", 0.0, 1.0, knots=monotone_map(prior, np.minimum(prior, 1.0)))
+    assert np.all(np.diff(flat.knots[1]) >= 0)  # tie means rounded down by one ulp were not
+    out = flat.apply(np.ones(500), new)
+    assert len(np.unique(out)) == 500 and _rank_corr(out, new) == pytest.approx(1.0)
+    top = (new > 3) & inside
+    assert top.sum() > 10 and np.allclose(out[top], 1.0, rtol=1e-4)  # the fit's values: flat
