@@ -286,8 +286,9 @@ class AnalyticCostModel(CostModel):
             eff = np.where(blockwise, bw_eff, eff)
 
         micro = np.where(tiled, self.micro_kernel_efficiency(mr, nr, dtype), 1.0)
-        # a single-op microbenchmark's efficiency on this ISA replaces the estimated kernel and
-        # derived micro-kernel terms (a large depthwise kernel keeps its measured slowdown)
+        # a single-op microbenchmark's efficiency on this ISA replaces the estimated kernel,
+        # derived micro-kernel and cache-spill terms (a large depthwise kernel keeps its
+        # measured slowdown; a one-row linear its measured GEMV term)
         meas = self._meas_eff[kind, dtype]
         measured = np.isfinite(meas) & ~accelerated
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -300,6 +301,7 @@ class AnalyticCostModel(CostModel):
                                                          & (batch.group_size > 0)))
         eff = np.where(gemv, self._gemv_eff[dtype], eff)
         micro = np.where(gemv, 1.0, micro)
+        measured &= ~gemv
         with np.errstate(invalid="ignore", divide="ignore"):
             util = np.where(tiled, (m * n) / (np.ceil(m / mr) * mr * np.ceil(n / nr) * nr), 1.0)
         w_bytes = np.where(accelerated, batch.weight_bytes, batch.dense_weight_bytes)
@@ -310,7 +312,8 @@ class AnalyticCostModel(CostModel):
         l2_set = np.minimum(mc, m) * np.minimum(kc, k) * act_elem_bytes
         spill = np.where(tiled & (l1_set > self._l1), self.terms.l1_spill_efficiency, 1.0)
         spill *= np.where(tiled & (l2_set > self._l2), self.terms.l2_spill_efficiency, 1.0)
-        spill = np.where(gemv, 1.0, spill)  # the measured GEMV term includes its cache fit
+        # the measured GEMV and microbenchmark terms include their cache fit
+        spill = np.where(gemv | measured, 1.0, spill)
         compute_s = useful_flops / (peak * eff * micro * np.maximum(util, 1e-9) * spill)
         if self.tile_terms is not None:
             # Measured on this host: the calibrated tile term (one core) replaces the derived

@@ -199,7 +199,7 @@ def _portable(r: ConfigReader) -> dict:
     b = r.sub("portable_kernels")
     rates_r = b.sub("rates")
     rates = {c: (rates_r.sub(c).sourced("fixed_s", positive=False),
-                 rates_r.sub(c).sourced("per_elem_s", positive=False)) for c in rates_r.data}
+                 rates_r.sub(c).sourced("per_elem_s")) for c in rates_r.data}
     ops = b.sub("ops").data
     for op, cls in ops.items():
         if cls not in rates:

@@ -67,7 +67,8 @@ def pixel8_dispatch(carried, plain):
 
 def test_portable_op_priced_at_its_rate_on_one_thread(pixel8):
     b = _backend(portable_ops={"aten.where.self": "select"},
-                 portable_rates={"select": (_s(2e-6), _s(3e-9))}, fixed_costs_measured_on=REF)
+                 portable_rates={"select": (_s(2e-6), _s(3e-9))}, fixed_costs_measured_on=REF,
+                 program_overhead_s=None)
     scale = b.fixed_cost_scale(pixel8.cpu.clusters[0])
     n = 200_000
     for threads in (1, 4):
