@@ -98,7 +98,42 @@ def _efficiency(median: dict, program_s: float, dispatch_s: float) -> dict:
     return {"rows": rows,
             "median": {k: {d: float(np.median(v)) for d, v in per.items()}
                        for k, per in per_kind.items()},
+            "with_boundary": _with_boundary(rows),
             "n": {k: {d: len(v) for d, v in per.items()} for k, per in per_kind.items()}}
+
+
+def _with_boundary(rows: list[dict]) -> dict:
+    """Per kind and dtype with at least 3 grid shapes: op time = compute at efficiency 1 / eff
+    + (input + output elements) x c, least squares. A one-op program converts its input and
+    output between NCHW and NHWC, which a whole model does once; ``c`` takes that out of the
+    efficiency. Kept where 0 < eff <= 1 and c >= 0 (else the median stands)."""
+    import math
+
+    import torch
+
+    from benchmarks.xnnpack_op_costs import GRID, op_module
+
+    elems = {}
+    for kind, label, args in GRID:
+        module, shape = op_module(kind, args)
+        with torch.no_grad():
+            elems[label] = math.prod(shape) + math.prod(module.eval()(torch.zeros(shape)).shape)
+    kinds = {label: kind for kind, label, _ in GRID}
+    groups: dict = {}
+    for r in rows:
+        if np.isfinite(r["efficiency"]):
+            groups.setdefault((kinds[r["op"]], r["dtype"]), []).append(r)
+    out: dict = {}
+    for (kind, dtype), rs in groups.items():
+        if len(rs) < 3:
+            continue
+        a = np.array([[r["unit_eff_compute_s"], elems[r["op"]]] for r in rs])
+        (inv_eff, c), *_ = np.linalg.lstsq(a, np.array([r["op_s"] for r in rs]), rcond=None)
+        eff = 1.0 / inv_eff if inv_eff > 0 else float("inf")
+        out.setdefault(kind, {})[dtype] = {"efficiency": float(eff),
+                                           "boundary_s_per_elem": float(c),
+                                           "kept": bool(0 < eff <= 1 and c >= 0), "n": len(rs)}
+    return out
 
 
 def _portable(median: dict) -> dict:
