@@ -72,8 +72,9 @@ for _k in OpKind:
 # OpBatch columns that decide an op's price (everything but its name and graph position).
 _SIGNATURE_COLUMNS = ("kind", "m", "n", "k", "groups", "flops", "weight_bytes",
                       "dense_weight_bytes", "out_elems", "act_in_bytes", "act_out_bytes", "dtype",
-                      "density", "pattern", "weight_bits", "act_bits", "group_size", "dynamic_act",
-                      "runtime_op")
+                      "density", "pattern", "weight_bits", "act_bits", "group_size", "dynamic_act")
+# (not the op's ATen operator, OpBatch.runtime_op: the saved models' signature width is fixed;
+# two ops alike but for running in portable kernels or not share one signature)
 SIGNATURE_WIDTH = len(_SIGNATURE_COLUMNS) + 6  # + the tile (mc, nc, kc, mr, nr) + state
 
 
