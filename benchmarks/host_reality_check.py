@@ -25,12 +25,13 @@ from codesign.pricing import price_module
 from codesign.cost_models.devices import load_device
 
 
-def compare(measured_csv: Path, dtype: str) -> dict:
+def compare(measured_csv: Path, dtype: str, threads: int | None = None) -> dict:
+    """``threads``: only the CSV's rows at that thread count (None: every row)."""
     device = load_device("host")
     rows = list(csv.DictReader(Path(measured_csv).open()))
     names, measured, predicted, bounds = [], [], [], []
     for row in rows:
-        if row["precision"] != dtype:
+        if row["precision"] != dtype or (threads is not None and int(row["threads"]) != threads):
             continue
         module, shape = build(row["model"])
         priced = price_module(module, shape, device, backend="xnnpack", dtype=dtype,
@@ -48,6 +49,7 @@ def compare(measured_csv: Path, dtype: str) -> dict:
         "mape": float(rel.mean()), "median_ape": float(np.median(rel)),
         "within_25pct": float((rel <= 0.25).mean()),
         "median_pred_over_measured": float(np.median(p / m)),
+        "threads": threads,
         "assumptions": {"device": device.display_name, "backend": "xnnpack"},
         "models": [{"model": n, "measured_ms": a * 1e3, "predicted_ms": b * 1e3, "bound": c}
                    for n, a, b, c in zip(names, m, p, bounds)],
@@ -59,9 +61,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measured", required=True, type=Path)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="only the rows measured at this thread count (default: all)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     args = parser.parse_args(argv)
-    result = compare(args.measured, args.dtype)
+    result = compare(args.measured, args.dtype, args.threads)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -33,7 +33,8 @@ from codesign.cost_models.backends import BackendSpec, backend_for
 from codesign.cost_models.base import CostModel, Prediction, UnpriceableOp
 from codesign.cost_models.devices import DeviceSpec, load_device
 from codesign.cost_models.ir import (DTYPE_CODES, GEMM_KINDS, KIND_CODES, KINDS_BY_CODE,
-                                     PATTERN_CODES, PRICED_FREE_KINDS, OpBatch, OpKind)
+                                     PATTERN_CODES, PRICED_FREE_KINDS, OpBatch, OpKind,
+                                     runtime_op_code)
 from codesign.cost_models.tile_calibration import TileTerms, terms_for
 from codesign.kernels.specs import QuantSpec, SparsityPattern, SparsitySpec
 
@@ -146,6 +147,28 @@ class AnalyticCostModel(CostModel):
         self._by_element = self.device.cpu.isa == "aarch64"
         self._default_tile = np.array([t.mc, t.nc, t.kc, t.mr, t.nr], dtype=np.float64)
         self._checked: set[tuple] = set()
+        self._prepare_fixed_costs()
+
+    def _prepare_fixed_costs(self) -> None:
+        """Per-op and per-inference fixed costs, portable kernels, measured efficiencies.
+
+        Measured fixed costs are carried from the core they were measured on to each core by
+        ``BackendSpec.fixed_cost_scale`` (clock and core class). A fork-join barrier waits for
+        the team's slowest core, so it takes the largest scale of the cores used so far."""
+        b = self.backend
+        scale = np.array([b.fixed_cost_scale(c) for c in self.cores])
+        self._dispatch_s = b.dispatch_overhead_s.value * scale[0]
+        self._fork_join_s = b.thread_sync_overhead_s.value * np.maximum.accumulate(scale)
+        self._program_s = b.program_overhead_s.value * scale[0] if b.program_overhead_s else 0.0
+        table = sorted((runtime_op_code(op), b.portable_rates[cls])
+                       for op, cls in (b.portable_ops or {}).items())
+        self._portable_codes = np.array([c for c, _ in table], dtype=np.int64)
+        self._portable_fixed = np.array([f.value for _, (f, _) in table]) * scale[0]
+        self._portable_rate = np.array([r.value for _, (_, r) in table]) * scale[0]
+        self._meas_eff = np.full((len(OpKind), len(_DTYPES)), np.nan)
+        for kind, per in (b.measured_efficiency or {}).get(self.device.cpu.isa, {}).items():
+            for dtype, value in per.items():
+                self._meas_eff[KIND_CODES[kind], DTYPE_CODES[dtype]] = value.value
 
     @property
     def assumptions(self) -> dict:
@@ -165,6 +188,9 @@ class AnalyticCostModel(CostModel):
             "cache_terms": asdict(self.terms),
             "read_curve": ([[n, bw] for n, bw in self.read_curve] if self.read_curve else None),
             "tile_terms": self.tile_terms.describe() if self.tile_terms else None,
+            "fixed_costs_s": {"program": self._program_s, "dispatch": self._dispatch_s,
+                              "fork_join": float(self._fork_join_s[-1]),
+                              "portable_ops": len(self._portable_codes)},
         }
 
     # ------------------------------------------------------------------ capability check
@@ -260,12 +286,22 @@ class AnalyticCostModel(CostModel):
             eff = np.where(blockwise, bw_eff, eff)
 
         micro = np.where(tiled, self.micro_kernel_efficiency(mr, nr, dtype), 1.0)
+        # a single-op microbenchmark's efficiency on this ISA replaces the estimated kernel,
+        # derived micro-kernel and cache-spill terms (a large depthwise kernel keeps its
+        # measured slowdown; a one-row linear its measured GEMV term)
+        meas = self._meas_eff[kind, dtype]
+        measured = np.isfinite(meas) & ~accelerated
+        with np.errstate(invalid="ignore", divide="ignore"):
+            base = np.nan_to_num(self._eff[kind, dtype], nan=1.0)
+            eff = np.where(measured, eff * meas / base, eff)
+        micro = np.where(measured, 1.0, micro)
         # a measured one-row (GEMV) efficiency replaces the derived kernel and micro-kernel terms
         gemv = ((kind == KIND_CODES[OpKind.LINEAR]) & (m == 1) & ~accelerated
                 & np.isfinite(self._gemv_eff[dtype]) & ~((batch.weight_bits < 8)
                                                          & (batch.group_size > 0)))
         eff = np.where(gemv, self._gemv_eff[dtype], eff)
         micro = np.where(gemv, 1.0, micro)
+        measured &= ~gemv
         with np.errstate(invalid="ignore", divide="ignore"):
             util = np.where(tiled, (m * n) / (np.ceil(m / mr) * mr * np.ceil(n / nr) * nr), 1.0)
         w_bytes = np.where(accelerated, batch.weight_bytes, batch.dense_weight_bytes)
@@ -276,7 +312,8 @@ class AnalyticCostModel(CostModel):
         l2_set = np.minimum(mc, m) * np.minimum(kc, k) * act_elem_bytes
         spill = np.where(tiled & (l1_set > self._l1), self.terms.l1_spill_efficiency, 1.0)
         spill *= np.where(tiled & (l2_set > self._l2), self.terms.l2_spill_efficiency, 1.0)
-        spill = np.where(gemv, 1.0, spill)  # the measured GEMV term includes its cache fit
+        # the measured GEMV and microbenchmark terms include their cache fit
+        spill = np.where(gemv | measured, 1.0, spill)
         compute_s = useful_flops / (peak * eff * micro * np.maximum(util, 1e-9) * spill)
         if self.tile_terms is not None:
             # Measured on this host: the calibrated tile term (one core) replaces the derived
@@ -315,8 +352,26 @@ class AnalyticCostModel(CostModel):
             cache_s = traffic / self._cum_cache_bw[used]
         memory_s = np.maximum(dram_s, cache_s)
 
-        overhead_s = np.full(len(kind), self.backend.dispatch_overhead_s.value)
-        overhead_s += np.where(used > 0, self.backend.thread_sync_overhead_s.value, 0.0)
+        # Ops the back-end leaves to the runtime's portable kernels: their measured fixed cost
+        # and per-element rate, on the calling thread alone (ExecuTorch's portable kernels do
+        # not use its thread pool).
+        portable = (np.isin(batch.runtime_op, self._portable_codes) if len(self._portable_codes)
+                    else np.zeros(len(kind), dtype=bool))
+        if portable.any():
+            at = np.searchsorted(self._portable_codes, batch.runtime_op[portable])
+            compute_s[portable] = batch.out_elems[portable] * self._portable_rate[at]
+            memory_s[portable] = 0.0
+            used = np.where(portable, 0, used)
+        overhead_s = np.full(len(kind), self._dispatch_s)
+        overhead_s += np.where(used > 0, self._fork_join_s[used], 0.0)
+        if portable.any():
+            overhead_s[portable] = self._portable_fixed[at]
+        if self._program_s:
+            # the inference's own fixed cost, charged to each candidate's first priced op so
+            # that a candidate's latency stays the sum of its ops'
+            live = np.flatnonzero(~free)
+            _, first = np.unique(batch.candidate[live], return_index=True)
+            overhead_s[live[first]] += self._program_s
 
         compute_s = np.where(free, 0.0, compute_s)
         memory_s = np.where(free, 0.0, memory_s)

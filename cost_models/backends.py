@@ -91,7 +91,34 @@ class BackendSpec:
     # The back-end runs the project's own kernels (codesign.kernels): a member exported for it
     # gets their per-layer contract (kernels.json: shape, precision, sparse format, tile).
     project_kernels: bool = False
+    # What one inference costs beyond its ops (the runtime's method call, delegate entry)
+    program_overhead_s: Sourced | None = None
+    # The core the fixed costs (program, dispatch, fork-join, portable kernels) were measured
+    # on; None: they are estimates in seconds on any device (see ``fixed_cost_scale``)
+    fixed_costs_measured_on: "MeasuredOn | None" = None
+    # ATen ops the back-end leaves to the runtime's portable kernels -> their rate class, and
+    # per class the measured (fixed seconds, seconds per output element) of one call
+    portable_ops: Mapping[str, str] | None = None
+    portable_rates: Mapping[str, tuple[Sourced, Sourced]] | None = None
+    # Per ISA, op kind and compute dtype: a fraction of peak measured by single-op
+    # microbenchmarks, replacing the estimated efficiency x the derived micro-kernel term
+    measured_efficiency: Mapping[str, Mapping[OpKind, Mapping[str, Sourced]]] | None = None
     path: str = ""
+
+    def fixed_cost_scale(self, cluster) -> float:
+        """The factor carrying the measured fixed costs to a core of ``cluster``: by clock
+        (cycles are kept), and for an in-order core by the ratio of decode widths (the
+        dispatch code is scalar and branchy: an out-of-order core of any width runs it in
+        about the cycles the reference core did, an in-order one issues it at most at its
+        width). 1 when the costs were not measured."""
+        ref = self.fixed_costs_measured_on
+        if ref is None:
+            return 1.0
+        scale = ref.clock_hz / cluster.sustained_hz.value
+        uarch = getattr(cluster, "uarch", None)
+        if uarch is not None and not uarch.out_of_order:
+            scale *= ref.decode_width / uarch.decode_width.value
+        return scale
 
     def default_tile(self, isa: str) -> TileSpec:
         if isa not in self.default_tiles:
@@ -141,6 +168,61 @@ class BackendSpec:
             return sparsity.pattern.value in cap.sparsity
         return cap.runs_sparse(Precision(quant.weight_bits, quant.act_bits, quant.dynamic_act),
                                sparsity.pattern.value)
+
+
+@dataclass(frozen=True)
+class MeasuredOn:
+    """The reference core of measured fixed costs, with how they were measured."""
+
+    clock_hz: float
+    decode_width: float
+    core: str
+    provenance: Mapping[str, str]
+
+
+def _measured_on(r: ConfigReader) -> MeasuredOn | None:
+    if "fixed_costs_measured_on" not in r.data:
+        return None
+    b = r.sub("fixed_costs_measured_on")
+    prov = b.sub("provenance")
+    for key in ("command", "date", "host", "load"):
+        if not isinstance(prov.data.get(key), str) or not prov.data[key].strip():
+            raise prov.error("expected a non-empty string", key)
+    return MeasuredOn(b.sourced("clock_hz").value, b.sourced("decode_width").value,
+                      b.str("core"), dict(prov.data))
+
+
+def _portable(r: ConfigReader) -> dict:
+    """``portable_kernels: {ops: {ATEN_OP: CLASS}, rates: {CLASS: {fixed_s, per_elem_s}}}``."""
+    if "portable_kernels" not in r.data:
+        return {}
+    b = r.sub("portable_kernels")
+    rates_r = b.sub("rates")
+    rates = {c: (rates_r.sub(c).sourced("fixed_s", positive=False),
+                 rates_r.sub(c).sourced("per_elem_s")) for c in rates_r.data}
+    ops = b.sub("ops").data
+    for op, cls in ops.items():
+        if cls not in rates:
+            raise b.sub("ops").error(f"unknown rate class {cls!r}; valid: {', '.join(rates)}", op)
+    return {"portable_ops": dict(ops), "portable_rates": rates}
+
+
+def _measured_efficiency(r: ConfigReader) -> dict | None:
+    """``measured_efficiency: {ISA: {KIND: {DTYPE: sourced}}}``."""
+    if "measured_efficiency" not in r.data:
+        return None
+    block = r.sub("measured_efficiency")
+    kinds = {k.value: k for k in OpKind}
+    out: dict = {}
+    for isa in block.data:
+        if isa not in ISAS:
+            raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
+        per = block.sub(isa)
+        for kind in per.data:
+            if kind not in kinds:
+                raise per.error(f"unknown op kind; valid: {', '.join(kinds)}", kind)
+        out[isa] = {kinds[k]: _dtype_efficiency(per.sub(k)) for k in per.data}
+    return out
 
 
 def _parse_tile(r: ConfigReader) -> TileSpec:
@@ -219,6 +301,11 @@ def parse_backend(data, path: str) -> BackendSpec:
         fused_attention=_fused_attention(r),
         gemv_efficiency=_gemv(r),
         project_kernels=r.bool("project_kernels", False),
+        program_overhead_s=(r.sourced("program_overhead_s")
+                            if "program_overhead_s" in r.data else None),
+        fixed_costs_measured_on=_measured_on(r),
+        **_portable(r),
+        measured_efficiency=_measured_efficiency(r),
         path=path,
     )
 

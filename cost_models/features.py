@@ -73,6 +73,8 @@ for _k in OpKind:
 _SIGNATURE_COLUMNS = ("kind", "m", "n", "k", "groups", "flops", "weight_bytes",
                       "dense_weight_bytes", "out_elems", "act_in_bytes", "act_out_bytes", "dtype",
                       "density", "pattern", "weight_bits", "act_bits", "group_size", "dynamic_act")
+# (not the op's ATen operator, OpBatch.runtime_op: the saved models' signature width is fixed;
+# two ops alike but for running in portable kernels or not share one signature)
 SIGNATURE_WIDTH = len(_SIGNATURE_COLUMNS) + 6  # + the tile (mc, nc, kc, mr, nr) + state
 
 
@@ -148,7 +150,7 @@ def _take(batch: OpBatch, rows: np.ndarray) -> OpBatch:
     fields = {name: getattr(batch, name)[rows] for name in (
         "kind", "m", "n", "k", "groups", "flops", "weight_bytes", "dense_weight_bytes",
         "out_elems", "act_in_bytes", "act_out_bytes", "dtype", "density", "pattern", "tile",
-        "weight_bits", "act_bits", "group_size", "dynamic_act")}
+        "weight_bits", "act_bits", "group_size", "dynamic_act", "runtime_op")}
     ops = [batch.ops[i] for i in rows] if batch.ops else []
     return OpBatch(n_candidates=len(rows), candidate=np.arange(len(rows)), ops=ops, **fields)
 

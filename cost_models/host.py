@@ -15,6 +15,10 @@ from codesign.kernels.bench_harness import cache_sizes
 
 
 
+# fp32 lanes of codesign.kernels.host_probe's peak loop (``fmuladd <8 x float>``)
+PROBE_FP32_LANES = 8
+
+
 def _cpuinfo() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
@@ -110,17 +114,23 @@ def detect_host_fields(template: dict[str, Any], *, path: str) -> dict[str, Any]
     if profile is not None:
         # A VM's /proc/cpuinfo shows the nominal clock; the clock the FMA units really run at
         # follows from the measured register-resident FMA peak and the ISA's FLOPs per cycle.
-        fp32_per_cycle = cluster["flops_per_cycle"]["fp32"]["value"]
-        clock = profile.peak_fp32_gflops_1t * 1e9 / fp32_per_cycle
+        # The probe's loop is 256-bit (8-lane) FMAs whatever the ISA: divide by what that loop
+        # does per cycle, not by the detected ISA's (an AVX-512 core's 64 would halve the clock).
+        probe_per_cycle = 2 * pipes * PROBE_FP32_LANES
+        clock = profile.peak_fp32_gflops_1t * 1e9 / probe_per_cycle
         ref = (f"codesign.kernels.host_probe: measured fp32 peak "
-               f"{profile.peak_fp32_gflops_1t:.1f} GFLOP/s / {fp32_per_cycle:g} FLOP/cycle "
-               f"(cpuinfo says {mhz:.0f} MHz)")
+               f"{profile.peak_fp32_gflops_1t:.1f} GFLOP/s / {probe_per_cycle:g} FLOP/cycle of "
+               f"its 256-bit FMA loop (cpuinfo says {mhz:.0f} MHz)")
         cluster["sustained_hz"] = _num(clock, "measured", ref)
         cluster["burst_hz"] = _num(max(clock, hz), "measured", ref)
-        cluster["flops_per_cycle"]["int8"] = _num(
-            profile.peak_int8_gops_1t * 1e9 / clock, "measured",
-            f"codesign.kernels.host_probe: measured int8 peak {profile.peak_int8_gops_1t:.1f} "
-            "GOPS / clock")
+        if not vnni:
+            # the probe's int8 loop is AVX2's vpmaddwd pair, the instruction such a core uses;
+            # on a VNNI core the kernels use vpdpbusd, which the probe does not run: the ISA
+            # formula above stays
+            cluster["flops_per_cycle"]["int8"] = _num(
+                profile.peak_int8_gops_1t * 1e9 / clock, "measured",
+                f"codesign.kernels.host_probe: measured int8 peak "
+                f"{profile.peak_int8_gops_1t:.1f} GOPS / clock")
         bandwidth = _num(profile.stream_triad_gbs_all * 1e9, "measured",
                          f"codesign.kernels.host_probe STREAM triad, {profile.threads_all} threads")
     data = dict(template)

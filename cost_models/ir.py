@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, overload
 
@@ -84,6 +85,14 @@ class Op:
     fused: tuple[str, ...] = ()  # activations / clamps / folded BatchNorm merged into this op
     inputs: tuple[str, ...] = ()  # names of the ops whose outputs this op reads ("" = model input)
     source: str = ""  # the torch module or node it came from
+    # the ATen operator the runtime calls for it, where that is not ``source`` (one node
+    # lowered to several ops, e.g. SDPA's decomposition): a back-end's portable-kernel table
+    # is keyed by it (``runtime_op``)
+    aten: str = ""
+
+    @property
+    def runtime_op(self) -> str:
+        return self.aten or self.source
 
     @property
     def act_in_elems(self) -> int:
@@ -182,6 +191,7 @@ class OpBatch:
     weight_bytes: np.ndarray  # stored in the sparse format where there is one
     dense_weight_bytes: np.ndarray  # stored densely (back-ends without that sparse kernel)
     out_elems: np.ndarray
+    runtime_op: np.ndarray  # runtime_op_code of each op's ATen operator (0: none)
     act_in_bytes: np.ndarray
     act_out_bytes: np.ndarray
     dtype: np.ndarray
@@ -218,11 +228,18 @@ class OpBatch:
             flops=col[5], weight_bytes=col[6], act_in_bytes=col[7], act_out_bytes=col[8],
             dtype=col[9].astype(np.int64), density=col[10], pattern=col[11].astype(np.int64),
             tile=tiles, weight_bits=col[12], act_bits=col[13], group_size=col[14],
-            dynamic_act=col[15], dense_weight_bytes=col[16], out_elems=col[17], ops=ops,
+            dynamic_act=col[15], dense_weight_bytes=col[16], out_elems=col[17],
+            runtime_op=col[18].astype(np.int64), ops=ops,
         )
 
 
-N_COLS = 18
+N_COLS = 19
+
+
+def runtime_op_code(name: str) -> int:
+    """A stable code of an ATen operator name (CRC-32): the same in every process, so batches
+    pickled to workers keep it; 0 for no name."""
+    return zlib.crc32(name.encode()) if name else 0
 
 
 def op_row(op: Op) -> tuple:
@@ -234,7 +251,8 @@ def op_row(op: Op) -> tuple:
     return (KIND_CODES[op.kind], op.m, op.n, op.k, op.groups, op.flops, op.weight_bytes(),
             op.act_in_elems * act, out * act, DTYPE_CODES[q.compute_dtype],
             op.sparsity.density, PATTERN_CODES[op.sparsity.pattern], q.weight_bits, q.act_bits,
-            q.group_size, float(q.dynamic_act), op.weight_bytes(sparse_format=False), out)
+            q.group_size, float(q.dynamic_act), op.weight_bytes(sparse_format=False), out,
+            runtime_op_code(op.runtime_op))
 
 
 

@@ -289,9 +289,9 @@ def _sdpa(lw, node) -> None:
     sc = qs[:-2] + (length, s)  # the scores
     n_sc = float(numel(sc))
 
-    def add(suffix, kind, shape, in_shapes, inputs, flops=0.0, **gemm):
+    def add(suffix, kind, shape, in_shapes, inputs, flops=0.0, aten="", **gemm):
         lw.emit(node, Op(f"{base}.{suffix}", kind, shape, in_shapes, flops=flops,
-                         inputs=inputs, source=src, **gemm))
+                         inputs=inputs, source=src, aten=aten, **gemm))
         return f"{base}.{suffix}"
 
     sq = add("scale_q", OpKind.MUL, qs, (qs,), (lw.producer(q),), float(numel(qs)))
@@ -305,14 +305,17 @@ def _sdpa(lw, node) -> None:
         if not isinstance(mask, torch.fx.Node) or node_val(mask).dtype == torch.bool:
             # a boolean (or causal) mask becomes 0 / -inf in every call: a select over the mask
             m = add("mask_values", OpKind.ELEMENTWISE, mask_shape, (mask_shape,), (m,),
-                    float(numel(mask_shape)))
+                    float(numel(mask_shape)), aten="aten.where.self")
         x = add("mask", OpKind.ADD, sc, (sc, mask_shape), (x, m), n_sc)
     p = add("softmax", OpKind.SOFTMAX, sc, (sc,), (x,), 5.0 * n_sc)
     if masked:
         rows = sc[:-1] + (1,)
-        hit = add("masked", OpKind.ELEMENTWISE, sc, (sc,), (x,), n_sc)
-        dead = add("masked_rows", OpKind.GLOBAL_POOL, rows, (sc,), (hit,), n_sc)
-        p = add("safe_softmax", OpKind.ELEMENTWISE, sc, (sc, rows), (p, dead), n_sc)
+        # the ATen kernels PyTorch's _safe_softmax decomposes into (ExecuTorch runs them)
+        hit = add("masked", OpKind.ELEMENTWISE, sc, (sc,), (x,), n_sc, aten="aten.eq.Scalar")
+        dead = add("masked_rows", OpKind.GLOBAL_POOL, rows, (sc,), (hit,), n_sc,
+                   aten="aten.any.dim")
+        p = add("safe_softmax", OpKind.ELEMENTWISE, sc, (sc, rows), (p, dead), n_sc,
+                aten="aten.where.self")
     add("context", OpKind.MATMUL, out, (sc, vs), (p, lw.producer(v)),
         2.0 * length * ev * s * batch, m=length, n=ev, k=s, groups=batch)
 
