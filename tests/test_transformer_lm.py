@@ -270,6 +270,13 @@ def test_search_minimises_perplexity_and_labels_it(evaluator, space, tmp_path):
     text = report(result.run_dir, member=pareto["members"][0]["trial"])
     assert "val ppl" in text and "lower is better" in text and "val acc" not in text
     assert "prefill (time to first token)" in text
+    # the classical references on the same bytes, in pareto.json and the report
+    refs = {r["model"]: r for r in pareto["references"]}
+    assert list(refs) == ["unigram", "bigram", "kn3", "kn5", "kn7"]
+    assert refs == {r["model"]: r for r in evaluator.references()}
+    assert refs["unigram"]["val"] > refs["bigram"]["val"] > refs["kn3"]["val"] > 1
+    assert "references on the same bytes (val/test): add-one unigram" in text
+    assert f"interpolated Kneser-Ney 7-gram {refs['kn7']['val']:.2f}/" in text
 
 
 def test_a_user_function_may_declare_perplexity():
