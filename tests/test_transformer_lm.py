@@ -165,6 +165,32 @@ def test_candidate_state_dict_is_the_subnet_in_executorch_names(space, params):
                            params["layers.0.attention.wq.weight"][:a.d_model, :a.d_model])
 
 
+def test_a_head_is_the_same_weights_and_rotation_in_every_subnet(space):
+    """Issue 20: with head_dim = d_model / heads, head 0 of a d 128 / 4-head subnet was rows
+    0-31 of Q rotated with 32-wide RoPE frequencies, and of the d 256 / 4-head one rows 0-63
+    with 64-wide ones: one weight, two roles. With the space's fixed head_dim it is one slice
+    and one rotation in every subnet."""
+    from codesign.search_spaces.transformer import TransformerArch
+
+    cfg = space.config
+    params = lm._init_params(lm.max_arch(cfg), cfg.vocab, 0)
+    wide = TransformerArch(2, 256, 4, 2, 2, 64, cfg.head_dim)
+    narrow = TransformerArch(1, 128, 2, 1, 2, 64, cfg.head_dim)
+    sw, sn = lm.slice_params(params, wide), lm.slice_params(params, narrow)
+    q = "layers.0.attention.wq.weight"
+    assert sw[q].shape == (256, 256) and sn[q].shape == (128, 128)
+    assert torch.equal(sn[q], sw[q][:128, :128])  # heads 0-1: the same rows, fewer inputs
+    o = "layers.0.attention.wo.weight"
+    assert torch.equal(sn[o], sw[o][:128, :128])
+    modules = lm.ModuleCache(cfg.vocab)
+    rope = "layers.0.attention.rope.freqs_cos"
+    bw = dict(modules.get(wide).named_buffers())[rope]
+    bn = dict(modules.get(narrow).named_buffers())[rope]
+    assert bw.shape == (64, cfg.head_dim // 2) and torch.equal(bw, bn)
+    with pytest.raises(ValueError, match="head_dim=32"):
+        lm.check_arch(cfg, TransformerArch(1, 128, 4, 2, 2, 64))  # d 128 / 4 heads: 32 wide
+
+
 def test_two_four_masks_baked_into_ffn_weights_only(space):
     cand = candidate(space)
     layers = (dataclasses.replace(cand.layers[0], ffn_sparsity="2:4"), cand.layers[1])
