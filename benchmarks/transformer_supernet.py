@@ -1,6 +1,8 @@
 """Train (or load) the transformer space's LM supernet, with its loss curve.
 
     python -m benchmarks.transformer_supernet [--threads 1] [--snapshots DIR] [--log FILE]
+    python -m benchmarks.transformer_supernet --ship      # write configs/weights, print sha256
+    python -m benchmarks.transformer_supernet --curve DIR [--max-tokens N]
 
 Trains the default ``LMTrainConfig`` for the default space (resuming from the cache's checkpoint
 if interrupted) and logs the sandwich's mean training loss every 25 steps. ``--snapshots DIR``
@@ -51,14 +53,62 @@ def train(args) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s: {path}", file=sys.stderr)
 
 
+def ship(args) -> None:
+    """Write the trained weights (cache, else trained now) to ``configs/weights``."""
+    config = load_transformer_config()
+    params = lm.get_trained_lm(config, threads=args.threads)
+    path = lm.shipped_path(config)
+    digest = lm.save_shipped_weights(params, path)
+    print(f"{path.name} sha256 {digest} {path.stat().st_size} B")
+
+
+def curve(args) -> None:
+    """Val perplexity of the largest and smallest subnets (w16a16, largest context) at every
+    snapshot: the measured curve the step count was judged by."""
+    from codesign.cost_models.backends import load_backend
+    from codesign.evaluation.perplexity import PerplexityEvaluator
+    from codesign.search_spaces.transformer import TransformerSpace
+
+    space = TransformerSpace(load_backend("codesign"))
+    cfg = space.config
+    snaps = sorted(Path(args.curve).glob("step*.pt"), key=lambda p: int(p.stem[4:]))
+    for snap in snaps:
+        params = torch.load(snap, map_location="cpu", weights_only=True)["params"]
+        ev = PerplexityEvaluator(space, threads=args.threads, max_tokens=args.max_tokens)
+        ev.use_shared_state(ev.shared_state_key(), params)
+        row = {"step": int(snap.stem[4:])}
+        for name, arch in (("largest", lm.max_arch(cfg)), ("smallest", lm.min_arch(cfg))):
+            row[name] = ev.evaluate(_dense16(space, arch)).accuracy
+        print(json.dumps(row), flush=True)
+
+
+def _dense16(space, arch):
+    p = {"layers": arch.layers, "d_model": arch.d_model, "heads": arch.heads,
+         "gqa_ratio": arch.heads // arch.kv_heads, "ffn_mult": arch.ffn_mult,
+         "context": arch.context, "prefill_tile": "default", "decode_tile": "default"}
+    for unit in [f"l{i}" for i in range(arch.layers)] + ["head"]:
+        p[f"{unit}.prec"] = "w16a16"
+    return space.decode({k: v for k, v in p.items() if k in space.active_names(p)})
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--snapshots", default=None)
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--log", default=None)
+    ap.add_argument("--ship", action="store_true",
+                    help="write the weights to configs/weights and print their sha256")
+    ap.add_argument("--curve", default=None, metavar="DIR",
+                    help="score the snapshots in DIR instead of training")
+    ap.add_argument("--max-tokens", type=int, default=0)
     args = ap.parse_args(argv)
-    train(args)
+    if args.curve:
+        curve(args)
+    elif args.ship:
+        ship(args)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":

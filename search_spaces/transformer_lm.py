@@ -197,15 +197,16 @@ class LMTrainConfig:
     Many small steps (one window of 512 bytes) rather than few large ones, since a byte-level
     model leaves its unigram plateau by the step count, not the token count (BENCHMARKS.md,
     "Issue 9: perplexity (measured)": 640 steps of 2 windows left the largest subnet at val
-    perplexity 9.2, above a Kneser-Ney 3-gram's 5.8). The default, 2,000 steps, is what this
-    2-core CPU, shared, trains in about an hour at one thread, offline: its weights ship in
+    perplexity 9.2, above a Kneser-Ney 3-gram's 5.8). The default, 1,200 steps, is what this
+    2-core CPU, shared with other jobs, trains in about an hour at one thread (about 0.6
+    CPU-seconds a step, 2.7 s wall at a load average of 6), offline: its weights ship in
     ``configs/weights`` (the measured loss curve and what it reaches: BENCHMARKS.md, "LM quality
     axis (issue 20)").
     ``seq_len`` 0 = the largest context, so every position a candidate's KV cache can hold is
     trained.
     """
 
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 1
     seq_len: int = 0
     lr: float = 3e-3

@@ -149,6 +149,32 @@ def test_lm_training_reports_progress_on_stderr_only(space, tmp_path, monkeypatc
     assert lines[-1] == f"LM supernet training: cached {lm.cache_path(space.config, 0, train)}"
 
 
+def test_shipped_weights_load_without_training(space, params, tmp_path, monkeypatch):
+    """A cold cache with weights shipped for the training key loads them (float16 on disk)
+    instead of training; a damaged shipped file is skipped and the supernet trained."""
+    monkeypatch.setattr(lm, "CONFIG_DIR", tmp_path / "configs")
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "cold"))
+    monkeypatch.setattr(lm, "_LOADED", {})
+    shipped = lm.shipped_path(space.config, 0, tiny_train())
+    assert shipped.parent == tmp_path / "configs" / "weights"
+    digest = lm.save_shipped_weights(params, shipped)
+    import hashlib
+    assert digest == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    events = []
+    loaded = lm.get_trained_lm(space.config, 0, train=tiny_train(), threads=1,
+                               progress=events.append)
+    assert [e.message for e in events] == [f"loaded {shipped}"]
+    assert all(torch.equal(loaded[k], params[k].half().float()) for k in params)
+    assert not lm.cache_path(space.config, 0, tiny_train()).exists()
+    monkeypatch.setattr(lm, "_LOADED", {})
+    shipped.write_bytes(b"not safetensors")
+    events.clear()
+    again = lm.get_trained_lm(space.config, 0, train=tiny_train(), threads=1,
+                              progress=events.append)
+    assert events[0].message.startswith(f"ignoring unreadable weights {shipped}")
+    assert all(torch.equal(again[k], params[k]) for k in params)  # trained: the same weights
+
+
 def test_candidate_state_dict_is_the_subnet_in_executorch_names(space, params):
     for arch_kw in ({}, {"layers": 1, "d_model": 128, "heads": 2, "gqa_ratio": 1},
                     {"d_model": 128, "heads": 4, "gqa_ratio": 2, "context": 32}):
