@@ -188,7 +188,9 @@ def test_candidate_state_dict_is_the_subnet_in_executorch_names(space, params):
         a = cand.arch
         assert sd["layers.0.attention.wk.weight"].shape == (a.kv_heads * a.head_dim, a.d_model)
         assert torch.equal(sd["layers.0.attention.wq.weight"],
-                           params["layers.0.attention.wq.weight"][:a.d_model, :a.d_model])
+                           params["layers.0.attention.wq.weight"][:a.q_dim, :a.d_model])
+        assert torch.equal(sd["layers.0.attention.wo.weight"],
+                           params["layers.0.attention.wo.weight"][:a.d_model, :a.q_dim])
 
 
 def test_a_head_is_the_same_weights_and_rotation_in_every_subnet(space):
