@@ -3,6 +3,7 @@
     CODESIGN_LM_THREADS=1 python -m benchmarks.lm_quality subnets [--json OUT]
     python -m benchmarks.lm_quality budget [--device pixel8] [--over 0.3]
     python -m benchmarks.lm_quality front RUN_DIR
+    python -m benchmarks.lm_quality kn
 
 ``subnets``: the classical references (unigram, add-one bigram, interpolated Kneser-Ney 3/5/7)
 and every architecture of the default space at its largest context and w16a16, dense, scored
@@ -11,6 +12,7 @@ trained supernet (the cache, else the shipped weights, else trained now).
 ``budget``: the decode-latency budget at which a fraction ``--over`` of uniformly random
 candidates of the space are over it (priced as the search prices them).
 ``front``: the distinct (layers, d_model, heads) shapes on a finished run's front.
+``kn``: Kneser-Ney perplexity by order 1..7 on the same bytes (val and test).
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ def subnets(args) -> None:
              "ffn_mult": mult, "context": ctx, "prefill_tile": "default",
              "decode_tile": "default"}
         for unit in [f"l{i}" for i in range(layers)] + ["head"]:
-            p[f"{unit}.prec"] = "w16a16"
+            p.update({f"{unit}.prec": "w16a16", f"{unit}.group": 32,
+                  f"{unit}.ffn_sparsity": "dense"})
         c = space.decode({k: v for k, v in p.items() if k in space.active_names(p)})
         t0 = time.perf_counter()
         val = ev.evaluate(c)
@@ -62,6 +65,20 @@ def subnets(args) -> None:
         row["eval_s"] = time.perf_counter() - t0
         rows.append(row)
         print(json.dumps(row), flush=True)
+    # the least the space offers: the smallest subnet at the shortest context, 4-bit weights
+    # with int8 activations at the largest group, 2:4 FFN sparsity in every layer
+    arch = min_arch(cfg)
+    p = {"layers": arch.layers, "d_model": arch.d_model, "heads": arch.heads,
+         "gqa_ratio": arch.heads // arch.kv_heads, "ffn_mult": arch.ffn_mult,
+         "context": min(cfg.context), "prefill_tile": "default", "decode_tile": "default"}
+    for unit in [f"l{i}" for i in range(arch.layers)] + ["head"]:
+        p.update({f"{unit}.prec": "w4a8", f"{unit}.group": max(cfg.group_sizes),
+                  f"{unit}.ffn_sparsity": "2:4"})
+    worst = ev.evaluate(space.decode({k: v for k, v in p.items() if k in space.active_names(p)}))
+    rows.append({**{k: p[k] for k in ("layers", "d_model", "heads", "gqa_ratio", "ffn_mult",
+                                      "context")}, "val": worst.accuracy,
+                 "val_interval": list(worst.interval), "role": "smallest, ctx min, w4a8 2:4"})
+    print(json.dumps(rows[-1]), flush=True)
     big = next(r for r in rows if r["role"] == "largest")
     small = next(r for r in rows if r["role"] == "smallest")
     summary = {
@@ -76,6 +93,23 @@ def subnets(args) -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"references": refs, "subnets": rows, "summary": summary}, fh, indent=1)
+
+
+def kn_curve(args) -> None:
+    """Kneser-Ney perplexity on val and test by order (1..7), on the evaluator's bytes."""
+    from codesign.evaluation.ngram import reference_perplexities
+    from codesign.search_spaces.transformer import load_transformer_config
+    from codesign.search_spaces.transformer_lm import split_tokens
+
+    ctx = max(load_transformer_config().context)
+    splits = {}
+    for name in ("val", "test"):
+        tokens = split_tokens(name).numpy()
+        splits[name] = (tokens, (len(tokens) - 1) // ctx * ctx)
+    rows = reference_perplexities(split_tokens("train").numpy(), splits, ctx,
+                                  kn_orders=tuple(range(1, 8)))
+    for r in rows:
+        print(json.dumps(r))
 
 
 def budget(args) -> None:
@@ -117,10 +151,11 @@ def main(argv=None) -> None:
     b.add_argument("--over", type=float, default=0.3)
     b.add_argument("--samples", type=int, default=1000)
     b.add_argument("--seed", type=int, default=0)
+    sub.add_parser("kn")
     f = sub.add_parser("front")
     f.add_argument("run")
     args = ap.parse_args(argv)
-    {"subnets": subnets, "budget": budget, "front": front}[args.cmd](args)
+    {"subnets": subnets, "budget": budget, "front": front, "kn": kn_curve}[args.cmd](args)
 
 
 if __name__ == "__main__":

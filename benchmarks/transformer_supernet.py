@@ -87,7 +87,8 @@ def _dense16(space, arch):
          "gqa_ratio": arch.heads // arch.kv_heads, "ffn_mult": arch.ffn_mult,
          "context": arch.context, "prefill_tile": "default", "decode_tile": "default"}
     for unit in [f"l{i}" for i in range(arch.layers)] + ["head"]:
-        p[f"{unit}.prec"] = "w16a16"
+        p.update({f"{unit}.prec": "w16a16", f"{unit}.group": 32,
+                  f"{unit}.ffn_sparsity": "dense"})
     return space.decode({k: v for k, v in p.items() if k in space.active_names(p)})
 
 
