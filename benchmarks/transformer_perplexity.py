@@ -5,7 +5,7 @@ change the weights and raise perplexity beyond the intervals, on the same subnet
     CODESIGN_LM_THREADS=1 .venv/bin/python -m benchmarks.transformer_perplexity [--seed 0]
 
 Uses the cached or shipped supernet weights (configs/weights), else trains them first
-(search_spaces/transformer_lm.py; about an hour on this 2-core machine at one thread). Prints a markdown table: val and test perplexity with their
+(search_spaces/transformer_lm.py; 33 min on this shared 2-core machine at one thread). Prints a markdown table: val and test perplexity with their
 95% bootstrap intervals, and the val perplexity ratio to the same subnet at w16a16 with its
 paired bootstrap interval (the same 128-byte blocks resampled for both).
 """

@@ -198,8 +198,8 @@ class LMTrainConfig:
     model leaves its unigram plateau by the step count, not the token count (BENCHMARKS.md,
     "Issue 9: perplexity (measured)": 640 steps of 2 windows left the largest subnet at val
     perplexity 9.2, above a Kneser-Ney 3-gram's 5.8). The default, 1,200 steps, is what this
-    2-core CPU, shared with other jobs, trains in about an hour at one thread (about 0.6
-    CPU-seconds a step, 2.7 s wall at a load average of 6), offline: its weights ship in
+    2-core CPU, shared with other jobs, trained in a session: 33 min at one thread (1.65 s a
+    step at a load average of 5-9), offline; its weights ship in
     ``configs/weights`` (the measured loss curve and what it reaches: BENCHMARKS.md, "LM quality
     axis (issue 20)").
     ``seq_len`` 0 = the largest context, so every position a candidate's KV cache can hold is
