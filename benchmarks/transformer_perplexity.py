@@ -4,8 +4,8 @@ change the weights and raise perplexity beyond the intervals, on the same subnet
 
     CODESIGN_LM_THREADS=1 .venv/bin/python -m benchmarks.transformer_perplexity [--seed 0]
 
-Trains the supernet first if it is not cached (search_spaces/transformer_lm.py; ~15-20 min on
-this 2-core machine at one thread). Prints a markdown table: val and test perplexity with their
+Uses the cached or shipped supernet weights (configs/weights), else trains them first
+(search_spaces/transformer_lm.py; 33 min on this shared 2-core machine at one thread). Prints a markdown table: val and test perplexity with their
 95% bootstrap intervals, and the val perplexity ratio to the same subnet at w16a16 with its
 paired bootstrap interval (the same 128-byte blocks resampled for both).
 """
@@ -24,9 +24,9 @@ from codesign.search_spaces.transformer_lm import subnet_state_dict
 
 SUBNETS = {  # name: (layers, d_model, heads, gqa_ratio, ffn_mult, context)
     # the sandwich's two ends (trained every step) and a subnet trained only when sampled
-    "largest": (6, 256, 2, 1, 3, 512),
-    "smallest": (2, 128, 4, 2, 2, 512),
-    "middle": (4, 256, 4, 2, 2, 256),
+    "largest": (6, 256, 4, 1, 3, 512),
+    "smallest": (2, 128, 2, 2, 2, 512),
+    "middle": (4, 256, 2, 2, 2, 256),
 }
 VARIANTS = [  # (label, precision, group, ffn_sparsity)
     ("w16a16", "w16a16", 0, "dense"),

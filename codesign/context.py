@@ -184,11 +184,15 @@ class SearchContext:
     min_accuracy: float | None = None
     reference: dict[str, Any] | None = None
     task: Any = None  # --task: the user's data (codesign.search_spaces.tasks.UserTask)
+    # what classical models reach on the evaluator's own split (perplexity: n-gram models)
+    references: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.cost_models is None:
             self.cost_models = open_cost_models(self.cost_model_name, self.device, self.backend,
                                                 None)
+        if self.references is None and callable(getattr(self.evaluator, "references", None)):
+            self.references = self.evaluator.references()
 
     def cost_model(self, threads: int) -> CostModel:
         """The search's cost model at ``threads`` threads (ValueError: a fitted model measured

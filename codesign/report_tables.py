@@ -242,6 +242,16 @@ def floor_note(pareto: dict[str, Any]) -> str:
     return line
 
 
+def references_note(pareto: dict[str, Any]) -> str | None:
+    """What classical models reach on the same split (perplexity spaces: n-gram models), so a
+    front's numbers can be judged: one line, the models in pareto.json's order."""
+    refs = pareto.get("references")
+    if not refs:
+        return None
+    parts = [f"{r.get('label', r['model'])} {r['val']:.2f}/{r['test']:.2f}" for r in refs]
+    return "references on the same bytes (val/test): " + "; ".join(parts)
+
+
 def task_note(pareto: dict[str, Any]) -> str | None:
     """Which data a ``--task`` run trained and scored on (None: the built-in task)."""
     task = pareto.get("task")
@@ -316,6 +326,9 @@ def format_pareto(pareto: dict[str, Any], *, run_dir=None, elapsed_s: float | No
     task = task_note(pareto)
     if task:
         lines.insert(1, task)
+    refs = references_note(pareto)
+    if refs:
+        lines.append(refs)
     if base is not None:
         lines.append(f"baseline (trial {base.trial}): val {short} {base.quality:.3f}, "
                      f"{base.latency_s * 1e3:.2f} ms, {base.model_bytes / 1e6:.2f} MB"

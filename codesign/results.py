@@ -136,6 +136,7 @@ def build_pareto(study: optuna.Study, context, config) -> dict[str, Any]:
         },
         **({"task": identity["task"]} if "task" in identity else {}),  # --task: the user's data
         "reference": getattr(context, "reference", None),
+        "references": getattr(context, "references", None),
         "min_accuracy": getattr(context, "min_accuracy", None),
         "max_formats": getattr(context.space, "max_formats", None),
         "latency_band": context.latency_band(),  # what latency_band_s is, and its provenance

@@ -52,6 +52,7 @@ class TransformerConfig:
     layers: tuple[int, ...]
     d_model: tuple[int, ...]
     heads: tuple[int, ...]
+    head_dim: int  # fixed across heads and widths (HAT); 0: d_model / heads
     gqa_ratios: tuple[int, ...]
     ffn_mults: tuple[int, ...]
     context: tuple[int, ...]
@@ -73,7 +74,7 @@ def load_transformer_config(path: Path | None = None) -> TransformerConfig:
         cfg = TransformerConfig(
             name=data["name"], vocab=int(data["vocab"]), layers=tuple(data["layers"]),
             d_model=tuple(data["d_model"]), heads=tuple(data["heads"]),
-            gqa_ratios=tuple(data["gqa_ratios"]), ffn_mults=tuple(data["ffn_mults"]),
+            head_dim=int(data.get("head_dim", 0)), gqa_ratios=tuple(data["gqa_ratios"]), ffn_mults=tuple(data["ffn_mults"]),
             context=tuple(data["context"]), prompt_tokens=int(data["prompt_tokens"]),
             stream_bits=int(data["stream_bits"]),
             precisions={b: tuple(v) for b, v in data["precisions"].items()},
@@ -100,9 +101,16 @@ def _check_config(cfg: TransformerConfig, path: Path) -> None:
     for d in cfg.d_model:
         if d % lcm:
             raise bad("d_model", f"{d} is not a multiple of every group size {list(cfg.group_sizes)}")
-        for h in cfg.heads:
+        for h in cfg.heads if not cfg.head_dim else ():
             if d % h or (d // h) % 2:
                 raise bad("heads", f"d_model {d} / {h} heads must be an even head_dim (RoPE)")
+    if cfg.head_dim:
+        if cfg.head_dim < 0 or cfg.head_dim % 2:
+            raise bad("head_dim", f"must be a positive even number (RoPE), got {cfg.head_dim}")
+        for h in cfg.heads:  # the output projection reduces over heads x head_dim
+            if (h * cfg.head_dim) % lcm:
+                raise bad("heads", f"{h} heads x head_dim {cfg.head_dim} is not a multiple of "
+                          f"every group size {list(cfg.group_sizes)}")
     for h in cfg.heads:
         for r in cfg.gqa_ratios:
             if h % r:
@@ -134,10 +142,18 @@ class TransformerArch:
     kv_heads: int
     ffn_mult: int
     context: int  # KV-cache length (tokens), allocated at load
+    # width of one head; 0 (the default): d_model / heads. A space with a fixed head_dim gives
+    # it, so Q and O are heads x head_dim wide, not d_model.
+    head_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.d_model // self.heads)
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.heads
+    def q_dim(self) -> int:
+        """Width of Q and of attention's output: heads x head_dim."""
+        return self.heads * self.head_dim
 
     @property
     def d_ff(self) -> int:
@@ -261,7 +277,7 @@ class TransformerSpace(SearchSpace):
         self.check_params(params, allow_unknown=False)
         arch = TransformerArch(params["layers"], params["d_model"], params["heads"],
                                params["heads"] // params["gqa_ratio"], params["ffn_mult"],
-                               params["context"])
+                               params["context"], self.config.head_dim)
 
         def choice(unit: str) -> LayerChoice:
             return LayerChoice(params[f"{unit}.prec"], params.get(f"{unit}.group", 0),
@@ -362,7 +378,7 @@ class TransformerSpace(SearchSpace):
             u = f"l{i}"
             kv = QuantSpec(self.kv_bits(c), self.kv_bits(c))
             h = elementwise(f"{u}.attn_norm", OpKind.NORM, (t, d), (x,), 4.0)
-            q = linear(f"{u}.q", c, t, d, d, h)
+            q = linear(f"{u}.q", c, t, d, a.q_dim, h)
             k = linear(f"{u}.k", c, t, d, kvh * hd, h)
             v = linear(f"{u}.v", c, t, d, kvh * hd, h)
             q = elementwise(f"{u}.rope_q", OpKind.ROPE, (t, a.heads, hd), (q,), 3.0)
@@ -371,7 +387,7 @@ class TransformerSpace(SearchSpace):
                 o = self._fused_attention(u, fused, a, t, attended, kv, (q, k, v), add)
             else:
                 o = self._attention(u, a, t, attended, kv, tile, (q, k, v), add, elementwise)
-            o = linear(f"{u}.o", c, t, d, d, o)
+            o = linear(f"{u}.o", c, t, a.q_dim, d, o)
             x = elementwise(f"{u}.attn_add", OpKind.ADD, (t, d), (x, o), 1.0)
             h = elementwise(f"{u}.ffn_norm", OpKind.NORM, (t, d), (x,), 4.0)
             g = linear(f"{u}.gate", c, t, d, a.d_ff, h, sparse=True, fused=("silu",))
@@ -460,6 +476,6 @@ def _drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:
 def parameter_count(candidate: Candidate, vocab: int = 256) -> int:
     """Weights of the candidate (embedding tied to the LM head), dense."""
     a = candidate.arch
-    per_layer = 2 * a.d_model * a.d_model + 2 * a.d_model * a.kv_heads * a.head_dim \
+    per_layer = 2 * a.d_model * a.q_dim + 2 * a.d_model * a.kv_heads * a.head_dim \
         + 3 * a.d_model * a.d_ff
     return a.layers * per_layer + vocab * a.d_model

@@ -11,8 +11,10 @@ Supernet: one set of weights of the space's largest decoder, in the state-dict n
 - the first ``layers`` blocks;
 - the leading ``d_model`` columns of every matrix that reads the residual stream (and the
   leading ``d_model`` entries of the norms and the embedding rows);
-- the leading ``d_model`` rows of Q and O's columns (``heads`` heads of ``d_model / heads``),
-  the leading ``kv_heads * head_dim`` rows of K and V;
+- the first ``heads`` heads of Q (its leading ``heads * head_dim`` rows, O's leading columns)
+  and the first ``kv_heads`` heads of K and V: ``head_dim`` is the space's, the same in every
+  subnet (HAT's choice), so a head is the same slice of weights, with the same RoPE
+  frequencies, in every subnet that has it;
 - the leading ``d_ff`` rows of the FFN gate / up and columns of the down projection.
 Every step runs the candidate's own ExecuTorch module (``torch.func.functional_call`` with the
 slices as its parameters), so the function trained is the function scored and exported.
@@ -50,12 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from codesign.cost_models.devices import CONFIG_DIR
 from codesign.kernels.cache_paths import cache_dir
 from codesign.search_spaces.mbconv_supernet import TrainProgress, config_digest, save_atomic
 from codesign.search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
                                                 TransformerSpace)
 
-CACHE_FORMAT = 1  # bump when the parameter layout, the data or the training procedure changes
+CACHE_FORMAT = 2  # bump when the parameter layout, the data or the training procedure changes
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)  # train / val / test, contiguous, in this order
 THREADS_ENV = "CODESIGN_LM_THREADS"
 CHECKPOINT_EVERY = 64  # training steps between checkpoints (~1 min of the default training)
@@ -92,10 +95,10 @@ def split_tokens(split: str) -> torch.Tensor:
 # ------------------------------------------------------------------------------ slicing
 def max_arch(config: TransformerConfig) -> TransformerArch:
     """The architecture whose weights hold every subnet: widest, deepest, no K/V sharing."""
-    heads = min(config.heads)
+    heads = max(config.heads) if config.head_dim else min(config.heads)
     return TransformerArch(max(config.layers), max(config.d_model), heads,
                            heads // min(config.gqa_ratios), max(config.ffn_mults),
-                           max(config.context))
+                           max(config.context), config.head_dim)
 
 
 def check_arch(config: TransformerConfig, arch: TransformerArch) -> None:
@@ -106,15 +109,17 @@ def check_arch(config: TransformerConfig, arch: TransformerArch) -> None:
         ("heads", arch.heads, config.heads), ("gqa_ratio", ratio, config.gqa_ratios),
         ("ffn_mult", arch.ffn_mult, config.ffn_mults), ("context", arch.context, config.context))
         if value not in choices]
+    if config.head_dim and arch.head_dim != config.head_dim:
+        bad.append(f"head_dim={arch.head_dim} (the space's is {config.head_dim})")
     if bad or arch.kv_heads * ratio != arch.heads:
         raise ValueError(f"architecture not in space {config.name}: {', '.join(bad) or arch}")
 
 
 def _linear_shapes(arch: TransformerArch) -> tuple[tuple[str, int, int], ...]:
     """(name, rows, columns) of every linear of one of ``arch``'s blocks."""
-    d, kv, ff = arch.d_model, arch.kv_heads * arch.head_dim, arch.d_ff
-    return (("attention.wq", d, d), ("attention.wk", kv, d), ("attention.wv", kv, d),
-            ("attention.wo", d, d), ("feed_forward.w1", ff, d), ("feed_forward.w3", ff, d),
+    d, q, kv, ff = arch.d_model, arch.q_dim, arch.kv_heads * arch.head_dim, arch.d_ff
+    return (("attention.wq", q, d), ("attention.wk", kv, d), ("attention.wv", kv, d),
+            ("attention.wo", d, q), ("feed_forward.w1", ff, d), ("feed_forward.w3", ff, d),
             ("feed_forward.w2", d, ff))
 
 
@@ -189,19 +194,24 @@ def run_subnet(modules: ModuleCache, params: Mapping[str, torch.Tensor], arch: T
 class LMTrainConfig:
     """Supernet training hyperparameters (all of them key the weight cache).
 
-    The defaults train the default space's supernet on this 2-core CPU in 677 s at one thread
-    (BENCHMARKS.md, "Issue 9: perplexity (measured)"): many small steps (2 windows of 512 bytes)
-    rather than few large ones, since a byte-level model leaves its unigram plateau by the step
-    count, not the token count. ``seq_len`` 0 = the largest context, so every position a
-    candidate's KV cache can hold is trained.
+    Many small steps (one window of 512 bytes) rather than few large ones, since a byte-level
+    model leaves its unigram plateau by the step count, not the token count (BENCHMARKS.md,
+    "Issue 9: perplexity (measured)": 640 steps of 2 windows left the largest subnet at val
+    perplexity 9.2, above a Kneser-Ney 3-gram's 5.8). The default, 1,200 steps, is what this
+    2-core CPU, shared with other jobs, trained in a session: 33 min at one thread (1.65 s a
+    step at a load average of 5-9), offline; its weights ship in
+    ``configs/weights`` (the measured loss curve and what it reaches: BENCHMARKS.md, "LM quality
+    axis (issue 20)").
+    ``seq_len`` 0 = the largest context, so every position a candidate's KV cache can hold is
+    trained.
     """
 
-    steps: int = 640
-    batch_size: int = 2
+    steps: int = 1200
+    batch_size: int = 1
     seq_len: int = 0
     lr: float = 3e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 30
+    warmup_steps: int = 60
     n_random: int = 1
     distill_weight: float = 0.5
 
@@ -234,14 +244,14 @@ def sample_arch(config: TransformerConfig, rng: np.random.Generator) -> Transfor
     heads = pick(config.heads)
     return TransformerArch(pick(config.layers), pick(config.d_model), heads,
                            heads // pick(config.gqa_ratios), pick(config.ffn_mults),
-                           max(config.context))
+                           max(config.context), config.head_dim)
 
 
 def min_arch(config: TransformerConfig) -> TransformerArch:
-    heads = max(config.heads)
+    heads = min(config.heads) if config.head_dim else max(config.heads)
     return TransformerArch(min(config.layers), min(config.d_model), heads,
                            heads // max(config.gqa_ratios), min(config.ffn_mults),
-                           max(config.context))
+                           max(config.context), config.head_dim)
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -369,34 +379,63 @@ def cache_path(config: TransformerConfig, seed: int = 0,
 _LOADED: dict[str, dict[str, torch.Tensor]] = {}  # cache key -> weights, per process
 
 
+def shipped_path(config: TransformerConfig, seed: int = 0,
+                 train: LMTrainConfig | None = None) -> Path:
+    """Where the repository ships trained weights for this key (``configs/weights``)."""
+    key = cache_key(config, seed, train or LMTrainConfig())
+    return CONFIG_DIR / "weights" / f"{config.name}-lm-{key}.safetensors"
+
+
+def save_shipped_weights(params: Mapping[str, torch.Tensor], path: Path) -> str:
+    """Write the supernet's weights as safetensors in float16 (half the bytes; scoring computes
+    in float32) and return the file's sha256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().half().contiguous() for k, v in params.items()}, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_weights(config: TransformerConfig, path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        params = {k: v.float() for k, v in load_file(str(path)).items()}
+    else:
+        params = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    if {k: tuple(v.shape) for k, v in params.items()} != _init_shapes(config):
+        raise ValueError("parameter shapes do not match the space")
+    return params
+
+
 def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
                    train: LMTrainConfig | None = None, threads: int | None = None,
                    progress: Callable[[TrainProgress], None] | None = None,
                    checkpoint_every: int = CHECKPOINT_EVERY) -> dict[str, torch.Tensor]:
     """The trained supernet's max-size weights for (config, seed, train): from this process's
-    memory, the on-disk cache, or trained now (and cached; written atomically). A cache file
-    that cannot be read is retrained over. Training checkpoints beside the cache file every
-    ``checkpoint_every`` steps and resumes from a checkpoint an interrupted training left."""
+    memory, the on-disk cache, the weights the repository ships (``shipped_path``), or trained
+    now (and cached; written atomically). A file that cannot be read is skipped (and the cache
+    retrained over). Training checkpoints beside the cache file every ``checkpoint_every``
+    steps and resumes from a checkpoint an interrupted training left."""
     train = train or LMTrainConfig()
     key = cache_key(config, seed, train)
     if key in _LOADED:
         return _LOADED[key]
     path = cache_path(config, seed, train)
     params = None
-    if path.is_file():
+    for source in (path, shipped_path(config, seed, train)):
+        if not source.is_file():
+            continue
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            params = blob["state_dict"]
-            expected = _init_shapes(config)
-            if {k: tuple(v.shape) for k, v in params.items()} != expected:
-                raise ValueError("parameter shapes do not match the space")
-            if progress is not None:
-                progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {path}"))
+            params = _read_weights(config, source)
         except Exception as exc:  # a corrupt or stale file: retrain rather than fail the search
-            params = None
             if progress is not None:
                 progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
-                                       f"ignoring unreadable cache {path}: {exc}"))
+                                       f"ignoring unreadable weights {source}: {exc}"))
+            continue
+        if progress is not None:
+            progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {source}"))
+        break
     if params is None:
         log.info("training the %s LM supernet (%d steps; cached as %s)", config.name,
                  train.steps, path)

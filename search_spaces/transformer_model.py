@@ -16,10 +16,10 @@ KV caches — are built by the module and never part of it)::
 
     tok_embeddings.weight                      (vocab, d_model); output.weight is the same tensor
     layers.{i}.attention_norm.weight           (d_model,)
-    layers.{i}.attention.wq.weight             (d_model, d_model)
+    layers.{i}.attention.wq.weight             (heads * head_dim, d_model)
     layers.{i}.attention.wk.weight             (kv_heads * head_dim, d_model)
     layers.{i}.attention.wv.weight             (kv_heads * head_dim, d_model)
-    layers.{i}.attention.wo.weight             (d_model, d_model)
+    layers.{i}.attention.wo.weight             (d_model, heads * head_dim)
     layers.{i}.ffn_norm.weight                 (d_model,)
     layers.{i}.feed_forward.w1.weight          (d_ff, d_model)   gate (SiLU)
     layers.{i}.feed_forward.w3.weight          (d_ff, d_model)   up
@@ -63,6 +63,7 @@ def model_args(arch: TransformerArch, vocab: int, *, kv_cache: bool,
     _, ma = _llama()
     return ma.ModelArgs(
         dim=arch.d_model, n_layers=arch.layers, n_heads=arch.heads, n_kv_heads=arch.kv_heads,
+        head_dim=arch.head_dim,
         vocab_size=vocab, hidden_dim=arch.d_ff, max_seq_len=arch.context,
         max_context_len=arch.context, norm_eps=NORM_EPS, rope_freq_base=ROPE_THETA,
         use_kv_cache=kv_cache, use_sdpa_with_kv_cache_op=sdpa_custom_op and kv_cache,

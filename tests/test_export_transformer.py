@@ -30,7 +30,8 @@ def _candidate(space, first: str, rest: str = "w8a8", head: str = "w16a16") -> C
     cfg = space.config
     heads = min(cfg.heads)
     arch = TransformerArch(min(cfg.layers), min(cfg.d_model), heads, heads // max(
-        r for r in cfg.gqa_ratios if heads % r == 0), min(cfg.ffn_mults), min(cfg.context))
+        r for r in cfg.gqa_ratios if heads % r == 0), min(cfg.ffn_mults), min(cfg.context),
+        cfg.head_dim)
     group = min(space.group_choices)
 
     def choice(precision):

@@ -83,7 +83,7 @@ def _transformer_run(root: Path, monkeypatch) -> tuple[Path, Any, dict, dict]:
     space = tiny_space(load_backend("codesign"))
     cfg = space.config
     arch = TransformerArch(min(cfg.layers), min(cfg.d_model), min(cfg.heads), min(cfg.heads),
-                           min(cfg.ffn_mults), min(cfg.context))
+                           min(cfg.ffn_mults), min(cfg.context), cfg.head_dim)
 
     def member(trial: int, precision: str) -> dict:
         group = min(space.group_choices) if precision.startswith("w4") else 0

@@ -264,3 +264,45 @@ def test_ttft_budget_needs_transformer(tmp_path, capsys):
     assert main(base + ["--space", "transformer", "--evaluator", EVAL, "--ttft-budget", "5",
                         "--out", str(tmp_path / "c")]) == 2
     assert "--ttft-budget" in capsys.readouterr().err
+
+
+def test_default_space_has_one_head_width_and_q_o_priced_at_heads_x_head_dim():
+    """Issue 20: head_dim is fixed (HAT), so Q and O are heads x head_dim wide whatever
+    d_model, and every weight the priced op list streams is a parameter of the ExecuTorch
+    module the candidate is built as (the LM head's matrix is the tied embedding)."""
+    import torch
+
+    from codesign.search_spaces.transformer_model import build_decoder
+
+    space = TransformerSpace(load_backend("codesign"))
+    assert space.config.head_dim == 64
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(12):
+        c = space.decode(space.sample(rng))
+        a = c.arch
+        seen.add((a.d_model, a.heads))
+        assert a.head_dim == 64 and a.q_dim == 64 * a.heads
+        ops = {op.name: op for op in space.to_ops(c, "decode")}
+        assert (ops["l0.q"].k, ops["l0.q"].n) == (a.d_model, a.q_dim)
+        assert (ops["l0.o"].k, ops["l0.o"].n) == (a.q_dim, a.d_model)
+        assert ops["l0.k"].n == a.kv_heads * 64
+        with torch.random.fork_rng(devices=[]):
+            module = build_decoder(c, space.config.vocab, kv_cache=False)
+        linear = sum(op.weight_elems for op in ops.values() if op.kind is OpKind.LINEAR)
+        norms = sum(p.numel() for n, p in module.named_parameters() if n.endswith("norm.weight"))
+        total = sum(p.numel() for p in module.parameters())  # the tied head counted once
+        assert linear == total - norms == parameter_count(c, space.config.vocab)
+    assert {(128, 4), (256, 2)} <= seen  # Q wider and narrower than the residual stream
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("head_dim: 63", "head_dim.*positive even number"),
+    ("head_dim: 32", r"heads.*2 heads x head_dim 32 is not a multiple of every group size"),
+])
+def test_config_head_dim_is_checked(tmp_path, edit, message):
+    text = (CONFIG_DIR / "spaces" / "transformer.yaml").read_text()
+    bad = tmp_path / "t.yaml"
+    bad.write_text(text.replace("head_dim: 64", edit))
+    with pytest.raises(SpecError, match=message):
+        load_transformer_config(bad)

@@ -149,6 +149,32 @@ def test_lm_training_reports_progress_on_stderr_only(space, tmp_path, monkeypatc
     assert lines[-1] == f"LM supernet training: cached {lm.cache_path(space.config, 0, train)}"
 
 
+def test_shipped_weights_load_without_training(space, params, tmp_path, monkeypatch):
+    """A cold cache with weights shipped for the training key loads them (float16 on disk)
+    instead of training; a damaged shipped file is skipped and the supernet trained."""
+    monkeypatch.setattr(lm, "CONFIG_DIR", tmp_path / "configs")
+    monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path / "cold"))
+    monkeypatch.setattr(lm, "_LOADED", {})
+    shipped = lm.shipped_path(space.config, 0, tiny_train())
+    assert shipped.parent == tmp_path / "configs" / "weights"
+    digest = lm.save_shipped_weights(params, shipped)
+    import hashlib
+    assert digest == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    events = []
+    loaded = lm.get_trained_lm(space.config, 0, train=tiny_train(), threads=1,
+                               progress=events.append)
+    assert [e.message for e in events] == [f"loaded {shipped}"]
+    assert all(torch.equal(loaded[k], params[k].half().float()) for k in params)
+    assert not lm.cache_path(space.config, 0, tiny_train()).exists()
+    monkeypatch.setattr(lm, "_LOADED", {})
+    shipped.write_bytes(b"not safetensors")
+    events.clear()
+    again = lm.get_trained_lm(space.config, 0, train=tiny_train(), threads=1,
+                              progress=events.append)
+    assert events[0].message.startswith(f"ignoring unreadable weights {shipped}")
+    assert all(torch.equal(again[k], params[k]) for k in params)  # trained: the same weights
+
+
 def test_candidate_state_dict_is_the_subnet_in_executorch_names(space, params):
     for arch_kw in ({}, {"layers": 1, "d_model": 128, "heads": 2, "gqa_ratio": 1},
                     {"d_model": 128, "heads": 4, "gqa_ratio": 2, "context": 32}):
@@ -162,7 +188,35 @@ def test_candidate_state_dict_is_the_subnet_in_executorch_names(space, params):
         a = cand.arch
         assert sd["layers.0.attention.wk.weight"].shape == (a.kv_heads * a.head_dim, a.d_model)
         assert torch.equal(sd["layers.0.attention.wq.weight"],
-                           params["layers.0.attention.wq.weight"][:a.d_model, :a.d_model])
+                           params["layers.0.attention.wq.weight"][:a.q_dim, :a.d_model])
+        assert torch.equal(sd["layers.0.attention.wo.weight"],
+                           params["layers.0.attention.wo.weight"][:a.d_model, :a.q_dim])
+
+
+def test_a_head_is_the_same_weights_and_rotation_in_every_subnet(space):
+    """Issue 20: with head_dim = d_model / heads, head 0 of a d 128 / 4-head subnet was rows
+    0-31 of Q rotated with 32-wide RoPE frequencies, and of the d 256 / 4-head one rows 0-63
+    with 64-wide ones: one weight, two roles. With the space's fixed head_dim it is one slice
+    and one rotation in every subnet."""
+    from codesign.search_spaces.transformer import TransformerArch
+
+    cfg = space.config
+    params = lm._init_params(lm.max_arch(cfg), cfg.vocab, 0)
+    wide = TransformerArch(2, 256, 4, 2, 2, 64, cfg.head_dim)
+    narrow = TransformerArch(1, 128, 2, 1, 2, 64, cfg.head_dim)
+    sw, sn = lm.slice_params(params, wide), lm.slice_params(params, narrow)
+    q = "layers.0.attention.wq.weight"
+    assert sw[q].shape == (256, 256) and sn[q].shape == (128, 128)
+    assert torch.equal(sn[q], sw[q][:128, :128])  # heads 0-1: the same rows, fewer inputs
+    o = "layers.0.attention.wo.weight"
+    assert torch.equal(sn[o], sw[o][:128, :128])
+    modules = lm.ModuleCache(cfg.vocab)
+    rope = "layers.0.attention.rope.freqs_cos"
+    bw = dict(modules.get(wide).named_buffers())[rope]
+    bn = dict(modules.get(narrow).named_buffers())[rope]
+    assert bw.shape == (64, cfg.head_dim // 2) and torch.equal(bw, bn)
+    with pytest.raises(ValueError, match="head_dim=32"):
+        lm.check_arch(cfg, TransformerArch(1, 128, 4, 2, 2, 64))  # d 128 / 4 heads: 32 wide
 
 
 def test_two_four_masks_baked_into_ffn_weights_only(space):
@@ -270,6 +324,13 @@ def test_search_minimises_perplexity_and_labels_it(evaluator, space, tmp_path):
     text = report(result.run_dir, member=pareto["members"][0]["trial"])
     assert "val ppl" in text and "lower is better" in text and "val acc" not in text
     assert "prefill (time to first token)" in text
+    # the classical references on the same bytes, in pareto.json and the report
+    refs = {r["model"]: r for r in pareto["references"]}
+    assert list(refs) == ["unigram", "bigram", "kn3", "kn5", "kn7"]
+    assert refs == {r["model"]: r for r in evaluator.references()}
+    assert refs["unigram"]["val"] > refs["bigram"]["val"] > refs["kn3"]["val"] > 1
+    assert "references on the same bytes (val/test): add-one unigram" in text
+    assert f"interpolated Kneser-Ney 7-gram {refs['kn7']['val']:.2f}/" in text
 
 
 def test_a_user_function_may_declare_perplexity():

@@ -158,6 +158,7 @@ class PerplexityEvaluator(Evaluator):
         self.unit = math.gcd(*contexts)
         self._params: dict[str, torch.Tensor] | None = None
         self._units: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._references: list[dict[str, Any]] | None = None
 
     def __reduce__(self):
         return (_rebuild, (self.space.config, self.space.backend.name, self.seed,
@@ -244,6 +245,22 @@ class PerplexityEvaluator(Evaluator):
                 out.append(torch.nn.functional.cross_entropy(
                     logits.transpose(1, 2), y[start:start + per_batch], reduction="none"))
         return torch.cat(out)
+
+    def references(self) -> list[dict[str, Any]]:
+        """What classical byte models reach on the bytes this evaluator predicts (val and
+        test, windows of the largest context; ``codesign.evaluation.ngram``): the unigram, the
+        add-one bigram and interpolated Kneser-Ney 3-, 5- and 7-grams fitted on the train
+        split. One record per model: ``{"model", "label", "val", "test"}`` (perplexities)."""
+        from codesign.evaluation.ngram import reference_perplexities
+        from codesign.search_spaces.transformer_lm import split_tokens
+
+        if self._references is None:
+            largest = max(self.space.config.context)
+            splits = {s: (split_tokens(s).numpy(), self.windows(s, largest)[1].numel())
+                      for s in ("val", "test")}
+            self._references = reference_perplexities(split_tokens("train").numpy(), splits,
+                                                      largest)
+        return self._references
 
     def unit_nll(self, candidate: Candidate, split: str) -> np.ndarray:
         """The mean NLL of every block of ``unit`` consecutive predicted bytes of ``split``

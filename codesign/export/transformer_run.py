@@ -147,7 +147,8 @@ def export_transformer_member(run: TransformerRun, member: ParetoMember, out: Pa
         "device": run.identity["device"], "backend": run.identity["backend"],
         "budget_s": run.pareto.get("budget_s"),
         "arch": {"layers": arch.layers, "d_model": arch.d_model, "heads": arch.heads,
-                 "kv_heads": arch.kv_heads, "d_ff": arch.d_ff, "context": arch.context,
+                 "kv_heads": arch.kv_heads, "head_dim": arch.head_dim, "d_ff": arch.d_ff,
+                 "context": arch.context,
                  "vocab": vocab},
         "latency_s_predicted": member.latency_s,
         "latency_s_predicted_means": "one decoded token at position context-1 on "
