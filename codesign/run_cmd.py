@@ -41,7 +41,7 @@ def format_run(result: dict[str, Any]) -> str:
              f"input {'x'.join(map(str, result['input_shape']))})",
              f"latency p50 {t['p50_s'] * 1e3:.3f} ms, p90 {t['p90_s'] * 1e3:.3f} ms, min "
              f"{t['min_s'] * 1e3:.3f} ms ({t['repeats']} repeats after {t['warmup']} warm-ups, "
-             f"{t['threads']} thread(s), first run {t['first_run_s']:.2f} s, load "
+             f"{t['threads']} thread(s), {t['clock']} clock, first run {t['first_run_s']:.2f} s, load "
              f"{t['loadavg_1m']:.2f})"]
     pred = result.get("host_latency_s_predicted")
     if isinstance(pred, float):

@@ -130,7 +130,7 @@ def export_numba(run, member, out: Path, log: Callable[[str], None], *, warmup: 
         "host_latency_s_measured": timing.p50_s, "host_latency_p90_s": timing.p90_s,
         "host_latency_min_s": timing.min_s, "host_first_run_s": timing.first_run_s,
         "host_latency_repeats": timing.repeats, "host_latency_warmup": timing.warmup,
-        "host_loadavg_1m": timing.loadavg_1m,
+        "host_loadavg_1m": timing.loadavg_1m, "host_latency_clock": timing.clock,
         "numerics": numerics, "max_abs_diff": numerics["max_abs_diff"],
         "max_diff_steps": numerics["max_diff_steps"],
         "top1_agreement": numerics["top1_agreement"],

@@ -53,8 +53,8 @@ def run_tile(tile: TileSpec | None, kind: str) -> tuple[TileSpec, str]:
     if (tile.mr, tile.nr) in micro and (kind == "fp32" or tile.kc % 2 == 0):
         return tile, ""
     kc = tile.kc + (tile.kc % 2 if kind != "fp32" else 0)
-    ran = TileSpec(mc=max(tile.mc, default.mr), nc=max(tile.nc, default.nr), kc=kc,
-                   mr=default.mr, nr=default.nr)
+    mr, nr = default.mr, default.nr  # cache blocks rounded up to whole micro-tiles
+    ran = TileSpec(mc=-(-tile.mc // mr) * mr, nc=-(-tile.nc // nr) * nr, kc=kc, mr=mr, nr=nr)
     return ran, (f"the {kind} kernel has no {tile.mr}x{tile.nr} micro-tile: runs "
                  f"{default.mr}x{default.nr} with the chosen cache blocks")
 

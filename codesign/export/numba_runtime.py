@@ -288,15 +288,25 @@ class Timing:
     warmup: int
     threads: int
     loadavg_1m: float
+    clock: str
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def time_program(program: Program, x: np.ndarray, *, warmup: int = 5,
-                 repeats: int = 30) -> Timing:
-    """Wall time of ``program(x)``: the first run (kernels compile), ``warmup`` more, then
-    ``repeats`` timed runs; p50 / p90 / min, with the 1-minute load average."""
+                 repeats: int = 30, clock: str = "auto") -> Timing:
+    """Time ``program(x)``: the first run (kernels compile), ``warmup`` more, then ``repeats``
+    timed runs; p50 / p90 / min, with the 1-minute load average.
+
+    ``clock``: ``cpu`` (the calling thread's CPU time: on a shared machine a preempted run is
+    not charged for the time others ran; one thread only), ``wall``, or ``auto`` (cpu at one
+    thread, else wall), as ``codesign measure --clock``."""
+    if clock == "auto":
+        clock = "cpu" if program.threads == 1 else "wall"
+    if clock not in ("cpu", "wall") or (clock == "cpu" and program.threads != 1):
+        raise BadInput(f"clock {clock!r}: cpu (one thread only), wall or auto")
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     t0 = time.perf_counter()
     program(x)
     first = time.perf_counter() - t0
@@ -304,9 +314,9 @@ def time_program(program: Program, x: np.ndarray, *, warmup: int = 5,
         program(x)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         program(x)
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     arr = np.array(times)
     return Timing(float(np.median(arr)), float(np.percentile(arr, 90)), float(arr.min()),
-                  first, repeats, warmup, program.threads, os.getloadavg()[0])
+                  first, repeats, warmup, program.threads, os.getloadavg()[0], clock)
