@@ -68,3 +68,21 @@ def test_search_threads_is_a_cli_option(tmp_path, capsys):
     assert main(["search", "--device", "host", "--budget", "10ms", "--threads", "0",
                  "--out", str(tmp_path / "r")]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_parallel_convs_match_the_serial_ones():
+    """conv2d / conv2d_int8 take parallel=True (codesign run --threads N uses it)."""
+    import numpy as np
+
+    from codesign.kernels.conv import conv2d
+    from codesign.kernels.conv_int8 import conv2d_int8, pack_conv_weights
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 9, 9, 8)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 8, 40)).astype(np.float32)
+    np.testing.assert_array_equal(conv2d(x, w, stride=2, padding=1, parallel=True),
+                                  conv2d(x, w, stride=2, padding=1))
+    xq = rng.integers(-128, 128, size=(1, 9, 9, 8)).astype(np.int8)
+    wq = pack_conv_weights(rng.integers(-8, 8, size=(3, 3, 8, 40)).astype(np.int8), bits=4)
+    np.testing.assert_array_equal(conv2d_int8(xq, wq, padding=1, parallel=True),
+                                  conv2d_int8(xq, wq, padding=1))
