@@ -148,6 +148,34 @@ def prediction_stats(results: list[dict]) -> dict:
             "median_meas_over_pred": float(np.median(meas_a / pred_a))}
 
 
+def fixed_cost_per_layer(calls: int = 2000) -> dict:
+    """The cost of one int8 layer step that does (almost) no arithmetic: a 1-pixel, 8 -> 16
+    channel 1x1 conv2d_int8 plus its requantisation epilogue, as the runtime calls them (operand
+    checks, allocation, numba dispatch); median thread CPU time over ``calls`` calls."""
+    import time
+
+    from codesign.kernels import conv_int8
+    from codesign.kernels import epilogue as ep
+
+    x = np.ones((1, 1, 1, 8), np.int8)
+    w = conv_int8.pack_conv_weights(np.ones((1, 1, 8, 16), np.int8))
+    scale, bias = np.ones(16, np.float32), np.zeros(16, np.float32)
+    out = {}
+    for name, fn in (("conv_only", lambda: conv_int8.conv2d_int8(x, w)),
+                     ("conv_and_epilogue", lambda: ep.requantize_act(
+                         conv_int8.conv2d_int8(x, w).reshape(-1, 16), scale, bias, "hardswish",
+                         0.1))):
+        for _ in range(100):
+            fn()
+        t = []
+        for _ in range(calls):
+            t0 = time.thread_time()
+            fn()
+            t.append(time.thread_time() - t0)
+        out[f"{name}_s"] = float(np.median(t))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, type=Path)
@@ -165,10 +193,12 @@ def main() -> None:
     data = load_task("digits", (64, 64), 0)
     results = [budget_result(args.runs, int(b), data, args) for b in args.budgets.split(",")]
     summary = {"prediction": prediction_stats(results), "budgets": results,
+               "fixed_cost_per_layer": fixed_cost_per_layer(),
                "protocol": {k: getattr(args, k) for k in ("rounds", "warmup", "repeats")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary["prediction"], indent=2))
+    print("fixed cost per layer:", summary["fixed_cost_per_layer"])
     for r in results:
         print(f"budget {r['budget_ms']} ms: xnnpack best {r.get('xnnpack_best')}, codesign "
               f"equal {r.get('codesign_best_equal')}, speedup {r.get('speedup')}, fastest "
