@@ -78,6 +78,7 @@ def _cmd_search(args) -> int:
         finetune_steps=(args.finetune_steps if args.finetune_steps is not None
                         else 0 if args.evaluator else DEFAULT_FINETUNE_STEPS),
         max_formats=args.max_formats, predictor_trials=args.predictor_trials,
+        threads=args.threads,
         progress=not (args.no_progress or args.json) and sys.stderr.isatty(),
         progress_lines=not args.no_progress and not sys.stderr.isatty())
     result = run_search(config)
@@ -258,6 +259,12 @@ def _cmd_sweep(args) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args) -> int:
+    from codesign.run_cmd import cmd_run
+
+    return cmd_run(args)
+
+
 def _cmd_report(args) -> int:
     from codesign.report import report
 
@@ -268,7 +275,7 @@ def _cmd_report(args) -> int:
 COMMANDS = {"report": _cmd_report, "search": _cmd_search, "predict": _cmd_predict,
             "calibrate": _cmd_calibrate, "devices": _cmd_devices, "bench": _cmd_bench,
             "sweep": _cmd_sweep, "export": _cmd_export, "measure": _cmd_measure,
-            "bundle": _cmd_bundle, "ingest": _cmd_ingest}
+            "bundle": _cmd_bundle, "ingest": _cmd_ingest, "run": _cmd_run}
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:

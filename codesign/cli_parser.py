@@ -87,6 +87,9 @@ def _add_search(sub) -> None:
                 f"{DEFAULT_FINETUNE_STEPS} with the built-in evaluator, 0 with --evaluator)")
     s.add_argument("--task", default=None, help="MODULE:FACTORY returning your data as a "
                    "codesign.search_spaces.tasks.TaskSplits (default: the built-in digits)")
+    shared(s, "--threads", default=None,
+           help="search every member at this thread count only (default: 1, half and all of "
+                "the device's threads where the back-end lets threads be chosen)")
 
 
 def _add_sweep(sub) -> None:
@@ -210,9 +213,21 @@ def _add_inspection(sub) -> None:
                                    "model.pt2, manifest.json} (+ kernels.json for the codesign "
                                    "back-end) and verify every .pte on the ExecuTorch runtime.")
     e.add_argument("run_dir", metavar="RUN_DIR", help="a finished search's run directory")
-    e.add_argument("--format", default="pte,pt2", help="pte,pt2 (default both)")
+    e.add_argument("--format", default="pte,pt2", help="pte,pt2 (default both), or numba: "
+                   "codesign-back-end members as programs the project's kernels run "
+                   "(RUN_DIR/export/trial-N/numba/)")
     e.add_argument("--members", default="all", help="all (default) or trial numbers: 3,17")
     shared(e, "--json", help="print export/summary.json instead")
+
+    r = sub.add_parser("run", help="run and time an exported numba program",
+                       description="Load PROGRAM_DIR (codesign export --format numba), check it "
+                                   "against the scored model's outputs stored with it, and time "
+                                   "it end to end (warm-ups, repeats, p50).")
+    r.add_argument("program_dir", metavar="PROGRAM_DIR", help="RUN_DIR/export/trial-N/numba")
+    shared(r, "--threads", help="numba threads (default 1)")
+    shared(r, "--warmup", help="untimed runs after the first (default 5)")
+    shared(r, "--repeats", help="timed runs (default 30)")
+    shared(r, "--json", help="print the result as JSON")
 
 
 def _add_report(sub) -> None:

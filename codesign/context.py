@@ -384,8 +384,14 @@ def build_context(config, *, device: DeviceSpec | None = None) -> SearchContext:
     backend = backend_for(device, config.backend)
     cost_models = open_cost_models(config.cost_model, device, backend,
                                    getattr(config, "cost_model_file", None))
+    threads = getattr(config, "threads", None)
+    if threads is not None and cost_models.threads not in (None, threads):
+        raise BadInput(f"--threads {threads}: the fitted cost model was measured at "
+                       f"{cost_models.threads} thread(s) and prices nothing else")
+    if threads is None:
+        threads = cost_models.threads
     space = load_space(config.space, backend, device,
-                       (cost_models.threads,) if cost_models.threads is not None else None,
+                       (threads,) if threads is not None else None,
                        max_formats=getattr(config, "max_formats", 3))
     check_evaluator(getattr(config, "task", None), config.evaluator)
     space, task = bind_task(space, getattr(config, "task", None))

@@ -68,6 +68,9 @@ class SearchConfig:
     finetune_steps: int = 0  # a QAT fine-tune of each front member (evaluators that can)
     predictor_trials: int | None = None  # None: a fifth of the trials (see predictor_trials)
     task: str | None = None  # MODULE:FACTORY of the user's data (None: the built-in digits)
+    # --threads: every member is searched (priced) at this thread count only, so a member's
+    # prediction and a runtime measurement at the same count compare (None: the device's choices)
+    threads: int | None = None
 
 
 @dataclass

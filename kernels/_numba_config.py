@@ -73,14 +73,16 @@ def compile_context(*, slp: bool = True, loop_vectorize: bool = True) -> Iterato
             _config.SLP_VECTORIZE, _config.LOOP_VECTORIZE = old
 
 
-def jit_options(parallel: bool = False) -> dict:
+def jit_options(parallel: bool = False, fastmath: bool = True) -> dict:
     """Keyword arguments of ``numba.njit`` shared by every kernel.
 
     ``error_model="numpy"`` drops the Python-style ZeroDivisionError checks from integer ``//``
     and ``%`` in inner loops; the wrappers validate shapes, so kernels also skip bounds checks.
+    ``fastmath=False``: strict IEEE float arithmetic (no FMA contraction, no reciprocals), for
+    kernels whose results must equal a reference's bit for bit (``codesign.kernels.epilogue``).
     """
-    return dict(fastmath=set(FASTMATH), cache=CACHE, boundscheck=False, nogil=True,
-                error_model="numpy", parallel=parallel)
+    return dict(fastmath=set(FASTMATH) if fastmath else False, cache=CACHE, boundscheck=False,
+                nogil=True, error_model="numpy", parallel=parallel)
 
 
 class LazyKernel:
@@ -91,7 +93,8 @@ class LazyKernel:
     """
 
     def __init__(self, pyfunc: Callable, signatures: tuple, slp: bool, loop_vectorize: bool,
-                 parallel: bool) -> None:
+                 parallel: bool, fastmath: bool = True) -> None:
+        self.fastmath = fastmath
         self.pyfunc = pyfunc
         self.signatures = signatures
         self.slp = slp
@@ -108,7 +111,8 @@ class LazyKernel:
             with compile_context(slp=self.slp, loop_vectorize=self.loop_vectorize):
                 if self._dispatcher is None:
                     self._dispatcher = numba.njit(list(self.signatures),
-                                                  **jit_options(self.parallel))(self.pyfunc)
+                                                  **jit_options(self.parallel, self.fastmath)
+                                                  )(self.pyfunc)
         return self._dispatcher
 
     def __call__(self, *args):
@@ -116,13 +120,13 @@ class LazyKernel:
 
 
 def kernel(*signatures: str, slp: bool = True, loop_vectorize: bool = True,
-           parallel: bool = False) -> Callable[[Callable], LazyKernel]:
+           parallel: bool = False, fastmath: bool = True) -> Callable[[Callable], LazyKernel]:
     """Decorator: a private kernel with explicit numba signatures, compiled on first use."""
     if not signatures:
         raise ValueError("a kernel needs at least one explicit signature")
 
     def wrap(fn: Callable) -> LazyKernel:
-        return LazyKernel(fn, signatures, slp, loop_vectorize, parallel)
+        return LazyKernel(fn, signatures, slp, loop_vectorize, parallel, fastmath)
 
     return wrap
 

@@ -121,7 +121,8 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1,
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride: int = 1,
-           padding: int | str = 0, tile: TileSpec = DEFAULT_TILE) -> np.ndarray:
+           padding: int | str = 0, tile: TileSpec = DEFAULT_TILE,
+           parallel: bool = False) -> np.ndarray:
     """2-D convolution (cross-correlation, groups=1) via im2col + :func:`gemm_f32`.
 
     Args:
@@ -131,6 +132,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride:
         stride: positive int, both axes.
         padding: zero padding per side (int) or ``"same"`` (k // 2).
         tile: GEMM blocking for the (N*OH*OW, KH*KW*C_in) x (KH*KW*C_in, C_out) product.
+        parallel: split the GEMM's column slivers over numba's threads (``gemm_f32``'s).
 
     Returns:
         (N, OH, OW, C_out) float32 NHWC.
@@ -153,7 +155,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride:
     y = np.empty((m, cout), np.float32)
     if y.size == 0:
         return y.reshape(nb, oh, ow, cout)
-    gemm = gemm_f32_kernel(tile.mr, tile.nr)
+    gemm = gemm_f32_kernel(tile.mr, tile.nr, parallel)
     w2 = w.reshape(k, cout)
     if kh == 1 and kw == 1 and stride == 1 and pad == 0:
         # a 1x1 conv is a plain GEMM in NHWC

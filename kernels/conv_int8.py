@@ -149,7 +149,8 @@ def _epilogue(acc: np.ndarray, y: np.ndarray, multipliers: np.ndarray | None,
 
 def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | None = None,
                 bias: np.ndarray | None = None, stride: int = 1, padding: int | str = 0,
-                zero_point: int = 0, tile: TileSpec = DEFAULT_INT_TILE) -> np.ndarray:
+                zero_point: int = 0, tile: TileSpec = DEFAULT_INT_TILE,
+                parallel: bool = False) -> np.ndarray:
     """Quantised 2-D convolution (groups=1): int8 im2col + integer GEMM (+ requantisation).
 
     Args:
@@ -163,6 +164,7 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
             :func:`codesign.kernels.conv.conv2d`.
         zero_point: output zero point in [-128, 127] (requantised output only).
         tile: integer GEMM blocking (even kc; (mr, nr) supported for ``w.bits``).
+        parallel: split the GEMM's column slivers over numba's threads.
 
     Returns:
         (N, OH, OW, C_out): int8 ``clip(rint(float32(acc + bias) * multipliers) + zero_point,
@@ -186,7 +188,7 @@ def conv2d_int8(x: np.ndarray, w: PackedConvWeights, multipliers: np.ndarray | N
     stride = check_stride(stride)
     _check_requant(multipliers, bias, zero_point, cout)
     check_int_tile(tile, w.gemm.nr)
-    gemm = gemm_int_kernel(tile.mr, tile.nr, w.bits)
+    gemm = gemm_int_kernel(tile.mr, tile.nr, w.bits, parallel)
     pad = _resolve_padding(padding, kh, kw)
     nb, h, wd, _ = x.shape
     oh, ow = output_hw(h, wd, kh, kw, stride, pad)

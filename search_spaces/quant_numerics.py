@@ -50,11 +50,8 @@ def quantize_weight(weight: torch.Tensor, quant: QuantSpec, *,
         return w.half().float()
     m = _as_matrix(w)
     if quant.group_size == 0:
-        qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
-        # torchao's symmetric mapping: the half-range (qmax - qmin) / 2 spans the largest |w|,
-        # so 2-bit weights get four levels {-2, -1, 0, 1} x scale rather than a ternary code
-        scale = m.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / ((qmax - qmin) / 2)
-        return (torch.clamp(torch.round(m / scale), qmin, qmax) * scale).reshape(w.shape)
+        levels, scale = weight_levels(w, bits)
+        return (levels * scale).reshape(w.shape)
     g = quant.group_size
     if m.shape[1] % g:
         raise ValueError(f"group size {g} does not divide the reduction length {m.shape[1]}")
@@ -72,6 +69,20 @@ def quantize_weight(weight: torch.Tensor, quant: QuantSpec, *,
     return ((q - zero) * scale).reshape(w.shape)
 
 
+def weight_levels(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The integer levels and scales of symmetric per-output-channel quantization:
+    ``(levels, scale)`` with ``levels`` (rows, k) integer-valued float32 in
+    ``[-2^(b-1), 2^(b-1)-1]`` and ``scale`` (rows, 1), so ``levels * scale`` reshaped is
+    ``quantize_weight`` of a per-channel ``QuantSpec`` bit for bit (it is computed that way):
+    what an integer kernel is given."""
+    m = _as_matrix(weight.detach().float())
+    qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+    # torchao's symmetric mapping: the half-range (qmax - qmin) / 2 spans the largest |w|,
+    # so 2-bit weights get four levels {-2, -1, 0, 1} x scale rather than a ternary code
+    scale = m.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / ((qmax - qmin) / 2)
+    return torch.clamp(torch.round(m / scale), qmin, qmax), scale
+
+
 # ------------------------------------------------------------------------------ activations
 def fake_quant_tensor(x: torch.Tensor, lo: float, hi: float, bits: int = 8) -> torch.Tensor:
     """Asymmetric per-tensor fake quantization of ``x`` to ``bits`` over the range [lo, hi]
@@ -83,6 +94,24 @@ def fake_quant_tensor(x: torch.Tensor, lo: float, hi: float, bits: int = 8) -> t
     # (clamp(round(x / scale) + zero, 0, qmax) - zero) * scale, in place on one new tensor:
     # same values as torch.fake_quantize_per_tensor_affine, about 3x faster on CPU (no mask)
     return x.mul(1.0 / scale).round_().add_(zero).clamp_(0, qmax).sub_(zero).mul_(scale)
+
+
+def symmetric_scale(bound: float, bits: int = 8) -> float:
+    """The step of a symmetric (zero point 0) tensor whose range is [-bound, bound]: the
+    asymmetric step of that range, ``2 * bound / (2^b - 1)`` (torchao's symmetric mapping)."""
+    return max(2.0 * bound, 1e-8) / (2 ** bits - 1)
+
+
+def fake_quant_symmetric(x: torch.Tensor, bound: float, bits: int = 8) -> torch.Tensor:
+    """Symmetric per-tensor fake quantization: levels ``[-2^(b-1), 2^(b-1)-1]`` (zero point
+    exactly 0) times ``symmetric_scale(bound)``, rounding half to even.
+
+    ``fake_quant_tensor(x, -bound, bound)`` is not this: its zero point ``round(bound /
+    scale)`` is 127.5 in exact arithmetic and lands on 127 for about one bound in seven
+    (floating-point), shifting the levels to [-127, 128] - a grid no int8 tensor holds."""
+    qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+    scale = symmetric_scale(bound, bits)
+    return x.mul(1.0 / scale).round_().clamp_(qmin, qmax).mul_(scale)
 
 
 def fake_quant_dynamic(x: torch.Tensor, bits: int = 8) -> torch.Tensor:

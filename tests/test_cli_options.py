@@ -28,7 +28,7 @@ OPTIONS_BEFORE = {
     "search": "--device! --budget! --ttft-budget --backend --space --trials --timeout --seed "
               "--sampler --cost-model --cost-model-file --workers --ray-address --evaluator "
               "--baseline --out --resume --json --export --no-progress --min-accuracy "
-              "--max-formats --predictor-trials --finetune-steps --task",
+              "--max-formats --predictor-trials --finetune-steps --task --threads",
     "calibrate": "--space! --measurements! --target! --prior-columns --samples! --seed --save "
                  "--cost-model --device --backend --threads --json",
     "measure": "--device! --space! --backend --n! --out! --seed --threads --warmup --repeats "
@@ -39,6 +39,8 @@ OPTIONS_BEFORE = {
     "devices": "ACTION NAME --json",
     "bench": "SUITE! --quick --backend --json",
     "export": "RUN_DIR! --format --members --json",
+    # issue 21: run an exported numba program
+    "run": "PROGRAM_DIR! --threads --warmup --repeats --json",
     "sweep": "--devices! --budgets! --trials --backend --space --seed --sampler --cost-model "
              "--evaluator --ray-address --out!",
     "report": "RUN_DIR! --member --html",
@@ -47,11 +49,12 @@ OPTIONS_BEFORE = {
 INTEGER_OPTIONS = {
     "predict": {"--threads", "--prompt-len", "--context", "--weight-bits", "--group-size"},
     "search": {"--trials", "--seed", "--workers", "--max-formats", "--predictor-trials",
-               "--finetune-steps"},
+               "--finetune-steps", "--threads"},
     "calibrate": {"--samples", "--seed", "--threads"},
     "measure": {"--n", "--seed", "--threads", "--warmup", "--repeats", "--rounds",
                 "--noise-candidates"},
     "bundle": {"--n", "--seed", "--threads", "--warmup", "--repeats", "--rounds"},
+    "run": {"--threads", "--warmup", "--repeats"},
     "sweep": {"--trials", "--seed"},
     "report": {"--member"},
 }

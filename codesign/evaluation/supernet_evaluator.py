@@ -176,6 +176,11 @@ class SupernetEvaluator(Evaluator):
             self._prepared.popitem(last=False)
         return subnet, executor
 
+    def executor(self, candidate: Candidate) -> OpListExecutor:
+        """The calibrated, fake-quantized model ``candidate`` is scored with (its op list at
+        the evaluation shape): the reference an exported program is checked against."""
+        return self._prepare_candidate(candidate)[1]
+
     def evaluate(self, candidate: Candidate, *, split: str = "val") -> AccuracyResult:
         """Top-1 accuracy of ``candidate`` as priced (pruned, quantized) on ``split``."""
         check_split(split)

@@ -19,17 +19,19 @@ COST_MODEL = "analytic"
 
 
 @functools.lru_cache(maxsize=None)
-def _host_model(threads: int):
+def _host_model(threads: int, backend: str = PROGRAM_BACKEND):
     # one model per thread count for the whole export: loading the host spec detects the CPU
     from codesign.cost_models.analytic import AnalyticCostModel
     from codesign.cost_models.backends import load_backend
     from codesign.cost_models.devices import load_device
 
-    return AnalyticCostModel(load_device(HOST), load_backend(PROGRAM_BACKEND), threads=threads)
+    return AnalyticCostModel(load_device(HOST), load_backend(backend), threads=threads)
 
 
-def host_prediction(ops: Sequence, threads: int) -> dict[str, Any]:
-    """Manifest entries for the program ``ops`` describe, measured here at ``threads``.
+def host_prediction(ops: Sequence, threads: int, backend: str = PROGRAM_BACKEND
+                    ) -> dict[str, Any]:
+    """Manifest entries for the program ``ops`` describe, measured here at ``threads`` on
+    ``backend``'s kernels (a ``.pte``: XNNPACK; a numba program: ``codesign``).
 
     Returns ``{"host_latency_s_predicted": seconds or None, "host_prediction": {"device",
     "backend", "threads", "cost_model", "cpu"}}``; the latency is None, with ``why_not`` in
@@ -38,10 +40,10 @@ def host_prediction(ops: Sequence, threads: int) -> dict[str, Any]:
     """
     from codesign.cost_models.ir import OpBatch
 
-    info: dict[str, Any] = {"device": HOST, "backend": PROGRAM_BACKEND, "threads": int(threads),
+    info: dict[str, Any] = {"device": HOST, "backend": backend, "threads": int(threads),
                             "cost_model": COST_MODEL}
     try:
-        model = _host_model(int(threads))
+        model = _host_model(int(threads), backend)
         latency = float(model.predict(OpBatch.from_oplists([list(ops)])).latency_s[0])
     except ValueError as exc:  # SpecError, UnpriceableOp, too many threads: all ValueErrors
         info["why_not"] = f"{type(exc).__name__}: {exc}"

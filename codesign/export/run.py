@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # annotations only
     from codesign.search_spaces.base import SearchSpace
 
 FORMATS = ("pte", "pt2")
+NUMBA = "numba"  # the project's own kernels run the member (codesign back-end; numba_export.py)
 CALIBRATION_IMAGES = 32
 CHECK_IMAGES = 4
 
@@ -64,9 +65,12 @@ class MemberResult:
 # ------------------------------------------------------------------------------ arguments
 def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip() for f in str(text).split(",") if f.strip()))
+    if formats == (NUMBA,):
+        return formats
     bad = [f for f in formats if f not in FORMATS]
     if not formats or bad:
-        raise BadInput(f"--format {text!r}: expected a comma list of {', '.join(FORMATS)}")
+        raise BadInput(f"--format {text!r}: expected a comma list of {', '.join(FORMATS)}, "
+                       f"or {NUMBA} alone")
     return formats
 
 
@@ -202,8 +206,11 @@ class _Run(RunSpecs):
         if evaluator is not None:
             space = evaluator.space
         else:
+            options = identity.get("options", {})
+            pinned = options.get("threads")  # search --threads: the members' only thread count
             space = load_space(identity["space"], backend, device,
-                               max_formats=int(identity.get("options", {}).get("max_formats", 3)))
+                               (int(pinned),) if pinned else None,
+                               max_formats=int(options.get("max_formats", 3)))
             # the members are slices of an MBConv supernet: another space has none to build from
             if not isinstance(space, MBConvSpace):
                 raise BadInput(f"{run_dir}: space {identity['space']!r} has no trained weights "
@@ -257,6 +264,12 @@ def export_member(run: _Run, member: ParetoMember, out: Path, formats: Sequence[
     from codesign.cost_models.tile_resolution import apply_tuned_tiles, resolve_tile
 
     trial = int(member.trial)
+    if tuple(formats) == (NUMBA,):
+        from codesign.export.numba_export import export_numba
+
+        start = time.perf_counter()
+        manifest, files, status, reason = export_numba(run, member, out / NUMBA, log)
+        return finish_member(trial, out / NUMBA, manifest, files, status, reason, start, log)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -397,6 +410,12 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
                        "(no exporter registered for it)")
     exporter = EXPORTERS.get(entry.exporter if entry is not None else "supernet")
     run, export_one = exporter.open(run_dir, evaluator), exporter.export_member
+    if NUMBA in formats and not isinstance(run, _Run):
+        raise BadInput(f"--format {NUMBA}: only MBConv members (the supernet exporter) have a "
+                       "numba program builder")
+    if NUMBA in formats and not getattr(run.backend, "project_kernels", False):
+        raise BadInput(f"--format {NUMBA}: the run searched back-end {run.backend.name!r}; "
+                       "numba programs run members of the codesign back-end (its kernels)")
     chosen = select_members(front_members(run.pareto), members)
     torch.set_num_threads(1)
     results = []
@@ -418,8 +437,9 @@ def export_run(run_dir: Path, *, formats: Sequence[str] = FORMATS, members: str 
         {"trial": r.trial, "status": r.status, "reason": r.reason, "dir": str(r.directory),
          **{k: r.manifest.get(k) for k in ("latency_s_predicted", "host_latency_s_predicted",
                                            "host_latency_s_measured",
-                                           "max_abs_diff", "accuracy_search_test",
-                                           "accuracy_exported", "export_seconds")}}
+                                           "max_abs_diff", "max_diff_steps", "top1_agreement",
+                                           "accuracy_search_test", "accuracy_exported",
+                                           "export_seconds")}}
         for r in results]})
     return results
 
@@ -435,7 +455,8 @@ def format_results(results: Sequence[MemberResult]) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
     target = next((r.manifest["device"] for r in results if r.manifest.get("device")), "target")
-    groups = [("host: this machine, XNNPACK", (("thr", 3), ("pred ms", 8), ("meas ms", 8),
+    numba = any(r.manifest.get("format") == NUMBA for r in results)
+    groups = [("host: this machine, " + ("numba kernels" if numba else "XNNPACK"), (("thr", 3), ("pred ms", 8), ("meas ms", 8),
                                                 ("meas/pred", 9))),
               (f"target: {target}, as searched", (("thr", 3), ("pred ms", 8)))]
     widths = [max(len(label), sum(w for _, w in cols) + len(cols) - 1) for label, cols in groups]
