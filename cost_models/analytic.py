@@ -171,6 +171,11 @@ class AnalyticCostModel(CostModel):
                 self._meas_eff[KIND_CODES[kind], DTYPE_CODES[dtype]] = value.value
 
     @property
+    def program_overhead_s(self) -> float:
+        """The inference's own fixed cost, charged to each candidate's first priced op."""
+        return float(self._program_s)
+
+    @property
     def assumptions(self) -> dict:
         clusters: dict[str, int] = {}
         for c in self.cores:

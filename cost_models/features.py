@@ -232,7 +232,11 @@ class OpFeaturizer:
         pred = self.analytic.predict(unique)
         compute = pred.op_compute_s
         memory = pred.op_memory_s
-        latency = pred.op_latency_s
+        # Each distinct op is priced as a candidate of its own, so the analytic model charged
+        # every one the per-inference program cost: taken back out, as it is no op's term (the
+        # fit's intercept carries it). Left in, it swamped the per-op terms on light ops.
+        latency = np.where(pred.op_latency_s > 0,
+                           pred.op_latency_s - self.analytic.program_overhead_s, 0.0)
         return {
             "latency_s": latency, "compute_s": compute, "memory_s": memory,
             "overhead_s": latency - np.maximum(compute, memory), "flops": unique.flops,

@@ -59,6 +59,23 @@ def test_oplist_and_batch_featurisation_agree():
     np.testing.assert_allclose(parts + a[:, FEATURE_NAMES.index("foldable.latency_s")], total)
 
 
+def test_features_carry_op_terms_not_the_per_inference_cost():
+    """Each distinct op is priced as a one-op candidate: the analytic model's per-inference
+    program cost must not be counted once per distinct op (it was, after the measured
+    program overhead landed, and put 5 us on every op of a phone's features)."""
+    lists = [fbnet.lower_arch(fbnet.parse_ops(" ".join(["k3_e1_g2"] * 22)))]
+    featurizer = OpFeaturizer()
+    assert featurizer.analytic.program_overhead_s > 0
+    table = signatures_from_oplists(lists)
+    live = table.signatures[:, -1] > 0
+    total = featurizer.features_from_oplists(lists)[0, FEATURE_NAMES.index("total.latency_s")]
+    analytic = featurizer.analytic.predict(OpBatch.from_oplists(lists)).latency_s[0]
+    # the candidate's analytic latency is its live ops' terms plus one program cost
+    np.testing.assert_allclose(total + featurizer.analytic.program_overhead_s, analytic,
+                               rtol=1e-9)
+    assert live.any()
+
+
 def test_live_mask_finds_dead_and_constant_ops():
     ops = [Op("a", OpKind.ELEMENTWISE, (4,), ((4,),), inputs=("",)),
            Op("dead", OpKind.ELEMENTWISE, (4,), ((4,),), inputs=("a",)),
