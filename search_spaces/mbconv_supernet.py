@@ -406,3 +406,24 @@ def save_atomic(blob: dict, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_first_readable(sources, read: Callable[[Path], object],
+                        progress: Callable[[TrainProgress], None] | None = None):
+    """``read(source)`` of the first existing source that reads, reporting what it loaded or
+    skipped through ``progress``; None when none does. A corrupt or stale file is skipped, not
+    fatal: the caller retrains rather than failing the search."""
+    for source in sources:
+        if not source.is_file():
+            continue
+        try:
+            loaded = read(source)
+        except Exception as exc:
+            if progress is not None:
+                progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
+                                       f"ignoring unreadable weights {source}: {exc}"))
+            continue
+        if progress is not None:
+            progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {source}"))
+        return loaded
+    return None

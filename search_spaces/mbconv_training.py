@@ -30,7 +30,8 @@ from codesign.cost_models.devices import CONFIG_DIR
 from codesign.search_spaces.mbconv import MBConvConfig, units
 from codesign.search_spaces.mbconv_qat import sample_unit_formats, train_format
 from codesign.search_spaces.mbconv_supernet import (MBConvSupernet, TrainProgress, cache_dir,
-                                                    sample_arch, save_atomic)
+                                                    load_first_readable, sample_arch,
+                                                    save_atomic)
 from codesign.search_spaces.tasks import TaskError, is_user_task, load_task, task_digest, user_task
 
 CACHE_FORMAT = 3  # bump when the parameter layout or the training procedure changes
@@ -297,18 +298,9 @@ def get_trained_supernet(config: MBConvConfig, seed: int = 0, *,
     path = cache_path(config, seed, train)
     # the shipped weights are the built-in task's; a user's data trains on first use
     sources = (path,) if is_user_task(train.task) else (path, shipped_path(config, seed, train))
-    for source in sources:
-        if not source.is_file():
-            continue
-        try:
-            net = _load_weights(config, train, source)
-        except Exception as exc:  # a corrupt or stale file: retrain rather than fail the search
-            if progress is not None:
-                progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
-                                       f"ignoring unreadable weights {source}: {exc}"))
-            continue
-        if progress is not None:
-            progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {source}"))
+    net = load_first_readable(sources, lambda source: _load_weights(config, train, source),
+                              progress)
+    if net is not None:
         return net
     checkpoint = path.with_suffix(".ckpt")
     net = train_supernet(config, seed, train, progress=progress, checkpoint=checkpoint)

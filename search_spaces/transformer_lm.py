@@ -54,7 +54,8 @@ from torch.func import functional_call
 
 from codesign.cost_models.devices import CONFIG_DIR
 from codesign.kernels.cache_paths import cache_dir
-from codesign.search_spaces.mbconv_supernet import TrainProgress, config_digest, save_atomic
+from codesign.search_spaces.mbconv_supernet import (TrainProgress, config_digest,
+                                                    load_first_readable, save_atomic)
 from codesign.search_spaces.transformer import (Candidate, TransformerArch, TransformerConfig,
                                                 TransformerSpace)
 
@@ -422,20 +423,8 @@ def get_trained_lm(config: TransformerConfig, seed: int = 0, *,
     if key in _LOADED:
         return _LOADED[key]
     path = cache_path(config, seed, train)
-    params = None
-    for source in (path, shipped_path(config, seed, train)):
-        if not source.is_file():
-            continue
-        try:
-            params = _read_weights(config, source)
-        except Exception as exc:  # a corrupt or stale file: retrain rather than fail the search
-            if progress is not None:
-                progress(TrainProgress(0, 0, 0, float("nan"), 0.0,
-                                       f"ignoring unreadable weights {source}: {exc}"))
-            continue
-        if progress is not None:
-            progress(TrainProgress(0, 0, 0, float("nan"), 0.0, f"loaded {source}"))
-        break
+    params = load_first_readable((path, shipped_path(config, seed, train)),
+                                 lambda source: _read_weights(config, source), progress)
     if params is None:
         log.info("training the %s LM supernet (%d steps; cached as %s)", config.name,
                  train.steps, path)
