@@ -64,7 +64,7 @@ GRID = (
     ("avg_pool", "avgpool2_40x40x40", (1, 40, 40, 40)),
     ("global_pool", "mean_120x14x14", (1, 120, 14, 14)),
 )
-PORTABLE = ("where", "masked_fill", "layer_norm", "mean_last", "expand_copy")
+PORTABLE = ("where", "masked_fill", "layer_norm", "mean_last", "expand_copy", "compare")
 PORTABLE_SHAPES = ((1, 12, 400), (1, 12, 4000))  # elements 4800, 48000
 PORTABLE_COUNTS = (1, 8)
 
@@ -123,6 +123,10 @@ class PortableChain(nn.Module):
         self.norm = nn.LayerNorm(shape[-1])
 
     def forward(self, x):
+        if self.op == "compare":
+            # eq.Scalar on the float input, n independent calls, each a program output: a compare
+            # gives a bool, which a chain could only feed back through a cast or a where
+            return tuple(x.eq(float(i)) for i in range(self.n))
         for _ in range(self.n):
             if self.op == "where":
                 x = torch.where(self.mask, x, self.other)
@@ -199,6 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", required=True)
     p.add_argument("--skip", nargs="*", default=[], choices=["chain", "op", "portable"])
+    p.add_argument("--portable-ops", nargs="*", default=list(PORTABLE), choices=PORTABLE,
+                   help="which portable ops to time (all)")
     p.add_argument("--programs", default=None,
                    help="pickle of the lowered programs: written if absent, else timed as is")
     p.add_argument("--derive-only", action="store_true",
@@ -225,7 +231,7 @@ def main(argv=None) -> int:
         with open(args.programs, "rb") as fh:  # this script's own file, written below
             programs, shapes, threads = pickle.load(fh)
     else:
-        programs, shapes, threads = _lower_all(args.skip)
+        programs, shapes, threads = _lower_all(args.skip, args.portable_ops)
         if args.programs:
             import pickle
 
@@ -247,7 +253,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _lower_all(skip) -> tuple[dict, dict, dict]:
+def _lower_all(skip, portable_ops=PORTABLE) -> tuple[dict, dict, dict]:
     programs, shapes, threads = {}, {}, {}
     if "chain" not in skip:
         for s in CHAIN_SIZES:
@@ -263,7 +269,7 @@ def _lower_all(skip) -> tuple[dict, dict, dict]:
                 key = f"op/{label}/{prec}"
                 programs[key], shapes[key], threads[key] = _lower(module, shape, prec), shape, 1
     if "portable" not in skip:
-        for op in PORTABLE:
+        for op in portable_ops:
             for shape in PORTABLE_SHAPES:
                 for n in PORTABLE_COUNTS:
                     key = f"portable/{op}/{int(np.prod(shape))}/{n}"
