@@ -23,10 +23,12 @@ WIDTH, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, POSITIONS = 64, 2, 4, 2, 128, 256, 2
 _SIZES = {
     ("hidden_size", "n_embd", "d_model", "dim", "model_dim", "embed_dim", "hidden_dim",
      "word_embed_proj_dim"): WIDTH,
-    ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers"): LAYERS,
-    ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"): HEADS,
+    ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads",
+     "encoder_attention_heads", "num_decoder_attention_heads",
+     "num_encoder_attention_heads"): HEADS,
     ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num"): KV_HEADS,
     ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "decoder_ffn_dim",
+     "encoder_ffn_dim",
      "moe_intermediate_size", "shared_expert_intermediate_size"): FFN,
     ("vocab_size",): VOCAB,
     ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
@@ -52,38 +54,179 @@ class Entry:
 
 
 def tiny_config(model_type: str):
-    """The model type's default config with every size set small (text config of
-    multimodal ones too), ``use_cache`` on, eager-free SDPA attention where offered."""
+    """The model type's default config with every size set small (text config of multimodal
+    ones too, every per-layer field following the tiny layer count, dependent head dims kept
+    consistent), rebuilt through the config's constructor so that the fields it derives
+    (layer types, head dims) follow; ``use_cache`` on."""
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model(model_type)
+    default = AutoConfig.for_model(model_type)
+    if getattr(default, "is_heterogeneous", False):
+        default.allow_global_per_layer_attribute_access = True
+    fields = _shrink(default.to_dict())
+    for name in ("model_type", "transformers_version", "allow_global_per_layer_attribute_access"):
+        fields.pop(name, None)
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+    except Exception:  # a constructor that refuses its own to_dict(): shrink in place
+        config = _shrink_in_place(AutoConfig.for_model(model_type))
     targets = [config]
-    text = config.get_text_config() if hasattr(config, "get_text_config") else None
+    try:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else None
+    except ValueError:  # several text configs (musicgen): the decoder is the LM
+        text = getattr(config, "decoder", None)
     if text is not None and text is not config:
         targets.append(text)
     for target in targets:
-        for names, value in _SIZES.items():
-            for name in names:
-                if hasattr(target, name) and isinstance(getattr(target, name), int):
-                    try:
-                        setattr(target, name, value)
-                    except AttributeError:  # a derived property (falcon's head_dim)
-                        pass
         if getattr(target, "multi_query", False) and hasattr(target, "num_kv_heads"):
             target.num_kv_heads = 1  # falcon's multi-query attention: one K/V head
-        for name in ("layer_types",):  # per-layer lists follow the layer count
-            value = getattr(target, name, None)
-            if isinstance(value, list) and value:
-                setattr(target, name, (value * LAYERS)[:LAYERS])
         if hasattr(target, "use_cache"):
             target.use_cache = True
         if hasattr(target, "is_decoder"):  # encoders' *LMHeadModel run causally only so
             target.is_decoder = True
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(target, name, None)
-            if isinstance(value, int) and value >= VOCAB:
-                setattr(target, name, 0)
     return config
+
+
+def _shrink_in_place(config):
+    for target in (config, getattr(config, "text_config", None)):
+        if target is None:
+            continue
+        for names, value in _SIZES.items():
+            for name in names:
+                if _int(getattr(target, name, None)):
+                    try:
+                        setattr(target, name, value)
+                    except (AttributeError, NotImplementedError, ValueError):
+                        pass  # a derived property (falcon's head_dim)
+        for name in _LAYER_NAMES:
+            if _int(getattr(target, name, None)):
+                try:
+                    setattr(target, name, LAYERS)
+                except (AttributeError, NotImplementedError, ValueError):
+                    pass
+    return config
+
+
+def config_for(cls, config):
+    """``config``, or its sub-config of the class ``cls`` takes (a multimodal model type whose
+    causal-LM class is the text model's)."""
+    wanted = getattr(cls, "config_class", None)
+    if wanted is None or isinstance(config, wanted):
+        return config
+    for value in vars(config).values():
+        if isinstance(value, wanted):
+            return value
+    return config
+
+
+_LAYER_NAMES = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
+                "decoder_layers", "encoder_layers", "num_encoder_layers")
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _layer_count(d: dict) -> int | None:
+    for name in _LAYER_NAMES:
+        if _int(d.get(name)):
+            return d[name]
+    return None
+
+
+def _keep_layers(d: dict, layers: int) -> list[int]:
+    """Which of the default's ``layers`` layers the tiny stack keeps: the first of each kind
+    any per-layer list or per-layer override names (a hybrid keeps one layer of each kind),
+    then the first ones, ``LAYERS`` at least."""
+    keep = set()
+    for value in d.values():
+        if isinstance(value, (list, tuple)) and len(value) == layers:
+            seen = set()
+            for i, item in enumerate(value):
+                key = repr(item)
+                if key not in seen:
+                    seen.add(key)
+                    keep.add(i)
+    overrides = d.get("per_layer_config")
+    if isinstance(overrides, dict) and overrides:
+        seen = set()
+        for i in range(layers):
+            key = repr(overrides.get(f"{i:02d}", overrides.get(str(i), overrides.get(i))))
+            if key not in seen:
+                seen.add(key)
+                keep.add(i)
+    i = 0
+    while len(keep) < LAYERS and i < layers:
+        keep.add(i)
+        i += 1
+    return sorted(keep)
+
+
+def _shrink(d: dict) -> dict:
+    """A config dict with every size small and every per-layer field following the tiny
+    layer count; nested sub-configs (text / vision / decoder) shrunk alike."""
+    out = dict(d)
+    for key, value in d.items():
+        if isinstance(value, dict) and "model_type" in value:
+            out[key] = _shrink(value)
+    for names, value in _SIZES.items():
+        for name in names:
+            if _int(out.get(name)):
+                out[name] = value
+    # sizes a default leaves unset that its model needs (derived from the others upstream)
+    for name in ("head_dim", "num_key_value_heads", "n_routed_experts", "num_experts_per_tok"):
+        if name in out and out[name] is None and "num_attention_heads" in out:
+            out[name] = next(v for names, v in _SIZES.items() if name in names)
+    if out.get("n_shared_experts", 0) is None and out.get("n_routed_experts"):
+        out["n_shared_experts"] = 1
+    # dependent head dims keep the default's relations (multi-head latent attention: the
+    # RoPE part is ``head_dim``, the query/key head is the no-RoPE part plus the RoPE part)
+    if _int(d.get("qk_rope_head_dim")) and _int(d.get("qk_nope_head_dim")):
+        rope, nope = out["qk_rope_head_dim"], out["qk_nope_head_dim"]
+        for name in ("head_dim", "qk_head_dim", "index_head_dim"):
+            if d.get(name) == d["qk_rope_head_dim"]:
+                out[name] = rope
+            elif d.get(name) == d["qk_rope_head_dim"] + d["qk_nope_head_dim"]:
+                out[name] = rope + nope
+    layers = _layer_count(d)
+    if layers:
+        keep = _keep_layers(d, layers)
+        # a repeating block pattern shorter than the stack: one period at least
+        for key, value in d.items():
+            if key.endswith("types") and isinstance(value, (list, tuple)) \
+                    and 1 < len(value) < layers and len(keep) < len(value) <= 2 * LAYERS:
+                keep = list(range(len(value)))
+        n = len(keep)
+        for name in _LAYER_NAMES:
+            if _int(d.get(name)):
+                out[name] = n
+        for key, value in d.items():
+            if isinstance(value, (list, tuple)) and len(value) == layers:
+                out[key] = type(value)(value[i] for i in keep)
+            elif key.endswith(("_period", "_offset")) and _int(value) and "layer" in key:
+                out[key] = value  # fixed below, once the period is known
+            elif isinstance(value, (list, tuple)) and value and all(_int(v) for v in value) \
+                    and "layer" in key and ("indices" in key or "idx" in key or "ids" in key) \
+                    and max(value) < layers:  # layer indices: the kept ones, renumbered
+                out[key] = [keep.index(v) for v in value if v in keep] or [n - 1]
+        for key, value in d.items():  # every k-th layer from an offset: within the stack
+            if key.endswith("_period") and _int(value) and "layer" in key and value > n:
+                out[key] = n
+                off = key[: -len("period")] + "offset"
+                if _int(d.get(off)):
+                    out[off] = min(d[off], n - 1)
+        overrides = d.get("per_layer_config")
+        if isinstance(overrides, dict) and overrides:
+            tiny = {}
+            for j, i in enumerate(keep):
+                found = overrides.get(f"{i:02d}", overrides.get(str(i), overrides.get(i)))
+                if found:
+                    tiny[f"{j:02d}"] = _shrink({**found})
+            out["per_layer_config"] = tiny
+    for key, value in d.items():  # special tokens inside the tiny vocabulary
+        if key.endswith("_token_id") and _int(value) and value >= VOCAB:
+            out[key] = 0
+    return out
 
 
 def causal_lm_entries() -> list[Entry]:
@@ -100,14 +243,14 @@ def causal_lm_entries() -> list[Entry]:
             # can read the cache's position counters (data-dependent .item() calls, biogpt)
             try:
                 with torch.device("meta"):
-                    sized = cls(tiny_config(model_type)).eval()
+                    sized = cls(config_for(cls, tiny_config(model_type))).eval()
                 if sum(p.numel() for p in sized.parameters()) > MAX_CPU_PARAMS:
                     return sized
             except TimeoutError:
                 raise
             except Exception:
                 pass
-            return cls(tiny_config(model_type)).eval()
+            return cls(config_for(cls, tiny_config(model_type))).eval()
         return build
 
     return [Entry(t, c, factory_for(t, c))
