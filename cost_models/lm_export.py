@@ -79,21 +79,8 @@ def _check_hf(model) -> None:
                            "LM (use its *ForCausalLM class)")
 
 
-def _hf_step(model, context: int) -> torch.nn.Module:
-    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
-
-    class LastTokenLogits(TorchExportableModuleWithStaticCache):
-        """transformers' ExecuTorch wrapper, returning the last position's logits only."""
-
-        def forward(self, input_ids, cache_position):  # noqa: D401 - torch API
-            for layer in self.static_cache.layers:
-                layer.cumulative_length.copy_(cache_position[0])
-            extra = {}
-            if self.takes_positions:  # absolute positions, passed on export's retry
-                extra["position_ids"] = cache_position.unsqueeze(0)
-            out = self.model(input_ids=input_ids, attention_mask=None, cache=self.static_cache,
-                             use_cache=True, logits_to_keep=1, **extra)
-            return out.logits
+def _hf_step(model, shape: PhaseShape) -> torch.nn.Module:
+    from codesign.cost_models.lm_cache import CachedStep
 
     _check_hf(model)
     text = model.config.get_text_config()
@@ -105,9 +92,7 @@ def _hf_step(model, context: int) -> torch.nn.Module:
     model.generation_config.use_cache = True
     model.generation_config.cache_implementation = "static"
     try:
-        step = LastTokenLogits(model, batch_size=1, max_cache_len=context, device=model.device)
-        step.takes_positions = False
-        return step
+        return CachedStep(model, shape.context, shape.start, shape.tokens)
     except Exception as exc:  # transformers raises many types for configs it cannot cache
         raise LoweringError(f"{type(model).__name__}: no static KV cache: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -137,7 +122,7 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     positions = torch.arange(shape.start, shape.attended, dtype=torch.long, device=device)
     attempts: list[tuple[torch.nn.Module, tuple, dict]] = []
     if is_hf_causal_lm(model):
-        step = _hf_step(model, shape.context)
+        step = _hf_step(model, shape)
         attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
         if "position_ids" in inspect.signature(model.forward).parameters:
             attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))

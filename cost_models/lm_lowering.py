@@ -32,6 +32,8 @@ from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_export import PhaseShape
 from codesign.cost_models.lowering import _Lowerer
 from codesign.cost_models.lowering_rules import LoweringError, matmul_rule, node_shape as _shape
+from codesign.cost_models.lm_cache import STATE_PREFIXES
+from codesign.cost_models.lm_recurrent import STATE_WRITE, conv1d, is_conv1d
 
 aten = torch.ops.aten
 
@@ -47,7 +49,8 @@ _VIEWS = {aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.split_with
           aten.contiguous.default, aten.alias.default, aten.flatten.using_ints,
           aten.unflatten.int, aten.dropout.default, aten.detach.default, aten.view_as.default,
           aten.expand_as.default, aten.lift_fresh_copy.default, aten._unsafe_view.default,
-          aten.view_as_real.default, aten.view_as_complex.default}
+          aten.view_as_real.default, aten.view_as_complex.default, aten.tensor_split.indices,
+          aten.tensor_split.sections}
 _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.default,
           aten.exp.default, aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
           aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.reciprocal.default,
@@ -121,6 +124,7 @@ class LoweredLM:
     embedding_elems: int  # token-embedding tables not shared with a linear (stored apart)
     tied: bool  # the token table is the LM head's matrix (stored once)
     idle_expert_elems: int = 0  # MoE experts' weights the step does not read (stored only)
+    state_elems: int = 0  # recurrent / conv state buffers (``lm_recurrent``), not K/V
 
 
 class _LMLowerer(_Lowerer):
@@ -131,6 +135,7 @@ class _LMLowerer(_Lowerer):
         sig = ep.graph_signature
         self.mutated = set((getattr(sig, "buffers_to_mutate", {}) or {}).values())
         self.buffer_of = dict(sig.inputs_to_buffers)
+        self.state_inputs = _state_inputs(ep)
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
         user = [n for n in placeholders if n.name in set(sig.user_inputs)]
         self.tokens = user[0] if user else None
@@ -290,6 +295,8 @@ class _LMLowerer(_Lowerer):
             return self.simple(node, OpKind.LAYOUT, 0.0)
         if str(target) in _GROUPED_MM:
             return self._grouped_mm(node)
+        if is_conv1d(node):
+            return conv1d(self, node)
         if target is aten.baddbmm.default:
             return matmul_rule(self, node, node.args[1], node.args[2])
         if target is aten.linear.default and isinstance(node.args[1], torch.fx.Node):
@@ -358,6 +365,11 @@ class _LMLowerer(_Lowerer):
 
     def _cache_write(self, node) -> None:
         src = self._written(node)
+        base = self._base(node)
+        if base is not None and self.is_state(base) and src is not None:
+            shape = _shape(src)  # a recurrent state rewritten: its real bytes, stream precision
+            return self.emit(node, Op(self.name_for(node), OpKind.LAYOUT, shape, (shape,),
+                                      inputs=(self.producer(src),), source=STATE_WRITE))
         if self.layout is not None and _module_of(node)[0] in self.attention_modules:
             # priced by the fused layout's cache writes at the attention op
             self.value_of[node] = self.producer(src) if src is not None else ""
@@ -437,26 +449,50 @@ class _LMLowerer(_Lowerer):
         self.value_of[node] = name
 
     # ------------------------------------------------------------------ summary
-    def kv_cache_elems(self) -> int:
+    def _base(self, node):
+        """The placeholder (buffer) an in-place write's destination views, or None."""
+        base = node.args[0] if node.args else None
+        for _ in range(8):
+            if not isinstance(base, torch.fx.Node) or base.op == "placeholder":
+                break
+            base = base.args[0] if base.args else None
+        return base if isinstance(base, torch.fx.Node) and base.op == "placeholder" else None
+
+    def is_state(self, placeholder) -> bool:
+        """A recurrent / conv state buffer (``lm_cache``), not a K/V cache."""
+        return placeholder.name in self.state_inputs
+
+    def cache_elems(self) -> tuple[int, int]:
         """Elements of the float buffers the step writes K/V rows into (the caches; in-place
-        writes are not in ``buffers_to_mutate`` in torch.export's training IR)."""
+        writes are not in ``buffers_to_mutate`` in torch.export's training IR), and of the
+        recurrent state buffers it rewrites."""
         caches = {}
         for node in self.graph.nodes:
             if node.target not in _CACHE_WRITES or node not in self.live:
                 continue
-            base = node.args[0] if node.args else None
-            for _ in range(8):
-                if not isinstance(base, torch.fx.Node) or base.op == "placeholder":
-                    break
-                base = base.args[0] if base.args else None
-            if isinstance(base, torch.fx.Node) and base.name in self.params \
-                    and _float_out(base):
-                caches[base.name] = _numel(_shape(base))
+            base = self._base(node)
+            if base is not None and base.name in self.params and _float_out(base):
+                caches[base.name] = base
         for node in self.graph.nodes:  # functionalized graphs say it in the signature
             if node.op == "placeholder" and self.buffer_of.get(node.name) in self.mutated \
                     and _float_out(node) and len(_shape(node)) >= 3:
-                caches[node.name] = _numel(_shape(node))
-        return sum(caches.values())
+                caches[node.name] = node
+        kv = sum(_numel(_shape(n)) for n in caches.values() if not self.is_state(n))
+        state = sum(_numel(_shape(n)) for n in caches.values() if self.is_state(n))
+        return kv, state
+
+
+def _state_inputs(ep) -> set[str]:
+    """Placeholders of the recurrent state buffers ``lm_cache`` registers; a non-strict export
+    lifts the cache's own tensors as constants, the same objects as those buffers."""
+    named = dict(getattr(ep, "constants", {}) or {})
+    named.update(ep.state_dict)
+    ids = {id(t) for k, t in named.items() if k.startswith(STATE_PREFIXES)}
+    sig = ep.graph_signature
+    out = {p for p, b in sig.inputs_to_buffers.items() if b.startswith(STATE_PREFIXES)}
+    lifted = getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}
+    out |= {p for p, c in lifted.items() if id(named.get(c)) in ids}
+    return out
 
 
 def _numel(shape) -> int:
@@ -484,6 +520,7 @@ def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
     tied = bool(tables) and tables <= lowerer.linear_weights
     untied = [t for t in lowerer.embedding_tables
               if isinstance(t, torch.fx.Node) and t.name not in lowerer.linear_weights]
-    return LoweredLM(ops, shape, lowerer.kv_cache_elems(),
+    kv, state = lowerer.cache_elems()
+    return LoweredLM(ops, shape, kv,
                      sum(_numel(_shape(t)) for t in {t.name: t for t in untied}.values()), tied,
-                     lowerer.idle_expert_elems)
+                     lowerer.idle_expert_elems, state)
