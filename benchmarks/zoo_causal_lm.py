@@ -35,7 +35,9 @@ _SIZES = {
      "n_ctx"): POSITIONS,
     ("head_dim", "kv_channels", "attention_head_dim", "rotary_dim"): WIDTH // HEADS,
     ("num_experts", "n_routed_experts", "num_local_experts"): 4,
-    ("num_experts_per_tok", "moe_topk", "top_k"): 2,
+    ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token"): 2,
+    ("linear_num_heads",): HEADS,
+    ("linear_head_dim",): WIDTH // HEADS,
     # multi-head latent attention (deepseek v2/v3): its own head dims and ranks
     ("qk_rope_head_dim", "qk_nope_head_dim"): WIDTH // HEADS // 2,
     ("v_head_dim",): WIDTH // HEADS,
@@ -162,6 +164,36 @@ def _keep_layers(d: dict, layers: int) -> list[int]:
     return sorted(keep)
 
 
+def _keep_products(d: dict, out: dict) -> None:
+    """Sizes the default derives from others keep that relation at the tiny width: a wider
+    hidden size (``attention_hidden_size`` = 2 x hidden), heads x head dim = the SSM's inner
+    width (expand x hidden) or that wider size, groups dividing the heads."""
+    hidden = d.get("hidden_size")
+    if not _int(hidden) or not hidden:
+        return
+    wide = {}
+    for key, value in d.items():
+        if key != "hidden_size" and "hidden_size" in key and _int(value) and value > hidden \
+                and value % hidden == 0 and value // hidden <= 4:
+            out[key] = wide[value] = value // hidden * out["hidden_size"]
+    for key, value in d.items():
+        if key.endswith("expand") and _int(value):
+            wide[value * hidden] = value * out["hidden_size"]
+    if not wide:
+        return
+    heads = [k for k, v in d.items() if _int(v) and "head" in k and
+             ("num" in k or "n_" in k) and "dim" not in k]
+    dims = [k for k, v in d.items() if _int(v) and "head" in k and ("dim" in k or "d_head" in k)]
+    for h in heads:
+        for dim in dims:
+            if d[h] * d[dim] in wide:
+                out[h] = min(d[h], HEADS)
+                out[dim] = max(wide[d[h] * d[dim]] // out[h], 1)
+                for g in ("n_groups", "mamba_n_groups", "mamba_ngroups"):
+                    if _int(d.get(g)) and out[h] % d[g]:
+                        out[g] = 1
+
+
 def _shrink(d: dict) -> dict:
     """A config dict with every size small and every per-layer field following the tiny
     layer count; nested sub-configs (text / vision / decoder) shrunk alike."""
@@ -188,6 +220,7 @@ def _shrink(d: dict) -> dict:
                 out[name] = rope
             elif d.get(name) == d["qk_rope_head_dim"] + d["qk_nope_head_dim"]:
                 out[name] = rope + nope
+    _keep_products(d, out)
     layers = _layer_count(d)
     if layers:
         keep = _keep_layers(d, layers)

@@ -59,7 +59,7 @@ _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.d
           aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor_mode, aten.maximum.default,
           aten.minimum.default, aten.sign.default, aten.log1p.default, aten.gelu_.default,
           aten.tanh_.default, aten.exp_.default, aten.div_.Tensor, aten.sub_.Tensor}
-_UNARY |= {aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_max.default,
+_UNARY |= {aten.log_sigmoid.default, aten.logaddexp.default, aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_max.default,
            aten.sigmoid.default, aten.relu.default, aten.floor_divide.default,
            aten.expm1.default, aten.clamp.Tensor, aten.scatter.value, aten.scatter.src,
            aten.scatter_.value, aten.scatter_.src, aten.scatter_add.default,
