@@ -220,6 +220,9 @@ def _shrink(d: dict) -> dict:
                 out[name] = rope
             elif d.get(name) == d["qk_rope_head_dim"] + d["qk_nope_head_dim"]:
                 out[name] = rope + nope
+        # latent attention has no K/V heads of its own: every head expands from the latent
+        if d.get("num_key_value_heads") == d.get("num_attention_heads"):
+            out["num_key_value_heads"] = out.get("num_attention_heads")
     _keep_products(d, out)
     layers = _layer_count(d)
     if layers:
