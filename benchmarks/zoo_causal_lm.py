@@ -183,7 +183,8 @@ def _keep_products(d: dict, out: dict) -> None:
         return
     heads = [k for k, v in d.items() if _int(v) and "head" in k and
              ("num" in k or "n_" in k) and "dim" not in k]
-    dims = [k for k, v in d.items() if _int(v) and "head" in k and ("dim" in k or "d_head" in k)]
+    dims = [k for k, v in d.items() if _int(v) and "head" in k and ("dim" in k or "d_head" in k)
+            and not k.startswith(("qk_", "v_"))]  # latent attention's dims: set above
     for h in heads:
         for dim in dims:
             if d[h] * d[dim] in wide:
@@ -205,6 +206,13 @@ def _shrink(d: dict) -> dict:
         for name in names:
             if _int(out.get(name)):
                 out[name] = value
+    # expert groups (group-limited routing) divide the tiny expert count
+    for name in ("n_group", "num_expert_group", "num_group", "moe_n_group"):
+        if _int(out.get(name)) and out[name] > 2:
+            out[name] = 2
+    for name in ("topk_group", "moe_topk_group"):
+        if _int(out.get(name)) and out[name] > 1:
+            out[name] = 1
     # sizes a default leaves unset that its model needs (derived from the others upstream)
     for name in ("head_dim", "num_key_value_heads", "n_routed_experts", "num_experts_per_tok"):
         if name in out and out[name] is None and "num_attention_heads" in out:
