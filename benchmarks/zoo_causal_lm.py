@@ -164,6 +164,14 @@ def _keep_layers(d: dict, layers: int) -> list[int]:
     return sorted(keep)
 
 
+def _config_class(d: dict):
+    from transformers import CONFIG_MAPPING
+    try:
+        return CONFIG_MAPPING[d.get("model_type", "")]
+    except KeyError:
+        return None
+
+
 def _keep_products(d: dict, out: dict) -> None:
     """Sizes the default derives from others keep that relation at the tiny width: a wider
     hidden size (``attention_hidden_size`` = 2 x hidden), heads x head dim = the SSM's inner
@@ -259,6 +267,14 @@ def _shrink(d: dict) -> dict:
                 off = key[: -len("period")] + "offset"
                 if _int(d.get(off)):
                     out[off] = min(d[off], n - 1)
+        # a hybrid SSM/attention family whose default stack has no attention layer (bamba,
+        # granite hybrid): its last tiny layer attends, as its released checkpoints mix both
+        if "attn_layer_indices" in d and not d["attn_layer_indices"]:
+            out["attn_layer_indices"] = [n - 1]
+        types = d.get("layer_types")
+        if isinstance(types, list) and types and set(types) <= {"linear_attention", "mamba"} \
+                and "layers_block_type" in getattr(_config_class(d), "attribute_map", {}):
+            out["layer_types"] = [types[0]] * (n - 1) + ["full_attention"]
         overrides = d.get("per_layer_config")
         if isinstance(overrides, dict) and overrides:
             tiny = {}

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from codesign.cost_models.lm_unbacked import pinned_length
+
 STATE_PREFIXES = ("conv_state_", "recurrent_state_")  # buffer names of recurrent state
 
 
@@ -64,7 +66,7 @@ class CachedStep(torch.nn.Module):
         warmed = False
         if device.type != "meta":
             try:  # the step itself, eagerly: each layer allocates what the model writes
-                with torch.no_grad():
+                with torch.no_grad(), pinned_length(self, start):
                     self.forward(torch.zeros(1, tokens, dtype=torch.long, device=device),
                                  torch.arange(start, start + tokens, device=device))
                 warmed = True

@@ -20,11 +20,15 @@ export needs shapes, not values.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from codesign.cost_models.lm_unbacked import pinned_length
 from codesign.cost_models.lowering import LoweringError
+
+PIN = "_pinned_start"  # an export attempt's marker: pin the cache's filled length
 
 PHASES = ("prefill", "decode")
 
@@ -126,6 +130,9 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
         attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
         if "position_ids" in inspect.signature(model.forward).parameters:
             attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
+        # the last try: the position read back with .item() pinned to the step's (lm_unbacked)
+        attempts.append((step, (), {"input_ids": ids, "cache_position": positions,
+                                    PIN: shape.start}))
     elif shape.phase == "prefill":
         attempts.append((model, (ids,), {}))
     else:
@@ -135,8 +142,11 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     for i, (module, args, kwargs) in enumerate(attempts):
         if i and hasattr(module, "takes_positions"):
             module.takes_positions = True  # the retry: OPT and CTRL derive them with .item()
+        pin = kwargs.get(PIN)
+        kwargs = {k: v for k, v in kwargs.items() if k != PIN}
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (pinned_length(module, pin) if pin is not None
+                                   else nullcontext()):
                 return torch.export.export(module, args, kwargs)
         except Exception as exc:  # torch raises many types; the user needs the one-line reason
             errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
