@@ -28,8 +28,8 @@ STATE_PREFIXES = ("conv_state_", "recurrent_state_")  # buffer names of recurren
 
 def _static_layers(cache, context: int) -> None:
     """Sliding-window layers as full static ones (their rolling update has control flow the
-    export cannot keep, as the ExecuTorch wrapper does); KV-sharing consumers as empty ones."""
-    from transformers.cache_utils import (DummyLayer, LinearAttentionAndStaticFullAttentionLayer,
+    export cannot keep, as the ExecuTorch wrapper does)."""
+    from transformers.cache_utils import (LinearAttentionAndStaticFullAttentionLayer,
                                           LinearAttentionAndStaticSlidingWindowAttentionLayer,
                                           StaticLayer, StaticSlidingWindowLayer)
 
@@ -39,8 +39,8 @@ def _static_layers(cache, context: int) -> None:
                 context, number_of_states=layer.number_of_states)
         elif isinstance(layer, StaticSlidingWindowLayer):
             cache.layers[i] = StaticLayer(context)
-        elif isinstance(layer, DummyLayer):
-            cache.layers[i] = StaticLayer(0)
+    # layers without a cache (MoE / MLP blocks, KV-sharing consumers) stay ``DummyLayer``s: the
+    # cache's mask sizes skip them
 
 
 def _is_state_layer(layer) -> bool:
