@@ -36,6 +36,7 @@ _SIZES = {
     ("head_dim", "kv_channels", "attention_head_dim", "rotary_dim"): WIDTH // HEADS,
     ("num_experts", "n_routed_experts", "num_local_experts"): 4,
     ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token"): 2,
+    ("num_codebooks",): 1,  # an audio decoder's token streams (musicgen): one
     ("linear_num_heads",): HEADS,
     ("linear_head_dim",): WIDTH // HEADS,
     # multi-head latent attention (deepseek v2/v3): its own head dims and ranks
@@ -214,6 +215,17 @@ def _shrink(d: dict) -> dict:
         for name in names:
             if _int(out.get(name)):
                 out[name] = value
+    # latent attention has no K/V heads of its own: every head expands from the latent
+    if "kv_lora_rank" in d and d.get("num_key_value_heads") == d.get("num_attention_heads"):
+        out["num_key_value_heads"] = out.get("num_attention_heads")
+    # a token indexer (sparse attention) the layer types use but the default leaves unsized
+    types = d.get("layer_types")
+    if isinstance(types, list) and "indexed_attention" in types:
+        for name, value in (("indexer_n_heads", HEADS), ("indexer_kv_heads", 1),
+                            ("indexer_head_dim", WIDTH // HEADS), ("indexer_budget", 16),
+                            ("indexer_compress_ratio", 4)):
+            if name in out and out[name] is None:
+                out[name] = value
     # expert groups (group-limited routing) divide the tiny expert count
     for name in ("n_group", "num_expert_group", "num_group", "moe_n_group"):
         if _int(out.get(name)) and out[name] > 2:
@@ -236,9 +248,6 @@ def _shrink(d: dict) -> dict:
                 out[name] = rope
             elif d.get(name) == d["qk_rope_head_dim"] + d["qk_nope_head_dim"]:
                 out[name] = rope + nope
-        # latent attention has no K/V heads of its own: every head expands from the latent
-        if d.get("num_key_value_heads") == d.get("num_attention_heads"):
-            out["num_key_value_heads"] = out.get("num_attention_heads")
     _keep_products(d, out)
     layers = _layer_count(d)
     if layers:
