@@ -204,13 +204,20 @@ def _keep_products(d: dict, out: dict) -> None:
                         out[g] = 1
 
 
-def _shrink(d: dict) -> dict:
+def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
     """A config dict with every size small and every per-layer field following the tiny
-    layer count; nested sub-configs (text / vision / decoder) shrunk alike."""
+    layer count; nested sub-configs (text / vision / decoder) shrunk alike. ``widths``: hidden
+    sizes of the enclosing config; a field equal to one (an adapter's input / output width) is
+    that width, tiny too."""
     out = dict(d)
+    widths = widths | {v.get("hidden_size") for v in [d, *d.values()]
+                       if isinstance(v, dict) and _int(v.get("hidden_size"))}
     for key, value in d.items():
         if isinstance(value, dict) and "model_type" in value:
-            out[key] = _shrink(value)
+            out[key] = _shrink(value, widths)
+        elif _int(value) and value in widths and ("dim" in key or "size" in key) \
+                and "vocab" not in key and "position" not in key:
+            out[key] = WIDTH
     for names, value in _SIZES.items():
         for name in names:
             if _int(out.get(name)):
