@@ -123,7 +123,7 @@ def config_for(cls, config):
 
 
 _LAYER_NAMES = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
-                "decoder_layers", "encoder_layers", "num_encoder_layers")
+                "decoder_layers", "encoder_layers", "num_encoder_layers", "num_blocks")
 
 
 def _int(value) -> bool:
@@ -142,13 +142,16 @@ def _keep_layers(d: dict, layers: int) -> list[int]:
     any per-layer list or per-layer override names (a hybrid keeps one layer of each kind),
     then the first ones, ``LAYERS`` at least."""
     keep = set()
+    # a periodic pattern (every k-th layer from an offset) keeps two layers of each kind: a
+    # block shared by the layers of one kind (zamba's) needs two of them
+    per_kind = 2 if any(k.endswith("_period") and "layer" in k for k in d) else 1
     for value in d.values():
         if isinstance(value, (list, tuple)) and len(value) == layers:
-            seen = set()
+            seen: dict[str, int] = {}
             for i, item in enumerate(value):
                 key = repr(item)
-                if key not in seen:
-                    seen.add(key)
+                if seen.get(key, 0) < per_kind:
+                    seen[key] = seen.get(key, 0) + 1
                     keep.add(i)
     overrides = d.get("per_layer_config")
     if isinstance(overrides, dict) and overrides:
@@ -277,12 +280,21 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
                     and "layer" in key and ("indices" in key or "idx" in key or "ids" in key) \
                     and max(value) < layers:  # layer indices: the kept ones, renumbered
                 out[key] = [keep.index(v) for v in value if v in keep] or [n - 1]
-        for key, value in d.items():  # every k-th layer from an offset: within the stack
-            if key.endswith("_period") and _int(value) and "layer" in key and value > n:
-                out[key] = n
+        # every k-th layer from an offset: within the stack, and twice (a block shared by the
+        # layers of one kind, zamba's, needs two of them)
+        span = n
+        for key, value in d.items():
+            if key.endswith("_period") and _int(value) and "layer" in key:
+                period = out[key] = min(value, n)
                 off = key[: -len("period")] + "offset"
                 if _int(d.get(off)):
-                    out[off] = min(d[off], n - 1)
+                    out[off] = min(d[off], period - 1)
+                    span = max(span, out[off] + period + 1)
+        if span > n and keep == list(range(n)):
+            n = span
+            for name in _LAYER_NAMES:
+                if _int(d.get(name)):
+                    out[name] = n
         # a hybrid SSM/attention family whose default stack has no attention layer (bamba,
         # granite hybrid): its last tiny layer attends, as its released checkpoints mix both
         if "attn_layer_indices" in d and not d["attn_layer_indices"]:

@@ -105,3 +105,54 @@ class CachedStep(torch.nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=None, cache=self.static_cache,
                          use_cache=True, logits_to_keep=1, **extra)
         return out.logits
+
+
+def _tensors(obj, depth: int = 0):
+    """The tensors a model's own cache object holds (attributes, lists, dicts), in order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif depth > 4 or obj is None or isinstance(obj, (int, float, str, bool, torch.dtype)):
+        return
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item, depth + 1)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item, depth + 1)
+    elif hasattr(obj, "__dict__"):
+        for item in vars(obj).values():
+            yield from _tensors(item, depth + 1)
+
+
+_OWN_CACHE_FIELDS = ("state", "cache", "cache_params", "past_key_values")
+
+
+class OwnStateStep(torch.nn.Module):
+    """A recurrent model with a state object of its own instead of transformers' ``Cache``
+    (rwkv's five state tensors, xlstm's ``xLSTMCache``): the state is built by the model
+    itself in an eager call (a prefill of ``start`` tokens for a decode step, so the state is
+    the one generation carries; one token for a prefill, then zeroed), its tensors registered
+    as recurrent-state buffers, and the step is exported continuing from it."""
+
+    def __init__(self, model, start: int, tokens: int) -> None:
+        super().__init__()
+        self.model = model
+        device = next(iter(model.parameters())).device
+        with torch.no_grad():
+            out = model(input_ids=torch.zeros(1, max(start, 1), dtype=torch.long, device=device),
+                        use_cache=True)
+        found = [(f, getattr(out, f, None)) for f in _OWN_CACHE_FIELDS]
+        found = [(f, v) for f, v in found if v is not None]
+        if not found:
+            raise ValueError(f"{type(model).__name__} returns no state to continue from")
+        self.field, self.state = found[0]
+        self.kwarg = "state" if self.field == "state" else "cache"
+        for i, tensor in enumerate(_tensors(self.state)):
+            if start == 0 and tensor.is_floating_point():
+                tensor.zero_()  # a prefill starts from an empty state
+            self.register_buffer(f"recurrent_state_{i}", tensor, persistent=False)
+
+    def forward(self, input_ids, cache_position):  # noqa: D401 - torch API
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                         **{self.kwarg: self.state})
+        return out.logits

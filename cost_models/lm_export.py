@@ -102,6 +102,16 @@ def _hf_step(model, shape: PhaseShape) -> torch.nn.Module:
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
+def _own_state_step(model, shape: PhaseShape, why: LoweringError) -> torch.nn.Module:
+    """A recurrent model keeping a state object of its own (rwkv, xlstm), or ``why``."""
+    from codesign.cost_models.lm_cache import OwnStateStep
+
+    try:
+        return OwnStateStep(model, shape.start, shape.tokens)
+    except Exception:  # noqa: BLE001 - the static cache's reason is the one to report
+        raise why from None
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -126,7 +136,10 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     positions = torch.arange(shape.start, shape.attended, dtype=torch.long, device=device)
     attempts: list[tuple[torch.nn.Module, tuple, dict]] = []
     if is_hf_causal_lm(model):
-        step = _hf_step(model, shape)
+        try:
+            step = _hf_step(model, shape)
+        except LoweringError as exc:  # no transformers cache: a state object of its own?
+            step = _own_state_step(model, shape, exc)
         attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
         if "position_ids" in inspect.signature(model.forward).parameters:
             attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
