@@ -123,7 +123,8 @@ def config_for(cls, config):
 
 
 _LAYER_NAMES = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
-                "decoder_layers", "encoder_layers", "num_encoder_layers", "num_blocks")
+                "decoder_layers", "encoder_layers", "num_encoder_layers", "num_blocks",
+                "num_layers_per_stack")
 
 
 def _int(value) -> bool:
@@ -135,6 +136,16 @@ def _layer_count(d: dict) -> int | None:
         if _int(d.get(name)):
             return d[name]
     return None
+
+
+def _set_layers(d: dict, out: dict, n: int) -> None:
+    """Every layer count of the config at ``n``; a count the default derives as a multiple of
+    another (hrm's slots = layers per stack x cycles) keeps that multiple."""
+    counts = [d[name] for name in _LAYER_NAMES if _int(d.get(name)) and d[name] > 0]
+    base = min(counts, default=1)
+    for name in _LAYER_NAMES:
+        if _int(d.get(name)):
+            out[name] = n * (d[name] // base) if d[name] % base == 0 else n
 
 
 def _keep_layers(d: dict, layers: int) -> list[int]:
@@ -268,9 +279,7 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
                     and 1 < len(value) < layers and len(keep) < len(value) <= 2 * LAYERS:
                 keep = list(range(len(value)))
         n = len(keep)
-        for name in _LAYER_NAMES:
-            if _int(d.get(name)):
-                out[name] = n
+        _set_layers(d, out, n)
         for key, value in d.items():
             if isinstance(value, (list, tuple)) and len(value) == layers:
                 out[key] = type(value)(value[i] for i in keep)
@@ -292,9 +301,7 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
                     span = max(span, out[off] + period + 1)
         if span > n and keep == list(range(n)):
             n = span
-            for name in _LAYER_NAMES:
-                if _int(d.get(name)):
-                    out[name] = n
+            _set_layers(d, out, n)
         # a hybrid SSM/attention family whose default stack has no attention layer (bamba,
         # granite hybrid): its last tiny layer attends, as its released checkpoints mix both
         if "attn_layer_indices" in d and not d["attn_layer_indices"]:
