@@ -24,6 +24,7 @@ import torch
 from codesign.cost_models.lm_unbacked import pinned_length
 
 STATE_PREFIXES = ("conv_state_", "recurrent_state_")  # buffer names of recurrent state
+KV_PREFIXES = ("key_cache_", "value_cache_")  # buffer names of K/V caches
 
 
 def _static_layers(cache, context: int) -> None:
@@ -128,13 +129,22 @@ _OWN_CACHE_FIELDS = ("state", "cache", "cache_params", "past_key_values")
 
 
 class OwnStateStep(torch.nn.Module):
-    """A recurrent model with a state object of its own instead of transformers' ``Cache``
-    (rwkv's five state tensors, xlstm's ``xLSTMCache``): the state is built by the model
-    itself in an eager call (a prefill of ``start`` tokens for a decode step, so the state is
-    the one generation carries; one token for a prefill, then zeroed), its tensors registered
-    as recurrent-state buffers, and the step is exported continuing from it."""
+    """A model with a cache object of its own instead of a static ``Cache`` it accepts: rwkv's
+    five state tensors, xlstm's ``xLSTMCache``, minimax's ``MiniMaxCache``, or the dynamic cache
+    of a model that cannot run over a static one (its position bias sized by the filled
+    length: cpmant, xlm, prophetnet). The object is built by the model itself in an eager call:
+
+    - decode: a prefill of ``start`` tokens, so the cache is the one generation carries; its
+      K/V tensors (``key_cache_*`` / ``value_cache_*``: a dynamic cache appends the step's rows
+      with a concatenation, a copy the model really runs) and its recurrent state tensors
+      (``recurrent_state_*``) registered as buffers, and the step continues from it;
+    - prefill: a recurrent state object is zeroed and passed in (the runtime's preallocated
+      state); a K/V cache is not: the model starts its own, empty, as generation does.
+    """
 
     def __init__(self, model, start: int, tokens: int) -> None:
+        from transformers.cache_utils import Cache
+
         super().__init__()
         self.model = model
         device = next(iter(model.parameters())).device
@@ -145,14 +155,28 @@ class OwnStateStep(torch.nn.Module):
         found = [(f, v) for f, v in found if v is not None]
         if not found:
             raise ValueError(f"{type(model).__name__} returns no state to continue from")
-        self.field, self.state = found[0]
-        self.kwarg = "state" if self.field == "state" else "cache"
+        field, self.state = found[0]
+        self.kwarg = "state" if field == "state" else "cache"
+        kv = set()
+        if isinstance(self.state, Cache):
+            if start == 0:
+                self.state = None  # the model starts its own cache
+                return
+            for i, layer in enumerate(self.state.layers):
+                for name in ("keys", "values"):
+                    tensor = getattr(layer, name, None)
+                    if isinstance(tensor, torch.Tensor) and tensor.numel():
+                        kv.add(id(tensor))
+                        self.register_buffer(f"{name[:-1]}_cache_{i}_{name}", tensor,
+                                             persistent=False)
         for i, tensor in enumerate(_tensors(self.state)):
-            if start == 0 and tensor.is_floating_point():
+            if id(tensor) in kv or not tensor.is_floating_point() or not tensor.numel():
+                continue
+            if start == 0:
                 tensor.zero_()  # a prefill starts from an empty state
             self.register_buffer(f"recurrent_state_{i}", tensor, persistent=False)
 
     def forward(self, input_ids, cache_position):  # noqa: D401 - torch API
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
-                         **{self.kwarg: self.state})
+        extra = {} if self.state is None else {self.kwarg: self.state}
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **extra)
         return out.logits

@@ -102,14 +102,21 @@ def _hf_step(model, shape: PhaseShape) -> torch.nn.Module:
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
-def _own_state_step(model, shape: PhaseShape, why: LoweringError) -> torch.nn.Module:
+def _own_state_step(model, shape: PhaseShape, why: LoweringError | None) -> torch.nn.Module:
     """A recurrent model keeping a state object of its own (rwkv, xlstm), or ``why``."""
     from codesign.cost_models.lm_cache import OwnStateStep
 
     try:
         return OwnStateStep(model, shape.start, shape.tokens)
     except Exception:  # noqa: BLE001 - the static cache's reason is the one to report
+        if why is None:
+            raise
         raise why from None
+
+
+def _own_state_class():
+    from codesign.cost_models.lm_cache import OwnStateStep
+    return OwnStateStep
 
 
 def _first_line(exc: Exception) -> str:
@@ -163,6 +170,13 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
                 return torch.export.export(module, args, kwargs)
         except Exception as exc:  # torch raises many types; the user needs the one-line reason
             errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+    if is_hf_causal_lm(model) and not isinstance(attempts[0][0], _own_state_class()):
+        try:  # a model that cannot run over a static cache: the cache object it builds itself
+            with torch.no_grad():
+                return torch.export.export(_own_state_step(model, shape, None), (),
+                                           {"input_ids": ids, "cache_position": positions})
+        except Exception:  # noqa: BLE001 - the static cache's reason is the one to report
+            pass
     if not is_hf_causal_lm(model):
         need = ("forward(tokens, input_pos) with its own KV cache" if shape.phase == "decode"
                 else "forward(tokens) on int64 token ids")

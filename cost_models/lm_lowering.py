@@ -32,7 +32,7 @@ from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_export import PhaseShape
 from codesign.cost_models.lowering import _Lowerer
 from codesign.cost_models.lowering_rules import LoweringError, matmul_rule, node_shape as _shape
-from codesign.cost_models.lm_cache import STATE_PREFIXES
+from codesign.cost_models.lm_cache import KV_PREFIXES, STATE_PREFIXES
 from codesign.cost_models.lm_recurrent import STATE_WRITE, conv1d, is_conv1d
 
 aten = torch.ops.aten
@@ -477,19 +477,25 @@ class _LMLowerer(_Lowerer):
             if node.op == "placeholder" and self.buffer_of.get(node.name) in self.mutated \
                     and _float_out(node) and len(_shape(node)) >= 3:
                 caches[node.name] = node
+        # a dynamic cache (appended by concatenation) and state an own cache object reassigns
+        kv_inputs = _state_inputs(self.ep, KV_PREFIXES) | self.state_inputs
+        for node in self.graph.nodes:
+            if node.op == "placeholder" and node.name in kv_inputs and _float_out(node):
+                caches[node.name] = node
         kv = sum(_numel(_shape(n)) for n in caches.values() if not self.is_state(n))
         state = sum(_numel(_shape(n)) for n in caches.values() if self.is_state(n))
         return kv, state
 
 
-def _state_inputs(ep) -> set[str]:
-    """Placeholders of the recurrent state buffers ``lm_cache`` registers; a non-strict export
-    lifts the cache's own tensors as constants, the same objects as those buffers."""
+def _state_inputs(ep, prefixes=STATE_PREFIXES) -> set[str]:
+    """Placeholders of the buffers ``lm_cache`` registers under ``prefixes`` (recurrent state by
+    default); a non-strict export lifts the cache's own tensors as constants, the same objects
+    as those buffers."""
     named = dict(getattr(ep, "constants", {}) or {})
     named.update(ep.state_dict)
-    ids = {id(t) for k, t in named.items() if k.startswith(STATE_PREFIXES)}
+    ids = {id(t) for k, t in named.items() if k.startswith(prefixes)}
     sig = ep.graph_signature
-    out = {p for p, b in sig.inputs_to_buffers.items() if b.startswith(STATE_PREFIXES)}
+    out = {p for p, b in sig.inputs_to_buffers.items() if b.startswith(prefixes)}
     lifted = getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}
     out |= {p for p, c in lifted.items() if id(named.get(c)) in ids}
     return out
