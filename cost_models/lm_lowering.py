@@ -452,8 +452,9 @@ class _LMLowerer(_Lowerer):
     def _base(self, node):
         """The placeholder (buffer) an in-place write's destination views, or None."""
         base = node.args[0] if node.args else None
-        for _ in range(8):
-            if not isinstance(base, torch.fx.Node) or base.op == "placeholder":
+        for _ in range(8):  # through views of it only (an op's output is a new tensor)
+            if not isinstance(base, torch.fx.Node) or base.op == "placeholder" or not (
+                    base.target in _VIEWS or base.target in _TRANSPOSES):
                 break
             base = base.args[0] if base.args else None
         return base if isinstance(base, torch.fx.Node) and base.op == "placeholder" else None
@@ -480,7 +481,8 @@ class _LMLowerer(_Lowerer):
         # a dynamic cache (appended by concatenation) and state an own cache object reassigns
         kv_inputs = _state_inputs(self.ep, KV_PREFIXES) | self.state_inputs
         for node in self.graph.nodes:
-            if node.op == "placeholder" and node.name in kv_inputs and _float_out(node):
+            if node.op == "placeholder" and node.name in kv_inputs and _float_out(node) \
+                    and node.users:  # the buffer itself, where the graph reads its lifted twin
                 caches[node.name] = node
         kv = sum(_numel(_shape(n)) for n in caches.values() if not self.is_state(n))
         state = sum(_numel(_shape(n)) for n in caches.values() if self.is_state(n))
