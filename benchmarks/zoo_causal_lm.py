@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -236,6 +237,21 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
         for name in names:
             if _int(out.get(name)):
                 out[name] = value
+    # int lists that split a size (reformer's axial position embeddings: dims summing to the
+    # hidden size, a shape multiplying to the positions) split its tiny value alike
+    for key, value in d.items():
+        if not (isinstance(value, (list, tuple)) and len(value) > 1
+                and all(_int(v) and v > 0 for v in value)):
+            continue
+        if sum(value) == d.get("hidden_size") and _int(out.get("hidden_size")):
+            scaled = [max(v * out["hidden_size"] // sum(value), 1) for v in value]
+            scaled[-1] += out["hidden_size"] - sum(scaled)
+            out[key] = type(value)(scaled)
+        elif math.prod(value) == d.get("max_position_embeddings") \
+                and _int(out.get("max_position_embeddings")):
+            side = round(out["max_position_embeddings"] ** (1 / len(value)))
+            if side ** len(value) == out["max_position_embeddings"]:
+                out[key] = type(value)([side] * len(value))
     # latent attention has no K/V heads of its own: every head expands from the latent
     if "kv_lora_rank" in d and d.get("num_key_value_heads") == d.get("num_attention_heads"):
         out["num_key_value_heads"] = out.get("num_attention_heads")
