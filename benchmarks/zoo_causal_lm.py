@@ -403,6 +403,8 @@ def price_causal_lm(entry: Entry, device_name: str = "pixel8") -> list[dict[str,
                 priced = price_lm_phase(model, device, phase=phase, prompt_len=PROMPT,
                                         context=CONTEXT, weight_bits=bits, backend=backend,
                                         group_size=32 if bits == 4 else None)
+                if not math.isfinite(priced.latency_s) or priced.latency_s <= 0:
+                    raise ValueError(f"latency {priced.latency_s} is not a positive number")
                 row["float_linears"] = len(priced.float_linears)
                 row.update(lowers=True, latency_s=priced.latency_s,
                            kv_cache_bytes=priced.kv_cache_bytes,

@@ -180,3 +180,17 @@ class OwnStateStep(torch.nn.Module):
         extra = {} if self.state is None else {self.kwarg: self.state}
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **extra)
         return out.logits
+
+
+def buffer_inputs(ep, prefixes=STATE_PREFIXES) -> set[str]:
+    """Placeholders of the buffers ``lm_cache`` registers under ``prefixes`` (recurrent state by
+    default); a non-strict export lifts the cache's own tensors as constants, the same objects
+    as those buffers."""
+    named = dict(getattr(ep, "constants", {}) or {})
+    named.update(ep.state_dict)
+    ids = {id(t) for k, t in named.items() if k.startswith(prefixes)}
+    sig = ep.graph_signature
+    out = {p for p, b in sig.inputs_to_buffers.items() if b.startswith(prefixes)}
+    lifted = getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}
+    out |= {p for p, c in lifted.items() if id(named.get(c)) in ids}
+    return out

@@ -32,8 +32,9 @@ from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_export import PhaseShape
 from codesign.cost_models.lowering import _Lowerer
 from codesign.cost_models.lowering_rules import LoweringError, matmul_rule, node_shape as _shape
-from codesign.cost_models.lm_cache import KV_PREFIXES, STATE_PREFIXES
+from codesign.cost_models.lm_cache import KV_PREFIXES, buffer_inputs as _state_inputs
 from codesign.cost_models.lm_recurrent import STATE_WRITE, conv1d, is_conv1d
+from codesign.cost_models.lm_unbacked import balance_routed_rows, unrouted_experts
 
 aten = torch.ops.aten
 
@@ -489,20 +490,6 @@ class _LMLowerer(_Lowerer):
         return kv, state
 
 
-def _state_inputs(ep, prefixes=STATE_PREFIXES) -> set[str]:
-    """Placeholders of the buffers ``lm_cache`` registers under ``prefixes`` (recurrent state by
-    default); a non-strict export lifts the cache's own tensors as constants, the same objects
-    as those buffers."""
-    named = dict(getattr(ep, "constants", {}) or {})
-    named.update(ep.state_dict)
-    ids = {id(t) for k, t in named.items() if k.startswith(prefixes)}
-    sig = ep.graph_signature
-    out = {p for p, b in sig.inputs_to_buffers.items() if b.startswith(prefixes)}
-    lifted = getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}
-    out |= {p for p, c in lifted.items() if id(named.get(c)) in ids}
-    return out
-
-
 def _numel(shape) -> int:
     out = 1
     for d in shape:
@@ -520,8 +507,11 @@ def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
     Raises:
         LoweringError: an op without a rule (named), or a graph with no kernel.
     """
+    balance_routed_rows(ep)  # rows per expert of a data-dependent split (lm_unbacked)
     lowerer = _LMLowerer(ep, shape, fused_attention)
     ops = lowerer.run()
+    ops, idle = unrouted_experts(ops)
+    lowerer.idle_expert_elems += idle
     if not any(op.kind not in PRICED_FREE_KINDS for op in ops):
         raise LoweringError("the model has no op that runs a kernel")
     tables = {t.name for t in lowerer.embedding_tables if isinstance(t, torch.fx.Node)}

@@ -31,3 +31,55 @@ def pinned_length(step, start: int):
                 del layer.get_seq_length
             else:
                 layer.get_seq_length = old
+
+
+def balance_routed_rows(ep) -> dict:
+    """Values for the data-dependent sizes of a split by rows per expert (jetmoe's MoE:
+    ``inputs.split(expert_size)``, the sizes read from the router with ``.tolist()``). Their
+    sum is the split's known row count R (tokens x top-k); routed evenly, as a balanced router
+    does, ``min(E, R)`` experts get R / min(E, R) rows each and the others none (a decode's
+    top-k reaches k experts, the ``_grouped_mm`` rule's count). Stored on the graph for the
+    lowering (``lowering_rules.node_shape``); returns them."""
+    import torch
+
+    values = {}
+    for node in ep.graph.nodes:
+        if node.target is not torch.ops.aten.split_with_sizes.default:
+            continue
+        sizes = node.args[1]
+        syms = []
+        for size in sizes:
+            val = size.meta.get("val") if isinstance(size, torch.fx.Node) else size
+            expr = getattr(getattr(val, "node", None), "expr", None)
+            syms.append(expr if expr is not None and expr.is_Symbol else None)
+        if not syms or any(s is None for s in syms):
+            continue
+        dim = node.args[2] if len(node.args) > 2 else 0
+        rows = node.args[0].meta["val"].shape[dim]
+        try:
+            rows = int(rows)
+        except Exception:  # noqa: BLE001 - the rows themselves data-dependent: leave it
+            continue
+        touched = max(min(len(syms), rows), 1)
+        for i, sym in enumerate(syms):
+            share = rows // touched + (1 if i < rows % touched else 0)
+            values.setdefault(sym, share if i < touched else 0)
+    ep.graph.unbacked_values = values
+    return values
+
+
+def unrouted_experts(ops):
+    """An expert no row was routed to (``balance_routed_rows``'s zero rows): its kernel call
+    returns at once, so it is priced as no kernel (FREE) and its weights as stored, not
+    streamed. Returns the ops and those weights' elements."""
+    from dataclasses import replace
+
+    from codesign.cost_models.ir import OpKind
+
+    idle, out = 0, []
+    for op in ops:
+        if op.kind is OpKind.LINEAR and op.m == 0:
+            idle += op.weight_elems
+            op = replace(op, kind=OpKind.FREE, weight_elems=0, flops=0.0, m=0, n=0, k=0)
+        out.append(op)
+    return out, idle
