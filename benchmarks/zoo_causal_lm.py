@@ -285,6 +285,16 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
                 out[name] = rope
             elif d.get(name) == d["qk_rope_head_dim"] + d["qk_nope_head_dim"]:
                 out[name] = rope + nope
+    # dims derived as hidden x factor that the config rounds to multiples of 64 (xlstm's q/k
+    # and v dims) while the model does not: a width where both agree
+    factors = [v for k, v in d.items() if k.endswith("_dim_factor") and isinstance(v, float)]
+    if factors and _int(out.get("hidden_size")):
+        width = next((w for w in range(out["hidden_size"], 8 * out["hidden_size"] + 1,
+                                       out["hidden_size"])
+                      if all((w * f) % 64 == 0 for f in factors)), out["hidden_size"])
+        for name in ("hidden_size", "embedding_dim"):
+            if _int(out.get(name)):
+                out[name] = width
     _keep_products(d, out)
     layers = _layer_count(d)
     if layers:
