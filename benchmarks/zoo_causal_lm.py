@@ -177,7 +177,20 @@ def _keep_layers(d: dict, layers: int) -> list[int]:
     while len(keep) < LAYERS and i < layers:
         keep.add(i)
         i += 1
-    return sorted(keep)
+    keep = sorted(keep)
+    # the last layers reuse earlier layers' K/V (gemma3n / gemma4 KV sharing): the tiny stack
+    # keeps its layers before the shared tail and, in the tail, one consumer of each kind
+    shared = d.get("num_kv_shared_layers")
+    if _int(shared) and 0 < shared < layers:
+        types = d.get("layer_types") or [None] * layers
+        keep = [i for i in keep if i < layers - shared] or [0]
+        tail = []
+        for i in keep:
+            j = next((j for j in range(layers - shared, layers) if types[j] == types[i]), None)
+            if j is not None and j not in tail:
+                tail.append(j)
+        keep = sorted(keep + tail)
+    return keep
 
 
 def _config_class(d: dict):
@@ -305,6 +318,9 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
                     and 1 < len(value) < layers and len(keep) < len(value) <= 2 * LAYERS:
                 keep = list(range(len(value)))
         n = len(keep)
+        if _int(d.get("num_kv_shared_layers")) and d["num_kv_shared_layers"] > 0:
+            out["num_kv_shared_layers"] = sum(i >= layers - d["num_kv_shared_layers"]
+                                              for i in keep)
         _set_layers(d, out, n)
         for key, value in d.items():
             if isinstance(value, (list, tuple)) and len(value) == layers:

@@ -73,7 +73,8 @@ _ALLOCATIONS = {aten.zeros_like.default, aten.ones_like.default, aten.full_like.
 _REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default, aten.var_mean.correction,
                aten.var.correction, aten.std.correction, aten.topk.default, aten.max.dim,
                aten.min.dim, aten.logsumexp.default, aten.amin.default, aten.argmax.default,
-               aten.cumsum.default, aten.sort.default, aten.histc.default, aten.bincount.default}
+               aten.cumsum.default, aten.sort.default, aten.histc.default, aten.bincount.default,
+               aten.std.dim, aten.var.dim}
 _NORM_FLOPS = {"rms": 4.0, "layer": 5.0}
 _GROUPED_MM = {"transformers.grouped_mm_fallback.default", "aten._grouped_mm.default"}
 CACHE_WRITE = "cache_write"  # the ``source`` of an op storing the step's K or V rows

@@ -443,6 +443,10 @@ RULES: dict = {
     **{t: _cast for t in CASTS},
     **{t: _selection for t in SELECTIONS},
 }
+# ATen's spelled-out aliases run the same kernels
+RULES.update({aten.multiply.Tensor: RULES[aten.mul.Tensor],
+              aten.subtract.Tensor: RULES[aten.sub.Tensor],
+              aten.divide.Tensor: RULES[aten.div.Tensor]})
 # Layers run even when every input is a constant (a zero buffer of NAS-Bench-201 still feeds its
 # convolutions on the devices HELP measured, search_spaces/nasbench201.py): only the index, mask
 # and position arithmetic around them is folded.
