@@ -366,6 +366,15 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
     return out
 
 
+def _ready(model):
+    """What a user does before generating: a multilingual adapter model (xmod) needs its
+    language chosen (the config's first)."""
+    languages = getattr(model.config, "languages", None)
+    if hasattr(model, "set_default_language") and languages:
+        model.set_default_language(languages[0])
+    return model
+
+
 def causal_lm_entries() -> list[Entry]:
     """One entry per model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -382,12 +391,12 @@ def causal_lm_entries() -> list[Entry]:
                 with torch.device("meta"):
                     sized = cls(config_for(cls, tiny_config(model_type))).eval()
                 if sum(p.numel() for p in sized.parameters()) > MAX_CPU_PARAMS:
-                    return sized
+                    return _ready(sized)
             except TimeoutError:
                 raise
             except Exception:
                 pass
-            return cls(config_for(cls, tiny_config(model_type))).eval()
+            return _ready(cls(config_for(cls, tiny_config(model_type))).eval())
         return build
 
     return [Entry(t, c, factory_for(t, c))

@@ -64,6 +64,17 @@ def balance_routed_rows(ep) -> dict:
         for i, sym in enumerate(syms):
             share = rows // touched + (1 if i < rows % touched else 0)
             values.setdefault(sym, share if i < touched else 0)
+    for node in ep.graph.nodes:  # a boolean mask over a batch of one: that row (xmod's
+        # adapter of the one language the generation uses)
+        if node.target is not torch.ops.aten.index.Tensor:
+            continue
+        out = node.meta.get("val")
+        src = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+        expr = getattr(getattr(out.shape[0], "node", None), "expr", None) \
+            if isinstance(out, torch.Tensor) and out.dim() else None
+        if expr is not None and expr.is_Symbol and src is not None and src.dim() \
+                and isinstance(src.shape[0], int) and src.shape[0] == 1:
+            values.setdefault(expr, 1)
     ep.graph.unbacked_values = values
     return values
 
