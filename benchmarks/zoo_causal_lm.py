@@ -344,6 +344,11 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
         if span > n and keep == list(range(n)):
             n = span
             _set_layers(d, out, n)
+        # per-layer types a default leaves unset (its model indexes them): transformers' own
+        # inference for an unset list, full attention (cache_utils.get_layer_types_and_kwargs)
+        if "layer_types" in d and d["layer_types"] is None and "layer_types" in getattr(
+                _config_class(d), "__dataclass_fields__", {}):
+            out["layer_types"] = ["full_attention"] * n
         # a hybrid SSM/attention family whose default stack has no attention layer (bamba,
         # granite hybrid): its last tiny layer attends, as its released checkpoints mix both
         if "attn_layer_indices" in d and not d["attn_layer_indices"]:
