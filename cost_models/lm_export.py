@@ -145,6 +145,8 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     if is_hf_causal_lm(model):
         try:
             step = _hf_step(model, shape)
+        except NotACausalLM:
+            raise
         except LoweringError as exc:  # no transformers cache: a state object of its own?
             step = _own_state_step(model, shape, exc)
         attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
