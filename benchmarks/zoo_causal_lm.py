@@ -265,6 +265,13 @@ def _shrink(d: dict, widths: frozenset = frozenset()) -> dict:
             side = round(out["max_position_embeddings"] ** (1 / len(value)))
             if side ** len(value) == out["max_position_embeddings"]:
                 out[key] = type(value)([side] * len(value))
+    # per-layer-type RoPE the default leaves empty (a model reading it per type): transformers'
+    # default RoPE at the class's default theta for each type
+    types = d.get("layer_types")
+    if d.get("rope_parameters") == {} and isinstance(types, list) and types:
+        theta = getattr(_config_class(d), "default_theta", 10000.0)
+        out["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": theta}
+                                  for t in dict.fromkeys(types)}
     # latent attention has no K/V heads of its own: every head expands from the latent
     if "kv_lora_rank" in d and d.get("num_key_value_heads") == d.get("num_attention_heads"):
         out["num_key_value_heads"] = out.get("num_attention_heads")
