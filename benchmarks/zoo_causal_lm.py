@@ -38,8 +38,13 @@ _SIZES = {
     ("num_experts", "n_routed_experts", "num_local_experts"): 4,
     ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token"): 2,
     ("num_codebooks",): 1,  # an audio decoder's token streams (musicgen): one
-    ("linear_num_heads",): HEADS,
-    ("linear_head_dim",): WIDTH // HEADS,
+    ("linear_num_heads", "linear_num_value_heads"): HEADS,
+    ("linear_num_key_heads",): KV_HEADS,
+    ("linear_head_dim", "linear_key_head_dim", "linear_value_head_dim",
+     "swa_head_dim"): WIDTH // HEADS,
+    # the recurrent state's size per channel / head (SSMs)
+    ("ssm_state_size", "mamba_d_state", "state_size"): 16,
+    ("moe_shared_expert_intermediate_size",): FFN,
     # multi-head latent attention (deepseek v2/v3): its own head dims and ranks
     ("qk_rope_head_dim", "qk_nope_head_dim"): WIDTH // HEADS // 2,
     ("v_head_dim",): WIDTH // HEADS,

@@ -33,7 +33,7 @@ from codesign.cost_models.lm_export import PhaseShape
 from codesign.cost_models.lowering import _Lowerer
 from codesign.cost_models.lowering_rules import LoweringError, matmul_rule, node_shape as _shape
 from codesign.cost_models.lm_cache import KV_PREFIXES, buffer_inputs as _state_inputs
-from codesign.cost_models.lm_recurrent import STATE_WRITE, conv1d, is_conv1d
+from codesign.cost_models.lm_recurrent import STATE_WRITE, conv1d, is_conv1d, recurrent_matmuls
 from codesign.cost_models.lm_unbacked import balance_routed_rows, unrouted_experts
 
 aten = torch.ops.aten
@@ -107,6 +107,13 @@ def _module_of(node) -> tuple[str, str]:
     return path, name.rsplit(".", 1)[-1]
 
 
+def _module_base(node) -> str:
+    """The module part of the names ``_Lowerer.name_for`` gives the node's ops."""
+    stack = node.meta.get("nn_module_stack") or {}
+    base = list(stack.values())[-1][0] if stack else node.name
+    return base.replace("L['self'].", "").replace("L__self___", "") or node.name
+
+
 def _norm_kind(cls: str) -> str | None:
     low = cls.lower()
     if "rmsnorm" in low or "rms_norm" in low:
@@ -138,6 +145,8 @@ class _LMLowerer(_Lowerer):
         self.mutated = set((getattr(sig, "buffers_to_mutate", {}) or {}).values())
         self.buffer_of = dict(sig.inputs_to_buffers)
         self.state_inputs = _state_inputs(ep)
+        self.state_modules = {_module_base(n) for n in self.graph.nodes  # read a state
+                              if any(a.name in self.state_inputs for a in n.all_input_nodes)}
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
         user = [n for n in placeholders if n.name in set(sig.user_inputs)]
         self.tokens = user[0] if user else None
@@ -368,6 +377,8 @@ class _LMLowerer(_Lowerer):
     def _cache_write(self, node) -> None:
         src = self._written(node)
         base = self._base(node)
+        if base is not None and self.is_state(base):
+            self.state_modules.add(_module_base(node))
         if base is not None and self.is_state(base) and src is not None:
             shape = _shape(src)  # a recurrent state rewritten: its real bytes, stream precision
             return self.emit(node, Op(self.name_for(node), OpKind.LAYOUT, shape, (shape,),
@@ -511,6 +522,7 @@ def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
     balance_routed_rows(ep)  # rows per expert of a data-dependent split (lm_unbacked)
     lowerer = _LMLowerer(ep, shape, fused_attention)
     ops = lowerer.run()
+    ops = recurrent_matmuls(ops, lowerer.state_modules)
     ops, idle = unrouted_experts(ops)
     lowerer.idle_expert_elems += idle
     if not any(op.kind not in PRICED_FREE_KINDS for op in ops):

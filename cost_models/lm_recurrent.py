@@ -14,7 +14,8 @@ run instead of attention over a K/V cache.
 - **the scan**: the model's own reference implementation (the chunked scan of a prefill, the
   per-token update of a decode) is exported op by op: its matmuls, cumulative sums, exps and
   element-wise gates are priced by the ordinary rules, so a prefill pays its real scan work and
-  a decode its state read-modify-write.
+  a decode its state read-modify-write; its matmuls at the stream's precision
+  (``recurrent_matmuls``), not at the int8 of attention over a K/V cache.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from codesign.cost_models.lowering_rules import LoweringError, node_shape as _sh
 aten = torch.ops.aten
 
 STATE_WRITE = "state_write"  # the ``source`` of an op storing a recurrent / conv state
+RECURRENT = "recurrent"  # the ``source`` of a matmul of a recurrent layer's scan / state update
 CONV1D = {aten.conv1d.default, aten.conv1d.padding, aten.convolution.default}
 
 
@@ -54,3 +56,14 @@ def conv1d(lw, node) -> None:
                      (out[0], out[1], 1, out[2]), ((xs[0], xs[1], 1, xs[2]),), m=m, n=n, k=k,
                      groups=groups, flops=2.0 * m * n * k * groups, weight_elems=cout * cin_g * taps,
                      out_channels=cout, inputs=(lw.producer(x),), source=str(node.target)))
+
+
+def recurrent_matmuls(ops, modules: set[str]):
+    """The matmuls of a module that reads or writes a recurrent state (its chunked scan, its
+    state update) run at the stream's precision, not on the K/V cache's int8 as attention's do:
+    tagged ``RECURRENT`` for ``lm_precision`` (the ATen op kept as ``aten``)."""
+    from dataclasses import replace
+
+    return [replace(op, source=RECURRENT, aten=op.runtime_op)
+            if op.kind is OpKind.MATMUL and op.name.split("#")[0] in modules else op
+            for op in ops]
