@@ -82,7 +82,8 @@ def balance_routed_rows(ep) -> dict:
 def unrouted_experts(ops):
     """An expert no row was routed to (``balance_routed_rows``'s zero rows): its kernel call
     returns at once, so it is priced as no kernel (FREE) and its weights as stored, not
-    streamed. Returns the ops and those weights' elements."""
+    streamed. Returns the ops and those weights' elements (bias included, stored at the
+    weights' precision)."""
     from dataclasses import replace
 
     from codesign.cost_models.ir import OpKind
@@ -90,7 +91,7 @@ def unrouted_experts(ops):
     idle, out = 0, []
     for op in ops:
         if op.kind is OpKind.LINEAR and op.m == 0:
-            idle += op.weight_elems
+            idle += op.weight_elems + op.out_channels  # its bias stored alike
             op = replace(op, kind=OpKind.FREE, weight_elems=0, flops=0.0, m=0, n=0, k=0)
         out.append(op)
     return out, idle

@@ -164,3 +164,27 @@ def test_tiny_config_rules():
     assert b.decoder_layers == b.encoder_layers == 2
     z = tiny_config("zamba")  # a periodic pattern keeps two layers of each kind
     assert z.layers_block_type.count("hybrid") == 2
+
+
+def test_recurrent_scan_matmuls_stay_at_stream_precision(mamba):
+    pre = _price(mamba, "prefill", backend="codesign", weight_bits=4)
+    scan = [op for op in pre.ops if op.kind is OpKind.MATMUL]
+    assert scan and all(op.source == "recurrent" and op.quant.act_bits == 32 for op in scan)
+
+
+def test_data_dependent_rows_per_expert_are_balanced():
+    from codesign.cost_models.lm_export import export_step, phase_shape
+    from codesign.cost_models.lm_unbacked import balance_routed_rows
+
+    model = _model("jetmoe")  # splits its rows by router counts read with .tolist()
+    cfg = model.config
+    ep = export_step(model, phase_shape("decode", None, CONTEXT))
+    values = balance_routed_rows(ep)
+    assert values and set(values.values()) == {0, 1}
+    # one token x top-k: k experts get one row, the others none, in every split of 4 experts
+    assert sum(values.values()) % cfg.num_experts_per_tok == 0
+    dec = _price(model, "decode", weight_bits=32)
+    pre = _price(model, "prefill", weight_bits=32)
+    assert 0 < dec.latency_s < pre.latency_s
+    assert dec.weight_bytes == pre.weight_bytes  # unrouted experts are stored, not streamed
+    assert dec.streamed_bytes < pre.streamed_bytes
