@@ -8,6 +8,15 @@ latency, or the op / reason blocking it.
 
 ``causal_lm_entries()`` lists the entries (for ``benchmarks/zoo_coverage.py``'s ``price_zoo``);
 ``price_causal_lm(entry)`` prices one.
+
+``tiny_config`` shrinks the default config's dict and rebuilds it through the config's own
+constructor (so the fields it derives follow), by rules over classes of fields, not models:
+sizes by name (``_SIZES``); per-layer lists, per-layer overrides and layer-index fields follow
+the tiny layer count, keeping the first layer of each kind (two for a periodic pattern, a
+consumer of each kind for a KV-sharing tail); sizes the default derives keep their relation
+(latent attention's head dims, heads x head dim = an SSM's inner width, widths equal to an
+enclosing hidden size, lists splitting a size, multiples of a layer count); sizes the default
+leaves unset that its model needs get tiny ones.
 """
 from __future__ import annotations
 
