@@ -156,11 +156,15 @@ def _layer_count(d: dict) -> int | None:
 def _set_layers(d: dict, out: dict, n: int) -> None:
     """Every layer count of the config at ``n``; a count the default derives as a multiple of
     another (hrm's slots = layers per stack x cycles) keeps that multiple."""
-    counts = [d[name] for name in _LAYER_NAMES if _int(d.get(name)) and d[name] > 0]
+    def stack(name):  # an encoder's and a decoder's counts are separate stacks, not multiples
+        return "encoder" in name or "decoder" in name
+
+    counts = [d[name] for name in _LAYER_NAMES
+              if _int(d.get(name)) and d[name] > 0 and not stack(name)]
     base = min(counts, default=1)
     for name in _LAYER_NAMES:
         if _int(d.get(name)):
-            out[name] = n * (d[name] // base) if d[name] % base == 0 else n
+            out[name] = n if stack(name) or d[name] % base else n * (d[name] // base)
 
 
 def _keep_layers(d: dict, layers: int) -> list[int]:
