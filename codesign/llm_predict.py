@@ -58,6 +58,7 @@ class PricedPhase:
     group_size: int
     stream_bits: int
     float_linears: tuple[str, ...]  # linears left unquantized (group size does not divide K)
+    state_bytes: int = 0  # recurrent state within kv_cache_bytes (read whole every step)
 
     @property
     def latency_s(self) -> float:
@@ -71,8 +72,10 @@ class PricedPhase:
     @property
     def streamed_bytes(self) -> int:
         """What a step must read at least: every weight byte the linears stream and the
-        attended part of the K/V cache (the untied embedding table is gathered, not streamed)."""
-        return int(model_bytes(self.ops) + self.kv_cache_bytes * self.attended / self.context)
+        attended part of the K/V cache, all of any recurrent state (the untied embedding table is
+        gathered, not streamed)."""
+        kv = self.kv_cache_bytes - self.state_bytes
+        return int(model_bytes(self.ops) + kv * self.attended / self.context + self.state_bytes)
 
     def dram_fraction(self) -> float:
         """``streamed_bytes`` per step x steps per second over the device's DRAM peak."""
@@ -109,7 +112,8 @@ class PricedPhase:
                   for row in self.prediction.layers(self.batch, 0)]
         out = {"device": self.device.name, "backend": self.backend, "phase": self.phase,
                "latency_s": self.latency_s, "tokens_per_s": self.tokens_per_s,
-               "kv_cache_bytes": self.kv_cache_bytes, "weight_bytes": self.weight_bytes,
+               "kv_cache_bytes": self.kv_cache_bytes, "state_bytes": self.state_bytes,
+               "weight_bytes": self.weight_bytes,
                "tokens": self.tokens, "context": self.context, "attended": self.attended,
                "bound": self.bound, "bound_shares": self.bound_shares(),
                "by_kind": self.by_kind(), "streamed_bytes": self.streamed_bytes,
@@ -203,9 +207,13 @@ def price_lm_phase(model, device: DeviceSpec, *, phase: str, prompt_len: int | N
     return PricedPhase(device, spec.name, phase, shape.tokens, context, shape.attended,
                        tuple(ops), batch, prediction,
                        weight_bytes=int(round(model_bytes(ops) + table_bytes)),
-                       kv_cache_bytes=lowered.kv_cache_elems * cache_bits // 8, kv_bits=cache_bits,
+                       # recurrent state (linear attention, SSM, conv windows) stays at the
+                       # stream's precision: it accumulates; reported with the cache
+                       kv_cache_bytes=(lowered.kv_cache_elems * cache_bits
+                                       + lowered.state_elems * stream) // 8, kv_bits=cache_bits,
                        weight_bits=lin.weight_bits, group_size=lin.group_size, stream_bits=stream,
-                       float_linears=tuple(skipped))
+                       float_linears=tuple(skipped),
+                       state_bytes=lowered.state_elems * stream // 8)
 
 
 def _si(value: float, unit: str) -> str:

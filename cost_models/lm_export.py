@@ -20,11 +20,15 @@ export needs shapes, not values.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from codesign.cost_models.lm_unbacked import pinned_length
 from codesign.cost_models.lowering import LoweringError
+
+PIN = "_pinned_start"  # an export attempt's marker: pin the cache's filled length
 
 PHASES = ("prefill", "decode")
 
@@ -79,21 +83,8 @@ def _check_hf(model) -> None:
                            "LM (use its *ForCausalLM class)")
 
 
-def _hf_step(model, context: int) -> torch.nn.Module:
-    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
-
-    class LastTokenLogits(TorchExportableModuleWithStaticCache):
-        """transformers' ExecuTorch wrapper, returning the last position's logits only."""
-
-        def forward(self, input_ids, cache_position):  # noqa: D401 - torch API
-            for layer in self.static_cache.layers:
-                layer.cumulative_length.copy_(cache_position[0])
-            extra = {}
-            if self.takes_positions:  # absolute positions, passed on export's retry
-                extra["position_ids"] = cache_position.unsqueeze(0)
-            out = self.model(input_ids=input_ids, attention_mask=None, cache=self.static_cache,
-                             use_cache=True, logits_to_keep=1, **extra)
-            return out.logits
+def _hf_step(model, shape: PhaseShape) -> torch.nn.Module:
+    from codesign.cost_models.lm_cache import CachedStep
 
     _check_hf(model)
     text = model.config.get_text_config()
@@ -105,12 +96,27 @@ def _hf_step(model, context: int) -> torch.nn.Module:
     model.generation_config.use_cache = True
     model.generation_config.cache_implementation = "static"
     try:
-        step = LastTokenLogits(model, batch_size=1, max_cache_len=context, device=model.device)
-        step.takes_positions = False
-        return step
+        return CachedStep(model, shape.context, shape.start, shape.tokens)
     except Exception as exc:  # transformers raises many types for configs it cannot cache
         raise LoweringError(f"{type(model).__name__}: no static KV cache: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _own_state_step(model, shape: PhaseShape, why: LoweringError | None) -> torch.nn.Module:
+    """A recurrent model keeping a state object of its own (rwkv, xlstm), or ``why``."""
+    from codesign.cost_models.lm_cache import OwnStateStep
+
+    try:
+        return OwnStateStep(model, shape.start, shape.tokens)
+    except Exception:  # noqa: BLE001 - the static cache's reason is the one to report
+        if why is None:
+            raise
+        raise why from None
+
+
+def _own_state_class():
+    from codesign.cost_models.lm_cache import OwnStateStep
+    return OwnStateStep
 
 
 def _first_line(exc: Exception) -> str:
@@ -137,10 +143,18 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     positions = torch.arange(shape.start, shape.attended, dtype=torch.long, device=device)
     attempts: list[tuple[torch.nn.Module, tuple, dict]] = []
     if is_hf_causal_lm(model):
-        step = _hf_step(model, shape.context)
+        try:
+            step = _hf_step(model, shape)
+        except NotACausalLM:
+            raise
+        except LoweringError as exc:  # no transformers cache: a state object of its own?
+            step = _own_state_step(model, shape, exc)
         attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
         if "position_ids" in inspect.signature(model.forward).parameters:
             attempts.append((step, (), {"input_ids": ids, "cache_position": positions}))
+        # the last try: the position read back with .item() pinned to the step's (lm_unbacked)
+        attempts.append((step, (), {"input_ids": ids, "cache_position": positions,
+                                    PIN: shape.start}))
     elif shape.phase == "prefill":
         attempts.append((model, (ids,), {}))
     else:
@@ -150,11 +164,21 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
     for i, (module, args, kwargs) in enumerate(attempts):
         if i and hasattr(module, "takes_positions"):
             module.takes_positions = True  # the retry: OPT and CTRL derive them with .item()
+        pin = kwargs.get(PIN)
+        kwargs = {k: v for k, v in kwargs.items() if k != PIN}
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (pinned_length(module, pin) if pin is not None
+                                   else nullcontext()):
                 return torch.export.export(module, args, kwargs)
         except Exception as exc:  # torch raises many types; the user needs the one-line reason
             errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+    if is_hf_causal_lm(model) and not isinstance(attempts[0][0], _own_state_class()):
+        try:  # a model that cannot run over a static cache: the cache object it builds itself
+            with torch.no_grad():
+                return torch.export.export(_own_state_step(model, shape, None), (),
+                                           {"input_ids": ids, "cache_position": positions})
+        except Exception:  # noqa: BLE001 - the static cache's reason is the one to report
+            pass
     if not is_hf_causal_lm(model):
         need = ("forward(tokens, input_pos) with its own KV cache" if shape.phase == "decode"
                 else "forward(tokens) on int64 token ids")

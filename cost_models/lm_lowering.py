@@ -18,7 +18,12 @@ export runs it, with the conventions of the decoder space (``search_spaces/trans
   layout (FREE here). Elsewhere QK^T, softmax and PV (``MATMUL``s streaming the K and V caches as
   their stationary operand) and the cache writes as copies of the written rows. Either way the
   step attends to ``start + tokens`` positions (the custom kernel stops at the last filled one),
-  not the whole allocated cache.
+  not the whole allocated cache;
+- **recurrent state** (linear attention, SSMs, short convolutions: ``lm_recurrent``): state
+  buffers counted apart from the K/V cache, their rewrites as state copies at the stream's
+  precision, the causal 1-D convolution as a depthwise one, the scan's matmuls at the stream's
+  precision; data-dependent sizes (rows per expert) as a balanced router gives them
+  (``lm_unbacked``). Norm / RoPE grouping: ``lm_fusion``.
 """
 from __future__ import annotations
 
@@ -30,8 +35,13 @@ import torch
 
 from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_export import PhaseShape
+from codesign.cost_models.lm_fusion import (FusionAnalysis, _float_out, _is_alias_cast,
+                                            _module_base, _module_of, _CASTS)
 from codesign.cost_models.lowering import _Lowerer
 from codesign.cost_models.lowering_rules import LoweringError, matmul_rule, node_shape as _shape
+from codesign.cost_models.lm_cache import KV_PREFIXES, buffer_inputs as _state_inputs
+from codesign.cost_models.lm_recurrent import STATE_WRITE, conv1d, is_conv1d, recurrent_matmuls
+from codesign.cost_models.lm_unbacked import balance_routed_rows, unrouted_experts
 
 aten = torch.ops.aten
 
@@ -47,7 +57,8 @@ _VIEWS = {aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.split_with
           aten.contiguous.default, aten.alias.default, aten.flatten.using_ints,
           aten.unflatten.int, aten.dropout.default, aten.detach.default, aten.view_as.default,
           aten.expand_as.default, aten.lift_fresh_copy.default, aten._unsafe_view.default,
-          aten.view_as_real.default, aten.view_as_complex.default}
+          aten.view_as_real.default, aten.view_as_complex.default, aten.tensor_split.indices,
+          aten.tensor_split.sections}
 _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.default,
           aten.exp.default, aten.log.default, aten.cos.default, aten.sin.default, aten.erf.default,
           aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.reciprocal.default,
@@ -56,7 +67,7 @@ _UNARY = {aten.square.default, aten.neg.default, aten.rsqrt.default, aten.sqrt.d
           aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor_mode, aten.maximum.default,
           aten.minimum.default, aten.sign.default, aten.log1p.default, aten.gelu_.default,
           aten.tanh_.default, aten.exp_.default, aten.div_.Tensor, aten.sub_.Tensor}
-_UNARY |= {aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_max.default,
+_UNARY |= {aten.log_sigmoid.default, aten.logaddexp.default, aten.min.other, aten.max.other, aten.clamp_min.default, aten.clamp_max.default,
            aten.sigmoid.default, aten.relu.default, aten.floor_divide.default,
            aten.expm1.default, aten.clamp.Tensor, aten.scatter.value, aten.scatter.src,
            aten.scatter_.value, aten.scatter_.src, aten.scatter_add.default,
@@ -69,46 +80,11 @@ _ALLOCATIONS = {aten.zeros_like.default, aten.ones_like.default, aten.full_like.
 _REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default, aten.var_mean.correction,
                aten.var.correction, aten.std.correction, aten.topk.default, aten.max.dim,
                aten.min.dim, aten.logsumexp.default, aten.amin.default, aten.argmax.default,
-               aten.cumsum.default, aten.sort.default, aten.histc.default, aten.bincount.default}
+               aten.cumsum.default, aten.sort.default, aten.histc.default, aten.bincount.default,
+               aten.std.dim, aten.var.dim}
 _NORM_FLOPS = {"rms": 4.0, "layer": 5.0}
 _GROUPED_MM = {"transformers.grouped_mm_fallback.default", "aten._grouped_mm.default"}
 CACHE_WRITE = "cache_write"  # the ``source`` of an op storing the step's K or V rows
-
-
-def _float_out(node) -> bool:
-    val = node.meta.get("val")
-    if isinstance(val, (tuple, list)):
-        val = val[0] if val else None
-    return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
-
-
-_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.to.device,
-          aten.type_as.default}
-
-
-def _is_alias_cast(node) -> bool:
-    src = node.args[0] if node.args else None
-    return node.target in _CASTS and (not isinstance(src, torch.fx.Node) or not _float_out(src)
-                                      or src.meta["val"].dtype == node.meta["val"].dtype)
-
-
-def _module_of(node) -> tuple[str, str]:
-    """(path, class name) of the innermost module the node ran in."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "", ""
-    path, cls = list(stack.values())[-1]
-    name = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
-    return path, name.rsplit(".", 1)[-1]
-
-
-def _norm_kind(cls: str) -> str | None:
-    low = cls.lower()
-    if "rmsnorm" in low or "rms_norm" in low:
-        return "rms"
-    if "layernorm" in low or "layer_norm" in low or low.endswith("norm"):
-        return "layer" if "layer" in low else "rms"
-    return None
 
 
 @dataclass(frozen=True)
@@ -121,9 +97,10 @@ class LoweredLM:
     embedding_elems: int  # token-embedding tables not shared with a linear (stored apart)
     tied: bool  # the token table is the LM head's matrix (stored once)
     idle_expert_elems: int = 0  # MoE experts' weights the step does not read (stored only)
+    state_elems: int = 0  # recurrent / conv state buffers (``lm_recurrent``), not K/V
 
 
-class _LMLowerer(_Lowerer):
+class _LMLowerer(FusionAnalysis, _Lowerer):
     def __init__(self, ep: torch.export.ExportedProgram, shape: PhaseShape,
                  fused_attention: Mapping[str, int] | None) -> None:
         super().__init__(ep)
@@ -131,6 +108,9 @@ class _LMLowerer(_Lowerer):
         sig = ep.graph_signature
         self.mutated = set((getattr(sig, "buffers_to_mutate", {}) or {}).values())
         self.buffer_of = dict(sig.inputs_to_buffers)
+        self.state_inputs = _state_inputs(ep)
+        self.state_modules = {_module_base(n) for n in self.graph.nodes  # read a state
+                              if any(a.name in self.state_inputs for a in n.all_input_nodes)}
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
         user = [n for n in placeholders if n.name in set(sig.user_inputs)]
         self.tokens = user[0] if user else None
@@ -152,98 +132,6 @@ class _LMLowerer(_Lowerer):
             if node.op == "call_function" and any(a in live for a in node.all_input_nodes):
                 live.add(node)
         return live
-
-    def _norm_groups(self):
-        """Contiguous runs of live float nodes in one norm module call: output node -> group."""
-        out, inner = {}, set()
-        run: list = []
-        key = None
-
-        def close():
-            # a leading same-dtype cast is the norm's input itself (the residual reads it too)
-            while run and (_is_alias_cast(run[0]) or not _float_out(run[0])):
-                run.pop(0)
-            if run:
-                members = set(run)
-                ends = [n for n in run if any(u not in members for u in n.users)]
-                if len(ends) == 1:
-                    out[ends[0]] = (key, run[:])
-                    inner.update(n for n in run if n is not ends[0])
-            run.clear()
-
-        for node in self.graph.nodes:
-            if node.op != "call_function" or node not in self.live:
-                continue
-            path, cls = _module_of(node)
-            kind = _norm_kind(cls)
-            this = (path, kind) if kind else None
-            if this != key:
-                close()
-                key = this
-            if this is not None:
-                run.append(node)
-        close()
-        return out, inner
-
-    def _rope_regions(self):
-        """``x*cos + rotate_half(x)*sin``: the add -> (x, interior nodes)."""
-        rope_of, inner = {}, set()
-
-        def split_mul(mul):
-            if mul.target is not aten.mul.Tensor or len(mul.args) < 2:
-                return None
-            a, b = mul.args[:2]
-            if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
-                return None
-            if a in self.live and b not in self.live:
-                return a
-            if b in self.live and a not in self.live:
-                return b
-            return None
-
-        for node in self.graph.nodes:
-            if node.target is not aten.add.Tensor or node not in self.live:
-                continue
-            args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
-            if len(args) != 2:
-                continue
-            xs = [split_mul(a) for a in args]
-            if None in xs:
-                continue
-            for first, second in ((0, 1), (1, 0)):
-                x, y = xs[first], xs[second]
-                region = self._path_between(x, y)
-                if region is not None:
-                    rope_of[node] = (x, args + list(region))
-                    inner.update(args)
-                    inner.update(region)
-                    break
-        return rope_of, inner
-
-    def _path_between(self, x, y, depth: int = 8):
-        """The live nodes from ``x`` (excluded) to ``y`` (included) if ``y`` derives from ``x``
-        within ``depth`` steps through rotate-half ops, else None."""
-        allowed = {aten.neg.default, aten.cat.default, aten.slice.Tensor, aten.stack.default,
-                   aten.view.default, aten.reshape.default, aten.flatten.using_ints,
-                   aten.unsqueeze.default, aten.select.int, aten.mul.Tensor,
-                   aten.transpose.int, aten.clone.default, operator.getitem,
-                   aten.split.Tensor, aten.chunk.default, aten.unbind.int}
-        region, frontier = set(), [y]
-        for _ in range(depth):
-            nxt = []
-            for n in frontier:
-                if n is x:
-                    continue
-                if n.target not in allowed or n not in self.live:
-                    return None
-                region.add(n)
-                nxt += [a for a in n.all_input_nodes if a in self.live]
-            if not nxt:
-                break
-            frontier = nxt
-        if any(n is not x for n in frontier) or x in region:
-            return None
-        return region
 
     # ------------------------------------------------------------------ lowering
     def lower(self, node: torch.fx.Node) -> None:
@@ -290,6 +178,8 @@ class _LMLowerer(_Lowerer):
             return self.simple(node, OpKind.LAYOUT, 0.0)
         if str(target) in _GROUPED_MM:
             return self._grouped_mm(node)
+        if is_conv1d(node):
+            return conv1d(self, node)
         if target is aten.baddbmm.default:
             return matmul_rule(self, node, node.args[1], node.args[2])
         if target is aten.linear.default and isinstance(node.args[1], torch.fx.Node):
@@ -358,6 +248,13 @@ class _LMLowerer(_Lowerer):
 
     def _cache_write(self, node) -> None:
         src = self._written(node)
+        base = self._base(node)
+        if base is not None and self.is_state(base):
+            self.state_modules.add(_module_base(node))
+        if base is not None and self.is_state(base) and src is not None:
+            shape = _shape(src)  # a recurrent state rewritten: its real bytes, stream precision
+            return self.emit(node, Op(self.name_for(node), OpKind.LAYOUT, shape, (shape,),
+                                      inputs=(self.producer(src),), source=STATE_WRITE))
         if self.layout is not None and _module_of(node)[0] in self.attention_modules:
             # priced by the fused layout's cache writes at the attention op
             self.value_of[node] = self.producer(src) if src is not None else ""
@@ -437,26 +334,44 @@ class _LMLowerer(_Lowerer):
         self.value_of[node] = name
 
     # ------------------------------------------------------------------ summary
-    def kv_cache_elems(self) -> int:
+    def _base(self, node):
+        """The placeholder (buffer) an in-place write's destination views, or None."""
+        base = node.args[0] if node.args else None
+        for _ in range(8):  # through views of it only (an op's output is a new tensor)
+            if not isinstance(base, torch.fx.Node) or base.op == "placeholder" or not (
+                    base.target in _VIEWS or base.target in _TRANSPOSES):
+                break
+            base = base.args[0] if base.args else None
+        return base if isinstance(base, torch.fx.Node) and base.op == "placeholder" else None
+
+    def is_state(self, placeholder) -> bool:
+        """A recurrent / conv state buffer (``lm_cache``), not a K/V cache."""
+        return placeholder.name in self.state_inputs
+
+    def cache_elems(self) -> tuple[int, int]:
         """Elements of the float buffers the step writes K/V rows into (the caches; in-place
-        writes are not in ``buffers_to_mutate`` in torch.export's training IR)."""
+        writes are not in ``buffers_to_mutate`` in torch.export's training IR), and of the
+        recurrent state buffers it rewrites."""
         caches = {}
         for node in self.graph.nodes:
             if node.target not in _CACHE_WRITES or node not in self.live:
                 continue
-            base = node.args[0] if node.args else None
-            for _ in range(8):
-                if not isinstance(base, torch.fx.Node) or base.op == "placeholder":
-                    break
-                base = base.args[0] if base.args else None
-            if isinstance(base, torch.fx.Node) and base.name in self.params \
-                    and _float_out(base):
-                caches[base.name] = _numel(_shape(base))
+            base = self._base(node)
+            if base is not None and base.name in self.params and _float_out(base):
+                caches[base.name] = base
         for node in self.graph.nodes:  # functionalized graphs say it in the signature
             if node.op == "placeholder" and self.buffer_of.get(node.name) in self.mutated \
                     and _float_out(node) and len(_shape(node)) >= 3:
-                caches[node.name] = _numel(_shape(node))
-        return sum(caches.values())
+                caches[node.name] = node
+        # a dynamic cache (appended by concatenation) and state an own cache object reassigns
+        kv_inputs = _state_inputs(self.ep, KV_PREFIXES) | self.state_inputs
+        for node in self.graph.nodes:
+            if node.op == "placeholder" and node.name in kv_inputs and _float_out(node) \
+                    and node.users:  # the buffer itself, where the graph reads its lifted twin
+                caches[node.name] = node
+        kv = sum(_numel(_shape(n)) for n in caches.values() if not self.is_state(n))
+        state = sum(_numel(_shape(n)) for n in caches.values() if self.is_state(n))
+        return kv, state
 
 
 def _numel(shape) -> int:
@@ -476,14 +391,19 @@ def lower_step(ep: torch.export.ExportedProgram, shape: PhaseShape,
     Raises:
         LoweringError: an op without a rule (named), or a graph with no kernel.
     """
+    balance_routed_rows(ep)  # rows per expert of a data-dependent split (lm_unbacked)
     lowerer = _LMLowerer(ep, shape, fused_attention)
     ops = lowerer.run()
+    ops = recurrent_matmuls(ops, lowerer.state_modules)
+    ops, idle = unrouted_experts(ops)
+    lowerer.idle_expert_elems += idle
     if not any(op.kind not in PRICED_FREE_KINDS for op in ops):
         raise LoweringError("the model has no op that runs a kernel")
     tables = {t.name for t in lowerer.embedding_tables if isinstance(t, torch.fx.Node)}
     tied = bool(tables) and tables <= lowerer.linear_weights
     untied = [t for t in lowerer.embedding_tables
               if isinstance(t, torch.fx.Node) and t.name not in lowerer.linear_weights]
-    return LoweredLM(ops, shape, lowerer.kv_cache_elems(),
+    kv, state = lowerer.cache_elems()
+    return LoweredLM(ops, shape, kv,
                      sum(_numel(_shape(t)) for t in {t.name: t for t in untied}.values()), tied,
-                     lowerer.idle_expert_elems)
+                     lowerer.idle_expert_elems, state)

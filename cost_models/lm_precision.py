@@ -8,6 +8,7 @@ from typing import Sequence
 
 from codesign.cost_models.ir import Op, OpKind, PRICED_FREE_KINDS
 from codesign.cost_models.lm_lowering import CACHE_WRITE
+from codesign.cost_models.lm_recurrent import RECURRENT
 from codesign.cost_models.precision_boundaries import insert_precision_boundaries
 from codesign.kernels.specs import DENSE, QuantSpec
 
@@ -58,7 +59,8 @@ def lm_precision(ops: Sequence[Op], backend, *, weight_bits: int, group_size: in
                 out.append(replace(op, quant=stream))
             else:
                 out.append(replace(op, quant=lin))
-        elif op.kind in (OpKind.MATMUL, OpKind.ATTENTION) or op.source == CACHE_WRITE:
+        elif (op.kind in (OpKind.MATMUL, OpKind.ATTENTION) and op.source != RECURRENT) \
+                or op.source == CACHE_WRITE:
             out.append(replace(op, quant=kv))
         else:
             out.append(replace(op, quant=stream))

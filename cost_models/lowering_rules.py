@@ -36,12 +36,27 @@ def node_val(node):
     return val
 
 
+def _dim(node, d) -> int:
+    """A size; a data-dependent one (an MoE's rows per expert) by the values the graph was
+    given for its symbols (``graph.unbacked_values``, ``lm_unbacked``), else an error."""
+    if isinstance(d, int):
+        return d
+    values = getattr(getattr(node, "graph", None), "unbacked_values", None) or {}
+    expr = getattr(getattr(d, "node", None), "expr", None)
+    if expr is not None and values and expr.free_symbols <= set(values):
+        return int(expr.subs(values))
+    try:
+        return int(d)
+    except Exception:  # noqa: BLE001 - torch raises its own guard errors for unbacked sizes
+        raise TypeError(d) from None
+
+
 def node_shape(node) -> tuple[int, ...]:
     val = node_val(node)
     if val is None or not hasattr(val, "shape"):
         raise LoweringError(f"node {node} has no static shape")
     try:
-        return tuple(int(d) for d in val.shape)
+        return tuple(_dim(node, d) for d in val.shape)
     except TypeError:
         raise LoweringError(f"node {node} has a dynamic shape {tuple(val.shape)}; "
                             "give a fixed --input-shape") from None
@@ -51,7 +66,11 @@ def node_shapes(node) -> list[tuple[int, ...]]:
     """Every output's shape (a split or unbind has several)."""
     vals = node.meta.get("val")
     vals = vals if isinstance(vals, (tuple, list)) else [vals]
-    return [tuple(int(d) for d in v.shape) for v in vals if hasattr(v, "shape")]
+    try:
+        return [tuple(_dim(node, d) for d in v.shape) for v in vals if hasattr(v, "shape")]
+    except TypeError:
+        raise LoweringError(f"node {node} has a dynamic shape; give a fixed "
+                            "--input-shape") from None
 
 
 def numel(shape: Sequence[int]) -> int:
@@ -424,6 +443,10 @@ RULES: dict = {
     **{t: _cast for t in CASTS},
     **{t: _selection for t in SELECTIONS},
 }
+# ATen's spelled-out aliases run the same kernels
+RULES.update({aten.multiply.Tensor: RULES[aten.mul.Tensor],
+              aten.subtract.Tensor: RULES[aten.sub.Tensor],
+              aten.divide.Tensor: RULES[aten.div.Tensor]})
 # Layers run even when every input is a constant (a zero buffer of NAS-Bench-201 still feeds its
 # convolutions on the devices HELP measured, search_spaces/nasbench201.py): only the index, mask
 # and position arithmetic around them is folded.
