@@ -2,7 +2,7 @@
 perplexity? Val perplexity before and after, each with the evaluator's 95% bootstrap interval,
 and the paired after / before ratio (blocks resampled together), per member and step count.
 
-    CODESIGN_LM_THREADS=1 python -m benchmarks.lm_finetune [--steps 20 100] [--lr 1e-4]
+    CODESIGN_LM_THREADS=1 python -m benchmarks.lm_finetune [--steps 20 100] [--lr 3e-4]
                                                             [--members all] [--json OUT]
 
 Members (the default space, weights from the trained supernet: the cache, else the shipped
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, nargs="+", default=[20, 100])
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--members", nargs="+", default=["all"], choices=["all", *MEMBERS])
     ap.add_argument("--max-tokens", type=int, default=0)
     ap.add_argument("--json", default=None)

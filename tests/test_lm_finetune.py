@@ -97,3 +97,27 @@ def test_the_evaluator_keeps_and_reloads_fine_tuned_weights(space, params, tmp_p
     assert "fine-tuned" in source and all(torch.equal(state[k], kept[k]) for k in kept)
     sd = quantized_state_dict(space, c, state)
     assert sd["layers.0.attention.wq.weight"].unique().numel() > 1
+
+
+def test_a_search_fine_tunes_its_front_and_rescores_it(space, params, tmp_path):
+    import json
+
+    from codesign.context import SearchContext
+    from codesign.cost_models.devices import load_device
+    from codesign.search import SearchConfig, run_search
+
+    ev = PerplexityEvaluator(space, train=tiny_train(), threads=1, max_tokens=1024)
+    ev.use_shared_state(ev.shared_state_key(), params)
+    ctx = SearchContext(load_device("pixel8"), space.backend, space, ev, 0.01, "analytic")
+    config = SearchConfig(device="pixel8", budget_s=0.01, budget_text="10ms",
+                          space="transformer", trials=4, out=tmp_path / "run", progress=False,
+                          finetune_steps=3)
+    result = run_search(config, context=ctx)
+    pareto = json.loads((result.run_dir / "pareto.json").read_text())
+    assert pareto["finetune_steps"] == 3 and pareto["members"]
+    kept = sorted((result.run_dir / "finetuned").glob("lm-*.safetensors"))
+    assert kept
+    for m in pareto["members"]:  # scored again with the fine-tuned weights
+        assert m["accuracy_before_finetune"] > 1 and m["perplexity"] != \
+            m["accuracy_before_finetune"]
+        assert ev.finetuned_path(space.decode(m["params"])).is_file()
