@@ -16,11 +16,12 @@ largest subnet of the supernet in float (in-place distillation's teacher, as in 
 AdamW at a small constant rate (3e-4) after a linear warm-up over a tenth of the steps.
 Deterministic given the seed (at a fixed thread count). The supernet is not modified.
 
-On the shipped supernet it lowers val perplexity by 1-2.5% in 20 steps and 2-6.5% in 100, beyond
-the paired bootstrap intervals, on every 4-bit member measured; 3e-4 was chosen over 1e-4
-(smaller gains) and 1e-3 (20 steps made a member worse); a w16a16 member moves too, so part of the
-gain is more training of an undertrained slice, not only 4-bit recovery (BENCHMARKS.md, "LM
-quality axis (issue 20)"; ``benchmarks/lm_finetune.py``).
+On the 1,200-step supernet it lowered val perplexity by 0.7-2.4% in 20 steps and 2.2-6.5% in
+100, beyond the paired bootstrap intervals, on every 4-bit member measured; 3e-4 was chosen over
+1e-4 (smaller gains) and 1e-3 (20 steps made a member worse). A w16a16 member moves as much, so
+the gain is mostly more training of an undertrained slice, not 4-bit recovery; on the 4,000-step
+supernet's front, 20 steps moved val by -0.9% to +0.5% (BENCHMARKS.md, "LM quality axis (issue
+20)"; ``benchmarks/lm_finetune.py``).
 """
 from __future__ import annotations
 
