@@ -189,7 +189,8 @@ def export_transformer_member(run: TransformerRun, member: ParetoMember, out: Pa
             files["kernels.json"] = out / "kernels.json"
             atomic_write_json(files["kernels.json"], kernel_phases(run, candidate, member))
         if "pt2" in formats:
-            state_dict, manifest["weights"] = member_weights(space, candidate, run.seed, run.finetuned_dir)
+            state_dict, manifest["weights"] = member_weights(space, candidate, run.seed,
+                                                             run.finetuned_dir)
             t0 = time.perf_counter()
             _save_pt2(out / "model.pt2", on_grid_program(space, candidate, state_dict, run.seed))
             manifest["seconds"] = {"pt2": time.perf_counter() - t0}
