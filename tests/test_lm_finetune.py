@@ -81,6 +81,10 @@ def test_the_evaluator_keeps_and_reloads_fine_tuned_weights(space, params, tmp_p
     after = ev.evaluate(c).accuracy  # scored again from the kept weights
     assert after != before
     assert not ev.finetune(c, 10)  # already there: nothing done
+    dense16 = member(space, prec="w16a16", sparsity="dense", context=32)
+    assert not ft.worth_finetuning(dense16) and ft.worth_finetuning(c)
+    assert ft.worth_finetuning(member(space, prec="w8a8", sparsity="2:4"))
+    assert not ev.finetune(dense16, 10) and not ev.finetuned_path(dense16).is_file()
     fresh = pickle.loads(pickle.dumps(ev))  # a worker / a later process
     assert fresh.finetuned_dir == tmp_path
     fresh.use_shared_state(fresh.shared_state_key(), params)
@@ -115,9 +119,12 @@ def test_a_search_fine_tunes_its_front_and_rescores_it(space, params, tmp_path):
     result = run_search(config, context=ctx)
     pareto = json.loads((result.run_dir / "pareto.json").read_text())
     assert pareto["finetune_steps"] == 3 and pareto["members"]
-    kept = sorted((result.run_dir / "finetuned").glob("lm-*.safetensors"))
-    assert kept
-    for m in pareto["members"]:  # scored again with the fine-tuned weights
-        assert m["accuracy_before_finetune"] > 1 and m["perplexity"] != \
-            m["accuracy_before_finetune"]
-        assert ev.finetuned_path(space.decode(m["params"])).is_file()
+    tuned = [m for m in pareto["members"] if ft.worth_finetuning(space.decode(m["params"]))]
+    assert tuned, "the tiny front has a 4-bit or 2:4 member"
+    for m in pareto["members"]:  # 4-bit / 2:4 ones scored again with the fine-tuned weights
+        path = ev.finetuned_path(space.decode(m["params"]))
+        if m in tuned:
+            assert path.is_file() and m["accuracy_before_finetune"] > 1
+            assert m["perplexity"] != m["accuracy_before_finetune"]
+        else:
+            assert not path.is_file() and "accuracy_before_finetune" not in m

@@ -41,6 +41,16 @@ from codesign.search_spaces.transformer import Candidate, TransformerSpace
 TOKENS_PER_STEP = 512  # predicted bytes a step: one window of the supernet's training
 
 
+def worth_finetuning(candidate: Candidate) -> bool:
+    """Whether the search fine-tunes this member: it has a unit with sub-8-bit weights or 2:4
+    FFN sparsity. Measured on the 4,000-step supernet, 20 steps lowered val perplexity where
+    those formats cost it (smallest, w4a8 g128 + 2:4: -18%) and raised the w16a16 largest's
+    by 0.7% (BENCHMARKS.md, "LM quality axis (issue 20)")."""
+    units = tuple(candidate.layers) + (candidate.head,)
+    return any(Precision.parse(c.precision).weight_bits < 8 or c.ffn_sparsity != "dense"
+               for c in units)
+
+
 def _ste(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``fn(x)`` forward, identity backward (straight-through)."""
     return x + (fn(x) - x).detach()

@@ -242,9 +242,11 @@ class PerplexityEvaluator(Evaluator):
                  progress: Callable[[TrainProgress], None] | None = None) -> bool:
         """Fine-tune ``candidate`` in its own formats for ``steps`` steps
         (``codesign.evaluation.lm_finetune``) and keep its weights in ``finetuned_dir``; later
-        scores and export use them. False (nothing done) when they are already there. Raises
+        scores and export use them. False (nothing done) when they are already there, or when
+        the member has no 4-bit or 2:4 unit (``lm_finetune.worth_finetuning``). Raises
         ValueError without a ``finetuned_dir``."""
-        from codesign.evaluation.lm_finetune import finetune_member, save_member
+        from codesign.evaluation.lm_finetune import (finetune_member, save_member,
+                                                     worth_finetuning)
 
         self._check(candidate)
         path = self.finetuned_path(candidate)
@@ -252,7 +254,7 @@ class PerplexityEvaluator(Evaluator):
             raise ValueError("fine-tuning needs a finetuned_dir to keep the weights in")
         for split in ("val", "test"):  # scored before from the supernet's slice
             self._units.pop((quality_key(candidate), split), None)
-        if path.is_file():
+        if path.is_file() or not worth_finetuning(candidate):
             return False
         save_member(finetune_member(self.space, self.supernet(), candidate, steps,
                                     seed=self.seed, threads=self.threads, progress=progress),
