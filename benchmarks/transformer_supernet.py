@@ -1,7 +1,8 @@
 """Train (or load) the transformer space's LM supernet, with its loss curve.
 
     python -m benchmarks.transformer_supernet [--threads 1] [--snapshots DIR] [--log FILE]
-    python -m benchmarks.transformer_supernet --ship      # write configs/weights, print sha256
+                                              [--steps N] [--batch-size B]
+    python -m benchmarks.transformer_supernet --ship [--steps N]  # configs/weights, sha256
     python -m benchmarks.transformer_supernet --curve DIR [--max-tokens N]
 
 Trains the default ``LMTrainConfig`` for the default space (resuming from the cache's checkpoint
@@ -12,6 +13,7 @@ and smallest subnets along the training can be measured afterwards (``--curve DI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -24,9 +26,16 @@ from codesign.search_spaces import transformer_lm as lm
 from codesign.search_spaces.transformer import load_transformer_config
 
 
+def _train_config(args) -> lm.LMTrainConfig:
+    """The default ``LMTrainConfig`` with ``--steps`` / ``--batch-size`` where given."""
+    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
+    return dataclasses.replace(lm.LMTrainConfig(), **changes)
+
+
 def train(args) -> None:
     config = load_transformer_config()
-    path = lm.cache_path(config)
+    cfg = _train_config(args)
+    path = lm.cache_path(config, train=cfg)
     log = open(args.log, "a") if args.log else None
     snaps = Path(args.snapshots) if args.snapshots else None
     if snaps:
@@ -48,7 +57,7 @@ def train(args) -> None:
             shutil.copy(ckpt, snaps / f"step{p.step}.pt")
 
     start = time.perf_counter()
-    lm.get_trained_lm(config, threads=args.threads, progress=progress,
+    lm.get_trained_lm(config, train=cfg, threads=args.threads, progress=progress,
                       checkpoint_every=args.every if snaps else lm.CHECKPOINT_EVERY)
     print(f"done in {time.perf_counter() - start:.0f} s: {path}", file=sys.stderr)
 
@@ -56,8 +65,9 @@ def train(args) -> None:
 def ship(args) -> None:
     """Write the trained weights (cache, else trained now) to ``configs/weights``."""
     config = load_transformer_config()
-    params = lm.get_trained_lm(config, threads=args.threads)
-    path = lm.shipped_path(config)
+    cfg = _train_config(args)
+    params = lm.get_trained_lm(config, train=cfg, threads=args.threads)
+    path = lm.shipped_path(config, train=cfg)
     digest = lm.save_shipped_weights(params, path)
     print(f"{path.name} sha256 {digest} {path.stat().st_size} B")
 
@@ -103,6 +113,9 @@ def main(argv=None) -> None:
     ap.add_argument("--curve", default=None, metavar="DIR",
                     help="score the snapshots in DIR instead of training")
     ap.add_argument("--max-tokens", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=0, help="training steps (0: the default's)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="windows per step (0: the default's)")
     args = ap.parse_args(argv)
     if args.curve:
         curve(args)

@@ -198,16 +198,16 @@ class LMTrainConfig:
     Many small steps (one window of 512 bytes) rather than few large ones, since a byte-level
     model leaves its unigram plateau by the step count, not the token count (BENCHMARKS.md,
     "Issue 9: perplexity (measured)": 640 steps of 2 windows left the largest subnet at val
-    perplexity 9.2, above a Kneser-Ney 3-gram's 5.8). The default, 1,200 steps, is what this
-    2-core CPU, shared with other jobs, trained in a session: 33 min at one thread (1.65 s a
-    step at a load average of 5-9), offline; its weights ship in
-    ``configs/weights`` (the measured loss curve and what it reaches: BENCHMARKS.md, "LM quality
-    axis (issue 20)").
+    perplexity 9.2, above a Kneser-Ney 3-gram's 5.8). The default, 4,000 steps, was chosen from
+    the measured step time (0.45-0.9 s at one thread on this shared 2-core CPU) to finish in a
+    session: 32 min at one thread, niced, load average 2-4.6; 1,200 steps had left the curve
+    still falling. Its weights ship in ``configs/weights`` (the measured loss curve and what it
+    reaches: BENCHMARKS.md, "LM quality axis (issue 20)").
     ``seq_len`` 0 = the largest context, so every position a candidate's KV cache can hold is
     trained.
     """
 
-    steps: int = 1200
+    steps: int = 4000
     batch_size: int = 1
     seq_len: int = 0
     lr: float = 3e-3

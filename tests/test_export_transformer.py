@@ -74,7 +74,8 @@ def test_plan_maps_every_linear_to_its_module_and_refuses_what_xnnpack_cannot_ru
 def test_export_transformer_run_mixed_precision_and_refused(tmp_path, monkeypatch, capsys):
     import codesign.export.transformer_run as tr
 
-    monkeypatch.setattr(tr, "member_weights", lambda space, c, seed: (None, "random (test)"))
+    monkeypatch.setattr(tr, "member_weights",
+                        lambda space, c, seed, finetuned=None: (None, "random (test)"))
     space = _space()
     mixed = _candidate(space, "w4a8-dyn")  # block 0 4-bit, the others static w8a8, head fp32
     run = _write_run(tmp_path, space, [(1, mixed)])

@@ -79,7 +79,7 @@ def _transformer_run(root: Path, monkeypatch) -> tuple[Path, Any, dict, dict]:
     # seeded random weights, the exporter's own fallback: the program, its runtime check and its
     # files do not depend on the values (training the LM is the evaluator suite's business)
     monkeypatch.setattr(transformer_run, "member_weights",
-                        lambda space, candidate, seed: (None, "random (test)"))
+                        lambda space, candidate, seed, finetuned=None: (None, "random (test)"))
     space = tiny_space(load_backend("codesign"))
     cfg = space.config
     arch = TransformerArch(min(cfg.layers), min(cfg.d_model), min(cfg.heads), min(cfg.heads),

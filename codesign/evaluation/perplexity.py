@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -136,6 +137,9 @@ class PerplexityEvaluator(Evaluator):
         progress: called with ``TrainProgress`` while the supernet trains or loads (not pickled).
         max_tokens: score at most this many predicted bytes of a split (0: the whole split,
             truncated to a multiple of the largest context); tests use small numbers.
+        finetuned_dir: where fine-tuned members' weights live (``RUN/finetuned``,
+            ``codesign.evaluation.lm_finetune``): a candidate with a file there is scored (and
+            exported) with those weights instead of the supernet's slice.
     """
 
     name = "perplexity"
@@ -145,7 +149,7 @@ class PerplexityEvaluator(Evaluator):
     def __init__(self, space: TransformerSpace, *, seed: int = 0, train: Any = None,
                  threads: int | None = None,
                  progress: Callable[[TrainProgress], None] | None = None,
-                 max_tokens: int = 0) -> None:
+                 max_tokens: int = 0, finetuned_dir: Path | None = None) -> None:
         from codesign.search_spaces.transformer_lm import LMTrainConfig
 
         self.space = space
@@ -154,6 +158,7 @@ class PerplexityEvaluator(Evaluator):
         self.threads = threads
         self.progress = progress
         self.max_tokens = int(max_tokens)
+        self.finetuned_dir = Path(finetuned_dir) if finetuned_dir is not None else None
         contexts = space.config.context
         self.unit = math.gcd(*contexts)
         self._params: dict[str, torch.Tensor] | None = None
@@ -164,7 +169,8 @@ class PerplexityEvaluator(Evaluator):
         return (_rebuild, (self.space.config, self.space.backend.name, self.seed,
                            self.space.threads_choices,
                            {"train": self.train, "threads": self.threads,
-                            "max_tokens": self.max_tokens}))
+                            "max_tokens": self.max_tokens,
+                            "finetuned_dir": self.finetuned_dir}))
 
     # -------------------------------------------------------------- shared state
     def prepare(self) -> None:
@@ -204,17 +210,56 @@ class PerplexityEvaluator(Evaluator):
     def build_quantized(self, candidate: Candidate) -> torch.nn.Module:
         """The candidate as scored: ExecuTorch's decoder (full-sequence, every position's
         logits) with fake-quantized weights, its 2:4 masks and activation fake quantization."""
-        from codesign.search_spaces.transformer_lm import subnet_state_dict
         from codesign.search_spaces.transformer_model import build_decoder
 
         self._check(candidate)
-        sd = quantized_state_dict(self.space, candidate,
-                                  subnet_state_dict(self.supernet(), candidate))
+        sd = quantized_state_dict(self.space, candidate, self.member_state_dict(candidate))
         # sd's own output.weight: build_decoder unties the head, as export realises it
         model = build_decoder(candidate, self.space.config.vocab, sd, kv_cache=False,
                               full_logits=True)
         add_activation_quant(model, self.space, candidate)
         return model
+
+    def member_state_dict(self, candidate: Candidate) -> dict[str, torch.Tensor]:
+        """The candidate's float weights: fine-tuned (``finetuned_dir``) if it was, else its
+        slice of the supernet (``transformer_lm.subnet_state_dict``)."""
+        from codesign.evaluation.lm_finetune import load_member
+        from codesign.search_spaces.transformer_lm import subnet_state_dict
+
+        path = self.finetuned_path(candidate)
+        if path is not None and path.is_file():
+            return load_member(path)
+        return subnet_state_dict(self.supernet(), candidate)
+
+    # -------------------------------------------------------------- fine-tuning
+    def finetuned_path(self, candidate: Candidate) -> Path | None:
+        from codesign.evaluation.lm_finetune import finetuned_file
+
+        return None if self.finetuned_dir is None else finetuned_file(self.finetuned_dir,
+                                                                      candidate)
+
+    def finetune(self, candidate: Candidate, steps: int, *,
+                 progress: Callable[[TrainProgress], None] | None = None) -> bool:
+        """Fine-tune ``candidate`` in its own formats for ``steps`` steps
+        (``codesign.evaluation.lm_finetune``) and keep its weights in ``finetuned_dir``; later
+        scores and export use them. False (nothing done) when they are already there, or when
+        the member has no 4-bit or 2:4 unit (``lm_finetune.worth_finetuning``). Raises
+        ValueError without a ``finetuned_dir``."""
+        from codesign.evaluation.lm_finetune import (finetune_member, save_member,
+                                                     worth_finetuning)
+
+        self._check(candidate)
+        path = self.finetuned_path(candidate)
+        if path is None:
+            raise ValueError("fine-tuning needs a finetuned_dir to keep the weights in")
+        for split in ("val", "test"):  # scored before from the supernet's slice
+            self._units.pop((quality_key(candidate), split), None)
+        if path.is_file() or not worth_finetuning(candidate):
+            return False
+        save_member(finetune_member(self.space, self.supernet(), candidate, steps,
+                                    seed=self.seed, threads=self.threads, progress=progress),
+                    path)
+        return True
 
     def windows(self, split: str, context: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (windows, context): the split's bytes in non-overlapping

@@ -8,9 +8,11 @@ program vs the space's priced bytes), which attention path was used (ExecuTorch'
 or the plain static cache), the runtime check (decode from position 0 vs the eager quantized
 module), host decode latency at position ``context - 1`` (p50, p90, first run), sizes and sha256.
 
-Weights: the trained LM supernet's (``codesign.search_spaces.transformer_lm.candidate_state_dict``)
-where that module is present, else seeded random weights, said in the manifest (latency, sizes and
-the runtime check do not depend on the values; quality does).
+Weights: the member's fine-tuned weights where the search kept them (``RUN/finetuned``,
+``codesign.evaluation.lm_finetune``), else the trained LM supernet's
+(``codesign.search_spaces.transformer_lm.candidate_state_dict``) where that module is present,
+else seeded random weights, said in the manifest (latency, sizes and the runtime check do not
+depend on the values; quality does).
 """
 from __future__ import annotations
 
@@ -36,8 +38,18 @@ STREAM_NOTE = ("the space prices the residual stream, norms, RoPE, softmax and t
                "{bits} bits; the exported program runs them in fp32 (XNNPACK on this host)")
 
 
-def member_weights(space, candidate, seed: int) -> tuple[Mapping[str, torch.Tensor] | None, str]:
-    """(state dict or None for seeded random weights, where the weights come from)."""
+def member_weights(space, candidate, seed: int, finetuned_dir: Path | None = None
+                   ) -> tuple[Mapping[str, torch.Tensor] | None, str]:
+    """(state dict or None for seeded random weights, where the weights come from): the
+    member's fine-tuned weights where the search kept them in ``finetuned_dir``
+    (``codesign.evaluation.lm_finetune``), else its slice of the trained supernet."""
+    if finetuned_dir is not None:
+        from codesign.evaluation.lm_finetune import finetuned_file, load_member
+
+        path = finetuned_file(finetuned_dir, candidate)
+        if path.is_file():
+            return load_member(path), (f"fine-tuned in its own formats by the search "
+                                       f"({path.name}; trained LM supernet, seed {seed})")
     try:
         from codesign.search_spaces.transformer_lm import candidate_state_dict
     except ImportError:
@@ -54,6 +66,7 @@ class TransformerRun(RunSpecs):
     """A transformer run: the specs, and the seed of the LM supernet its members come from."""
 
     seed: int = 0
+    finetuned_dir: Path | None = None  # RUN/finetuned: members fine-tuned by the search
 
     @classmethod
     def open(cls, run_dir: Path) -> "TransformerRun":
@@ -63,8 +76,10 @@ class TransformerRun(RunSpecs):
         identity, pareto, device, backend = open_run_specs(run_dir)
         space = load_space(identity["space"], backend, device)
         check_space_hash(run_dir, identity, space)
+        tuned = Path(run_dir) / "finetuned"
         return cls(identity, pareto, device, backend, load_backend("xnnpack"), space,
-                   os.cpu_count() or 1, int(identity.get("seed", 0)))
+                   os.cpu_count() or 1, int(identity.get("seed", 0)),
+                   tuned if tuned.is_dir() else None)
 
 
 def _kv_json(run: TransformerRun, candidate, program) -> dict[str, Any]:
@@ -174,7 +189,8 @@ def export_transformer_member(run: TransformerRun, member: ParetoMember, out: Pa
             files["kernels.json"] = out / "kernels.json"
             atomic_write_json(files["kernels.json"], kernel_phases(run, candidate, member))
         if "pt2" in formats:
-            state_dict, manifest["weights"] = member_weights(space, candidate, run.seed)
+            state_dict, manifest["weights"] = member_weights(space, candidate, run.seed,
+                                                             run.finetuned_dir)
             t0 = time.perf_counter()
             _save_pt2(out / "model.pt2", on_grid_program(space, candidate, state_dict, run.seed))
             manifest["seconds"] = {"pt2": time.perf_counter() - t0}
@@ -187,7 +203,7 @@ def export_transformer_member(run: TransformerRun, member: ParetoMember, out: Pa
                 "float decoder with a static KV cache; weights on each linear's quantization "
                 "grid")
     else:
-        state_dict, source = member_weights(space, candidate, run.seed)
+        state_dict, source = member_weights(space, candidate, run.seed, run.finetuned_dir)
         manifest["weights"] = source
         calibration = None
         if state_dict is not None and any(p.realisation == PT2E_INT8 for p in plans):
