@@ -172,13 +172,14 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
                 return torch.export.export(module, args, kwargs)
         except Exception as exc:  # torch raises many types; the user needs the one-line reason
             errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+    fallback = ""
     if is_hf_causal_lm(model) and not isinstance(attempts[0][0], _own_state_class()):
         try:  # a model that cannot run over a static cache: the cache object it builds itself
             with torch.no_grad():
                 return torch.export.export(_own_state_step(model, shape, None), (),
                                            {"input_ids": ids, "cache_position": positions})
-        except Exception:  # noqa: BLE001 - the static cache's reason is the one to report
-            pass
+        except Exception as exc:  # noqa: BLE001 - reported after the static cache's reason
+            fallback = f"; with its own cache: {type(exc).__name__}: {_first_line(exc)}"
     if not is_hf_causal_lm(model):
         need = ("forward(tokens, input_pos) with its own KV cache" if shape.phase == "decode"
                 else "forward(tokens) on int64 token ids")
@@ -186,4 +187,4 @@ def export_step(model: torch.nn.Module, shape: PhaseShape) -> torch.export.Expor
                            f"to be a Hugging Face causal LM or take {need}; torch.export "
                            f"failed: {errors[-1]}")
     raise LoweringError(f"torch.export of the {shape.phase} step ({shape.tokens} tokens, "
-                        f"context {shape.context}) failed: {errors[-1]}")
+                        f"context {shape.context}) failed: {errors[-1]}{fallback}")

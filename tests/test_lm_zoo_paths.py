@@ -188,3 +188,12 @@ def test_data_dependent_rows_per_expert_are_balanced():
     assert 0 < dec.latency_s < pre.latency_s
     assert dec.weight_bytes == pre.weight_bytes  # unrouted experts are stored, not streamed
     assert dec.streamed_bytes < pre.streamed_bytes
+
+
+def test_a_model_failing_both_caches_reports_both_reasons():
+    """xlm fails over the static cache and over its own: the error names both, not only the
+    first (the own-cache attempt's reason used to be dropped)."""
+    from codesign.cost_models.lowering import LoweringError
+
+    with pytest.raises(LoweringError, match=r"failed: .+; with its own cache: .+"):
+        _price(_model("xlm"), "prefill")
