@@ -24,6 +24,7 @@ e.g. ``os.environ["NUMBA_CACHE_DIR"] = per_process_numba_cache_dir()``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -83,6 +84,11 @@ class HostInfo:
                           self.machine, self.system, self.python, self.numpy, self.numba,
                           self.llvm, "", list(self.env)])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def hardware_fingerprint(self) -> str:
+        """:meth:`fingerprint` without the environment: keys measurements of the machine itself
+        (clock, peaks, bandwidths), which ``OMP_WAIT_POLICY`` and the like do not change."""
+        return dataclasses.replace(self, env=()).fingerprint()
 
     def to_dict(self) -> dict:
         d = asdict(self)

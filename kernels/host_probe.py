@@ -324,9 +324,19 @@ def read_sweep(sizes=SWEEP_BYTES,
 
 def profile_path(directory: str | os.PathLike | None = None,
                  host: HostInfo | None = None) -> Path:
-    """``<dir>/host_profile_<fingerprint>.json`` (dir defaults to the benchmark cache)."""
+    """``<dir>/host_profile_<fingerprint>.json`` (dir defaults to the benchmark cache).
+
+    Keyed by the hardware fingerprint: a profile taken under ``OMP_WAIT_POLICY=PASSIVE`` must
+    still price ``--device host`` in a shell without it (keyed with the environment, it was
+    silently missed and the host priced at cpuinfo's nominal clock, 1.75x slow here)."""
     base = Path(directory) if directory is not None else default_cache_dir()
-    return base / f"host_profile_{(host or host_info()).fingerprint()}.json"
+    return base / f"host_profile_{(host or host_info()).hardware_fingerprint()}.json"
+
+
+def _legacy_profile_path(directory: str | os.PathLike | None = None) -> Path:
+    """Where profiles were stored before: keyed with the environment variables too."""
+    base = Path(directory) if directory is not None else default_cache_dir()
+    return base / f"host_profile_{host_info().fingerprint()}.json"
 
 
 def save_profile(profile: HostProfile, directory: str | os.PathLike | None = None) -> Path:
@@ -347,12 +357,14 @@ def save_profile(profile: HostProfile, directory: str | os.PathLike | None = Non
 
 
 def cached_profile(directory: str | os.PathLike | None = None) -> HostProfile | None:
-    """The stored profile of this host (same fingerprint), or None if never measured."""
-    try:
-        with open(profile_path(directory), encoding="utf-8") as f:
-            return HostProfile.from_dict(json.load(f))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The stored profile of this host (same hardware fingerprint), or None if never measured."""
+    for path in (profile_path(directory), _legacy_profile_path(directory)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return HostProfile.from_dict(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def cached_bandwidth_bytes_per_s(directory: str | os.PathLike | None = None) -> float | None:

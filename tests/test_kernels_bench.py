@@ -143,3 +143,18 @@ def test_host_probe_smoke(tmp_path):
     copy1, triad1 = host_probe.stream_gbs(1, array_bytes=1 << 20, repeats=1)
     copy2, triad2 = host_probe.stream_gbs(2, array_bytes=1 << 20, repeats=1)
     assert min(copy1, triad1, copy2, triad2) > 0.1
+
+
+def test_host_profile_is_found_whatever_the_openmp_environment(tmp_path, monkeypatch):
+    """A profile probed under OMP_WAIT_POLICY=PASSIVE was keyed with that variable, so a shell
+    without it priced ``--device host`` at cpuinfo's nominal clock (1.75x slow) (bug fixed)."""
+    with_env = dataclasses.replace(bench_harness.host_info(),
+                                   env=(("OMP_WAIT_POLICY", "PASSIVE"),))
+    without_env = dataclasses.replace(with_env, env=())
+    fake = host_probe.HostProfile(with_env, 2, 90.0, 150.0, 85.0, 160.0, 300.0,
+                                  12.0, 14.0, 15.0, 17.0, 1 << 26)
+    host_probe.save_profile(fake, tmp_path)
+    monkeypatch.setattr(bench_harness, "_HOST", without_env)
+    assert host_probe.cached_profile(tmp_path) == fake
+    assert with_env.fingerprint() != without_env.fingerprint()
+    assert with_env.hardware_fingerprint() == without_env.hardware_fingerprint()
