@@ -10,6 +10,9 @@ counts. So, per target column:
 - ``additive_cv``: the learned model's family (latency additive over op signatures, weighted
   least squares on relative error) fitted by 5-fold cross-validation on all rows.
 - ``gbm_cv``: a gradient-boosted tree ensemble on the signature counts (log latency), 5-fold.
+- ``gbm_with_devices_cv``: the same ensemble given, besides the counts, every other device
+  column's log latency of the same candidate (what a transfer model could at most borrow from
+  the prior devices), 5-fold; ``best_other_column`` is the best single prior column's Spearman.
 The learned model, fitted on N rows of the target, cannot beat these.
 
     .venv/bin/python -m benchmarks.calibration_ceiling --space nasbench201 --target pixel3 \
@@ -80,10 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         out["group_mean_loo"] = {"rows": int(len(rows)), "spearman": m["spearman"],
                                  "within_10pct": m["within_10pct"],
                                  "median_abs_log": float(np.median(np.abs(np.log(loo / y[rows]))))}
-    for name, fn in (("additive_cv", additive), ("gbm_cv", gbm)):
-        pred = cross_validated(counts, y, fn)
+    others = [i for i, c in enumerate(data.columns) if c != args.target]
+    with_devices = np.hstack([counts, np.log(data.latency_ms[:, others])])
+    for name, fn, X in (("additive_cv", additive, counts), ("gbm_cv", gbm, counts),
+                        ("gbm_with_devices_cv", gbm, with_devices)):
+        pred = cross_validated(X, y, fn)
         out[name] = {"spearman": float(stats.spearmanr(pred, y)[0]),
                      "within_10pct": float(np.mean(np.abs(pred - y) / y <= 0.1))}
+    rho = [(float(stats.spearmanr(data.latency_ms[:, i], y)[0]), data.columns[i]) for i in others]
+    out["best_other_column"] = dict(zip(("spearman", "column"), max(rho)))
+    out["distinct_values"] = int(len(np.unique(y)))
     print(json.dumps(out, indent=1))
     return 0
 

@@ -159,9 +159,36 @@ def _portable(median: dict) -> dict:
     return out
 
 
+def _handoff(wall: dict) -> dict:
+    """Per size S of the ``handoff`` chains (wall clock): the intercept over N at 1 and 2
+    threads, its rise (``rise_s``: the program's fp32 input and output, 8 x S bytes, passing
+    between the calling thread and the pool at 2 threads), and the per-operator time ratio."""
+    from benchmarks.xnnpack_op_costs import CHAIN_COUNTS, HANDOFF_SIZES
+
+    lo, hi = CHAIN_COUNTS
+    out = {}
+    for s in HANDOFF_SIZES:
+        fit = {}
+        for t in (1, 2):
+            a, b = wall.get(f"handoff/{s}/{lo}/t{t}"), wall.get(f"handoff/{s}/{hi}/t{t}")
+            if a is None or b is None:
+                break
+            slope = (b - a) / (hi - lo)
+            fit[t] = (a - lo * slope, slope)
+        if len(fit) == 2:
+            out[str(s)] = {"io_bytes": 8 * s, "intercept_1t_s": fit[1][0],
+                           "intercept_2t_s": fit[2][0], "rise_s": fit[2][0] - fit[1][0],
+                           "per_op_1t_s": fit[1][1], "per_op_2t_s": fit[2][1],
+                           "op_speedup_2t": fit[1][1] / fit[2][1]}
+    return out
+
+
 def derive(result: dict) -> dict:
     wall, cpu = result["median_s"], result.get("median_cpu_s", result["median_s"])
     out = _chain(wall, cpu)
+    handoff = _handoff(wall)
+    if handoff:
+        out["handoff"] = handoff
     if any(k.startswith("op/") for k in cpu) and out:
         out["efficiency"] = _efficiency(cpu, out["program_overhead_s"],
                                         out["dispatch_overhead_s"])

@@ -14,6 +14,12 @@ wall clock, median of ``--repeats`` per round, lowest median over rounds:
 * ``op``: one GEMM-class or element-wise operator per program (fp32 and int8) on the
   ``GRID``; the time minus the ``chain`` program's fixed cost is the operator's time, which
   ``benchmarks.op_cost_terms`` turns into the back-end's measured efficiency on this ISA.
+  With ``--op-threads 1 2`` each op program is also timed at 2 threads (wall clock, the only
+  clock that sees both threads): its 1 -> 2 thread speed-up as a single operator.
+* ``handoff``: N = 1 and 16 adds on (1, S) inputs, S in ``HANDOFF_SIZES``, at 1 and 2
+  threads: per S, how much the program's intercept (what is not per operator: the input and
+  output passing between the calling thread and the pool) rises at 2 threads, and the 2-thread
+  scaling of one streaming operator at that size.
 * ``portable``: ops XNNPACK's partitioner leaves to ExecuTorch's portable kernels, N = 1 and 8
   per program at two sizes: per op = fixed + elements x rate (least squares with the program's
   own fixed cost).
@@ -41,6 +47,9 @@ CHAIN_SIZES = (40, 5120, 51840)  # elements: 1x40, 1x20x16x16, 1x40x36x36
 CHAIN_SHAPES = {40: (1, 40), 5120: (1, 20, 16, 16), 51840: (1, 40, 36, 36)}
 CHAIN_COUNTS = (1, 16)
 CHAIN_THREADS = (1, 2)
+# ``handoff``: the same chains on 2-D inputs (no layout conversion) over a wider size range,
+# added after the first runs showed the 2-thread intercept rising steeply with size
+HANDOFF_SIZES = (10240, 20480, 40960, 81920, 163840, 327680)
 # kind, label, constructor args: conv (cin, cout, k, stride, hw), depthwise (c, k, stride, hw),
 # linear (rows, in, out), add / pools (shape)
 GRID = (
@@ -188,8 +197,9 @@ def disjoint_from_zoo() -> list[str]:
         for op in lower_module(module, shape):
             zoo.add((op.kind.value, tuple(op.in_shapes[:1]), op.out_shape))
     clash = []
-    for kind, label, args in GRID:
-        module, shape = op_module(kind, args)
+    cases = [(label, *op_module(kind, args)) for kind, label, args in GRID]
+    cases += [(f"handoff_{s}", AddChain(1), (1, s)) for s in HANDOFF_SIZES]
+    for label, module, shape in cases:
         for op in lower_module(module, shape):
             if (op.kind.value, tuple(op.in_shapes[:1]), op.out_shape) in zoo:
                 clash.append(label)
@@ -202,9 +212,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", required=True)
-    p.add_argument("--skip", nargs="*", default=[], choices=["chain", "op", "portable"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["chain", "op", "portable", "handoff"])
     p.add_argument("--portable-ops", nargs="*", default=list(PORTABLE), choices=PORTABLE,
                    help="which portable ops to time (all)")
+    p.add_argument("--op-threads", nargs="*", type=int, default=[1],
+                   help="thread counts for the op family (1; '1 2' adds each op at 2 threads)")
     p.add_argument("--programs", default=None,
                    help="pickle of the lowered programs: written if absent, else timed as is")
     p.add_argument("--derive-only", action="store_true",
@@ -231,7 +243,7 @@ def main(argv=None) -> int:
         with open(args.programs, "rb") as fh:  # this script's own file, written below
             programs, shapes, threads = pickle.load(fh)
     else:
-        programs, shapes, threads = _lower_all(args.skip, args.portable_ops)
+        programs, shapes, threads = _lower_all(args.skip, args.portable_ops, args.op_threads)
         if args.programs:
             import pickle
 
@@ -253,7 +265,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _lower_all(skip, portable_ops=PORTABLE) -> tuple[dict, dict, dict]:
+def _lower_all(skip, portable_ops=PORTABLE, op_threads=(1,)) -> tuple[dict, dict, dict]:
     programs, shapes, threads = {}, {}, {}
     if "chain" not in skip:
         for s in CHAIN_SIZES:
@@ -262,12 +274,22 @@ def _lower_all(skip, portable_ops=PORTABLE) -> tuple[dict, dict, dict]:
                 for t in CHAIN_THREADS:
                     key = f"chain/{s}/{n}/t{t}"
                     programs[key], shapes[key], threads[key] = pte, CHAIN_SHAPES[s], t
+    if "handoff" not in skip:
+        for s in HANDOFF_SIZES:
+            for n in CHAIN_COUNTS:
+                pte = _lower(AddChain(n), (1, s), "fp32")
+                for t in CHAIN_THREADS:
+                    key = f"handoff/{s}/{n}/t{t}"
+                    programs[key], shapes[key], threads[key] = pte, (1, s), t
     if "op" not in skip:
         for kind, label, a in GRID:
             for prec in ("fp32", "int8"):
                 module, shape = op_module(kind, a)
                 key = f"op/{label}/{prec}"
-                programs[key], shapes[key], threads[key] = _lower(module, shape, prec), shape, 1
+                pte = _lower(module, shape, prec)
+                for t in op_threads:
+                    at = key if t == 1 else f"{key}/t{t}"
+                    programs[at], shapes[at], threads[at] = pte, shape, t
     if "portable" not in skip:
         for op in portable_ops:
             for shape in PORTABLE_SHAPES:

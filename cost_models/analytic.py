@@ -165,6 +165,12 @@ class AnalyticCostModel(CostModel):
         self._portable_codes = np.array([c for c, _ in table], dtype=np.int64)
         self._portable_fixed = np.array([f.value for _, (f, _) in table]) * scale[0]
         self._portable_rate = np.array([r.value for _, (_, r) in table]) * scale[0]
+        # measured 2-thread behaviour on this ISA: streaming ops within L2 and the program's
+        # input/output handoff (``BackendSpec.measured_threading``)
+        threading = (b.measured_threading or {}).get(self.device.cpu.isa)
+        self._stream_scaling = threading.stream_scaling.value if threading else None
+        self._handoff = (np.array(threading.handoff).T * [[1.0], [scale[0]]]
+                         if threading and self.threads > 1 else None)
         self._meas_eff = np.full((len(OpKind), len(_DTYPES)), np.nan)
         for kind, per in (b.measured_efficiency or {}).get(self.device.cpu.isa, {}).items():
             for dtype, value in per.items():
@@ -355,6 +361,11 @@ class AnalyticCostModel(CostModel):
             cache_s = (traffic - w_bytes) / self._cum_cache_bw[used] + w_bytes / w_bw
         else:
             cache_s = traffic / self._cum_cache_bw[used]
+        if self._stream_scaling is not None:
+            # measured: a streaming op whose data fits one core's L2 gains only this factor
+            # from 2 threads (ideal 2; more threads keep the same fraction of ideal)
+            shared = (used > 0) & (traffic <= self._l2)
+            cache_s = np.where(shared, cache_s * 2.0 / self._stream_scaling, cache_s)
         memory_s = np.maximum(dram_s, cache_s)
 
         # Ops the back-end leaves to the runtime's portable kernels: their measured fixed cost
@@ -377,6 +388,15 @@ class AnalyticCostModel(CostModel):
             live = np.flatnonzero(~free)
             _, first = np.unique(batch.candidate[live], return_index=True)
             overhead_s[live[first]] += self._program_s
+        if self._handoff is not None:
+            # at > 1 thread the program's input and output pass between the calling thread
+            # and the pool: measured by their bytes, charged with the program's fixed cost
+            live = np.flatnonzero(~free)
+            cand = batch.candidate[live]
+            _, first = np.unique(cand, return_index=True)
+            last = len(cand) - 1 - np.unique(cand[::-1], return_index=True)[1]
+            io = batch.act_in_bytes[live[first]] + batch.act_out_bytes[live[last]]
+            overhead_s[live[first]] += np.interp(io, *self._handoff)
 
         compute_s = np.where(free, 0.0, compute_s)
         memory_s = np.where(free, 0.0, memory_s)

@@ -103,6 +103,9 @@ class BackendSpec:
     # Per ISA, op kind and compute dtype: a fraction of peak measured by single-op
     # microbenchmarks, replacing the estimated efficiency x the derived micro-kernel term
     measured_efficiency: Mapping[str, Mapping[OpKind, Mapping[str, Sourced]]] | None = None
+    # Per ISA, how the back-end's programs behaved at 2 threads in microbenchmarks there
+    # (None: ideal scaling of every term)
+    measured_threading: Mapping[str, "ThreadingTerms"] | None = None
     path: str = ""
 
     def fixed_cost_scale(self, cluster) -> float:
@@ -207,6 +210,46 @@ def _portable(r: ConfigReader) -> dict:
     return {"portable_ops": dict(ops), "portable_rates": rates}
 
 
+@dataclass(frozen=True)
+class ThreadingTerms:
+    """A back-end's measured 2-thread behaviour on one ISA (single-op microbenchmarks).
+
+    Attributes:
+        stream_scaling: one streaming operator's time at 1 thread / at 2 threads, for working
+            sets within one core's L2 (ideal: 2).
+        handoff: ((program input + output bytes, seconds), ...) sorted: what an inference's
+            fixed part grows by at 2 threads (its input and output passing between the
+            calling thread and the pool); interpolated in bytes, clamped at the ends.
+    """
+
+    stream_scaling: Sourced
+    handoff: tuple[tuple[float, float], ...]
+    handoff_ref: str
+
+
+def _measured_threading(r: ConfigReader) -> dict | None:
+    """``measured_threading: {ISA: {stream_scaling: sourced, handoff: {ref, points: [[B, s]]}}}``."""
+    if "measured_threading" not in r.data:
+        return None
+    block = r.sub("measured_threading")
+    out = {}
+    for isa in block.data:
+        if isa not in ISAS:
+            raise block.error(f"unknown ISA; valid: {', '.join(ISAS)}", isa)
+        per = block.sub(isa)
+        handoff = per.sub("handoff")
+        points = handoff.data.get("points")
+        if (not isinstance(points, list) or not points
+                or not all(isinstance(p, list) and len(p) == 2 for p in points)):
+            raise handoff.error("expected a list of [bytes, seconds] pairs", "points")
+        try:
+            pairs = tuple(sorted((float(b), float(t)) for b, t in points))
+        except (TypeError, ValueError):
+            raise handoff.error("expected numbers", "points") from None
+        out[isa] = ThreadingTerms(per.sourced("stream_scaling"), pairs, handoff.str("ref"))
+    return out
+
+
 def _measured_efficiency(r: ConfigReader) -> dict | None:
     """``measured_efficiency: {ISA: {KIND: {DTYPE: sourced}}}``."""
     if "measured_efficiency" not in r.data:
@@ -306,6 +349,7 @@ def parse_backend(data, path: str) -> BackendSpec:
         fixed_costs_measured_on=_measured_on(r),
         **_portable(r),
         measured_efficiency=_measured_efficiency(r),
+        measured_threading=_measured_threading(r),
         path=path,
     )
 

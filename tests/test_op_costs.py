@@ -130,3 +130,54 @@ def test_portable_table_errors_name_the_field(tmp_path):
                                        "core": "x86-64", "provenance": {"command": "c"}}
     with pytest.raises(SpecError, match="date"):
         parse_backend(data, "x.yaml")
+
+
+def _threading(scaling=2.0, points=((1e5, 0.0), (1e6, 0.0))):
+    from codesign.cost_models.backends import ThreadingTerms
+
+    return {"aarch64": ThreadingTerms(_s(scaling), tuple(points), "test")}
+
+
+def test_program_handoff_charged_once_at_two_threads_by_io_bytes(pixel8):
+    points = ((1e5, 1e-6), (1e6, 5e-5))
+    plain = {t: AnalyticCostModel(pixel8, _backend(measured_threading=None), threads=t)
+             for t in (1, 2)}
+    hand = {t: AnalyticCostModel(pixel8, _backend(measured_threading=_threading(points=points)),
+                                 threads=t) for t in (1, 2)}
+    # fp32 adds: the program reads 2 x 4 x 50000 bytes and writes the last op's 4 x 50000
+    lists = [[elementwise_add(50_000), elementwise_add(50_000)], [elementwise_add(10)]]
+    batch = OpBatch.from_oplists(lists)
+    a1, b1 = plain[1].predict(batch), hand[1].predict(batch)
+    np.testing.assert_allclose(b1.latency_s, a1.latency_s)
+    a2, b2 = plain[2].predict(batch), hand[2].predict(batch)
+    scale = hand[2].backend.fixed_cost_scale(hand[2].cores[0])
+    io = np.array([3 * 4 * 50_000, 3 * 4 * 10])
+    expected = np.interp(io, [1e5, 1e6], [1e-6, 5e-5]) * scale
+    np.testing.assert_allclose(b2.latency_s - a2.latency_s, expected, rtol=1e-9)
+    np.testing.assert_allclose(np.bincount(b2.candidate, b2.op_latency_s), b2.latency_s)
+
+
+def test_stream_scaling_slows_two_thread_streaming_within_l2_only(pixel8):
+    ideal = AnalyticCostModel(pixel8, _backend(measured_threading=None), threads=2)
+    meas = AnalyticCostModel(pixel8, _backend(measured_threading=_threading(scaling=0.8)),
+                             threads=2)
+    small, big = elementwise_add(20_000), elementwise_add(2_000_000)  # 240 KB vs 24 MB moved
+    a, b = (m.predict(OpBatch.from_oplists([[small], [big]])) for m in (ideal, meas))
+    assert 3 * 4 * 20_000 <= meas._l2 < 3 * 4 * 2_000_000
+    assert b.op_memory_s[0] == pytest.approx(a.op_memory_s[0] * 2.0 / 0.8)
+    assert b.op_memory_s[1] == pytest.approx(a.op_memory_s[1])
+
+
+def test_shipped_threading_terms_parse_and_bad_points_name_the_field():
+    from codesign.cost_models.devices import CONFIG_DIR
+
+    shipped = load_backend("xnnpack").measured_threading["x86-64"]
+    assert 0 < shipped.stream_scaling.value < 2 and len(shipped.handoff) >= 3
+    assert list(shipped.handoff) == sorted(shipped.handoff)
+    data, _ = load_yaml(CONFIG_DIR / "backends" / "xnnpack.yaml")
+    data = dict(data)
+    data["measured_threading"] = {"x86-64": {"stream_scaling": {"value": 0.8,
+                                                                "source": "measured"},
+                                             "handoff": {"ref": "r", "points": [[1, 2, 3]]}}}
+    with pytest.raises(SpecError, match="points"):
+        parse_backend(data, "x.yaml")
