@@ -35,6 +35,7 @@ from optuna.distributions import CategoricalDistribution
 from codesign.cost_models.backends import BackendSpec, Precision
 from codesign.cost_models.devices import CONFIG_DIR, SpecError, load_yaml
 from codesign.cost_models.ir import Op, OpKind, model_bytes
+from codesign.cost_models.lm_precision import drop_dynamic_dequantize
 from codesign.cost_models.lowering import insert_precision_boundaries
 from codesign.kernels.specs import DENSE, QuantSpec, TileSpec, two_four
 from codesign.search_spaces.base import SearchSpace
@@ -325,7 +326,7 @@ class TransformerSpace(SearchSpace):
             attended = t
         tile_name = candidate.decode_tile if phase == "decode" else candidate.prefill_tile
         tile = self.config.tiles[phase].get(tile_name)
-        return _drop_dynamic_dequantize(insert_precision_boundaries(
+        return drop_dynamic_dequantize(insert_precision_boundaries(
             self._lower(candidate, t, attended, tile, last_token_logits=phase == "prefill"),
             input_bits=self.config.stream_bits))
 
@@ -457,20 +458,6 @@ class TransformerSpace(SearchSpace):
                       ((t, a.heads, hd), (attended, kvh, hd), (attended, kvh, hd)),
                       groups=a.heads, flops=t * a.heads * attended * (4.0 * hd + 5.0),
                       quant=kv, inputs=(q, k, v)))
-
-
-def _drop_dynamic_dequantize(ops: list[Op]) -> list[Op]:
-    """Remove the DEQUANTIZE the boundary pass puts after a dynamically quantized op: such a
-    kernel (torchao's int8-dynamic-activation linear) quantizes its input itself (the QUANTIZE
-    before it stays: XNNPACK runs it as a separate convert operator) but writes float."""
-    dynamic = {op.name for op in ops if op.quant.dynamic_act}
-    dropped = {op.name: op.inputs[0] for op in ops
-               if op.kind is OpKind.DEQUANTIZE and op.inputs and op.inputs[0] in dynamic}
-    if not dropped:
-        return ops
-    return [replace(op, inputs=tuple(dropped.get(n, n) for n in op.inputs))
-            if any(n in dropped for n in op.inputs) else op
-            for op in ops if op.name not in dropped]
 
 
 def parameter_count(candidate: Candidate, vocab: int = 256) -> int:
