@@ -255,9 +255,13 @@ class SearchContext:
                     "source": "none", "ref": "the back-end file states no analytic_error: "
                     "the band is the point estimate", "file": _config_path(self.backend.path),
                     "field": "analytic_error", "devices": []}
+        from codesign.cost_models.host import unmeasured_clock_note
+
+        note = unmeasured_clock_note(self.device)
         return {"fraction": err.value, "lower_fraction": err.value, "upper_fraction": err.value,
                 "source": err.source, "ref": err.ref, "file": _config_path(self.backend.path),
-                "field": "analytic_error", "devices": list(self.backend.analytic_error_devices)}
+                "field": "analytic_error", "devices": list(self.backend.analytic_error_devices),
+                **({"host_clock_note": note} if note else {})}
 
     def priced_ops(self, candidate) -> list:
         """The op list the search's cost model prices for ``candidate``."""

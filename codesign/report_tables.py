@@ -46,6 +46,11 @@ def format_prediction(priced, *, model_name: str, input_shape, dtype: str) -> st
     n_free = sum(1 for op in priced.ops if op.kind.value == "free")
     foot = (f"predicted latency: {total * 1e3:.3f} ms  ({len(rows)} kernels, {n_free} free ops "
             f"priced at zero)\ntime by bound: {shares}")
+    from codesign.cost_models.host import unmeasured_clock_note
+
+    note = unmeasured_clock_note(priced.device)
+    if note:
+        foot += f"\n{note}"
     if a.get("cost_model_file"):
         foot += (f"\npriced by the {a['cost_model']} model {a['cost_model_file']} (cross-validated "
                  f"error ~{a['cv_rms_log_error']:.0%}; per-layer terms: the analytic ones rescaled)")
@@ -225,9 +230,10 @@ def band_note(pareto: dict[str, Any]) -> str | None:
     where = (f"measured on {', '.join(devices)}" if devices else "devices not stated")
     if devices and device and device not in devices:
         where += f", not on {device}"
+    note = f"\n{band['host_clock_note']}" if band.get("host_clock_note") else ""
     return (f"latency band: {size} of the predicted latency, {where}\n"
             f"  = {band.get('file', '?')} {band.get('field', '')} ({band.get('source', '?')}): "
-            f"{band.get('ref', '')}")
+            f"{band.get('ref', '')}{note}")
 
 
 def floor_note(pareto: dict[str, Any]) -> str:

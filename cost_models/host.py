@@ -168,6 +168,20 @@ def cache_read_curve(device) -> tuple[tuple[float, float], ...] | None:
     return tuple(sorted((float(n), float(g) * 1e9) for n, g in profile.read_sweep_gbs_1t))
 
 
+def unmeasured_clock_note(device) -> str | None:
+    """For this machine's spec priced without a probe profile: one line saying its clock is
+    cpuinfo's, which a VM often reports below the real one (2.6 GHz here against a measured
+    3.98: every host price 1.5-1.75x slow). None for any other device or a measured clock."""
+    if not getattr(device, "is_this_machine", False):
+        return None
+    clock = device.cpu.clusters[0].sustained_hz
+    if clock.source == "measured":
+        return None
+    return (f"note: this host's clock is cpuinfo's {clock.value / 1e9:.2f} GHz, not measured (a "
+            f"VM often reports a nominal clock below the real one); 'codesign bench kernels' "
+            f"(about a minute) measures it once and every later price uses it")
+
+
 def _measured_profile():
     """The cached host characterisation (``codesign bench kernels`` writes it), if any."""
     try:
