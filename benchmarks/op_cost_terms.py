@@ -25,18 +25,29 @@ import statistics
 import numpy as np
 
 
-def _chain_fit(median: dict, t: int) -> dict | None:
-    from benchmarks.xnnpack_op_costs import CHAIN_COUNTS, CHAIN_SIZES
+def _over_n(median: dict, family: str, s: int, t: int) -> tuple[float, float] | None:
+    """(intercept, slope) over the chain length N of ``family``'s programs of size ``s`` at
+    ``t`` threads: the program's fixed part and one operator; None if not measured."""
+    from benchmarks.xnnpack_op_costs import CHAIN_COUNTS
 
     lo, hi = CHAIN_COUNTS
+    a, b = median.get(f"{family}/{s}/{lo}/t{t}"), median.get(f"{family}/{s}/{hi}/t{t}")
+    if a is None or b is None:
+        return None
+    slope = (b - a) / (hi - lo)
+    return a - lo * slope, slope
+
+
+def _chain_fit(median: dict, t: int) -> dict | None:
+    from benchmarks.xnnpack_op_costs import CHAIN_SIZES
+
     per_op, intercept = [], []
     for s in CHAIN_SIZES:
-        a, b = median.get(f"chain/{s}/{lo}/t{t}"), median.get(f"chain/{s}/{hi}/t{t}")
-        if a is None or b is None:
+        fit = _over_n(median, "chain", s, t)
+        if fit is None:
             return None
-        slope = (b - a) / (hi - lo)
-        per_op.append(slope)
-        intercept.append(a - lo * slope)
+        intercept.append(fit[0])
+        per_op.append(fit[1])
     rate, fixed = np.polyfit(np.array(CHAIN_SIZES, float), np.array(per_op), 1)
     return {"per_op_s": dict(zip(map(str, CHAIN_SIZES), per_op)),
             "program_s": statistics.median(intercept), "fixed_s": float(fixed),
@@ -163,19 +174,12 @@ def _handoff(wall: dict) -> dict:
     """Per size S of the ``handoff`` chains (wall clock): the intercept over N at 1 and 2
     threads, its rise (``rise_s``: the program's fp32 input and output, 8 x S bytes, passing
     between the calling thread and the pool at 2 threads), and the per-operator time ratio."""
-    from benchmarks.xnnpack_op_costs import CHAIN_COUNTS, HANDOFF_SIZES
+    from benchmarks.xnnpack_op_costs import HANDOFF_SIZES
 
-    lo, hi = CHAIN_COUNTS
     out = {}
     for s in HANDOFF_SIZES:
-        fit = {}
-        for t in (1, 2):
-            a, b = wall.get(f"handoff/{s}/{lo}/t{t}"), wall.get(f"handoff/{s}/{hi}/t{t}")
-            if a is None or b is None:
-                break
-            slope = (b - a) / (hi - lo)
-            fit[t] = (a - lo * slope, slope)
-        if len(fit) == 2:
+        fit = {t: _over_n(wall, "handoff", s, t) for t in (1, 2)}
+        if None not in fit.values():
             out[str(s)] = {"io_bytes": 8 * s, "intercept_1t_s": fit[1][0],
                            "intercept_2t_s": fit[2][0], "rise_s": fit[2][0] - fit[1][0],
                            "per_op_1t_s": fit[1][1], "per_op_2t_s": fit[2][1],

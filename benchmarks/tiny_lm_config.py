@@ -97,7 +97,7 @@ def _shrink_in_place(config):
                 try:
                     setattr(target, name, LAYERS)
                 except (AttributeError, NotImplementedError, ValueError):
-                    pass
+                    pass  # a count derived from others (a property): it follows them
     return config
 
 

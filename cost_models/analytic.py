@@ -382,21 +382,19 @@ class AnalyticCostModel(CostModel):
         overhead_s += np.where(used > 0, self._fork_join_s[used], 0.0)
         if portable.any():
             overhead_s[portable] = self._portable_fixed[at]
-        if self._program_s:
-            # the inference's own fixed cost, charged to each candidate's first priced op so
+        if self._program_s or self._handoff is not None:
+            # the inference's own fixed costs, charged to each candidate's first priced op so
             # that a candidate's latency stays the sum of its ops'
-            live = np.flatnonzero(~free)
-            _, first = np.unique(batch.candidate[live], return_index=True)
-            overhead_s[live[first]] += self._program_s
-        if self._handoff is not None:
-            # at > 1 thread the program's input and output pass between the calling thread
-            # and the pool: measured by their bytes, charged with the program's fixed cost
             live = np.flatnonzero(~free)
             cand = batch.candidate[live]
             _, first = np.unique(cand, return_index=True)
-            last = len(cand) - 1 - np.unique(cand[::-1], return_index=True)[1]
-            io = batch.act_in_bytes[live[first]] + batch.act_out_bytes[live[last]]
-            overhead_s[live[first]] += np.interp(io, *self._handoff)
+            overhead_s[live[first]] += self._program_s
+            if self._handoff is not None:
+                # at > 1 thread the program's input and output pass between the calling
+                # thread and the pool: measured by their bytes
+                last = len(cand) - 1 - np.unique(cand[::-1], return_index=True)[1]
+                io = batch.act_in_bytes[live[first]] + batch.act_out_bytes[live[last]]
+                overhead_s[live[first]] += np.interp(io, *self._handoff)
 
         compute_s = np.where(free, 0.0, compute_s)
         memory_s = np.where(free, 0.0, memory_s)

@@ -329,14 +329,12 @@ def profile_path(directory: str | os.PathLike | None = None,
     Keyed by the hardware fingerprint: a profile taken under ``OMP_WAIT_POLICY=PASSIVE`` must
     still price ``--device host`` in a shell without it (keyed with the environment, it was
     silently missed and the host priced at cpuinfo's nominal clock, 1.75x slow here)."""
-    base = Path(directory) if directory is not None else default_cache_dir()
-    return base / f"host_profile_{(host or host_info()).hardware_fingerprint()}.json"
+    return _profile_file(directory, (host or host_info()).hardware_fingerprint())
 
 
-def _legacy_profile_path(directory: str | os.PathLike | None = None) -> Path:
-    """Where profiles were stored before: keyed with the environment variables too."""
+def _profile_file(directory: str | os.PathLike | None, key: str) -> Path:
     base = Path(directory) if directory is not None else default_cache_dir()
-    return base / f"host_profile_{host_info().fingerprint()}.json"
+    return base / f"host_profile_{key}.json"
 
 
 def save_profile(profile: HostProfile, directory: str | os.PathLike | None = None) -> Path:
@@ -358,7 +356,8 @@ def save_profile(profile: HostProfile, directory: str | os.PathLike | None = Non
 
 def cached_profile(directory: str | os.PathLike | None = None) -> HostProfile | None:
     """The stored profile of this host (same hardware fingerprint), or None if never measured."""
-    for path in (profile_path(directory), _legacy_profile_path(directory)):
+    # profiles stored before were keyed with the environment variables too
+    for path in (profile_path(directory), _profile_file(directory, host_info().fingerprint())):
         try:
             with open(path, encoding="utf-8") as f:
                 return HostProfile.from_dict(json.load(f))
